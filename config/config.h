@@ -1,0 +1,176 @@
+/* config — YAML configuration → one validated, immutable struct config.
+ *
+ * Keys are table-driven (name, type, offset, min, max, default); unknown keys
+ * are errors; `${NAME}` in any scalar is replaced by the environment variable
+ * NAME (unset → error naming it; `$$` is a literal dollar).  Every error is
+ * collected as `file:line:column: message` and none of a bad configuration is
+ * returned.  Runtime code never sees YAML nodes.  Any thread; no global state.
+ *
+ * Secrets (sinks.audit.app_secret, sinks.sms.access_key) come only from
+ * `${ENV}` or from a `*_file` readable by its owner alone; they are never put
+ * in an error message and config_dump() shows them as "(set)".
+ *
+ * Relative paths are kept as written: they are relative to the working
+ * directory of the process, not to the configuration file. */
+#ifndef CONFIG_CONFIG_H
+#define CONFIG_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "core/log.h"
+
+#define CONFIG_DEFAULT_PATH "config/hl7bridge.yaml"
+
+/* At most this many errors are collected; one more line then says so. */
+#define CONFIG_MAX_ERRORS 100
+
+struct config_listener {
+    char *name;               /* required, unique; "main" for the default listener */
+    char *address;            /* "host:port" as written */
+    char *host;               /* parsed host ("0.0.0.0", "::", "127.0.0.1", "edge.local") */
+    unsigned port;            /* 1..65535 */
+    unsigned max_connections; /* default 512 */
+    uint64_t max_message_bytes; /* default 16 MiB */
+    unsigned idle_timeout_s;  /* default 600 */
+    char *charset;            /* NULL or "ASCII" | "8859/1" | "8859/15" | "UNICODE UTF-8" */
+};
+
+/* One `key: value` of a string→string map, in file order. */
+struct config_pair {
+    char *key;
+    char *value;
+};
+
+enum config_ack_mode { CONFIG_ACK_ORIGINAL = 0, CONFIG_ACK_ENHANCED };
+enum config_schema { CONFIG_SCHEMA_HEALTHCARE = 0, CONFIG_SCHEMA_EPIC };
+enum config_unmatched { CONFIG_UNMATCHED_ACCEPT = 0, CONFIG_UNMATCHED_REJECT };
+enum config_audit_type { CONFIG_AUDIT_FILE = 0, CONFIG_AUDIT_PURVIEW };
+enum config_audit_format { CONFIG_FORMAT_TSV = 0, CONFIG_FORMAT_CSV, CONFIG_FORMAT_PSV };
+enum config_line_ending { CONFIG_EOL_CRLF = 0, CONFIG_EOL_LF };
+enum config_cloud {
+    CONFIG_CLOUD_COMMERCIAL = 0, CONFIG_CLOUD_GCC, CONFIG_CLOUD_ITAR_L4, CONFIG_CLOUD_ITAR_L5
+};
+enum config_sms_type { CONFIG_SMS_FILE = 0, CONFIG_SMS_ACS, CONFIG_SMS_NONE };
+
+struct config {
+    char *path;                         /* the file it was read from */
+    struct config_listener *listeners;  /* at least one, at most HB_MAX_LISTENERS */
+    size_t n_listeners;
+    struct {
+        enum config_ack_mode mode;      /* default original */
+        char *application;              /* MSH-3 of our ACKs, default "HL7BRIDGE" */
+        char *facility;                 /* MSH-4 of our ACKs, default "HL7BRIDGE" */
+    } ack;
+    struct {
+        char *path;                     /* default var/hl7bridge.db */
+        unsigned retention_days;        /* default 7, 0..3650 */
+        uint64_t min_free_disk_mb;      /* default 64 */
+        uint64_t max_pending_rows;      /* default 10000000 */
+    } store;
+    struct {
+        enum log_level level;           /* default LOG_INFO */
+        enum log_format format;         /* default LOG_FMT_LOGFMT */
+    } log;
+    struct {
+        enum config_schema schema;      /* default healthcare */
+        struct config_pair *headers;    /* schema column → header name */
+        size_t n_headers;
+        char **rules;                   /* rule files, at least one */
+        size_t n_rules;
+        char *time_zone;                /* IANA name, default "UTC" */
+        enum config_unmatched unmatched; /* default accept */
+        char *date_format;              /* strftime, default "%Y-%m-%dT%H:%M:%SZ" */
+    } mapping;
+    struct {
+        struct {
+            enum config_audit_type type;    /* default file */
+            char *tenant_id;                /* required for purview */
+            char *app_id;                   /* required for purview */
+            char *app_secret;               /* the secret itself (from env or file) */
+            char *app_secret_file;          /* the file it came from, or NULL */
+            char *job_id;                   /* required for purview */
+            char *token_url;                /* NULL: derived from cloud */
+            char *upload_url;               /* NULL: derived from cloud */
+            char *ca_file;                  /* NULL: system store */
+            enum config_audit_format format;    /* default tsv */
+            enum config_line_ending line_ending; /* default crlf */
+            enum config_cloud cloud;        /* default commercial */
+            char *resource;                 /* token audience */
+            struct {
+                unsigned max_rows;          /* default 5000 */
+                uint64_t max_bytes;         /* default 256 MiB */
+                unsigned max_age_s;         /* default 300 */
+            } batch;
+            unsigned max_parallel_uploads;  /* default 2 */
+            char *directory;                /* file sink output, default var/out */
+            unsigned timeout_s;             /* HTTP timeout, default 400 */
+        } audit;
+        struct {
+            enum config_sms_type type;      /* default file */
+            char *endpoint;                 /* ACS resource URL, required for acs */
+            char *access_key;               /* the secret itself (from env or file) */
+            char *access_key_file;          /* the file it came from, or NULL */
+            char *from;                     /* E.164 sender, required for acs */
+            char *default_country;          /* calling code for national numbers, "1" */
+            char *time_zone;                /* IANA name, default "UTC" */
+            char *ca_file;                  /* NULL: system store */
+            struct {
+                char *field;                /* HL7 field holding consent, "ZCN-2" */
+                char **accept;              /* values meaning yes, default ["Y"] */
+                size_t n_accept;
+                bool required;              /* default true */
+            } consent;
+            unsigned *reminders_s;          /* offsets before start, default 24h, 2h */
+            size_t n_reminders;
+            struct {
+                bool enabled;               /* true when start and end are given */
+                unsigned start_min;         /* minutes after midnight, local time */
+                unsigned end_min;
+            } quiet_hours;
+            struct {
+                char *scheduled;
+                char *updated;
+                char *cancelled;
+                char *reminder;
+            } templates;
+            char *link;                     /* substituted for {link}, default "" */
+            unsigned max_segments;          /* default 3 */
+            unsigned grace_period_s;        /* default 2h */
+            char *path;                     /* file sink output, default var/sms.jsonl */
+        } sms;
+    } sinks;
+    struct {
+        char *address;                  /* "host:port" as written, default 127.0.0.1:9575 */
+        char *host;
+        unsigned port;
+        bool enabled;                   /* default true */
+    } metrics;
+};
+
+/* Collected errors, each "file:line:column: message" (owned strings). */
+struct config_errors {
+    char **items;
+    size_t n;
+};
+void config_errors_release(struct config_errors *e);
+
+/* Loads and validates `path`.  Returns an owned config, or NULL with every
+ * problem in *errs.  *errs is reset on entry (it need not be initialised) and
+ * must be released by the caller whatever the result.  `errs` may be NULL. */
+struct config *config_load(const char *path, struct config_errors *errs)
+    __attribute__((warn_unused_result));
+/* The same from a string (tests; `name` is used in messages and as ->path). */
+struct config *config_load_string(const char *name, const char *text, size_t len,
+                                  struct config_errors *errs)
+    __attribute__((warn_unused_result));
+/* config_free(NULL) is a no-op.  Secrets are wiped before release. */
+void config_free(struct config *c);
+
+/* Writes the effective configuration as YAML-like text (`hl7bridge check`),
+ * secrets as "(set)".  Borrows both arguments. */
+void config_dump(const struct config *c, FILE *out);
+
+#endif

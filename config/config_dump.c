@@ -1,0 +1,181 @@
+/* config_dump: the effective configuration as YAML-like text, for
+ * `hl7bridge check`.  Walks the same key tables as the loader, so every key
+ * appears with its value after defaults — what the daemon will really use.
+ * Secrets print as "(set)"; nothing here may ever print one.
+ * Any thread; writes only to `out`. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "config/config_int.h"
+
+static void indent(FILE *out, int n)
+{
+    fprintf(out, "%*s", n, "");
+}
+
+/* Double-quoted YAML scalar, so any value reads back as the same string. */
+static void put_str(FILE *out, const char *s)
+{
+    if (!s) {
+        fputs("~", out);
+        return;
+    }
+    fputc('"', out);
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            fprintf(out, "\\%c", *p);
+        else if (*p == '\n')
+            fputs("\\n", out);
+        else if (*p < 0x20 || *p == 0x7f)
+            fprintf(out, "\\x%02x", *p);
+        else
+            fputc(*p, out);
+    }
+    fputc('"', out);
+}
+
+/* Largest whole unit, so 86400 prints as "1d" and 5400 as "90m". */
+static void put_duration(FILE *out, unsigned s)
+{
+    if (s == 0)
+        fputs("0", out);
+    else if (s % 86400 == 0)
+        fprintf(out, "%ud", s / 86400);
+    else if (s % 3600 == 0)
+        fprintf(out, "%uh", s / 3600);
+    else if (s % 60 == 0)
+        fprintf(out, "%um", s / 60);
+    else
+        fprintf(out, "%us", s);
+}
+
+static void dump_section(const struct cfg_section *sec, const void *base, int ind, FILE *out,
+                         int list_item);
+
+static void dump_key(const struct cfg_key *k, const void *base, int ind, FILE *out)
+{
+    const char *b = base;
+    switch (k->type) {
+    case CT_SECTION:
+        if (k->sub->present && !k->sub->present(base)) {
+            fprintf(out, "%s: ~\n", k->name);
+            return;
+        }
+        fprintf(out, "%s:\n", k->name);
+        dump_section(k->sub, base, ind + 2, out, 0);
+        return;
+    case CT_SECTIONS: {
+        const char *arr = *(const char *const *)(const void *)(b + k->off);
+        size_t n = *(const size_t *)(const void *)(b + k->off2);
+        fprintf(out, "%s:%s\n", k->name, n ? "" : " []");
+        for (size_t i = 0; i < n; i++) {
+            indent(out, ind + 2);
+            fputs("- ", out);
+            dump_section(k->sub, arr + i * k->sub->elem_size, ind + 4, out, 1);
+        }
+        return;
+    }
+    default:
+        break;
+    }
+    /* A non-empty map continues on the next lines: no trailing space. */
+    fprintf(out, "%s:%s", k->name, k->type == CT_MAP ? "" : " ");
+    switch (k->type) {
+    case CT_STR:
+    case CT_CHOICE:
+    case CT_ADDR:
+        put_str(out, *(char *const *)(const void *)(b + k->off));
+        break;
+    case CT_SECRET:
+        fputs(*(char *const *)(const void *)(b + k->off) ? "(set)" : "~", out);
+        break;
+    case CT_SECRET_FILE:
+        put_str(out, *(char *const *)(const void *)(b + k->off2));
+        break;
+    case CT_ENUM: {
+        int e;
+        memcpy(&e, b + k->off, sizeof e);
+        fputs(k->words[e], out);
+        break;
+    }
+    case CT_UINT:
+        fprintf(out, "%u", *(const unsigned *)(const void *)(b + k->off));
+        break;
+    case CT_U64:
+    case CT_SIZE:
+        fprintf(out, "%" PRIu64, *(const uint64_t *)(const void *)(b + k->off));
+        break;
+    case CT_BOOL:
+        fputs(*(const bool *)(const void *)(b + k->off) ? "true" : "false", out);
+        break;
+    case CT_DURATION:
+        put_duration(out, *(const unsigned *)(const void *)(b + k->off));
+        break;
+    case CT_HHMM: {
+        unsigned m = *(const unsigned *)(const void *)(b + k->off);
+        fprintf(out, "\"%02u:%02u\"", m / 60, m % 60);
+        break;
+    }
+    case CT_STRLIST: {
+        char *const *items = *(char *const *const *)(const void *)(b + k->off);
+        size_t n = *(const size_t *)(const void *)(b + k->off2);
+        fputc('[', out);
+        for (size_t i = 0; i < n; i++) {
+            fputs(i ? ", " : "", out);
+            put_str(out, items[i]);
+        }
+        fputc(']', out);
+        break;
+    }
+    case CT_DURLIST: {
+        const unsigned *items = *(const unsigned *const *)(const void *)(b + k->off);
+        size_t n = *(const size_t *)(const void *)(b + k->off2);
+        fputc('[', out);
+        for (size_t i = 0; i < n; i++) {
+            fputs(i ? ", " : "", out);
+            put_duration(out, items[i]);
+        }
+        fputc(']', out);
+        break;
+    }
+    case CT_MAP: {
+        const struct config_pair *pairs =
+            *(const struct config_pair *const *)(const void *)(b + k->off);
+        size_t n = *(const size_t *)(const void *)(b + k->off2);
+        if (n == 0) {
+            fputs(" {}", out);
+            break;
+        }
+        for (size_t i = 0; i < n; i++) {
+            fputc('\n', out);
+            indent(out, ind + 2);
+            put_str(out, pairs[i].key);
+            fputs(": ", out);
+            put_str(out, pairs[i].value);
+        }
+        break;
+    }
+    default:
+        fputs("?", out);
+        break;
+    }
+    fputc('\n', out);
+}
+
+/* list_item: the "- " is already written, so the first key gets no indent. */
+static void dump_section(const struct cfg_section *sec, const void *base, int ind, FILE *out,
+                         int list_item)
+{
+    for (size_t i = 0; i < sec->n_keys; i++) {
+        if (!(list_item && i == 0))
+            indent(out, ind);
+        dump_key(&sec->keys[i], base, ind, out);
+    }
+}
+
+void config_dump(const struct config *c, FILE *out)
+{
+    fprintf(out, "# effective configuration from %s\n", c->path ? c->path : "(string)");
+    dump_section(&cfg_root, c, 0, out, 0);
+}

@@ -1,0 +1,553 @@
+/* config key tables: every key of hl7bridge.yaml, its type, where it lands in
+ * struct config, its range and its default — plus the few rules that span
+ * several keys (purview and acs requirements, secret vs secret file,
+ * quiet-hours pairs, listener uniqueness).
+ *
+ * Adding a key means adding one table row and one struct field; the loader,
+ * release and dump walk these tables and need no change.  Defaults are text
+ * parsed by the same code as the file, and config/hl7bridge.yaml repeats them
+ * for operators: the unit tests check the two agree. */
+#include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "config/config_int.h"
+#include "core/limits.h"
+
+#define OFF(f) offsetof(struct config, f)
+#define LOFF(f) offsetof(struct config_listener, f)
+#define NKEYS(t) (sizeof(t) / sizeof((t)[0]))
+
+/* CT_ENUM stores an int-sized value; every enum it targets must be one. */
+_Static_assert(sizeof(enum config_ack_mode) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum log_level) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum log_format) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum config_schema) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum config_unmatched) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum config_audit_type) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum config_audit_format) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum config_line_ending) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum config_cloud) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum config_sms_type) == sizeof(int), "enum size");
+
+/* ---- value checks ------------------------------------------------------ */
+
+#define ZONEINFO "/usr/share/zoneinfo/"
+
+static int check_nonempty(const char *v, char *why, size_t len)
+{
+    if (*v)
+        return 0;
+    snprintf(why, len, "must not be empty");
+    return -1;
+}
+
+/* IANA names are letters, digits and _ + - in /-separated parts; refusing
+ * anything else keeps "../../etc/passwd" from being probed.  UTC is always
+ * accepted: libc knows it even where tzdata is not installed. */
+static int check_tz(const char *v, char *why, size_t len)
+{
+    if (strcmp(v, "UTC") == 0)
+        return 0;
+    int ok = *v && *v != '/' && !strstr(v, "..") && strlen(v) < 128 &&
+             strspn(v, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_+-/") ==
+                 strlen(v);
+    char file[sizeof ZONEINFO + 128];
+    struct stat st;
+    if (ok) {
+        snprintf(file, sizeof file, ZONEINFO "%s", v);
+        ok = stat(file, &st) == 0 && S_ISREG(st.st_mode);
+    }
+    if (!ok) {
+        snprintf(why, len, "unknown time zone \"%.64s\" (no " ZONEINFO "%.64s)", v, v);
+        return -1;
+    }
+    return 0;
+}
+
+static int check_readable(const char *v, char *why, size_t len)
+{
+    if (access(v, R_OK) == 0)
+        return 0;
+    int e = errno;
+    snprintf(why, len, "cannot read %.128s: %s", v, strerror(e));
+    return -1;
+}
+
+static int check_url(const char *v, char *why, size_t len)
+{
+    const char *rest = strncmp(v, "https://", 8) == 0 ? v + 8
+                     : strncmp(v, "http://", 7) == 0  ? v + 7 : NULL;
+    int ok = rest && *rest && *rest != '/';
+    for (const char *p = v; ok && *p; p++)
+        ok = (unsigned char)*p > ' ' && *p != 0x7f;
+    if (!ok) {
+        snprintf(why, len, "expected an https:// or http:// URL, got \"%.64s\"", v);
+        return -1;
+    }
+    return 0;
+}
+
+/* E.164: "+", a non-zero country code digit, at most 15 digits in all. */
+static int check_e164(const char *v, char *why, size_t len)
+{
+    size_t n = strlen(v);
+    if (v[0] == '+' && n >= 3 && n <= 16 && v[1] != '0' && strspn(v + 1, "0123456789") == n - 1)
+        return 0;
+    snprintf(why, len, "expected an E.164 number: \"+\" then up to 15 digits, like +14155550100");
+    return -1;
+}
+
+static int check_country(const char *v, char *why, size_t len)
+{
+    size_t n = strlen(v);
+    if (n >= 1 && n <= 3 && v[0] != '0' && strspn(v, "0123456789") == n)
+        return 0;
+    snprintf(why, len, "expected a country calling code of 1 to 3 digits, like 1 or 44");
+    return -1;
+}
+
+/* An HL7 field location: segment id, '-', field number, then up to two
+ * .component / .subcomponent numbers ("ZCN-2", "PID-13.1"). */
+static int check_hl7_field(const char *v, char *why, size_t len)
+{
+    int ok = strlen(v) >= 5 && v[0] >= 'A' && v[0] <= 'Z' &&
+             strspn(v, "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") == 3 && v[3] == '-';
+    const char *p = v + 4;
+    for (int part = 0; ok && part < 3; part++) {
+        size_t d = strspn(p, "0123456789");
+        ok = d > 0 && d <= 4 && *p != '0';
+        p += d;
+        if (*p != '.')
+            break;
+        p++;
+    }
+    if (!ok || *p) {
+        snprintf(why, len, "expected an HL7 field like ZCN-2 or PID-13.1, got \"%.64s\"", v);
+        return -1;
+    }
+    return 0;
+}
+
+/* MSH-3/MSH-4 values: no HL7 delimiters, or our ACKs would not parse. */
+static int check_hd(const char *v, char *why, size_t len)
+{
+    if (*v && !strpbrk(v, "|^~\\&\r\n") && strlen(v) <= 180)
+        return 0;
+    snprintf(why, len, "must be 1 to 180 characters without HL7 delimiters | ^ ~ \\ &");
+    return -1;
+}
+
+/* Listener names appear in logs and metric labels. */
+static int check_name(const char *v, char *why, size_t len)
+{
+    size_t n = strlen(v);
+    if (n >= 1 && n <= 64 &&
+        strspn(v, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-") == n)
+        return 0;
+    snprintf(why, len, "must be 1 to 64 letters, digits, '_', '.' or '-'");
+    return -1;
+}
+
+/* ---- word lists (index = enum value) ----------------------------------- */
+
+static const char *const w_ack_mode[] = {"original", "enhanced", NULL};
+static const char *const w_log_level[] = {"debug", "info", "warn", "error", NULL};
+static const char *const w_log_format[] = {"logfmt", "json", NULL};
+static const char *const w_schema[] = {"healthcare", "epic", NULL};
+static const char *const w_unmatched[] = {"accept", "reject", NULL};
+static const char *const w_audit_type[] = {"file", "purview", NULL};
+static const char *const w_format[] = {"tsv", "csv", "psv", NULL};
+static const char *const w_eol[] = {"crlf", "lf", NULL};
+static const char *const w_cloud[] = {"commercial", "gcc", "itar-l4", "itar-l5", NULL};
+static const char *const w_sms_type[] = {"file", "acs", "none", NULL};
+static const char *const w_charset[] = {"ASCII", "8859/1", "8859/15", "UNICODE UTF-8", NULL};
+
+_Static_assert(LOG_DEBUG == 0 && LOG_INFO == 1 && LOG_WARN == 2 && LOG_ERROR == 3,
+               "w_log_level follows enum log_level");
+_Static_assert(LOG_FMT_LOGFMT == 0 && LOG_FMT_JSON == 1, "w_log_format follows enum log_format");
+
+/* ---- listen ------------------------------------------------------------ */
+
+static const struct cfg_key listener_keys[] = {
+    {.name = "name", .type = CT_STR, .flags = CK_REQUIRED, .off = LOFF(name),
+     .def = "main", .check = check_name},
+    {.name = "address", .type = CT_ADDR, .off = LOFF(address), .off2 = LOFF(host),
+     .off3 = LOFF(port), .def = "0.0.0.0:2575"},
+    {.name = "max_connections", .type = CT_UINT, .off = LOFF(max_connections),
+     .min = 1, .max = 100000, .def = "512"},
+    {.name = "max_message_bytes", .type = CT_SIZE, .off = LOFF(max_message_bytes),
+     .min = 1024, .max = HB_MAX_MESSAGE_BYTES_CEILING, .def = "16MiB"},
+    {.name = "idle_timeout_s", .type = CT_UINT, .off = LOFF(idle_timeout_s),
+     .min = 1, .max = 86400, .def = "600"},
+    {.name = "charset", .type = CT_CHOICE, .off = LOFF(charset), .words = w_charset},
+};
+static const struct cfg_section listener_sec = {
+    listener_keys, NKEYS(listener_keys), sizeof(struct config_listener), NULL, NULL,
+};
+
+/* ---- ack, store, log --------------------------------------------------- */
+
+static const struct cfg_key ack_keys[] = {
+    {.name = "mode", .type = CT_ENUM, .off = OFF(ack.mode), .words = w_ack_mode, .def = "original"},
+    {.name = "application", .type = CT_STR, .off = OFF(ack.application), .def = "HL7BRIDGE",
+     .check = check_hd},
+    {.name = "facility", .type = CT_STR, .off = OFF(ack.facility), .def = "HL7BRIDGE",
+     .check = check_hd},
+};
+static const struct cfg_section ack_sec = {ack_keys, NKEYS(ack_keys), 0, NULL, NULL};
+
+static const struct cfg_key store_keys[] = {
+    {.name = "path", .type = CT_STR, .off = OFF(store.path), .def = "var/hl7bridge.db",
+     .check = check_nonempty},
+    {.name = "retention_days", .type = CT_UINT, .off = OFF(store.retention_days),
+     .min = 0, .max = 3650, .def = "7"},
+    {.name = "min_free_disk_mb", .type = CT_U64, .off = OFF(store.min_free_disk_mb),
+     .min = 0, .max = 1ull << 30, .def = "64"},
+    {.name = "max_pending_rows", .type = CT_U64, .off = OFF(store.max_pending_rows),
+     .min = 1, .max = 1000000000000ull, .def = "10000000"},
+};
+static const struct cfg_section store_sec = {store_keys, NKEYS(store_keys), 0, NULL, NULL};
+
+static const struct cfg_key log_keys[] = {
+    {.name = "level", .type = CT_ENUM, .off = OFF(log.level), .words = w_log_level, .def = "info"},
+    {.name = "format", .type = CT_ENUM, .off = OFF(log.format), .words = w_log_format,
+     .def = "logfmt"},
+};
+static const struct cfg_section log_sec = {log_keys, NKEYS(log_keys), 0, NULL, NULL};
+
+/* ---- mapping ----------------------------------------------------------- */
+
+static const char *const default_rules[] = {
+    "config/mappings/adt.yaml", "config/mappings/siu.yaml", "config/mappings/access-audit.yaml",
+    NULL,
+};
+
+static const struct cfg_key mapping_keys[] = {
+    {.name = "schema", .type = CT_ENUM, .off = OFF(mapping.schema), .words = w_schema,
+     .def = "healthcare"},
+    {.name = "headers", .type = CT_MAP, .off = OFF(mapping.headers), .off2 = OFF(mapping.n_headers)},
+    {.name = "rules", .type = CT_STRLIST, .off = OFF(mapping.rules), .off2 = OFF(mapping.n_rules),
+     .min_n = 1, .max_n = 256, .defs = default_rules},
+    {.name = "time_zone", .type = CT_STR, .off = OFF(mapping.time_zone), .def = "UTC",
+     .check = check_tz},
+    {.name = "unmatched", .type = CT_ENUM, .off = OFF(mapping.unmatched), .words = w_unmatched,
+     .def = "accept"},
+    {.name = "date_format", .type = CT_STR, .off = OFF(mapping.date_format),
+     .def = "%Y-%m-%dT%H:%M:%SZ", .check = check_nonempty},
+};
+static const struct cfg_section mapping_sec = {mapping_keys, NKEYS(mapping_keys), 0, NULL, NULL};
+
+/* ---- sinks.audit ------------------------------------------------------- */
+
+enum { AK_TYPE, AK_TENANT, AK_APP, AK_SECRET, AK_SECRET_FILE, AK_JOB, AK_TOKEN_URL,
+       AK_UPLOAD_URL, AK_CA, AK_FORMAT, AK_EOL, AK_CLOUD, AK_RESOURCE, AK_BATCH,
+       AK_PARALLEL, AK_DIR, AK_TIMEOUT };
+
+static const struct cfg_key batch_keys[] = {
+    {.name = "max_rows", .type = CT_UINT, .off = OFF(sinks.audit.batch.max_rows),
+     .min = 1, .max = 100000, .def = "5000"},
+    {.name = "max_bytes", .type = CT_SIZE, .off = OFF(sinks.audit.batch.max_bytes),
+     .min = 1024, .max = 3000000000ull, .def = "256MiB"},
+    {.name = "max_age_s", .type = CT_UINT, .off = OFF(sinks.audit.batch.max_age_s),
+     .min = 1, .max = 86400, .def = "300"},
+};
+static const struct cfg_section batch_sec = {batch_keys, NKEYS(batch_keys), 0, NULL, NULL};
+
+static const struct cfg_key audit_keys[] = {
+    [AK_TYPE] = {.name = "type", .type = CT_ENUM, .off = OFF(sinks.audit.type),
+                 .words = w_audit_type, .def = "file"},
+    [AK_TENANT] = {.name = "tenant_id", .type = CT_STR, .off = OFF(sinks.audit.tenant_id),
+                   .check = check_nonempty},
+    [AK_APP] = {.name = "app_id", .type = CT_STR, .off = OFF(sinks.audit.app_id),
+                .check = check_nonempty},
+    [AK_SECRET] = {.name = "app_secret", .type = CT_SECRET, .off = OFF(sinks.audit.app_secret)},
+    [AK_SECRET_FILE] = {.name = "app_secret_file", .type = CT_SECRET_FILE,
+                        .off = OFF(sinks.audit.app_secret), .off2 = OFF(sinks.audit.app_secret_file)},
+    [AK_JOB] = {.name = "job_id", .type = CT_STR, .off = OFF(sinks.audit.job_id),
+                .check = check_nonempty},
+    [AK_TOKEN_URL] = {.name = "token_url", .type = CT_STR, .off = OFF(sinks.audit.token_url),
+                      .check = check_url},
+    [AK_UPLOAD_URL] = {.name = "upload_url", .type = CT_STR, .off = OFF(sinks.audit.upload_url),
+                       .check = check_url},
+    [AK_CA] = {.name = "ca_file", .type = CT_STR, .off = OFF(sinks.audit.ca_file),
+               .check = check_readable},
+    [AK_FORMAT] = {.name = "format", .type = CT_ENUM, .off = OFF(sinks.audit.format),
+                   .words = w_format, .def = "tsv"},
+    [AK_EOL] = {.name = "line_ending", .type = CT_ENUM, .off = OFF(sinks.audit.line_ending),
+                .words = w_eol, .def = "crlf"},
+    [AK_CLOUD] = {.name = "cloud", .type = CT_ENUM, .off = OFF(sinks.audit.cloud),
+                  .words = w_cloud, .def = "commercial"},
+    [AK_RESOURCE] = {.name = "resource", .type = CT_STR, .off = OFF(sinks.audit.resource),
+                     .def = "https://microsoft.onmicrosoft.com/86dfdabb-5089-4a0c-880a-cfa5a790c5b1",
+                     .check = check_nonempty},
+    [AK_BATCH] = {.name = "batch", .type = CT_SECTION, .sub = &batch_sec},
+    [AK_PARALLEL] = {.name = "max_parallel_uploads", .type = CT_UINT,
+                     .off = OFF(sinks.audit.max_parallel_uploads), .min = 1, .max = 16, .def = "2"},
+    [AK_DIR] = {.name = "directory", .type = CT_STR, .off = OFF(sinks.audit.directory),
+                .def = "var/out", .check = check_nonempty},
+    [AK_TIMEOUT] = {.name = "timeout_s", .type = CT_UINT, .off = OFF(sinks.audit.timeout_s),
+                    .min = 1, .max = 86400, .def = "400"},
+};
+
+/* A secret may come from the environment or from a file, not both: which
+ * one wins would otherwise depend on key order. */
+static void one_secret_source(struct cfg_walk *w, const char *path, const yaml_node_t *const *seen,
+                              const int *given, size_t k_secret, size_t k_file,
+                              const struct cfg_key *keys)
+{
+    /* Both keys written empty (as in the sample) is fine. */
+    if (given[k_secret] == 0 || given[k_file] == 0)
+        return;
+    const yaml_node_t *later = seen[k_secret]->start_mark.index > seen[k_file]->start_mark.index
+                             ? seen[k_secret] : seen[k_file];
+    cfg_error(w, later, "%s: give %s or %s, not both", path, keys[k_secret].name, keys[k_file].name);
+}
+
+static void require_when(struct cfg_walk *w, const char *path, const yaml_node_t *node,
+                         const int *given, const struct cfg_key *keys, size_t k,
+                         const char *field, const char *cond)
+{
+    /* given[k] with the field still NULL means its own error was reported. */
+    if (field || given[k])
+        return;
+    cfg_error(w, node, "%s.%s: required when %s", path, keys[k].name, cond);
+}
+
+static void validate_audit(struct cfg_walk *w, void *base, const char *path,
+                           const yaml_node_t *node, const yaml_node_t *const *seen,
+                           const int *given)
+{
+    struct config *c = base;
+    one_secret_source(w, path, seen, given, AK_SECRET, AK_SECRET_FILE, audit_keys);
+    if (c->sinks.audit.type != CONFIG_AUDIT_PURVIEW)
+        return;
+    const char *cond = "type is purview";
+    require_when(w, path, node, given, audit_keys, AK_TENANT,
+                 c->sinks.audit.tenant_id, cond);
+    require_when(w, path, node, given, audit_keys, AK_APP,
+                 c->sinks.audit.app_id, cond);
+    if (!given[AK_SECRET_FILE])
+        require_when(w, path, node, given, audit_keys, AK_SECRET,
+                     c->sinks.audit.app_secret,
+                     "type is purview (app_secret: ${NAME} or app_secret_file: PATH)");
+    require_when(w, path, node, given, audit_keys, AK_JOB,
+                 c->sinks.audit.job_id, cond);
+}
+static const struct cfg_section audit_sec = {audit_keys, NKEYS(audit_keys), 0, validate_audit, NULL};
+
+/* ---- sinks.sms --------------------------------------------------------- */
+
+static const struct cfg_key consent_keys[] = {
+    {.name = "field", .type = CT_STR, .off = OFF(sinks.sms.consent.field), .def = "ZCN-2",
+     .check = check_hl7_field},
+    {.name = "accept", .type = CT_STRLIST, .off = OFF(sinks.sms.consent.accept),
+     .off2 = OFF(sinks.sms.consent.n_accept), .min_n = 1, .max_n = 64,
+     .defs = (const char *const[]){"Y", NULL}},
+    {.name = "required", .type = CT_BOOL, .off = OFF(sinks.sms.consent.required), .def = "true"},
+};
+static const struct cfg_section consent_sec = {consent_keys, NKEYS(consent_keys), 0, NULL, NULL};
+
+enum { QK_START, QK_END };
+static const struct cfg_key quiet_keys[] = {
+    [QK_START] = {.name = "start", .type = CT_HHMM, .off = OFF(sinks.sms.quiet_hours.start_min),
+                  .max = 23 * 60 + 59},
+    [QK_END] = {.name = "end", .type = CT_HHMM, .off = OFF(sinks.sms.quiet_hours.end_min),
+                .max = 23 * 60 + 59},
+};
+
+/* Quiet hours are a window: both ends or neither.  start > end wraps past
+ * midnight (22:00..07:00); start == end would be an empty or a full day,
+ * both surely mistakes. */
+static void validate_quiet(struct cfg_walk *w, void *base, const char *path,
+                           const yaml_node_t *node, const yaml_node_t *const *seen,
+                           const int *given)
+{
+    struct config *c = base;
+    (void)seen;
+    if (!given[QK_START] && !given[QK_END])
+        return;
+    if (!given[QK_START] || !given[QK_END]) {
+        cfg_error(w, node, "%s: give both start and end", path);
+        return;
+    }
+    if (given[QK_START] < 0 || given[QK_END] < 0)
+        return;
+    if (c->sinks.sms.quiet_hours.start_min == c->sinks.sms.quiet_hours.end_min) {
+        cfg_error(w, node, "%s: start and end must differ", path);
+        return;
+    }
+    c->sinks.sms.quiet_hours.enabled = true;
+}
+static int quiet_present(const void *base)
+{
+    return ((const struct config *)base)->sinks.sms.quiet_hours.enabled;
+}
+static const struct cfg_section quiet_sec = {
+    quiet_keys, NKEYS(quiet_keys), 0, validate_quiet, quiet_present,
+};
+
+#define TIME_FMT "{start:%a %b %e %l:%M %p}"
+static const struct cfg_key template_keys[] = {
+    {.name = "scheduled", .type = CT_STR, .off = OFF(sinks.sms.templates.scheduled),
+     .check = check_nonempty,
+     .def = "Hi {first_name}, your appointment at {location} is booked for " TIME_FMT ". {link}"},
+    {.name = "updated", .type = CT_STR, .off = OFF(sinks.sms.templates.updated),
+     .check = check_nonempty,
+     .def = "Hi {first_name}, your appointment at {location} has changed: it is now " TIME_FMT
+            ". {link}"},
+    {.name = "cancelled", .type = CT_STR, .off = OFF(sinks.sms.templates.cancelled),
+     .check = check_nonempty,
+     .def = "Hi {first_name}, your appointment at {location} on " TIME_FMT
+            " has been cancelled. {link}"},
+    {.name = "reminder", .type = CT_STR, .off = OFF(sinks.sms.templates.reminder),
+     .check = check_nonempty,
+     .def = "Reminder: {first_name}, your appointment at {location} is on " TIME_FMT ". {link}"},
+};
+static const struct cfg_section template_sec = {template_keys, NKEYS(template_keys), 0, NULL, NULL};
+
+enum { SK_TYPE, SK_ENDPOINT, SK_KEY, SK_KEY_FILE, SK_FROM, SK_COUNTRY, SK_TZ, SK_CA, SK_CONSENT,
+       SK_REMINDERS, SK_QUIET, SK_TEMPLATES, SK_LINK, SK_SEGMENTS, SK_GRACE, SK_PATH };
+
+static const struct cfg_key sms_keys[] = {
+    [SK_TYPE] = {.name = "type", .type = CT_ENUM, .off = OFF(sinks.sms.type),
+                 .words = w_sms_type, .def = "file"},
+    [SK_ENDPOINT] = {.name = "endpoint", .type = CT_STR, .off = OFF(sinks.sms.endpoint),
+                     .check = check_url},
+    [SK_KEY] = {.name = "access_key", .type = CT_SECRET, .off = OFF(sinks.sms.access_key)},
+    [SK_KEY_FILE] = {.name = "access_key_file", .type = CT_SECRET_FILE,
+                     .off = OFF(sinks.sms.access_key), .off2 = OFF(sinks.sms.access_key_file)},
+    [SK_FROM] = {.name = "from", .type = CT_STR, .off = OFF(sinks.sms.from), .check = check_e164},
+    [SK_COUNTRY] = {.name = "default_country", .type = CT_STR, .off = OFF(sinks.sms.default_country),
+                    .def = "1", .check = check_country},
+    [SK_TZ] = {.name = "time_zone", .type = CT_STR, .off = OFF(sinks.sms.time_zone), .def = "UTC",
+               .check = check_tz},
+    [SK_CA] = {.name = "ca_file", .type = CT_STR, .off = OFF(sinks.sms.ca_file),
+               .check = check_readable},
+    [SK_CONSENT] = {.name = "consent", .type = CT_SECTION, .sub = &consent_sec},
+    [SK_REMINDERS] = {.name = "reminders", .type = CT_DURLIST, .off = OFF(sinks.sms.reminders_s),
+                      .off2 = OFF(sinks.sms.n_reminders), .min = 60, .max = 30 * 86400,
+                      .max_n = 16, .defs = (const char *const[]){"24h", "2h", NULL}},
+    [SK_QUIET] = {.name = "quiet_hours", .type = CT_SECTION, .sub = &quiet_sec},
+    [SK_TEMPLATES] = {.name = "templates", .type = CT_SECTION, .sub = &template_sec},
+    [SK_LINK] = {.name = "link", .type = CT_STR, .off = OFF(sinks.sms.link), .def = ""},
+    [SK_SEGMENTS] = {.name = "max_segments", .type = CT_UINT, .off = OFF(sinks.sms.max_segments),
+                     .min = 1, .max = 10, .def = "3"},
+    [SK_GRACE] = {.name = "grace_period", .type = CT_DURATION, .off = OFF(sinks.sms.grace_period_s),
+                  .min = 0, .max = 7 * 86400, .def = "2h"},
+    [SK_PATH] = {.name = "path", .type = CT_STR, .off = OFF(sinks.sms.path),
+                 .def = "var/sms.jsonl", .check = check_nonempty},
+};
+
+static void validate_sms(struct cfg_walk *w, void *base, const char *path,
+                         const yaml_node_t *node, const yaml_node_t *const *seen,
+                         const int *given)
+{
+    struct config *c = base;
+    one_secret_source(w, path, seen, given, SK_KEY, SK_KEY_FILE, sms_keys);
+    if (c->sinks.sms.type != CONFIG_SMS_ACS)
+        return;
+    const char *cond = "type is acs";
+    require_when(w, path, node, given, sms_keys, SK_ENDPOINT,
+                 c->sinks.sms.endpoint, cond);
+    if (!given[SK_KEY_FILE])
+        require_when(w, path, node, given, sms_keys, SK_KEY,
+                     c->sinks.sms.access_key,
+                     "type is acs (access_key: ${NAME} or access_key_file: PATH)");
+    require_when(w, path, node, given, sms_keys, SK_FROM,
+                 c->sinks.sms.from, cond);
+}
+static const struct cfg_section sms_sec = {sms_keys, NKEYS(sms_keys), 0, validate_sms, NULL};
+
+static const struct cfg_key sinks_keys[] = {
+    {.name = "audit", .type = CT_SECTION, .sub = &audit_sec},
+    {.name = "sms", .type = CT_SECTION, .sub = &sms_sec},
+};
+static const struct cfg_section sinks_sec = {sinks_keys, NKEYS(sinks_keys), 0, NULL, NULL};
+
+/* ---- metrics ----------------------------------------------------------- */
+
+static const struct cfg_key metrics_keys[] = {
+    {.name = "address", .type = CT_ADDR, .off = OFF(metrics.address), .off2 = OFF(metrics.host),
+     .off3 = OFF(metrics.port), .def = "127.0.0.1:9575"},
+    {.name = "enabled", .type = CT_BOOL, .off = OFF(metrics.enabled), .def = "true"},
+};
+static const struct cfg_section metrics_sec = {metrics_keys, NKEYS(metrics_keys), 0, NULL, NULL};
+
+/* ---- root -------------------------------------------------------------- */
+
+/* Two sockets clash when they share a port and either the host is the same
+ * or one of them is the wildcard of the same address family. */
+static int addr_clash(const char *h1, unsigned p1, const char *h2, unsigned p2)
+{
+    if (!h1 || !h2 || p1 != p2)
+        return 0;
+    if (strcasecmp(h1, h2) == 0)
+        return 1;
+    int v6a = strchr(h1, ':') != NULL, v6b = strchr(h2, ':') != NULL;
+    if (v6a != v6b)
+        return 0;
+    const char *any = v6a ? "::" : "0.0.0.0";
+    return strcmp(h1, any) == 0 || strcmp(h2, any) == 0;
+}
+
+static void validate_root(struct cfg_walk *w, void *base, const char *path,
+                          const yaml_node_t *node, const yaml_node_t *const *seen,
+                          const int *given)
+{
+    struct config *c = base;
+    (void)path;
+    (void)seen;
+    (void)given;
+    const yaml_node_t *list = cfg_find(w, node, "listen");
+    size_t n_items = list && list->type == YAML_SEQUENCE_NODE
+                   ? (size_t)(list->data.sequence.items.top - list->data.sequence.items.start) : 0;
+    /* Locations come from the nodes; they line up with listeners[] only
+     * when every item produced an element. */
+    if (n_items != c->n_listeners)
+        return;
+    for (size_t j = 0; j < n_items; j++) {
+        const struct config_listener *b = &c->listeners[j];
+        const yaml_node_t *item_b = yaml_document_get_node(cfg_doc(w), list->data.sequence.items.start[j]);
+        for (size_t i = 0; i < j; i++) {
+            const struct config_listener *a = &c->listeners[i];
+            const yaml_node_t *item_a =
+                yaml_document_get_node(cfg_doc(w), list->data.sequence.items.start[i]);
+            const yaml_node_t *na = cfg_find(w, item_a, "name"), *nb = cfg_find(w, item_b, "name");
+            if (na && nb && a->name && b->name && strcmp(a->name, b->name) == 0) {
+                cfg_error(w, nb, "listen[%zu].name: duplicate listener name \"%s\" (first at line %zu)",
+                          j, b->name, (size_t)na->start_mark.line + 1);
+            }
+            if (addr_clash(a->host, a->port, b->host, b->port)) {
+                const yaml_node_t *at = cfg_find(w, item_b, "address");
+                cfg_error(w, at ? at : item_b,
+                          "listen[%zu].address: %s clashes with listen[%zu] (%s)",
+                          j, b->address, i, a->address);
+            }
+        }
+        if (c->metrics.enabled && addr_clash(b->host, b->port, c->metrics.host, c->metrics.port)) {
+            const yaml_node_t *m = cfg_find(w, cfg_find(w, node, "metrics"), "address");
+            if (!m)     /* metrics left at its default: point at the listener */
+                m = cfg_find(w, item_b, "address");
+            cfg_error(w, m ? m : item_b, "metrics.address: %s clashes with listen[%zu] (%s)",
+                      c->metrics.address, j, b->address);
+        }
+    }
+}
+
+static const struct cfg_key root_keys[] = {
+    {.name = "listen", .type = CT_SECTIONS, .off = OFF(listeners), .off2 = OFF(n_listeners),
+     .min_n = 1, .max_n = HB_MAX_LISTENERS, .sub = &listener_sec},
+    {.name = "ack", .type = CT_SECTION, .sub = &ack_sec},
+    {.name = "store", .type = CT_SECTION, .sub = &store_sec},
+    {.name = "log", .type = CT_SECTION, .sub = &log_sec},
+    {.name = "mapping", .type = CT_SECTION, .sub = &mapping_sec},
+    {.name = "sinks", .type = CT_SECTION, .sub = &sinks_sec},
+    {.name = "metrics", .type = CT_SECTION, .sub = &metrics_sec},
+};
+
+const struct cfg_section cfg_root = {root_keys, NKEYS(root_keys), 0, validate_root, NULL};

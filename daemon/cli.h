@@ -1,0 +1,17 @@
+/* Subcommands of the hl7bridge binary.  Each takes argc/argv after the
+ * subcommand name and returns the process exit status. */
+#ifndef DAEMON_CLI_H
+#define DAEMON_CLI_H
+
+#define HL7BRIDGE_VERSION "0.1.0"
+
+int cmd_run(int argc, char **argv);
+int cmd_check(int argc, char **argv);
+int cmd_send(int argc, char **argv);
+int cmd_map(int argc, char **argv);
+
+/* Parses `-c FILE` / `--config FILE` / `--config=FILE`; returns 1 if argv[*i]
+ * was such an option (advancing *i), 0 if not, -1 on a missing value. */
+int cli_config_opt(int argc, char **argv, int *i, const char **path);
+
+#endif

@@ -1,0 +1,559 @@
+/* The ingest pipeline (network thread).
+ *
+ * A frame is parsed and validated at once.  A message that cannot be
+ * accepted is answered at once (AR); one that can is copied into a store
+ * message and queued for the writer thread.  The ACK for it is built only
+ * when the writer reports the commit: AA (or CA) when stored, the original
+ * code for a duplicate, AE "cannot store" when the commit failed.  Building
+ * the ACK needs only the MSH segment, so each pending entry keeps a copy of
+ * MSH rather than of the whole message.
+ *
+ * A batch (FHS/BHS … BTS/FTS) gets one acknowledgement: its members are
+ * queued one by one, and the batch ACK is sent when the last of them is
+ * answered: AA when all were accepted, AE naming how many were not.
+ *
+ * Pending entries live in a ring indexed by submission number: the writer
+ * answers in submission order, so the ring is FIFO. */
+#include "daemon/ingest.h"
+#include "core/clock.h"
+#include "core/limits.h"
+#include "core/log.h"
+#include "mllp/mllp.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#define RESULTS_PER_TAKE 512
+/* Keep this many queue places free: a batch of several messages is taken as
+ * one frame. */
+#define STORE_HEADROOM   64
+
+struct batch {
+    uint64_t conn_id, seq;
+    uint8_t *envelope;   /* copy of the FHS/BHS lines (owned) */
+    size_t envelope_len;
+    unsigned outstanding; /* members queued and not yet answered */
+    unsigned total, failed;
+    int done_queuing;
+    int enhanced;
+    struct hl7_err first_err;
+    int have_err;
+};
+
+struct pending {
+    uint64_t conn_id, seq;
+    uint8_t *msh;         /* copy of the MSH segment (owned) */
+    size_t msh_len;
+    struct batch *batch;  /* non-NULL for a batch member */
+    const struct ingest_listener *il;
+};
+
+struct ingest {
+    struct loop *loop;
+    struct store *store;
+    struct mllp_server *srv;
+    struct ingest_opts o;
+    struct hl7_msg *msg;    /* scratch index, reused for every frame */
+    struct hl7_msg *ackmsg; /* scratch index for the MSH copies */
+    struct buf ack;         /* scratch ACK text */
+    struct mapping_result *mres; /* scratch mapping result */
+    struct buf rows;        /* scratch formatted rows */
+    struct pending *ring;
+    size_t ring_cap;
+    uint64_t ring_head, ring_tail; /* submission numbers */
+    uint64_t ack_counter;
+    char ack_prefix[16];
+    char ack_id[40];
+    int draining;
+    struct ingest_stats st;
+};
+
+/* ---- ACK helpers ---------------------------------------------------------- */
+
+static const char *next_ack_id(struct ingest *in)
+{
+    snprintf(in->ack_id, sizeof in->ack_id, "%s%" PRIu64, in->ack_prefix, ++in->ack_counter);
+    return in->ack_id;
+}
+
+static void ack_ctx(struct ingest *in, struct hl7_ack_ctx *ctx)
+{
+    ctx->app = in->o.application;
+    ctx->facility = in->o.facility;
+    ctx->control_id = next_ack_id(in);
+    ctx->now_ms = clock_wall_ms();
+}
+
+/* Builds and sends the acknowledgement for message `m` with outcome `o`. */
+static void answer(struct ingest *in, struct mllp_conn *c, uint64_t seq, const struct hl7_msg *m,
+                   enum hl7_outcome o, const char *code_override, const char *text,
+                   const struct hl7_err *err)
+{
+    int send = 1;
+    enum hl7_ack_code code = hl7_ack_choose(m, in->o.enhanced, o, &send);
+    if (code_override) {
+        enum hl7_ack_code oc;
+        if (hl7_ack_code_parse((const uint8_t *)code_override, strlen(code_override), &oc) == 0)
+            code = oc;
+    }
+    in->st.acks[code]++;
+    if (!c)
+        return; /* the connection went away; the count still stands */
+    if (!send) {
+        (void)mllp_conn_reply(c, seq, NULL, 0);
+        return;
+    }
+    struct hl7_ack_ctx ctx;
+    ack_ctx(in, &ctx);
+    buf_reset(&in->ack);
+    if (hl7_ack_build(m, code, text, err, &ctx, &in->ack) != 0) {
+        /* Cannot happen with HL7_ACK_MAX_BYTES of room unless MSH is huge:
+         * answer without the echoed fields rather than not at all. */
+        buf_reset(&in->ack);
+        if (hl7_ack_build(NULL, code, text, err, &ctx, &in->ack) != 0)
+            return;
+    }
+    (void)mllp_conn_reply(c, seq, buf_data(&in->ack), in->ack.len);
+}
+
+static const char *outcome_text(enum hl7_outcome o)
+{
+    return o == HL7_ACCEPT ? "Message accepted" : o == HL7_ERROR ? "Message not accepted"
+                                                                 : "Message rejected";
+}
+
+/* ---- batches ------------------------------------------------------------- */
+
+static void batch_finish(struct ingest *in, struct batch *b)
+{
+    struct mllp_conn *c = mllp_server_conn(in->srv, b->conn_id);
+    struct hl7_batch_iter it;
+    struct hl7_err e;
+    enum hl7_ack_code code;
+    char text[96];
+    if (b->failed == 0) {
+        code = b->enhanced ? HL7_ACK_CA : HL7_ACK_AA;
+        snprintf(text, sizeof text, "Batch accepted: %u messages", b->total);
+    } else {
+        code = b->enhanced ? HL7_ACK_CE : HL7_ACK_AE;
+        snprintf(text, sizeof text, "Batch: %u of %u messages not accepted", b->failed, b->total);
+    }
+    in->st.acks[code]++;
+    if (c) {
+        struct hl7_ack_ctx ctx;
+        ack_ctx(in, &ctx);
+        buf_reset(&in->ack);
+        int ok = hl7_batch_begin(&it, b->envelope, b->envelope_len, &e) == 0 &&
+                 hl7_ack_build_batch(&it, code, text, b->have_err ? &b->first_err : NULL, &ctx,
+                                     &in->ack) == 0;
+        if (!ok) {
+            buf_reset(&in->ack);
+            ok = hl7_ack_build(NULL, code, text, b->have_err ? &b->first_err : NULL, &ctx,
+                               &in->ack) == 0;
+        }
+        if (ok)
+            (void)mllp_conn_reply(c, b->seq, buf_data(&in->ack), in->ack.len);
+    }
+    free(b->envelope);
+    free(b);
+}
+
+static void batch_member_done(struct ingest *in, struct batch *b, int failed,
+                              const struct hl7_err *err)
+{
+    if (failed) {
+        b->failed++;
+        if (!b->have_err && err) {
+            b->first_err = *err;
+            b->have_err = 1;
+        }
+    }
+    b->outstanding--;
+    if (b->done_queuing && b->outstanding == 0)
+        batch_finish(in, b);
+}
+
+/* ---- submission ------------------------------------------------------------ */
+
+static char *dup_slice(struct hl7_slice s, size_t *len)
+{
+    uint8_t *p = malloc(s.len ? s.len : 1);
+    if (p && s.len)
+        memcpy(p, s.p, s.len);
+    *len = s.len;
+    return (char *)p;
+}
+
+/* What the rules made of a message, for the store. */
+struct mapped {
+    const uint8_t *rows;
+    size_t rows_len;
+    unsigned row_count;
+    int quarantined;
+    const char *reason;
+};
+
+/* Runs the rules on the parsed message in in->msg.  Returns 0 with *out
+ * filled (rows point into in->rows), or -1 when the rules reject the
+ * message: *err then holds the ERR content. */
+static int map_message(struct ingest *in, struct mapped *out, struct hl7_err *err)
+{
+    memset(out, 0, sizeof *out);
+    if (!in->o.mapping)
+        return 0;
+    int oc = mapping_eval(in->o.mapping, in->msg, in->mres);
+    switch (oc) {
+    case MAPPING_ROWS: {
+        unsigned replaced = 0;
+        buf_reset(&in->rows);
+        if (mapping_format_rows(in->o.mapping, in->mres, in->o.format, in->o.eol, &in->rows,
+                                &replaced) != 0) {
+            hl7_err_set(err, HL7_E_INTERNAL, "", 0, 0, "mapped rows too large");
+            return -1;
+        }
+        out->rows = buf_data(&in->rows);
+        out->rows_len = in->rows.len;
+        out->row_count = (unsigned)mapping_result_row_count(in->mres);
+        in->st.rows += out->row_count;
+        in->st.rows_replaced += replaced;
+        return 0;
+    }
+    case MAPPING_QUARANTINE:
+        out->quarantined = 1;
+        out->reason = mapping_result_reason(in->mres);
+        in->st.quarantined++;
+        return 0;
+    case MAPPING_REJECT: {
+        const struct hl7_err *e = mapping_result_err(in->mres);
+        if (e)
+            *err = *e;
+        else
+            hl7_err_set(err, HL7_E_REQUIRED_MISSING, "", 0, 0, mapping_result_reason(in->mres));
+        in->st.mapping_rejected++;
+        return -1;
+    }
+    default:
+        in->st.filtered++;
+        return 0;
+    }
+}
+
+/* Queues a parsed, valid message.  Returns 0, or -1 (nothing queued; the
+ * caller answers AE). */
+static int submit(struct ingest *in, struct mllp_conn *c, uint64_t seq, const struct hl7_msg *m,
+                  const struct ingest_listener *il, struct batch *b, const struct mapped *mp)
+{
+    if (in->ring_head - in->ring_tail >= in->ring_cap)
+        return -1;
+    const struct hl7_header *h = hl7_msg_header(m);
+    struct hl7_slice raw = hl7_msg_bytes(m);
+    int enhanced = in->o.enhanced;
+    int dummy;
+    enum hl7_ack_code code = hl7_ack_choose(m, enhanced, HL7_ACCEPT, &dummy);
+    struct store_msg_fields f = {
+        .raw = raw.p, .raw_len = raw.len,
+        .listener = il->name,
+        .peer = mllp_conn_peer(c),
+        .send_app = h->send_app.p, .send_app_len = h->send_app.len,
+        .send_fac = h->send_fac.p, .send_fac_len = h->send_fac.len,
+        .control_id = h->control_id.p, .control_id_len = h->control_id.len,
+        .msg_type = h->msg_type.p, .msg_type_len = h->msg_type.len,
+        .trigger = h->trigger.p, .trigger_len = h->trigger.len,
+        .version = h->version_id.p, .version_len = h->version_id.len,
+        .ack_code = hl7_ack_code_name(code),
+        .received_ms = clock_wall_ms(),
+        .rows = mp->rows, .rows_len = mp->rows_len, .row_count = mp->row_count,
+        .quarantined = mp->quarantined, .reason = mp->reason,
+    };
+    struct store_msg *sm = store_msg_new(&f);
+    if (!sm)
+        return -1;
+    struct pending *p = &in->ring[in->ring_head % in->ring_cap];
+    memset(p, 0, sizeof *p);
+    p->msh = (uint8_t *)dup_slice(hl7_seg_text(m, 0), &p->msh_len);
+    if (!p->msh) {
+        store_msg_free(sm);
+        return -1;
+    }
+    p->conn_id = mllp_conn_id(c);
+    p->seq = seq;
+    p->batch = b;
+    p->il = il;
+    if (store_submit(in->store, sm, in->ring_head) != 0) {
+        free(p->msh);
+        p->msh = NULL;
+        return -1;
+    }
+    in->ring_head++;
+    return 0;
+}
+
+static void on_result(struct ingest *in, const struct store_result *r)
+{
+    if (r->tag != in->ring_tail) {
+        /* The writer answers in order; anything else is a broken invariant. */
+        log_error("ingest_result_out_of_order", "tag=%" PRIu64 " expected=%" PRIu64, r->tag,
+                  in->ring_tail);
+        abort();
+    }
+    struct pending *p = &in->ring[in->ring_tail % in->ring_cap];
+    in->ring_tail++;
+    struct hl7_err err;
+    int parsed = hl7_msg_parse(in->ackmsg, p->msh, p->msh_len, NULL, &err) == 0;
+    const struct hl7_msg *m = parsed ? in->ackmsg : NULL;
+    struct hl7_err fail;
+    hl7_err_set(&fail, HL7_E_INTERNAL, "", 0, 0, "cannot store message");
+
+    if (r->status == STORE_DUPLICATE)
+        in->st.duplicates++;
+    if (r->status == STORE_FAILED)
+        in->st.store_failures++;
+
+    if (p->batch) {
+        batch_member_done(in, p->batch, r->status == STORE_FAILED,
+                          r->status == STORE_FAILED ? &fail : NULL);
+    } else {
+        struct mllp_conn *c = mllp_server_conn(in->srv, p->conn_id);
+        if (r->status == STORE_FAILED)
+            answer(in, c, p->seq, m, HL7_ERROR, NULL, "Cannot store message", &fail);
+        else if (r->status == STORE_DUPLICATE)
+            answer(in, c, p->seq, m, HL7_ACCEPT, r->ack_code,
+                   "Duplicate message: already received", NULL);
+        else
+            answer(in, c, p->seq, m, HL7_ACCEPT, NULL, "Message accepted", NULL);
+    }
+    free(p->msh);
+    p->msh = NULL;
+}
+
+static void store_cb(void *ud, int fd, unsigned ev)
+{
+    (void)fd;
+    (void)ev;
+    struct ingest *in = ud;
+    struct store_result rs[RESULTS_PER_TAKE];
+    size_t n;
+    while ((n = store_take_results(in->store, rs, RESULTS_PER_TAKE)) > 0) {
+        for (size_t i = 0; i < n; i++)
+            on_result(in, &rs[i]);
+    }
+    mllp_server_kick(in->srv);
+}
+
+/* ---- frames -------------------------------------------------------------- */
+
+static void handle_batch(struct ingest *in, struct mllp_conn *c, uint64_t seq,
+                         const struct ingest_listener *il, const uint8_t *p, size_t len)
+{
+    struct hl7_batch_iter it;
+    struct hl7_err err;
+    in->st.batches++;
+    if (hl7_batch_begin(&it, p, len, &err) != 0) {
+        in->st.received++;
+        answer(in, c, seq, NULL, HL7_REJECT, NULL, "Batch envelope cannot be read", &err);
+        return;
+    }
+    struct batch *b = calloc(1, sizeof *b);
+    if (!b) {
+        answer(in, c, seq, NULL, HL7_ERROR, NULL, "Out of memory", NULL);
+        return;
+    }
+    b->conn_id = mllp_conn_id(c);
+    b->seq = seq;
+    b->enhanced = in->o.enhanced;
+    struct hl7_slice msg;
+    int r;
+    size_t env_end = len;
+    int first = 1;
+    while ((r = hl7_batch_next(&it, &msg, &err)) == 1) {
+        if (first) {
+            env_end = (size_t)(msg.p - p);
+            first = 0;
+        }
+        in->st.received++;
+        b->total++;
+        struct hl7_err e;
+        if (hl7_msg_parse(in->msg, msg.p, msg.len, &il->parse, &e) != 0 ||
+            hl7_msg_validate(in->msg, &e) != 0) {
+            b->failed++;
+            if (!b->have_err) {
+                b->first_err = e;
+                b->have_err = 1;
+            }
+            continue;
+        }
+        struct mapped mr;
+        if (map_message(in, &mr, &e) != 0) {
+            b->failed++;
+            if (!b->have_err) {
+                b->first_err = e;
+                b->have_err = 1;
+            }
+            continue;
+        }
+        b->outstanding++;
+        if (submit(in, c, seq, in->msg, il, b, &mr) != 0) {
+            struct hl7_err f;
+            hl7_err_set(&f, HL7_E_INTERNAL, "", 0, 0, "store queue full");
+            batch_member_done(in, b, 1, &f);
+        }
+    }
+    if (r < 0) {
+        b->failed++;
+        if (!b->have_err) {
+            b->first_err = err;
+            b->have_err = 1;
+        }
+    }
+    b->envelope = malloc(env_end ? env_end : 1);
+    if (b->envelope) {
+        memcpy(b->envelope, p, env_end);
+        b->envelope_len = env_end;
+    }
+    b->done_queuing = 1;
+    if (b->outstanding == 0)
+        batch_finish(in, b);
+}
+
+static void on_frame(void *ud, struct mllp_conn *c, uint64_t seq, const uint8_t *p, size_t len)
+{
+    struct ingest *in = ud;
+    const struct ingest_listener *il = mllp_conn_listener_user(c);
+    if (hl7_is_batch(p, len)) {
+        handle_batch(in, c, seq, il, p, len);
+        return;
+    }
+    in->st.received++;
+    struct hl7_err err;
+    if (hl7_msg_parse(in->msg, p, len, &il->parse, &err) != 0) {
+        log_info("hl7_rejected", "listener=%s peer=%s code=%d reason=\"%s\"", il->name,
+                 mllp_conn_peer(c), err.code, err.text);
+        answer(in, c, seq, in->msg, HL7_REJECT, NULL, "Message cannot be parsed", &err);
+        return;
+    }
+    if (hl7_msg_validate(in->msg, &err) != 0) {
+        log_info("hl7_rejected", "listener=%s peer=%s code=%d reason=\"%s\"", il->name,
+                 mllp_conn_peer(c), err.code, err.text);
+        answer(in, c, seq, in->msg, HL7_REJECT, NULL, outcome_text(HL7_REJECT), &err);
+        return;
+    }
+    struct mapped mr;
+    if (map_message(in, &mr, &err) != 0) {
+        log_info("mapping_rejected", "listener=%s peer=%s code=%d reason=\"%s\"", il->name,
+                 mllp_conn_peer(c), err.code, mapping_result_reason(in->mres));
+        answer(in, c, seq, in->msg, HL7_ERROR, NULL, "Message not accepted by the mapping rules",
+               &err);
+        return;
+    }
+    if (submit(in, c, seq, in->msg, il, NULL, &mr) != 0) {
+        struct hl7_err f;
+        hl7_err_set(&f, HL7_E_INTERNAL, "", 0, 0, "store queue full");
+        in->st.store_failures++;
+        answer(in, c, seq, in->msg, HL7_ERROR, NULL, "Cannot store message", &f);
+    }
+}
+
+static void on_oversize(void *ud, struct mllp_conn *c, uint64_t seq, const uint8_t *p, size_t len)
+{
+    struct ingest *in = ud;
+    const struct ingest_listener *il = mllp_conn_listener_user(c);
+    in->st.received++;
+    struct hl7_err err;
+    /* Parse what arrived so the AR can echo the control id. */
+    size_t n = len < 65536 ? len : 65536;
+    if (hl7_msg_parse(in->msg, p, n, &il->parse, &err) != 0)
+        log_debug("oversize_prefix_unparsed", "code=%d", err.code);
+    hl7_err_set(&err, HL7_E_INTERNAL, "", 0, 0, "message exceeds max_message_bytes");
+    answer(in, c, seq, in->msg, HL7_REJECT, NULL, "Message too large", &err);
+}
+
+static int can_take(void *ud)
+{
+    struct ingest *in = ud;
+    if (in->draining)
+        return 1; /* finish what is buffered */
+    return store_space(in->store) > STORE_HEADROOM &&
+           in->ring_head - in->ring_tail + STORE_HEADROOM < in->ring_cap;
+}
+
+/* ---- lifecycle ---------------------------------------------------------- */
+
+struct ingest *ingest_new(struct loop *l, struct store *st, const struct ingest_opts *o)
+{
+    struct ingest *in = calloc(1, sizeof *in);
+    if (!in)
+        return NULL;
+    in->loop = l;
+    in->store = st;
+    in->o = *o;
+    in->ring_cap = STORE_QUEUE_CAPACITY + STORE_HEADROOM * 4;
+    in->ring = calloc(in->ring_cap, sizeof *in->ring);
+    in->msg = hl7_msg_new();
+    in->ackmsg = hl7_msg_new();
+    buf_init(&in->ack, HL7_ACK_MAX_BYTES * 4);
+    buf_init(&in->rows, 64u << 20);
+    in->mres = mapping_result_new();
+    /* ACK control ids: a per-start prefix so ids never repeat across restarts. */
+    snprintf(in->ack_prefix, sizeof in->ack_prefix, "HB%llx",
+             (unsigned long long)(clock_wall_ms() / 1000));
+    struct mllp_handler h = {
+        .on_frame = on_frame, .on_oversize = on_oversize, .can_take = can_take, .ud = in,
+    };
+    in->srv = mllp_server_new(l, &h);
+    if (!in->ring || !in->msg || !in->ackmsg || !in->srv || !in->mres)
+        goto fail;
+    if (loop_add(l, store_event_fd(st), LOOP_READ, store_cb, in) != 0)
+        goto fail;
+    return in;
+fail:
+    ingest_free(in);
+    return NULL;
+}
+
+void ingest_free(struct ingest *in)
+{
+    if (!in)
+        return;
+    if (in->store)
+        loop_del(in->loop, store_event_fd(in->store));
+    mllp_server_free(in->srv);
+    if (in->ring) {
+        for (uint64_t t = in->ring_tail; t < in->ring_head; t++)
+            free(in->ring[t % in->ring_cap].msh);
+    }
+    free(in->ring);
+    hl7_msg_free(in->msg);
+    hl7_msg_free(in->ackmsg);
+    buf_release(&in->ack);
+    buf_release(&in->rows);
+    mapping_result_free(in->mres);
+    free(in);
+}
+
+struct mllp_server *ingest_server(struct ingest *in) { return in->srv; }
+
+void ingest_drain(struct ingest *in)
+{
+    in->draining = 1;
+    mllp_server_stop_accepting(in->srv);
+    mllp_server_drain(in->srv);
+}
+
+int ingest_drained(const struct ingest *in)
+{
+    return in->draining && in->ring_head == in->ring_tail &&
+           mllp_server_conn_count(in->srv) == 0;
+}
+
+struct mapping *ingest_set_mapping(struct ingest *in, struct mapping *mp)
+{
+    struct mapping *old = in->o.mapping;
+    in->o.mapping = mp;
+    return old;
+}
+
+void ingest_get_stats(const struct ingest *in, struct ingest_stats *out) { *out = in->st; }

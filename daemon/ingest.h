@@ -1,0 +1,60 @@
+/* The ingest pipeline: frame → parse → validate → store → ACK, on the
+ * network thread.  Owns the MLLP server and the pending-ACK table; borrows
+ * the loop and the store. */
+#ifndef DAEMON_INGEST_H
+#define DAEMON_INGEST_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/loop.h"
+#include "hl7/hl7.h"
+#include "mapping/mapping.h"
+#include "store/store.h"
+
+struct ingest;
+
+struct ingest_opts {
+    int enhanced;            /* ack.mode: enhanced */
+    const char *application; /* our MSH-3 */
+    const char *facility;    /* our MSH-4 */
+    struct mapping *mapping; /* borrowed; NULL: store messages without rows */
+    enum mapping_format format; /* how rows are written into the store */
+    const char *eol;         /* line ending of each row */
+};
+
+/* Per-listener settings the pipeline needs (passed as the listener's user
+ * pointer; must outlive the ingest). */
+struct ingest_listener {
+    const char *name;
+    struct hl7_parse_opts parse;
+};
+
+/* ACK and message counters (network thread). */
+struct ingest_stats {
+    uint64_t received;          /* messages (batch members counted one by one) */
+    uint64_t acks[6];           /* by enum hl7_ack_code */
+    uint64_t duplicates;
+    uint64_t store_failures;
+    uint64_t batches;
+    uint64_t filtered;          /* accepted, no rule selected them */
+    uint64_t quarantined;       /* accepted, kept aside */
+    uint64_t mapping_rejected;  /* AE from the rules */
+    uint64_t rows;              /* connector rows stored */
+    uint64_t rows_replaced;     /* values altered to keep the file valid */
+};
+
+struct ingest *ingest_new(struct loop *l, struct store *st, const struct ingest_opts *o);
+void ingest_free(struct ingest *in);
+struct mllp_server *ingest_server(struct ingest *in);
+/* Begins a graceful stop: no new connections or frames; in-flight frames
+ * are still committed and answered. */
+void ingest_drain(struct ingest *in);
+/* 1 once a drain has answered everything and closed every connection. */
+int ingest_drained(const struct ingest *in);
+/* Swaps the rule set (SIGHUP); returns the previous one for the caller to
+ * free.  Network thread. */
+struct mapping *ingest_set_mapping(struct ingest *in, struct mapping *mp);
+void ingest_get_stats(const struct ingest *in, struct ingest_stats *out);
+
+#endif

@@ -1,0 +1,67 @@
+/* hl7bridge entry point: dispatches to the subcommands. */
+#include "daemon/cli.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: hl7bridge COMMAND [OPTIONS]\n"
+            "\n"
+            "HL7 v2 MLLP listener: parses, stores durably, acknowledges, maps and forwards.\n"
+            "\n"
+            "commands:\n"
+            "  run [-c FILE]           run the daemon (default config: config/hl7bridge.yaml)\n"
+            "  check [-c FILE]         validate the configuration; errors as file:line:column\n"
+            "  send ADDRESS FILE...    send HL7 messages over MLLP and print each ACK's MSA\n"
+            "  map [-c FILE] FILE...   print the connector rows the rules make of messages\n"
+            "  version                 print the version\n"
+            "  help                    this text\n"
+            "\n"
+            "Run 'hl7bridge COMMAND --help' for a command's options.\n");
+}
+
+int cli_config_opt(int argc, char **argv, int *i, const char **path)
+{
+    const char *a = argv[*i];
+    if (strcmp(a, "-c") == 0 || strcmp(a, "--config") == 0) {
+        if (*i + 1 >= argc)
+            return -1;
+        *path = argv[++*i];
+        return 1;
+    }
+    if (strncmp(a, "--config=", 9) == 0) {
+        *path = a + 9;
+        return 1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "run") == 0)
+        return cmd_run(argc - 1, argv + 1);
+    if (strcmp(cmd, "check") == 0)
+        return cmd_check(argc - 1, argv + 1);
+    if (strcmp(cmd, "send") == 0)
+        return cmd_send(argc - 1, argv + 1);
+    if (strcmp(cmd, "map") == 0)
+        return cmd_map(argc - 1, argv + 1);
+    if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
+        printf("hl7bridge %s\n", HL7BRIDGE_VERSION);
+        return 0;
+    }
+    if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    fprintf(stderr, "hl7bridge: unknown command '%s'\n\n", cmd);
+    usage(stderr);
+    return 2;
+}

@@ -1,0 +1,292 @@
+/* `hl7bridge run`: wires config, store, loop and the ingest pipeline, then
+ * runs the network loop on the main thread until SIGTERM/SIGINT.
+ *
+ * Shutdown drains: listeners close, connections stop reading, every frame
+ * already taken is committed and answered, then the store writer is stopped.
+ * A second signal, or DRAIN_DEADLINE_MS, cuts the drain short (nothing is
+ * lost: unanswered messages were not acknowledged). */
+#include "daemon/cli.h"
+#include "daemon/ingest.h"
+#include "daemon/rules.h"
+#include "config/config.h"
+#include "core/clock.h"
+#include "core/log.h"
+#include "mllp/mllp.h"
+#include "store/store.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#define DRAIN_DEADLINE_MS 30000
+
+struct runner {
+    const char *config_path;
+    int explicit_path;
+    struct loop *loop;
+    struct ingest *ingest;
+    int sigfd, timerfd;
+    int stopping;
+    uint64_t drain_deadline;
+};
+
+static void check_drained(struct runner *r)
+{
+    if (ingest_drained(r->ingest) || clock_mono_ms() > r->drain_deadline) {
+        if (!ingest_drained(r->ingest))
+            log_warn("shutdown_deadline", "deadline_ms=%d", DRAIN_DEADLINE_MS);
+        loop_stop(r->loop);
+    }
+}
+
+static void timer_cb(void *ud, int fd, unsigned ev)
+{
+    (void)ev;
+    uint64_t n;
+    ssize_t rd = read(fd, &n, sizeof n);
+    (void)rd;
+    check_drained(ud);
+}
+
+static void begin_shutdown(struct runner *r, const char *why)
+{
+    if (r->stopping) {
+        log_warn("shutdown_forced", "signal=%s", why);
+        loop_stop(r->loop);
+        return;
+    }
+    r->stopping = 1;
+    log_info("shutdown_begin", "signal=%s", why);
+    ingest_drain(r->ingest);
+    r->drain_deadline = clock_mono_ms() + DRAIN_DEADLINE_MS;
+    r->timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    struct itimerspec its = { .it_interval = { 0, 20000000 }, .it_value = { 0, 20000000 } };
+    if (r->timerfd < 0 || timerfd_settime(r->timerfd, 0, &its, NULL) != 0 ||
+        loop_add(r->loop, r->timerfd, LOOP_READ, timer_cb, r) != 0)
+        loop_stop(r->loop);
+}
+
+struct config *load_config_or_report(const char *path, int explicit_path, const char **used);
+
+/* SIGHUP: re-reads the configuration and recompiles the mapping rules; on
+ * any error the running rules stay and the errors are printed. Listener,
+ * store and sink settings need a restart. */
+static void reload(struct runner *r)
+{
+    const char *used;
+    struct config *c = load_config_or_report(r->config_path, r->explicit_path, &used);
+    struct mapping *mp = c ? rules_load(c) : NULL;
+    if (!mp) {
+        log_error("reload_failed", "config=%s keeping=previous_rules", used);
+        config_free(c);
+        return;
+    }
+    mapping_free(ingest_set_mapping(r->ingest, mp));
+    log_info("reload", "config=%s rules=%zu", used, mapping_rule_count(mp));
+    config_free(c);
+}
+
+static void signal_cb(void *ud, int fd, unsigned ev)
+{
+    (void)ev;
+    struct runner *r = ud;
+    struct signalfd_siginfo si;
+    while (read(fd, &si, sizeof si) == (ssize_t)sizeof si) {
+        switch (si.ssi_signo) {
+        case SIGTERM: begin_shutdown(r, "TERM"); break;
+        case SIGINT: begin_shutdown(r, "INT"); break;
+        case SIGHUP: reload(r); break;
+        default: break;
+        }
+    }
+}
+
+static int charset_of(const char *name, struct hl7_parse_opts *po)
+{
+    memset(po, 0, sizeof *po);
+    if (!name)
+        return 0;
+    po->override_charset = 1;
+    if (strcmp(name, "ASCII") == 0)
+        po->charset = HL7_CS_ASCII;
+    else if (strcmp(name, "8859/1") == 0)
+        po->charset = HL7_CS_LATIN1;
+    else if (strcmp(name, "8859/15") == 0)
+        po->charset = HL7_CS_LATIN15;
+    else if (strcmp(name, "UNICODE UTF-8") == 0)
+        po->charset = HL7_CS_UTF8;
+    else
+        return -1;
+    return 0;
+}
+
+static void run_usage(FILE *out)
+{
+    fprintf(out, "usage: hl7bridge run [-c FILE]\n"
+                 "\n"
+                 "Runs the daemon: MLLP listeners, durable store, ACKs.\n"
+                 "  -c, --config FILE   configuration (default %s; when that file does\n"
+                 "                      not exist, the built-in default configuration)\n"
+                 "Signals: TERM/INT drain and exit 0 (a second one exits at once).\n",
+            CONFIG_DEFAULT_PATH);
+}
+
+extern const unsigned char hb_default_config[];
+extern const size_t hb_default_config_len;
+
+/* Loads the configuration or prints every error; shared with `check`.
+ * `explicit_path` is 0 when no -c was given: then a missing default file
+ * means "use the configuration compiled into the binary". */
+struct config *load_config_or_report(const char *path, int explicit_path, const char **used);
+struct config *load_config_or_report(const char *path, int explicit_path, const char **used)
+{
+    struct config_errors errs = { 0 };
+    struct config *c;
+    if (!explicit_path && access(path, F_OK) != 0) {
+        *used = "(embedded default)";
+        c = config_load_string(*used, (const char *)hb_default_config, hb_default_config_len,
+                               &errs);
+    } else {
+        *used = path;
+        c = config_load(path, &errs);
+    }
+    if (!c) {
+        for (size_t i = 0; i < errs.n; i++)
+            fprintf(stderr, "%s\n", errs.items[i]);
+        if (errs.n == 0)
+            fprintf(stderr, "%s: cannot load configuration\n", *used);
+    }
+    config_errors_release(&errs);
+    return c;
+}
+
+int cmd_run(int argc, char **argv)
+{
+    const char *path = CONFIG_DEFAULT_PATH;
+    int explicit_path = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            run_usage(stdout);
+            return 0;
+        }
+        int r = cli_config_opt(argc, argv, &i, &path);
+        if (r <= 0) {
+            run_usage(stderr);
+            return 2;
+        }
+        explicit_path = 1;
+    }
+    struct config *cfg = load_config_or_report(path, explicit_path, &path);
+    if (!cfg)
+        return 1;
+    struct mapping *mp = rules_load(cfg);
+    if (!mp) {
+        config_free(cfg);
+        return 1;
+    }
+    log_set_level(cfg->log.level);
+    log_set_format(cfg->log.format);
+
+    int rc = 1;
+    struct runner r = { .sigfd = -1, .timerfd = -1, .config_path = path,
+                        .explicit_path = explicit_path };
+    struct store *st = NULL;
+    struct ingest_listener *ils = calloc(cfg->n_listeners, sizeof *ils);
+    char err[512];
+
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGHUP);
+    sigprocmask(SIG_BLOCK, &mask, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    struct store_opts so = {
+        .path = cfg->store.path,
+        .retention_days = cfg->store.retention_days,
+        .min_free_disk_mb = cfg->store.min_free_disk_mb,
+    };
+    st = store_open(&so, err, sizeof err);
+    if (!st) {
+        log_error("store_open_failed", "path=%s error=\"%s\"", cfg->store.path, err);
+        goto out;
+    }
+    r.loop = loop_new();
+    struct ingest_opts io = {
+        .enhanced = cfg->ack.mode == CONFIG_ACK_ENHANCED,
+        .application = cfg->ack.application,
+        .facility = cfg->ack.facility,
+        .mapping = mp,
+        .format = rules_format(cfg),
+        .eol = rules_eol(cfg),
+    };
+    r.ingest = r.loop && ils ? ingest_new(r.loop, st, &io) : NULL;
+    if (!r.ingest) {
+        mapping_free(mp);
+        log_error("startup_failed", "reason=out_of_memory");
+        goto out;
+    }
+    for (size_t i = 0; i < cfg->n_listeners; i++) {
+        const struct config_listener *cl = &cfg->listeners[i];
+        ils[i].name = cl->name;
+        if (charset_of(cl->charset, &ils[i].parse) != 0) {
+            log_error("startup_failed", "listener=%s reason=unknown_charset", cl->name);
+            goto out;
+        }
+        struct mllp_listener_opts lo = {
+            .name = cl->name,
+            .host = cl->host,
+            .port = cl->port,
+            .max_connections = cl->max_connections,
+            .max_message_bytes = (size_t)cl->max_message_bytes,
+            .idle_timeout_s = cl->idle_timeout_s,
+            .user = &ils[i],
+        };
+        if (mllp_server_listen(ingest_server(r.ingest), &lo, err, sizeof err) != 0) {
+            log_error("listen_failed", "listener=%s address=%s error=\"%s\"", cl->name,
+                      cl->address, err);
+            goto out;
+        }
+        log_info("listening", "listener=%s address=%s port=%u", cl->name, cl->address,
+                 mllp_server_port(ingest_server(r.ingest), i));
+    }
+    r.sigfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (r.sigfd < 0 || loop_add(r.loop, r.sigfd, LOOP_READ, signal_cb, &r) != 0) {
+        log_error("startup_failed", "reason=signalfd errno=%d", errno);
+        goto out;
+    }
+    log_info("started", "version=%s config=%s store=%s rules=%zu pid=%d", HL7BRIDGE_VERSION,
+             path, cfg->store.path, mapping_rule_count(mp), (int)getpid());
+    if (loop_run(r.loop) != 0)
+        log_error("loop_failed", "errno=%d", errno);
+    else
+        rc = 0;
+    struct ingest_stats is;
+    ingest_get_stats(r.ingest, &is);
+    log_info("stopped",
+             "received=%llu aa=%llu ae=%llu ar=%llu duplicates=%llu rows=%llu filtered=%llu "
+             "quarantined=%llu",
+             (unsigned long long)is.received, (unsigned long long)is.acks[HL7_ACK_AA],
+             (unsigned long long)is.acks[HL7_ACK_AE], (unsigned long long)is.acks[HL7_ACK_AR],
+             (unsigned long long)is.duplicates, (unsigned long long)is.rows,
+             (unsigned long long)is.filtered, (unsigned long long)is.quarantined);
+out:
+    if (r.ingest)
+        mapping_free(ingest_set_mapping(r.ingest, NULL));
+    ingest_free(r.ingest);
+    store_close(st);
+    if (r.sigfd >= 0)
+        close(r.sigfd);
+    if (r.timerfd >= 0)
+        close(r.timerfd);
+    loop_free(r.loop);
+    free(ils);
+    config_free(cfg);
+    return rc;
+}

@@ -1,0 +1,281 @@
+/* hl7/ack.c — acknowledgement choice and ACK message construction.
+ *
+ * An ACK is written straight into the caller's buffer in one pass.  Values
+ * echoed from the incoming message (MSH-3/4 as receiver, MSH-9.2, MSH-10,
+ * MSH-11, MSH-12) are copied raw: they are already escaped with the same
+ * delimiters, which the ACK reuses.  Our own text (application, facility,
+ * control id, MSA-3, error text) goes through hl7_escape so no value can
+ * break the message structure.
+ *
+ * Version-dependent form (decided from MSH-12.1, 2.5 when unknown):
+ *  - MSH-9 is ACK^<trigger>^ACK from v2.3.1 on (the message structure
+ *    component exists there) and ACK^<trigger> before; with no trigger it is
+ *    ACK^^ACK, or plain ACK before v2.3.1.
+ *  - Errors: v2.5+ ERR-2 location (SEG^seq^field^rep^comp^sub, empty
+ *    trailing parts left out), ERR-3 code^text^HL70357, ERR-4 E, and the
+ *    caller's reason in ERR-8 (user message).  Before v2.5 the one field
+ *    ERR-1 of type CM_ELD: SEG^seq^field^code&text&HL70357.
+ *
+ * Any thread; no state. */
+#include "hl7/hl7_int.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+static const struct hl7_delims std_delims = {'|', '^', '~', '\\', '&', 0};
+
+static const char *const code_names[] = {"AA", "AE", "AR", "CA", "CE", "CR"};
+
+const char *hl7_ack_code_name(enum hl7_ack_code c)
+{
+    return (unsigned)c < 6 ? code_names[c] : "AR";
+}
+
+int hl7_ack_code_parse(const uint8_t *p, size_t len, enum hl7_ack_code *out)
+{
+    if (!p || len != 2)
+        return -1;
+    for (unsigned i = 0; i < 6; i++)
+        if (p[0] == (uint8_t)code_names[i][0] && p[1] == (uint8_t)code_names[i][1]) {
+            if (out)
+                *out = (enum hl7_ack_code)i;
+            return 0;
+        }
+    return -1;
+}
+
+enum hl7_ack_code hl7_ack_choose(const struct hl7_msg *m, int enhanced, enum hl7_outcome o,
+                                 int *send)
+{
+    int s = 1;
+    enum hl7_ack_code c;
+    if (!enhanced) {
+        c = o == HL7_ACCEPT ? HL7_ACK_AA : o == HL7_ERROR ? HL7_ACK_AE : HL7_ACK_AR;
+    } else {
+        c = o == HL7_ACCEPT ? HL7_ACK_CA : o == HL7_ERROR ? HL7_ACK_CE : HL7_ACK_CR;
+        struct hl7_slice a = m ? m->h.accept_ack : hl7__slice(NULL, 0);
+        if (hl7_slice_eq(a, "NE"))
+            s = 0;
+        else if (hl7_slice_eq(a, "ER"))
+            s = o != HL7_ACCEPT;
+        else if (hl7_slice_eq(a, "SU"))
+            s = o == HL7_ACCEPT;
+        /* AL, empty or an unknown value: always, the safe default. */
+    }
+    if (send)
+        *send = s;
+    return c;
+}
+
+/* What an ACK echoes, whatever it acknowledges. */
+struct ack_in {
+    const struct hl7_delims *d;
+    struct hl7_slice recv_app, recv_fac, trigger, proc_id, version, echo_id;
+};
+
+struct w {
+    struct buf *out;
+    int failed;
+};
+
+static void raw(struct w *w, const void *p, size_t n)
+{
+    if (!w->failed && n && buf_append(w->out, p, n) != 0)
+        w->failed = 1;
+}
+
+static void ch(struct w *w, uint8_t c) { raw(w, &c, 1); }
+static void lit(struct w *w, const char *s) { raw(w, s, strlen(s)); }
+static void sl(struct w *w, struct hl7_slice s) { raw(w, s.p, s.len); }
+
+static void esc(struct w *w, const struct hl7_delims *d, const char *s)
+{
+    if (!w->failed && s && hl7_escape(d, (const uint8_t *)s, strlen(s), w->out) != 0)
+        w->failed = 1;
+}
+
+static void num(struct w *w, unsigned v)
+{
+    char tmp[16];
+    if (v == 0)
+        return;
+    int n = snprintf(tmp, sizeof tmp, "%u", v);
+    if (n > 0)
+        raw(w, tmp, (size_t)n);
+}
+
+static void timestamp(struct w *w, int64_t ms)
+{
+    int64_t sec = ms / 1000, frac = ms % 1000;
+    if (frac < 0) {
+        frac += 1000;
+        sec--;
+    }
+    time_t t = (time_t)sec;
+    struct tm tm;
+    char tmp[64];
+    if (!gmtime_r(&t, &tm))
+        memset(&tm, 0, sizeof tm);
+    int n = snprintf(tmp, sizeof tmp, "%04d%02d%02d%02d%02d%02d.%03d+0000", tm.tm_year + 1900,
+                     tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)frac);
+    if (n > 0 && (size_t)n < sizeof tmp)
+        raw(w, tmp, (size_t)n);
+}
+
+static void err_location(struct w *w, const struct hl7_delims *d, const struct hl7_err *e)
+{
+    if (!e->seg[0])
+        return;
+    unsigned parts[5] = {e->seg_seq, e->field, e->rep, e->comp, e->sub};
+    int last = -1;
+    for (int i = 0; i < 5; i++)
+        if (parts[i])
+            last = i;
+    esc(w, d, e->seg);
+    for (int i = 0; i <= last; i++) {
+        ch(w, d->comp);
+        num(w, parts[i]);
+    }
+}
+
+static int ack_write(const struct ack_in *in, enum hl7_ack_code code, const char *text,
+                     const struct hl7_err *err, const struct hl7_ack_ctx *ctx, struct buf *out)
+{
+    const struct hl7_delims *d = in->d;
+    struct w w = {out, 0};
+    unsigned ver = 0;
+    struct hl7_slice vid = hl7_slice_piece(hl7_slice_piece(in->version, d->rep, 1), d->comp, 1);
+    if (hl7__version_num(vid, &ver) != 0 || ver < 2001000u || ver >= 2009000u)
+        ver = 2005000u;
+
+    /* MSH */
+    lit(&w, "MSH");
+    ch(&w, d->field);
+    ch(&w, d->comp);
+    ch(&w, d->rep);
+    ch(&w, d->esc);
+    ch(&w, d->sub);
+    if (d->trunc)
+        ch(&w, d->trunc);
+    ch(&w, d->field);
+    esc(&w, d, ctx ? ctx->app : NULL);
+    ch(&w, d->field);
+    esc(&w, d, ctx ? ctx->facility : NULL);
+    ch(&w, d->field);
+    sl(&w, in->recv_app);
+    ch(&w, d->field);
+    sl(&w, in->recv_fac);
+    ch(&w, d->field);
+    timestamp(&w, ctx ? ctx->now_ms : 0);
+    ch(&w, d->field);
+    ch(&w, d->field);
+    lit(&w, "ACK");
+    if (ver >= 2003001u) {
+        ch(&w, d->comp);
+        sl(&w, in->trigger);
+        ch(&w, d->comp);
+        lit(&w, "ACK");
+    } else if (in->trigger.len) {
+        ch(&w, d->comp);
+        sl(&w, in->trigger);
+    }
+    ch(&w, d->field);
+    esc(&w, d, ctx ? ctx->control_id : NULL);
+    ch(&w, d->field);
+    if (in->proc_id.len)
+        sl(&w, in->proc_id);
+    else
+        lit(&w, "P");
+    ch(&w, d->field);
+    if (in->version.len)
+        sl(&w, in->version);
+    else
+        lit(&w, "2.5");
+    ch(&w, '\r');
+
+    /* MSA */
+    lit(&w, "MSA");
+    ch(&w, d->field);
+    lit(&w, hl7_ack_code_name(code));
+    ch(&w, d->field);
+    sl(&w, in->echo_id);
+    if (text && text[0]) {
+        ch(&w, d->field);
+        esc(&w, d, text);
+    }
+    ch(&w, '\r');
+
+    /* ERR */
+    if (err) {
+        lit(&w, "ERR");
+        ch(&w, d->field);
+        if (ver >= 2005000u) {
+            ch(&w, d->field);
+            err_location(&w, d, err);
+            ch(&w, d->field);
+            num(&w, (unsigned)err->code);
+            if (err->code == 0)
+                ch(&w, '0');
+            ch(&w, d->comp);
+            esc(&w, d, hl7__errcode_text(err->code));
+            ch(&w, d->comp);
+            lit(&w, "HL70357");
+            ch(&w, d->field);
+            ch(&w, 'E');
+            if (err->text[0]) {
+                for (int i = 0; i < 4; i++)
+                    ch(&w, d->field);
+                esc(&w, d, err->text);
+            }
+        } else {
+            esc(&w, d, err->seg);
+            ch(&w, d->comp);
+            num(&w, err->seg_seq);
+            ch(&w, d->comp);
+            num(&w, err->field);
+            ch(&w, d->comp);
+            num(&w, (unsigned)err->code);
+            if (err->code == 0)
+                ch(&w, '0');
+            ch(&w, d->sub);
+            esc(&w, d, hl7__errcode_text(err->code));
+            ch(&w, d->sub);
+            lit(&w, "HL70357");
+        }
+        ch(&w, '\r');
+    }
+    return w.failed ? -1 : 0;
+}
+
+int hl7_ack_build(const struct hl7_msg *m, enum hl7_ack_code code, const char *text,
+                  const struct hl7_err *err, const struct hl7_ack_ctx *ctx, struct buf *out)
+{
+    struct ack_in in;
+    memset(&in, 0, sizeof in);
+    in.d = hl7_msg_delims(m);
+    if (m) {
+        in.recv_app = m->h.send_app;
+        in.recv_fac = m->h.send_fac;
+        in.trigger = m->h.trigger;
+        in.proc_id = m->h.processing_id;
+        in.version = m->h.version;
+        in.echo_id = m->h.control_id;
+    }
+    return ack_write(&in, code, text, err, ctx, out);
+}
+
+int hl7_ack_build_batch(const struct hl7_batch_iter *it, enum hl7_ack_code code, const char *text,
+                        const struct hl7_err *err, const struct hl7_ack_ctx *ctx, struct buf *out)
+{
+    struct ack_in in;
+    memset(&in, 0, sizeof in);
+    in.d = it && it->d.comp ? &it->d : &std_delims;
+    if (it) {
+        in.recv_app = it->send_app;
+        in.recv_fac = it->send_fac;
+        in.version = it->version;
+        in.echo_id = it->batch_control_id;
+    }
+    return ack_write(&in, code, text, err, ctx, out);
+}

@@ -1,0 +1,625 @@
+/* hl7/msg.c — the zero-copy message index, header facts and validation.
+ *
+ * Design: one pass over the bytes records where every segment starts and
+ * ends and where each field separator sits, in two flat arrays owned by the
+ * struct hl7_msg and kept between parses (so a warmed-up index never
+ * mallocs).  Components, repetitions and subcomponents are not indexed:
+ * they are split on access with memchr, which is cheaper than indexing
+ * delimiters nobody asks for.  Encoding characters come from MSH-1/MSH-2
+ * and are never assumed.  Every read is bounded by the length given, so no
+ * input, however broken, makes the parser leave [p, p+len).
+ *
+ * Any thread; one struct hl7_msg belongs to one thread at a time. */
+#include "hl7/hl7_int.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/limits.h"
+#include "core/num.h"
+
+#define CR 0x0d
+#define LF 0x0a
+
+enum { CLS_NONE = 0, CLS_FS = 1, CLS_EOL = 2 };
+
+/* ---- errors ------------------------------------------------------------ */
+
+static void copy_text(char *dst, size_t cap, const char *src)
+{
+    size_t i = 0;
+    if (src)
+        for (; i + 1 < cap && src[i]; i++)
+            dst[i] = src[i];
+    dst[i] = '\0';
+}
+
+void hl7_err_set(struct hl7_err *e, int code, const char *seg, unsigned seg_seq,
+                 unsigned field, const char *text)
+{
+    if (!e)
+        return;
+    memset(e, 0, sizeof *e);
+    e->code = code;
+    copy_text(e->seg, sizeof e->seg, seg);
+    e->seg_seq = seg_seq;
+    e->field = field;
+    copy_text(e->text, sizeof e->text, text);
+}
+
+const char *hl7__errcode_text(int code)
+{
+    switch (code) {
+    case HL7_E_OK: return "Message accepted";
+    case HL7_E_SEGMENT_SEQUENCE: return "Segment sequence error";
+    case HL7_E_REQUIRED_MISSING: return "Required field missing";
+    case HL7_E_DATA_TYPE: return "Data type error";
+    case HL7_E_TABLE_VALUE: return "Table value not found";
+    case HL7_E_UNSUPPORTED_TYPE: return "Unsupported message type";
+    case HL7_E_UNSUPPORTED_EVENT: return "Unsupported event code";
+    case HL7_E_UNSUPPORTED_PROCESSING_ID: return "Unsupported processing id";
+    case HL7_E_UNSUPPORTED_VERSION: return "Unsupported version id";
+    case HL7_E_UNKNOWN_KEY: return "Unknown key identifier";
+    case HL7_E_DUPLICATE_KEY: return "Duplicate key identifier";
+    case HL7_E_RECORD_LOCKED: return "Application record locked";
+    default: return "Application internal error";
+    }
+}
+
+/* ---- small shared helpers --------------------------------------------- */
+
+int hl7__version_num(struct hl7_slice v, unsigned *out)
+{
+    uint64_t part[3] = {0, 0, 0};
+    unsigned np = 0;
+    size_t i = 0;
+    while (np < 3) {
+        size_t j = i;
+        while (j < v.len && v.p[j] != '.')
+            j++;
+        if (num_parse_u64(v.p + i, j - i, 999, &part[np]) != 0)
+            return -1;
+        np++;
+        if (j == v.len)
+            break;
+        i = j + 1;
+        if (np == 3)
+            return -1; /* a fourth part */
+    }
+    if (np < 2)
+        return -1;
+    *out = (unsigned)(part[0] * 1000000u + part[1] * 1000u + part[2]);
+    return 0;
+}
+
+static int is_alnum(uint8_t c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+}
+
+/* A delimiter must be a visible ASCII punctuation byte: letters and digits
+ * would be ambiguous with data, controls and non-ASCII with terminators and
+ * charsets. */
+static int delim_ok(uint8_t c) { return c > 0x20 && c < 0x7f && !is_alnum(c); }
+
+int hl7__read_delims(const uint8_t *p, size_t n, struct hl7_delims *d)
+{
+    if (n == 0)
+        return HL7_E_REQUIRED_MISSING;
+    if (n < 4 || n > 5)
+        return HL7_E_DATA_TYPE;
+    for (size_t i = 0; i < n; i++) {
+        if (!delim_ok(p[i]) || p[i] == d->field)
+            return HL7_E_DATA_TYPE;
+        for (size_t j = 0; j < i; j++)
+            if (p[j] == p[i])
+                return HL7_E_DATA_TYPE;
+    }
+    d->comp = p[0];
+    d->rep = p[1];
+    d->esc = p[2];
+    d->sub = p[3];
+    d->trunc = n == 5 ? p[4] : 0;
+    return 0;
+}
+
+struct hl7_slice hl7__raw_field(const uint8_t *s, const uint8_t *e, uint8_t fs, unsigned n,
+                                int msh_style)
+{
+    struct hl7_slice r = {e, 0};
+    size_t len = (size_t)(e - s);
+    if (n == 0 || len < 4)
+        return r;
+    if (msh_style) {
+        if (n == 1)
+            return hl7__slice(s + 3, 1);
+        n--;
+    }
+    /* Field k (1-based) starts after the k-th separator, counting the one
+     * right after the segment id as the first. */
+    const uint8_t *q = s + 3;
+    unsigned k = 0;
+    for (;;) {
+        if (q >= e || *q != fs)
+            return r;
+        k++;
+        const uint8_t *f = q + 1;
+        const uint8_t *nx = memchr(f, fs, (size_t)(e - f));
+        if (!nx)
+            nx = e;
+        if (k == n)
+            return hl7__slice(f, (size_t)(nx - f));
+        q = nx;
+    }
+}
+
+/* ---- slices ------------------------------------------------------------ */
+
+struct hl7_slice hl7_slice_piece(struct hl7_slice s, uint8_t delim, unsigned nth)
+{
+    struct hl7_slice r = {s.p, 0};
+    if (nth == 0 || !s.p)
+        return r;
+    const uint8_t *p = s.p, *end = s.p + s.len;
+    for (unsigned i = 1;; i++) {
+        const uint8_t *nx = memchr(p, delim, (size_t)(end - p));
+        if (i == nth)
+            return hl7__slice(p, (size_t)((nx ? nx : end) - p));
+        if (!nx)
+            return hl7__slice(end, 0);
+        p = nx + 1;
+    }
+}
+
+unsigned hl7_slice_count(struct hl7_slice s, uint8_t delim)
+{
+    unsigned n = 1;
+    if (!s.p)
+        return 1;
+    const uint8_t *p = s.p, *end = s.p + s.len;
+    while ((p = memchr(p, delim, (size_t)(end - p))) != NULL) {
+        n++;
+        p++;
+    }
+    return n;
+}
+
+int hl7_slice_is_null(struct hl7_slice s) { return s.len == 2 && s.p[0] == '"' && s.p[1] == '"'; }
+
+int hl7_slice_eq(struct hl7_slice s, const char *lit)
+{
+    size_t n = lit ? strlen(lit) : 0; /* our literal, not wire data */
+    return s.len == n && (n == 0 || memcmp(s.p, lit, n) == 0);
+}
+
+/* ---- lifecycle --------------------------------------------------------- */
+
+struct hl7_msg *hl7_msg_new(void)
+{
+    struct hl7_msg *m = calloc(1, sizeof *m);
+    if (!m)
+        return NULL;
+    m->cls[CR] = CLS_EOL;
+    m->cls[LF] = CLS_EOL;
+    return m;
+}
+
+void hl7_msg_free(struct hl7_msg *m)
+{
+    if (!m)
+        return;
+    free(m->segs);
+    free(m->seps);
+    free(m);
+}
+
+static int grow(void **arr, size_t *cap, size_t elem, size_t start)
+{
+    size_t ncap = *cap ? *cap * 2 : start;
+    void *np = realloc(*arr, ncap * elem);
+    if (!np)
+        return -1;
+    *arr = np;
+    *cap = ncap;
+    return 0;
+}
+
+/* ---- field access ------------------------------------------------------ */
+
+static struct hl7_slice field_of(const struct hl7_msg *m, size_t s, unsigned f)
+{
+    const struct hl7_seg_ix *sg = &m->segs[s];
+    struct hl7_slice r = {m->p + sg->end, 0};
+    if (f == 0)
+        return r;
+    if (sg->id == HL7_ID('M', 'S', 'H')) {
+        if (f == 1)
+            return hl7__slice(m->p + sg->start + 3, 1);
+        f--;
+    }
+    if (f > sg->nsep)
+        return r;
+    uint32_t a = m->seps[sg->sep0 + f - 1] + 1;
+    uint32_t b = f < sg->nsep ? m->seps[sg->sep0 + f] : sg->end;
+    return hl7__slice(m->p + a, b - a);
+}
+
+static void fill_header(struct hl7_msg *m)
+{
+    struct hl7_header *h = &m->h;
+    const struct hl7_delims *d = &m->d;
+    h->send_app = field_of(m, 0, 3);
+    h->send_fac = field_of(m, 0, 4);
+    h->recv_app = field_of(m, 0, 5);
+    h->recv_fac = field_of(m, 0, 6);
+    h->timestamp = field_of(m, 0, 7);
+    struct hl7_slice t = hl7_slice_piece(field_of(m, 0, 9), d->rep, 1);
+    h->msg_type = hl7_slice_piece(t, d->comp, 1);
+    h->trigger = hl7_slice_piece(t, d->comp, 2);
+    h->structure = hl7_slice_piece(t, d->comp, 3);
+    h->control_id = field_of(m, 0, 10);
+    h->processing_id = field_of(m, 0, 11);
+    h->version = field_of(m, 0, 12);
+    h->version_id = hl7_slice_piece(hl7_slice_piece(h->version, d->rep, 1), d->comp, 1);
+    h->accept_ack = field_of(m, 0, 15);
+    h->app_ack = field_of(m, 0, 16);
+    h->charset = hl7_slice_piece(field_of(m, 0, 18), d->rep, 1);
+}
+
+/* ---- parsing ----------------------------------------------------------- */
+
+static int fail(struct hl7_err *err, int code, const char *seg, unsigned seq, unsigned field,
+                size_t off, const char *text)
+{
+    hl7_err_set(err, code, seg, seq, field, text);
+    err->offset = off;
+    return -1;
+}
+
+static unsigned count_id(const struct hl7_msg *m, uint32_t id)
+{
+    unsigned n = 0;
+    for (size_t i = 0; i < m->nseg; i++)
+        n += m->segs[i].id == id;
+    return n;
+}
+
+int hl7_msg_parse(struct hl7_msg *m, const uint8_t *p, size_t len,
+                  const struct hl7_parse_opts *opts, struct hl7_err *err)
+{
+    struct hl7_err scratch;
+    if (!err)
+        err = &scratch;
+    hl7_err_set(err, 0, NULL, 0, 0, NULL);
+    if (!m)
+        return fail(err, HL7_E_INTERNAL, NULL, 0, 0, 0, "no index");
+
+    m->nseg = 0;
+    m->nsep = 0;
+    m->delims_ok = 0;
+    m->cs = HL7_CS_ASCII;
+    m->cs_unknown = 0;
+    m->cs_override = 0;
+    memset(&m->h, 0, sizeof m->h);
+    memset(&m->d, 0, sizeof m->d);
+    if (!p)
+        len = 0;
+
+    size_t i = 0;
+    if (len >= 3 && p[0] == 0xef && p[1] == 0xbb && p[2] == 0xbf)
+        i = 3;
+    while (i < len && (p[i] == CR || p[i] == LF))
+        i++;
+    m->p = p ? p + i : (const uint8_t *)"";
+    m->len = len - i;
+    const uint8_t *b = m->p;
+    size_t n = m->len;
+
+    if (n >= UINT32_MAX)
+        return fail(err, HL7_E_INTERNAL, NULL, 0, 0, 0, "message too large to index");
+    if (n < 3 || b[0] != 'M' || b[1] != 'S' || b[2] != 'H')
+        return fail(err, HL7_E_SEGMENT_SEQUENCE, NULL, 0, 0, 0, "message does not begin with MSH");
+    if (n == 3 || b[3] == CR || b[3] == LF)
+        return fail(err, HL7_E_REQUIRED_MISSING, "MSH", 1, 1, 3, "MSH truncated before MSH-1");
+    uint8_t fs = b[3];
+    if (is_alnum(fs))
+        return fail(err, HL7_E_SEGMENT_SEQUENCE, NULL, 0, 0, 0, "message does not begin with MSH");
+    if (!delim_ok(fs))
+        return fail(err, HL7_E_DATA_TYPE, "MSH", 1, 1, 3, "invalid field separator in MSH-1");
+
+    size_t j = 4;
+    while (j < n && j < 10 && b[j] != fs && b[j] != CR && b[j] != LF)
+        j++;
+    size_t k = j - 4;
+    m->d.field = fs;
+    if (k == 0)
+        return fail(err, HL7_E_REQUIRED_MISSING, "MSH", 1, 2, 4, "MSH-2 encoding characters missing");
+    if (k < 4 && (j == n || b[j] == CR || b[j] == LF))
+        return fail(err, HL7_E_REQUIRED_MISSING, "MSH", 1, 2, 4,
+                    "MSH truncated inside MSH-2 encoding characters");
+    int rc = hl7__read_delims(b + 4, k, &m->d);
+    if (rc != 0)
+        return fail(err, rc, "MSH", 1, 2, 4, "invalid MSH-2 encoding characters");
+    m->delims_ok = 1;
+
+    if (m->cls_fs != fs) {
+        if (m->cls_fs)
+            m->cls[m->cls_fs] = CLS_NONE;
+        m->cls[fs] = CLS_FS;
+        m->cls_fs = fs;
+    }
+    const uint8_t *cls = m->cls;
+
+    size_t pos = 0;
+    while (pos < n) {
+        uint8_t c0 = b[pos];
+        if (c0 == CR || c0 == LF) {
+            pos++;
+            continue;
+        }
+        if (c0 == ' ' || c0 == '\t') {
+            /* A line of blanks is an empty line, as some exporters write. */
+            size_t q = pos;
+            while (q < n && (b[q] == ' ' || b[q] == '\t'))
+                q++;
+            if (q == n || b[q] == CR || b[q] == LF) {
+                pos = q;
+                continue;
+            }
+        }
+        if (n - pos < 3 || !hl7__is_segid(b + pos) ||
+            (n - pos > 3 && b[pos + 3] != fs && b[pos + 3] != CR && b[pos + 3] != LF))
+            return fail(err, HL7_E_SEGMENT_SEQUENCE, NULL, 0, 0, pos, "invalid segment id");
+        uint32_t id = HL7_ID(b[pos], b[pos + 1], b[pos + 2]);
+        if (m->nseg > 0 &&
+            (id == HL7_ID('M', 'S', 'H') || id == HL7_ID('F', 'H', 'S') || id == HL7_ID('B', 'H', 'S') ||
+             id == HL7_ID('B', 'T', 'S') || id == HL7_ID('F', 'T', 'S'))) {
+            char sid[4] = {(char)b[pos], (char)b[pos + 1], (char)b[pos + 2], 0};
+            return fail(err, HL7_E_SEGMENT_SEQUENCE, sid, count_id(m, id) + 1, 0, pos,
+                        "message header or batch segment inside a message");
+        }
+        if (m->nseg >= HL7_MAX_SEGMENTS)
+            return fail(err, HL7_E_INTERNAL, NULL, 0, 0, pos, "too many segments");
+        if (m->nseg == m->segcap &&
+            grow((void **)&m->segs, &m->segcap, sizeof *m->segs, 32) != 0)
+            return fail(err, HL7_E_INTERNAL, NULL, 0, 0, pos, "out of memory");
+
+        struct hl7_seg_ix *sg = &m->segs[m->nseg];
+        sg->start = (uint32_t)pos;
+        sg->sep0 = (uint32_t)m->nsep;
+        sg->id = id;
+        size_t q = pos + 3;
+        int overflow = 0;
+        for (; q < n; q++) {
+            uint8_t c = cls[b[q]];
+            if (c == CLS_NONE)
+                continue;
+            if (c == CLS_EOL)
+                break;
+            if (m->nsep - sg->sep0 >= HL7_MAX_FIELDS_PER_SEGMENT) {
+                overflow = 1;
+                break;
+            }
+            if (m->nsep == m->sepcap &&
+                grow((void **)&m->seps, &m->sepcap, sizeof *m->seps, 256) != 0) {
+                overflow = 2;
+                break;
+            }
+            m->seps[m->nsep++] = (uint32_t)q;
+        }
+        sg->end = (uint32_t)q;
+        sg->nsep = (uint32_t)(m->nsep - sg->sep0);
+        m->nseg++;
+        if (m->nseg == 1) {
+            fill_header(m);
+            if (opts && opts->override_charset) {
+                m->cs = opts->charset;
+                m->cs_override = 1;
+            } else {
+                m->cs = hl7__charset_from(m->h.charset, &m->cs_unknown);
+            }
+        }
+        if (overflow) {
+            char sid[4] = {(char)b[pos], (char)b[pos + 1], (char)b[pos + 2], 0};
+            return fail(err, HL7_E_INTERNAL, sid, count_id(m, id), 0, q,
+                        overflow == 1 ? "too many fields in a segment" : "out of memory");
+        }
+        pos = q;
+    }
+    return 0;
+}
+
+/* ---- validation -------------------------------------------------------- */
+
+static int digits2(const uint8_t *p, unsigned lo, unsigned hi)
+{
+    if (p[0] < '0' || p[0] > '9' || p[1] < '0' || p[1] > '9')
+        return 0;
+    unsigned v = (unsigned)(p[0] - '0') * 10u + (unsigned)(p[1] - '0');
+    return v >= lo && v <= hi;
+}
+
+/* MSH-7 as a TS/DTM: YYYY[MM[DD[HH[MM[SS[.S[S[S[S]]]]]]]]][+/-ZZZZ], with an
+ * optional TS.2 degree of precision.  Some engines glue milliseconds to the
+ * seconds without the dot (17 digits); that is tolerated. */
+static int ts_ok(struct hl7_slice ts, uint8_t comp)
+{
+    if (ts.len == 0)
+        return 1;
+    if (hl7_slice_count(ts, comp) > 2)
+        return 0;
+    struct hl7_slice prec = hl7_slice_piece(ts, comp, 2);
+    if (prec.len > 1 || (prec.len == 1 && !memchr("YLMDHS", prec.p[0], 6)))
+        return 0;
+    struct hl7_slice t = hl7_slice_piece(ts, comp, 1);
+    size_t nd = 0;
+    while (nd < t.len && t.p[nd] >= '0' && t.p[nd] <= '9')
+        nd++;
+    if (nd < 4 || nd > 17 || (nd < 14 && nd % 2))
+        return 0;
+    const uint8_t *d = t.p;
+    if ((nd >= 6 && !digits2(d + 4, 1, 12)) || (nd >= 8 && !digits2(d + 6, 1, 31)) ||
+        (nd >= 10 && !digits2(d + 8, 0, 23)) || (nd >= 12 && !digits2(d + 10, 0, 59)) ||
+        (nd >= 14 && !digits2(d + 12, 0, 60)))
+        return 0;
+    size_t i = nd;
+    if (i < t.len && t.p[i] == '.') {
+        if (nd != 14)
+            return 0;
+        size_t f = ++i;
+        while (i < t.len && t.p[i] >= '0' && t.p[i] <= '9')
+            i++;
+        if (i == f || i - f > 4)
+            return 0;
+    }
+    if (i < t.len && (t.p[i] == '+' || t.p[i] == '-')) {
+        if (t.len - i != 5 || !digits2(t.p + i + 1, 0, 23) || !digits2(t.p + i + 3, 0, 59))
+            return 0;
+        i += 5;
+    }
+    return i == t.len;
+}
+
+static int vfail(const struct hl7_msg *m, struct hl7_err *err, int code, unsigned field,
+                 unsigned comp, struct hl7_slice at, const char *text)
+{
+    hl7_err_set(err, code, "MSH", 1, field, text);
+    err->comp = comp;
+    err->offset = at.p && at.p >= m->p && at.p <= m->p + m->len ? (size_t)(at.p - m->p) : 0;
+    return -1;
+}
+
+int hl7_msg_validate(const struct hl7_msg *m, struct hl7_err *err)
+{
+    struct hl7_err scratch;
+    if (!err)
+        err = &scratch;
+    hl7_err_set(err, 0, NULL, 0, 0, NULL);
+    if (!m || !m->delims_ok || m->nseg == 0) {
+        hl7_err_set(err, HL7_E_SEGMENT_SEQUENCE, NULL, 0, 0, "no readable MSH segment");
+        return -1;
+    }
+    const struct hl7_header *h = &m->h;
+    unsigned ver = 0;
+    int ver_ok = hl7__version_num(h->version_id, &ver) == 0 && ver >= 2001000u && ver < 2009000u;
+
+    struct hl7_slice f9 = field_of(m, 0, 9);
+    if (f9.len == 0)
+        return vfail(m, err, HL7_E_REQUIRED_MISSING, 9, 0, f9, "MSH-9 message type missing");
+    if (h->msg_type.len == 0)
+        return vfail(m, err, HL7_E_REQUIRED_MISSING, 9, 1, f9, "MSH-9.1 message type missing");
+    /* v2.1 carried the trigger in EVN, and plain "ACK" is common enough from
+     * engines that refusing it would only cause retries. */
+    if (h->trigger.len == 0 && !hl7_slice_eq(h->msg_type, "ACK") && !(ver_ok && ver < 2002000u))
+        return vfail(m, err, HL7_E_REQUIRED_MISSING, 9, 2, f9, "MSH-9.2 trigger event missing");
+    if (h->control_id.len == 0)
+        return vfail(m, err, HL7_E_REQUIRED_MISSING, 10, 0, h->control_id,
+                     "MSH-10 message control id missing");
+    if (h->version.len == 0)
+        return vfail(m, err, HL7_E_REQUIRED_MISSING, 12, 0, h->version, "MSH-12 version id missing");
+    if (!ver_ok)
+        return vfail(m, err, HL7_E_UNSUPPORTED_VERSION, 12, 1, h->version_id,
+                     "MSH-12 version is not 2.1 to 2.8");
+    if (!ts_ok(h->timestamp, m->d.comp))
+        return vfail(m, err, HL7_E_DATA_TYPE, 7, 0, h->timestamp, "MSH-7 is not a valid timestamp");
+    if (m->cs_unknown && !m->cs_override)
+        return vfail(m, err, HL7_E_TABLE_VALUE, 18, 0, h->charset,
+                     "MSH-18 names no HL7 table 0211 character set");
+    return 0;
+}
+
+/* ---- accessors --------------------------------------------------------- */
+
+const struct hl7_header *hl7_msg_header(const struct hl7_msg *m) { return &m->h; }
+
+static const struct hl7_delims default_delims = {'|', '^', '~', '\\', '&', 0};
+
+const struct hl7_delims *hl7_msg_delims(const struct hl7_msg *m)
+{
+    return m && m->delims_ok ? &m->d : &default_delims;
+}
+
+enum hl7_charset hl7_msg_charset(const struct hl7_msg *m) { return m->cs; }
+
+struct hl7_slice hl7_msg_bytes(const struct hl7_msg *m) { return hl7__slice(m->p, m->len); }
+
+size_t hl7_seg_count(const struct hl7_msg *m) { return m ? m->nseg : 0; }
+
+struct hl7_slice hl7_seg_id(const struct hl7_msg *m, size_t seg)
+{
+    if (!m || seg >= m->nseg)
+        return hl7__slice(NULL, 0);
+    return hl7__slice(m->p + m->segs[seg].start, 3);
+}
+
+struct hl7_slice hl7_seg_text(const struct hl7_msg *m, size_t seg)
+{
+    if (!m || seg >= m->nseg)
+        return hl7__slice(NULL, 0);
+    const struct hl7_seg_ix *sg = &m->segs[seg];
+    return hl7__slice(m->p + sg->start, sg->end - sg->start);
+}
+
+long hl7_seg_find(const struct hl7_msg *m, const char id[3], unsigned nth)
+{
+    if (!m || !id || nth == 0)
+        return -1;
+    uint32_t want = HL7_ID(id[0], id[1], id[2]);
+    for (size_t i = 0; i < m->nseg; i++)
+        if (m->segs[i].id == want && --nth == 0)
+            return (long)i;
+    return -1;
+}
+
+unsigned hl7_seg_field_count(const struct hl7_msg *m, size_t seg)
+{
+    if (!m || seg >= m->nseg)
+        return 0;
+    const struct hl7_seg_ix *sg = &m->segs[seg];
+    return sg->nsep + (sg->id == HL7_ID('M', 'S', 'H') ? 1u : 0u);
+}
+
+struct hl7_slice hl7_seg_field(const struct hl7_msg *m, size_t seg, unsigned field)
+{
+    if (!m || seg >= m->nseg)
+        return hl7__slice(NULL, 0);
+    return field_of(m, seg, field);
+}
+
+/* ---- strict escape check ---------------------------------------------- */
+
+int hl7_msg_check_escapes(const struct hl7_msg *m, struct hl7_err *err)
+{
+    struct hl7_err scratch;
+    if (!err)
+        err = &scratch;
+    hl7_err_set(err, 0, NULL, 0, 0, NULL);
+    if (!m || !m->delims_ok)
+        return 0;
+    const uint8_t esc = m->d.esc;
+    for (size_t s = 0; s < m->nseg; s++) {
+        const struct hl7_seg_ix *sg = &m->segs[s];
+        int is_msh = sg->id == HL7_ID('M', 'S', 'H');
+        unsigned nf = sg->nsep + (is_msh ? 1u : 0u);
+        /* MSH-1 and MSH-2 are the delimiters themselves, not text. */
+        for (unsigned f = is_msh ? 3u : 1u; f <= nf; f++) {
+            struct hl7_slice v = field_of(m, s, f);
+            unsigned n = 0;
+            const uint8_t *p = v.p, *end = v.p + v.len;
+            while (v.len && (p = memchr(p, esc, (size_t)(end - p))) != NULL) {
+                n++;
+                p++;
+            }
+            if (n % 2) {
+                char sid[4] = {(char)(sg->id >> 16), (char)(sg->id >> 8), (char)sg->id, 0};
+                unsigned seq = 0;
+                for (size_t i = 0; i <= s; i++)
+                    seq += m->segs[i].id == sg->id;
+                hl7_err_set(err, HL7_E_DATA_TYPE, sid, seq, f, "unterminated escape sequence");
+                err->offset = (size_t)(v.p - m->p);
+                return -1;
+            }
+        }
+    }
+    return 0;
+}

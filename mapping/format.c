@@ -1,0 +1,167 @@
+/* Schemas and row output.
+ *
+ * One table lists the connector's semantic columns in the order the
+ * connectors document them, with the healthcare and Epic header names and
+ * the mandatory marks; a rule names columns by key (or by either header), and
+ * the configured schema decides which columns are written and under which
+ * header.  The formatter writes tsv, csv (RFC 4180) or psv; the audit sink
+ * and `hl7bridge map` both call it, so what `map` prints is what is
+ * uploaded.  Any thread. */
+#include "mapping/mapping_int.h"
+
+#include <string.h>
+
+const struct mp_coldef mp_cols[MP_NCOLS] = {
+    {"creation_time", "Creation Time", "ACCESS_LOG.ACCESS_TIME", 1},
+    {"event_name", "Event Name", "ACCESS_LOG_METRIC.METRIC_NAME", 1},
+    {"workstation_id", "Workstation Id", "ACCESS_LOG.WORKSTATION_ID", 0},
+    {"event_section", "Event Section", "ZC_METRIC_GROUP.NAME", 0},
+    {"event_category", "Event Category", "ZC_ACCESS_ACTION.NAME", 0},
+    {"patient_reg_id", "Patient Reg Id", "PATIENT.PAT_MRN_ID", 0},
+    {"patient_first_name", "Patient First Name", "PATIENT.PAT_FIRST_NAME", 1},
+    {"patient_middle_name", "Patient Middle Name", "PATIENT.PAT_MIDDLE_NAME", 0},
+    {"patient_last_name", "Patient Last Name", "PATIENT.PAT_LAST_NAME", 1},
+    {"patient_address_line_1", "Patient Address Line 1", "PATIENT.ADD_LINE_1", 1},
+    {"patient_address_line_2", "Patient Address Line 2", "PATIENT.ADD_LINE_2", 0},
+    {"patient_city", "Patient City", "PATIENT.CITY", 1},
+    {"patient_zip_code", "Patient Zip Code", "PATIENT.ZIP", 1},
+    {"patient_state", "Patient State", "ZC_STATE.NAME", 0},
+    {"patient_country", "Patient Country", "ZC_COUNTRY.NAME", 0},
+    {"patient_department", "Patient Department", "CLARITY_DEP.DEPARTMENT_NAME", 0},
+    {"restricted_access_reason", "Restricted Access Reason", "ZC_BTG_REASON.NAME", 1},
+    {"restricted_access_comment", "Restricted Access Comment", "PAT_BTG_AUDIT.BTG_EXPLANATION", 0},
+    {"user_login", "Email Address (UPN) or SamAccountName", "EMP.SYSTEM_LOGIN", 1},
+    /* The Epic connector has no separate user-name column. */
+    {"employee_user_name", "Employee User Name", NULL, 0},
+    {"employee_id", "Employee Id", "CLARITY_EMP.USER_ID", 0},
+    {"employee_last_name", "Employee Last Name", "employee_last_name", 0},
+    {"employee_first_name", "Employee First Name", "employee_first_name", 0},
+};
+
+static int name_is(const char *name, size_t len, const char *s)
+{
+    return s && strlen(s) == len && memcmp(name, s, len) == 0;
+}
+
+int mp_col_lookup(const char *name, size_t len)
+{
+    for (int i = 0; i < MP_NCOLS; i++)
+        if (name_is(name, len, mp_cols[i].key) || name_is(name, len, mp_cols[i].healthcare) ||
+            name_is(name, len, mp_cols[i].epic))
+            return i;
+    return -1;
+}
+
+size_t mapping_column_count(const struct mapping *mp) { return mp->ncols; }
+
+const char *mapping_column_header(const struct mapping *mp, size_t i)
+{
+    return i < mp->ncols ? mp->headers[i] : NULL;
+}
+
+int mapping_column_mandatory(const struct mapping *mp, size_t i)
+{
+    return i < mp->ncols ? mp_cols[mp->colmap[i]].mandatory : 0;
+}
+
+int mapping_format_parse(const char *s, enum mapping_format *out)
+{
+    if (strcmp(s, "tsv") == 0)
+        *out = MAPPING_FMT_TSV;
+    else if (strcmp(s, "csv") == 0)
+        *out = MAPPING_FMT_CSV;
+    else if (strcmp(s, "psv") == 0)
+        *out = MAPPING_FMT_PSV;
+    else
+        return -1;
+    return 0;
+}
+
+static uint8_t delim_of(enum mapping_format f)
+{
+    return f == MAPPING_FMT_CSV ? ',' : f == MAPPING_FMT_PSV ? '|' : '\t';
+}
+
+static const char *eol_of(enum mapping_format f, const char *eol)
+{
+    return eol ? eol : f == MAPPING_FMT_CSV ? "\r\n" : "\n";
+}
+
+/* Appends one value; returns 1 when it had to be altered (tsv/psv), 0, or
+ * -1 when out is full. */
+static int put_value(struct buf *out, enum mapping_format f, const uint8_t *p, size_t len)
+{
+    uint8_t d = delim_of(f);
+    size_t i;
+    for (i = 0; i < len; i++) {
+        uint8_t c = p[i];
+        if (c == d || c == '\r' || c == '\n' || (c == '"' && f == MAPPING_FMT_CSV))
+            break;
+    }
+    if (i == len) /* the common case: nothing to escape */
+        return buf_append(out, p, len);
+    if (f == MAPPING_FMT_CSV) {
+        uint8_t *w = buf_reserve(out, 2 * len + 2);
+        if (!w)
+            return -1;
+        size_t o = 0;
+        w[o++] = '"';
+        for (i = 0; i < len; i++) {
+            if (p[i] == '"')
+                w[o++] = '"';
+            w[o++] = p[i];
+        }
+        w[o++] = '"';
+        buf_commit(out, o);
+        return 0;
+    }
+    uint8_t *w = buf_reserve(out, len);
+    if (!w)
+        return -1;
+    for (i = 0; i < len; i++) {
+        uint8_t c = p[i];
+        w[i] = c == d || c == '\r' || c == '\n' ? ' ' : c;
+    }
+    buf_commit(out, len);
+    return 1;
+}
+
+int mapping_format_header(const struct mapping *mp, enum mapping_format fmt, const char *eol,
+                          struct buf *out)
+{
+    uint8_t d = delim_of(fmt);
+    for (unsigned k = 0; k < mp->ncols; k++) {
+        if (k && buf_append(out, &d, 1) != 0)
+            return -1;
+        if (put_value(out, fmt, (const uint8_t *)mp->headers[k], strlen(mp->headers[k])) < 0)
+            return -1;
+    }
+    return buf_append_str(out, eol_of(fmt, eol));
+}
+
+int mapping_format_rows(const struct mapping *mp, const struct mapping_result *r,
+                        enum mapping_format fmt, const char *eol, struct buf *out,
+                        unsigned *replaced)
+{
+    uint8_t d = delim_of(fmt);
+    const char *e = eol_of(fmt, eol);
+    size_t elen = strlen(e);
+    const uint8_t *base = buf_data(&r->arena);
+    if (r->outcome != MAPPING_ROWS || r->ncols != mp->ncols)
+        return 0;
+    for (size_t row = 0; row < r->nrows; row++) {
+        const struct mp_cell *c = r->cells + row * r->ncols;
+        for (unsigned k = 0; k < r->ncols; k++) {
+            if (k && buf_append(out, &d, 1) != 0)
+                return -1;
+            int rc = put_value(out, fmt, base + c[k].off, c[k].len);
+            if (rc < 0)
+                return -1;
+            if (rc > 0 && replaced)
+                (*replaced)++;
+        }
+        if (buf_append(out, e, elen) != 0)
+            return -1;
+    }
+    return 0;
+}

@@ -1,0 +1,205 @@
+/* Internals shared by the mapping module's files: the compiled rule program,
+ * the schema table, time zones and the result layout.  Not for other
+ * modules. */
+#ifndef MAPPING_MAPPING_INT_H
+#define MAPPING_MAPPING_INT_H
+
+#include <regex.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mapping/mapping.h"
+
+/* Distinct segment references (id + instance) one rule may use; resolved
+ * once per message into segment indices. */
+#define MP_MAX_SEGREFS 48
+/* Output ceiling for one message's values (all rows). */
+#define MP_MAX_RESULT_BYTES (256u * 1024u * 1024u)
+/* Rows one message may produce (for_each). */
+#define MP_MAX_ROWS 100000u
+/* Nesting of value expressions (first: inside first: ...). */
+#define MP_MAX_DEPTH 8
+
+/* ---- schema ------------------------------------------------------------ */
+
+#define MP_NCOLS 23 /* semantic columns; healthcare has all, epic 22 */
+
+struct mp_coldef {
+    const char *key;        /* rule key, e.g. "creation_time" */
+    const char *healthcare; /* documented healthcare header, e.g. "Creation Time" */
+    const char *epic;       /* documented epic header, NULL when epic has none */
+    int mandatory;
+};
+extern const struct mp_coldef mp_cols[MP_NCOLS];
+/* Semantic column index for a key or either documented name, or -1. */
+int mp_col_lookup(const char *name, size_t len);
+
+/* ---- time zones and date-times ------------------------------------------ */
+
+struct mp_tz; /* compiled zone: transitions + POSIX rule for later years */
+
+/* Loads zone `name` from the system tz database (TZDIR or
+ * /usr/share/zoneinfo).  NULL, "", "UTC" give UTC.  Returns NULL with a
+ * message in why[] on error. */
+struct mp_tz *mp_tz_load(const char *name, char *why, size_t cap);
+void mp_tz_free(struct mp_tz *tz);
+/* UTC offset (seconds east) in force at UTC instant t. */
+int32_t mp_tz_offset_at(const struct mp_tz *tz, int64_t t);
+/* UTC instant of local civil time `local` (seconds since epoch as if UTC);
+ * gap → forward by the gap, overlap → earlier instant. */
+int64_t mp_tz_local_to_utc(const struct mp_tz *tz, int64_t local);
+
+int64_t mp_days_from_civil(int64_t y, unsigned m, unsigned d);
+void mp_civil_from_days(int64_t z, int64_t *y, unsigned *m, unsigned *d);
+/* Parses a DTM: returns 0 with *utc, or -1.  `tz` reads offset-less values. */
+int mp_dtm_parse(const struct mp_tz *tz, const uint8_t *p, size_t len, int64_t *utc);
+/* Formats UTC epoch seconds with a strftime format (fast path for the
+ * default ISO form).  Returns bytes written (0 on overflow). */
+size_t mp_time_format(int64_t t, const char *fmt, int iso_default, char *out, size_t cap);
+
+/* ---- compiled rules ----------------------------------------------------- */
+
+struct mp_str {
+    char *p; /* NUL-terminated, owned */
+    size_t len;
+};
+
+/* Where a path was written, for messages. */
+struct mp_loc {
+    const char *file; /* owned by the mapping's file list */
+    unsigned line, col;
+};
+
+enum mp_cop { MP_C_EQUALS, MP_C_IN, MP_C_PRESENT, MP_C_ABSENT, MP_C_REGEX };
+
+/* A compiled path plus the rule's segment slot it reads. */
+struct mp_path {
+    struct hl7_path p;
+    int slot;   /* index into rule->segrefs; -1 → hl7_seg_find at eval time */
+};
+
+struct mp_cond {
+    struct mp_path path;
+    enum mp_cop op;
+    struct mp_str *vals; /* sorted for IN/EQUALS */
+    size_t n_vals;
+    regex_t re;
+    int has_re;
+};
+
+struct mp_map {
+    struct mp_str *keys; /* sorted, bytewise */
+    struct mp_str *vals;
+    size_t n;
+    struct mp_str fallback; /* "*" entry */
+    int has_fallback;
+    int shared;             /* owned by the file's `maps:` table */
+};
+
+enum mp_vop {
+    MP_V_LIT = 0,  /* literal text */
+    MP_V_FIELD,    /* one path */
+    MP_V_TEMPLATE, /* parts: MP_V_LIT / MP_V_FIELD; empty when every field is */
+    MP_V_FIRST     /* first non-empty child */
+};
+
+enum mp_dt { MP_DT_NONE = 0, MP_DT_FORMAT, MP_DT_ISO, MP_DT_EPOCH };
+enum mp_case { MP_CASE_KEEP = 0, MP_CASE_UPPER, MP_CASE_LOWER };
+
+struct mp_val {
+    enum mp_vop op;
+    struct mp_str lit;          /* MP_V_LIT */
+    struct mp_path path;        /* MP_V_FIELD */
+    struct mp_val *kids;        /* MP_V_TEMPLATE parts, MP_V_FIRST alternatives */
+    size_t n_kids;
+    /* repetition chosen by conditions on the same field (`where:`) */
+    struct mp_cond *where;
+    size_t n_where;
+    struct mp_path where_field; /* SEG-F of the where conditions */
+    /* modifiers, applied in this order */
+    int trim;                   /* default on */
+    enum mp_case kase;
+    struct mp_map *map;
+    enum mp_dt dt;
+    struct mp_val *units;       /* amount in these units → minutes */
+    struct mp_str dflt;
+    int has_dflt;
+    /* first path read, for ERR-2 and reasons; NULL when literal only */
+    const struct mp_path *src;
+};
+
+enum mp_missing { MP_MISSING_QUARANTINE = 0, MP_MISSING_REJECT, MP_MISSING_DEFAULT };
+
+struct mp_segref {
+    char id[4];
+    unsigned nth; /* 1-based */
+};
+
+struct mp_match {
+    char type[8];    /* "" = any */
+    char trigger[8]; /* "" = any */
+};
+
+struct mp_rule {
+    char *name;
+    struct mp_loc loc;
+    struct mp_match *match;
+    size_t n_match;
+    struct mp_cond *when;
+    size_t n_when;
+    char for_each[4];      /* "" = one row per message */
+    int for_each_slot;
+    enum mp_missing missing;
+    struct mp_str missing_value;
+    int has_columns;
+    struct mp_val *cols[MP_NCOLS];        /* NULL → empty */
+    int has_appt;
+    struct mp_val *appt[MAPPING_APPT_N];  /* NULL → empty */
+    struct mp_segref segrefs[MP_MAX_SEGREFS];
+    size_t n_segrefs;
+};
+
+struct mapping {
+    enum mapping_schema schema;
+    enum mapping_unmatched unmatched;
+    unsigned ncols;              /* columns of the schema */
+    unsigned colmap[MP_NCOLS];   /* output column → semantic column */
+    char *headers[MP_NCOLS];     /* header per output column (owned) */
+    struct mp_rule *rules;
+    size_t n_rules;
+    struct mp_map **maps;        /* shared named maps, owned */
+    size_t n_maps;
+    char **files;                /* rule file names (for locations) */
+    size_t n_files;
+    struct mp_tz *tz;
+    char *date_format;
+    int iso_default;             /* date_format is the default ISO form */
+};
+
+/* ---- result --------------------------------------------------------------- */
+
+struct mp_cell {
+    uint32_t off, len; /* into arena; offsets survive reallocation */
+};
+
+struct mapping_result {
+    enum mapping_outcome outcome;
+    const struct mp_rule *rule;
+    struct buf arena;            /* every value, each followed by a NUL */
+    struct mp_cell *cells;       /* nrows * ncols */
+    size_t cells_cap;
+    size_t nrows, ncols;
+    int has_appt;
+    struct mp_cell appt[MAPPING_APPT_N];
+    struct hl7_err err;
+    char reason[200];
+    struct buf scratch;          /* conditions and date-times */
+    long segidx[MP_MAX_SEGREFS];
+};
+
+/* eval.c */
+void mp_val_free(struct mp_val *v);
+void mp_cond_release(struct mp_cond *c);
+void mp_map_free(struct mp_map *m);
+
+#endif

@@ -1,0 +1,156 @@
+/* mllp — MLLP transport: framing, listeners and connections, and a blocking
+ * client for `hl7bridge send` and the tests.  Moves frames, knows nothing of
+ * HL7 fields.
+ *
+ * Frames are 0x0B <message> 0x1C 0x0D.  The framer resumes from its saved
+ * offset (never rescans), skips and counts bytes outside frames, restarts on
+ * a 0x0B inside an unfinished frame (the sender gave that frame up), and
+ * reports a frame longer than the ceiling as oversize.
+ *
+ * The server runs on one thread's core/loop: edge-triggered non-blocking
+ * sockets, a read budget per connection per turn so no peer starves the
+ * others, and replies written in frame order whatever order they become
+ * ready in (pipelined senders get every ACK, in order). */
+#ifndef MLLP_MLLP_H
+#define MLLP_MLLP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/loop.h"
+
+#define MLLP_SB 0x0B
+#define MLLP_EB 0x1C
+#define MLLP_CR 0x0D
+
+/* ---- framer ----------------------------------------------------------- */
+
+struct mllp_framer {
+    size_t max;       /* ceiling on one message's length */
+    size_t scan;      /* next byte to look at, relative to the buffer start */
+    size_t start;     /* offset of the message (after 0x0B) when in_frame */
+    int in_frame;
+    uint64_t garbage; /* bytes skipped outside frames, total */
+    uint64_t restarts;/* frames abandoned by a new 0x0B, total */
+};
+
+struct mllp_frame {
+    size_t consumed;  /* bytes the caller may drop from the buffer's front */
+    size_t off, len;  /* the message (without framing) within the buffer */
+};
+
+void mllp_framer_init(struct mllp_framer *f, size_t max_message_bytes);
+
+enum { MLLP_FRAME = 1, MLLP_MORE = 0, MLLP_OVERSIZE = -1 };
+
+/* Looks for the next frame in buf[0..len), the caller's unconsumed bytes
+ * (the same bytes as last time plus any appended since, minus what the
+ * caller consumed as told).  Returns MLLP_FRAME with *out filled (drop
+ * out->consumed bytes after using the message); MLLP_MORE when the frame is
+ * incomplete (drop out->consumed garbage bytes now, possibly 0);
+ * MLLP_OVERSIZE when the message in progress exceeds the ceiling (out->off
+ * and out->len give its start, so an AR can echo its control id; the caller
+ * closes the connection). */
+int mllp_framer_next(struct mllp_framer *f, const uint8_t *buf, size_t len, struct mllp_frame *out);
+
+/* ---- server ----------------------------------------------------------- */
+
+struct mllp_server;
+struct mllp_conn;
+
+struct mllp_listener_opts {
+    const char *name;
+    const char *host;          /* numeric IPv4/IPv6 or a host name */
+    unsigned port;             /* 0 → ephemeral (tests) */
+    unsigned max_connections;
+    size_t max_message_bytes;
+    unsigned idle_timeout_s;
+    void *user;                /* handed back with every frame of this listener */
+};
+
+struct mllp_handler {
+    /* A complete frame.  The handler must answer it exactly once with
+     * mllp_conn_reply(…, seq, …), now or later (after the store commits).
+     * The bytes are valid only during the call. */
+    void (*on_frame)(void *ud, struct mllp_conn *c, uint64_t seq, const uint8_t *msg, size_t len);
+    /* A frame over max_message_bytes: reply to `seq` (typically AR); the
+     * connection is closed once that reply is written. `prefix` is the part
+     * received so far. */
+    void (*on_oversize)(void *ud, struct mllp_conn *c, uint64_t seq, const uint8_t *prefix,
+                        size_t len);
+    /* Back-pressure: return 0 while no new frame may be taken (the store
+     * queue is full); reading resumes when it returns non-zero again. */
+    int (*can_take)(void *ud);
+    /* Connection closed (for per-connection state the handler keeps). */
+    void (*on_close)(void *ud, struct mllp_conn *c);
+    void *ud;
+};
+
+/* Counters, totals since start (network thread; read racily elsewhere). */
+struct mllp_stats {
+    uint64_t accepted, refused_limit, closed_idle, current;
+    uint64_t frames, oversize, garbage_bytes, restarts;
+    uint64_t bytes_in, bytes_out;
+};
+
+struct mllp_server *mllp_server_new(struct loop *l, const struct mllp_handler *h);
+/* Stops listening, closes every connection at once, frees. NULL is a no-op. */
+void mllp_server_free(struct mllp_server *s);
+/* Binds and listens.  Returns 0, or -1 with a message in errbuf. */
+int mllp_server_listen(struct mllp_server *s, const struct mllp_listener_opts *o, char *errbuf,
+                       size_t errcap) __attribute__((warn_unused_result));
+/* The port listener `i` (in listen order) is bound to (for port 0). */
+unsigned mllp_server_port(const struct mllp_server *s, size_t i);
+/* Closes the listening sockets (drain: connections stay until done). */
+void mllp_server_stop_accepting(struct mllp_server *s);
+/* Frames taken but not yet answered, all connections. */
+uint64_t mllp_server_inflight(const struct mllp_server *s);
+/* Stops reading from every connection and closes each once its replies are
+ * written (SIGTERM drain). */
+void mllp_server_drain(struct mllp_server *s);
+/* Number of open connections. */
+size_t mllp_server_conn_count(const struct mllp_server *s);
+void mllp_server_get_stats(const struct mllp_server *s, struct mllp_stats *out);
+/* Re-examines connections that stopped reading for back-pressure; call when
+ * can_take may have turned true (e.g. after store results were taken). */
+void mllp_server_kick(struct mllp_server *s);
+
+/* Connections are referred to across threads and time by a 64-bit id that
+ * is never reused; lookup returns NULL once the connection is gone. */
+uint64_t mllp_conn_id(const struct mllp_conn *c);
+struct mllp_conn *mllp_server_conn(struct mllp_server *s, uint64_t id);
+const char *mllp_conn_peer(const struct mllp_conn *c);     /* "ip:port" */
+void *mllp_conn_listener_user(const struct mllp_conn *c);  /* opts.user */
+const char *mllp_conn_listener_name(const struct mllp_conn *c);
+
+/* Answers frame `seq` with `len` bytes of message (framed here).  Replies
+ * are written in seq order.  len 0 means "no reply for this frame" (enhanced
+ * mode NE).  Returns 0, or -1 if the connection cannot hold it (it is then
+ * closed). */
+int mllp_conn_reply(struct mllp_conn *c, uint64_t seq, const uint8_t *msg, size_t len);
+
+/* ---- client (blocking, with timeouts) -------------------------------- */
+
+/* Connects to "host:port" ([v6]:port accepted).  Returns a socket or -1 with
+ * errbuf filled. */
+int mllp_client_connect(const char *addr, int timeout_ms, char *errbuf, size_t errcap);
+/* Sends one message framed.  Returns 0 or -1. */
+int mllp_client_send(int fd, const uint8_t *msg, size_t len, int timeout_ms);
+
+struct mllp_client_rx {
+    struct mllp_framer framer;
+    uint8_t *buf;
+    size_t len, cap;
+    size_t pending; /* bytes of the frame last returned, dropped on the next call */
+};
+void mllp_client_rx_init(struct mllp_client_rx *rx, size_t max);
+void mllp_client_rx_release(struct mllp_client_rx *rx);
+/* Waits for the next frame.  Returns 1 with *msg and *len pointing into rx
+ * (valid until the next call), 0 on timeout, -1 on close or error. */
+int mllp_client_recv(int fd, struct mllp_client_rx *rx, int timeout_ms, const uint8_t **msg,
+                     size_t *len);
+
+/* Splits "host:port" / "[v6]:port".  Returns 0 or -1. */
+int mllp_parse_addr(const char *addr, char *host, size_t hostcap, unsigned *port);
+
+#endif

@@ -1,0 +1,662 @@
+/* MLLP listeners and connections, on the network thread's core/loop.
+ *
+ * Sockets are non-blocking and edge-triggered.  A connection reads until
+ * EAGAIN, but at most READ_BUDGET bytes per loop turn, so one fast peer cannot
+ * starve the others; a connection with work left (budget spent, or paused by
+ * back-pressure) waits on the ready list, which the before-sleep hook walks.
+ *
+ * Every frame gets a sequence number.  Replies go out in sequence order: a
+ * reply that is ready before its predecessors (an AR for garbage while the
+ * previous message waits for the store) is parked in a per-connection ring.
+ * The ring's size bounds the frames in flight per connection; a full ring
+ * stops reading that connection.
+ *
+ * A connection is never freed inside its own callback: it is marked and
+ * freed by the before-sleep hook.  All of this runs on the network thread. */
+#include "mllp/mllp.h"
+#include "mllp/mllp_int.h"
+#include "core/buf.h"
+#include "core/clock.h"
+#include "core/log.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define READ_BUDGET       (256u * 1024u)
+#define READ_CHUNK        (64u * 1024u)
+#define RING_CAP          256u            /* frames in flight per connection */
+#define WBUF_MAX          (8u * 1024u * 1024u)
+#define SLOT_BITS         20u
+#define SLOT_MASK         ((1u << SLOT_BITS) - 1u)
+#define ACCEPTS_PER_TURN  64
+
+struct listener {
+    struct mllp_server *srv;
+    int fd;
+    unsigned port;
+    char name[64];
+    unsigned max_connections;
+    size_t max_message_bytes;
+    unsigned idle_timeout_s;
+    void *user;
+    unsigned nconns;
+};
+
+struct reply_slot {
+    uint8_t *data;  /* owned; NULL with ready=1 means "no reply" */
+    size_t len;
+    int ready;
+};
+
+enum conn_state {
+    CONN_OPEN = 0,   /* reading frames */
+    CONN_DRAINING,   /* no more reads; close once every reply is written */
+    CONN_DEAD,       /* close now */
+};
+
+struct mllp_conn {
+    struct mllp_server *srv;
+    struct listener *ls;
+    int fd;
+    uint64_t id;
+    enum conn_state state;
+    char peer[64];
+    struct buf rbuf, wbuf;
+    struct mllp_framer framer;
+    uint64_t next_seq;      /* assigned to the next frame */
+    uint64_t send_seq;      /* the next reply to write */
+    struct reply_slot ring[RING_CAP];
+    uint64_t last_active_ms;
+    int readable;           /* an edge was seen and the socket not drained */
+    int on_ready, on_dirty, on_dead;
+    struct mllp_conn *next_ready, *next_dirty, *next_dead;
+};
+
+struct mllp_server {
+    struct loop *loop;
+    struct mllp_handler h;
+    struct listener *ls[HB_MAX_LISTENERS_MLLP];
+    size_t nls;
+    struct mllp_conn **slots;
+    size_t nslots;
+    size_t nconns;
+    uint64_t id_counter;
+    uint64_t inflight;
+    int draining;
+    int kicked;
+    struct mllp_conn *ready, *dirty, *dead;
+    struct mllp_stats st;
+};
+
+static void conn_fd_cb(void *ud, int fd, unsigned ev);
+static void listener_cb(void *ud, int fd, unsigned ev);
+static void before_sleep(void *ud);
+static void tick(void *ud);
+
+/* ---- lists -------------------------------------------------------------- */
+
+static void mark_ready(struct mllp_conn *c)
+{
+    if (c->on_ready || c->state == CONN_DEAD)
+        return;
+    c->on_ready = 1;
+    c->next_ready = c->srv->ready;
+    c->srv->ready = c;
+}
+
+static void mark_dirty(struct mllp_conn *c)
+{
+    if (c->on_dirty || c->state == CONN_DEAD)
+        return;
+    c->on_dirty = 1;
+    c->next_dirty = c->srv->dirty;
+    c->srv->dirty = c;
+}
+
+static void conn_kill(struct mllp_conn *c)
+{
+    if (c->on_dead)
+        return;
+    c->state = CONN_DEAD;
+    c->on_dead = 1;
+    c->next_dead = c->srv->dead;
+    c->srv->dead = c;
+}
+
+/* ---- replies ------------------------------------------------------------ */
+
+static int wbuf_frame(struct mllp_conn *c, const uint8_t *msg, size_t len)
+{
+    uint8_t *w = buf_reserve(&c->wbuf, len + 3);
+    if (!w)
+        return -1;
+    w[0] = MLLP_SB;
+    memcpy(w + 1, msg, len);
+    w[len + 1] = MLLP_EB;
+    w[len + 2] = MLLP_CR;
+    buf_commit(&c->wbuf, len + 3);
+    return 0;
+}
+
+/* Moves every reply that is next in order from the ring to the write buffer. */
+static int flush_ring(struct mllp_conn *c)
+{
+    while (c->send_seq < c->next_seq) {
+        struct reply_slot *s = &c->ring[c->send_seq % RING_CAP];
+        if (!s->ready)
+            break;
+        int rc = s->data ? wbuf_frame(c, s->data, s->len) : 0;
+        free(s->data);
+        s->data = NULL;
+        s->ready = 0;
+        c->send_seq++;
+        c->srv->inflight--;
+        if (rc != 0)
+            return -1;
+    }
+    return 0;
+}
+
+int mllp_conn_reply(struct mllp_conn *c, uint64_t seq, const uint8_t *msg, size_t len)
+{
+    if (seq < c->send_seq || seq >= c->next_seq)
+        return -1; /* not a frame awaiting an answer: a caller bug */
+    struct reply_slot *s = &c->ring[seq % RING_CAP];
+    if (s->ready)
+        return -1;
+    if (seq == c->send_seq) {
+        /* The common case: in order, straight into the write buffer. */
+        if (len && wbuf_frame(c, msg, len) != 0)
+            goto fail;
+        c->send_seq++;
+        c->srv->inflight--;
+        if (flush_ring(c) != 0)
+            goto fail;
+    } else {
+        if (len) {
+            s->data = malloc(len);
+            if (!s->data)
+                goto fail;
+            memcpy(s->data, msg, len);
+            s->len = len;
+        }
+        s->ready = 1;
+    }
+    mark_dirty(c);
+    /* A full ring may have stopped reading; room again. */
+    mark_ready(c);
+    return 0;
+fail:
+    log_warn("mllp_reply_overflow", "conn=%llu peer=%s", (unsigned long long)c->id, c->peer);
+    conn_kill(c);
+    return -1;
+}
+
+/* ---- reading ------------------------------------------------------------ */
+
+static int conn_can_take(struct mllp_conn *c)
+{
+    if (c->next_seq - c->send_seq >= RING_CAP)
+        return 0;
+    if (c->srv->h.can_take && !c->srv->h.can_take(c->srv->h.ud))
+        return 0;
+    return 1;
+}
+
+/* Frames everything buffered, then reads more within the budget. */
+static void conn_process(struct mllp_conn *c)
+{
+    struct mllp_server *s = c->srv;
+    size_t budget = READ_BUDGET;
+    for (;;) {
+        if (c->state != CONN_OPEN && c->state != CONN_DRAINING)
+            return;
+        if (c->rbuf.len) {
+            if (!conn_can_take(c)) {
+                mark_ready(c); /* resumes when replies or the store free up */
+                return;
+            }
+            struct mllp_frame fr;
+            int r = mllp_framer_next(&c->framer, buf_data(&c->rbuf), c->rbuf.len, &fr);
+            if (r == MLLP_FRAME) {
+                uint64_t seq = c->next_seq++;
+                s->inflight++;
+                s->st.frames++;
+                s->h.on_frame(s->h.ud, c, seq, buf_data(&c->rbuf) + fr.off, fr.len);
+                buf_consume(&c->rbuf, fr.consumed);
+                continue;
+            }
+            if (r == MLLP_OVERSIZE) {
+                uint64_t seq = c->next_seq++;
+                s->inflight++;
+                s->st.oversize++;
+                log_warn("mllp_frame_oversize", "conn=%llu peer=%s listener=%s max=%zu",
+                         (unsigned long long)c->id, c->peer, c->ls->name, c->ls->max_message_bytes);
+                if (s->h.on_oversize)
+                    s->h.on_oversize(s->h.ud, c, seq, buf_data(&c->rbuf) + fr.off, fr.len);
+                else
+                    (void)mllp_conn_reply(c, seq, NULL, 0);
+                buf_reset(&c->rbuf);
+                c->state = CONN_DRAINING;
+                mark_dirty(c);
+                return;
+            }
+            buf_consume(&c->rbuf, fr.consumed);
+        }
+        if (c->state == CONN_DRAINING) {
+            mark_dirty(c); /* close once replies are out */
+            return;
+        }
+        if (!c->readable)
+            return;
+        if (budget == 0) {
+            mark_ready(c);
+            return;
+        }
+        size_t want = READ_CHUNK < budget ? READ_CHUNK : budget;
+        uint8_t *w = buf_reserve(&c->rbuf, want);
+        if (!w) {
+            /* Cannot happen while the framer enforces the ceiling first. */
+            conn_kill(c);
+            return;
+        }
+        ssize_t n = recv(c->fd, w, want, 0);
+        if (n > 0) {
+            buf_commit(&c->rbuf, (size_t)n);
+            budget -= (size_t)n;
+            s->st.bytes_in += (uint64_t)n;
+            c->last_active_ms = clock_mono_ms();
+            continue;
+        }
+        if (n == 0) {
+            /* Peer half-closed: answer what it sent, then close. */
+            c->readable = 0;
+            c->state = CONN_DRAINING;
+            continue;
+        }
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            c->readable = 0;
+            return;
+        }
+        if (errno == EINTR)
+            continue;
+        conn_kill(c);
+        return;
+    }
+}
+
+static void conn_flush(struct mllp_conn *c)
+{
+    while (c->wbuf.len) {
+        ssize_t n = send(c->fd, buf_data(&c->wbuf), c->wbuf.len, MSG_NOSIGNAL);
+        if (n > 0) {
+            buf_consume(&c->wbuf, (size_t)n);
+            c->srv->st.bytes_out += (uint64_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return; /* EPOLLOUT edge will call us again */
+        conn_kill(c);
+        return;
+    }
+    if (c->state == CONN_DRAINING && c->send_seq == c->next_seq)
+        conn_kill(c);
+}
+
+static void conn_fd_cb(void *ud, int fd, unsigned ev)
+{
+    (void)fd;
+    struct mllp_conn *c = ud;
+    if (c->state == CONN_DEAD)
+        return;
+    if (ev & LOOP_WRITE)
+        conn_flush(c);
+    if (ev & LOOP_READ) {
+        c->readable = 1;
+        conn_process(c);
+    }
+    if (c->wbuf.len)
+        mark_dirty(c);
+}
+
+static void conn_free(struct mllp_conn *c)
+{
+    struct mllp_server *s = c->srv;
+    if (s->h.on_close)
+        s->h.on_close(s->h.ud, c);
+    loop_del(s->loop, c->fd);
+    close(c->fd);
+    s->inflight -= c->next_seq - c->send_seq;
+    s->st.garbage_bytes += c->framer.garbage;
+    s->st.restarts += c->framer.restarts;
+    for (size_t i = 0; i < RING_CAP; i++)
+        free(c->ring[i].data);
+    buf_release(&c->rbuf);
+    buf_release(&c->wbuf);
+    s->slots[c->id & SLOT_MASK] = NULL;
+    s->nconns--;
+    s->st.current = s->nconns;
+    c->ls->nconns--;
+    log_debug("mllp_conn_close", "conn=%llu peer=%s", (unsigned long long)c->id, c->peer);
+    free(c);
+}
+
+/* ---- before sleep, tick ------------------------------------------------- */
+
+static void before_sleep(void *ud)
+{
+    struct mllp_server *s = ud;
+    /* Connections with work left: walk a detached list, since processing
+     * may put a connection back on it. */
+    struct mllp_conn *r = s->ready;
+    s->ready = NULL;
+    s->kicked = 0;
+    while (r) {
+        struct mllp_conn *next = r->next_ready;
+        r->on_ready = 0;
+        r->next_ready = NULL;
+        conn_process(r);
+        if (r->wbuf.len)
+            mark_dirty(r);
+        r = next;
+    }
+    /* If anything is still ready and can make progress, do not sleep. */
+    for (struct mllp_conn *c = s->ready; c; c = c->next_ready) {
+        if (conn_can_take(c) && (c->readable || c->rbuf.len)) {
+            loop_no_sleep(s->loop);
+            break;
+        }
+    }
+    struct mllp_conn *d = s->dirty;
+    s->dirty = NULL;
+    while (d) {
+        struct mllp_conn *next = d->next_dirty;
+        d->on_dirty = 0;
+        d->next_dirty = NULL;
+        if (d->state != CONN_DEAD)
+            conn_flush(d);
+        d = next;
+    }
+    struct mllp_conn *x = s->dead;
+    s->dead = NULL;
+    while (x) {
+        struct mllp_conn *next = x->next_dead;
+        conn_free(x);
+        x = next;
+    }
+    s->st.current = s->nconns;
+}
+
+static void tick(void *ud)
+{
+    struct mllp_server *s = ud;
+    uint64_t now = clock_mono_ms();
+    for (size_t i = 0; i < s->nslots; i++) {
+        struct mllp_conn *c = s->slots[i];
+        if (!c || c->state == CONN_DEAD)
+            continue;
+        if (c->next_seq != c->send_seq)
+            continue; /* waiting on us, not on the peer */
+        if (now - c->last_active_ms > (uint64_t)c->ls->idle_timeout_s * 1000u) {
+            s->st.closed_idle++;
+            log_info("mllp_conn_idle_timeout", "conn=%llu peer=%s listener=%s idle_s=%u",
+                     (unsigned long long)c->id, c->peer, c->ls->name, c->ls->idle_timeout_s);
+            conn_kill(c);
+        }
+    }
+}
+
+/* ---- accept ------------------------------------------------------------- */
+
+static void format_peer(const struct sockaddr_storage *ss, char *out, size_t cap)
+{
+    char host[INET6_ADDRSTRLEN] = "?";
+    unsigned port = 0;
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+        inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+        port = ntohs(a->sin_port);
+        snprintf(out, cap, "%s:%u", host, port);
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+        port = ntohs(a->sin6_port);
+        snprintf(out, cap, "[%s]:%u", host, port);
+    } else {
+        snprintf(out, cap, "unknown");
+    }
+}
+
+static int alloc_slot(struct mllp_server *s, size_t *out)
+{
+    for (size_t i = 0; i < s->nslots; i++) {
+        if (!s->slots[i]) {
+            *out = i;
+            return 0;
+        }
+    }
+    size_t n = s->nslots ? s->nslots * 2 : 64;
+    if (n > SLOT_MASK + 1u)
+        return -1;
+    struct mllp_conn **ns = realloc(s->slots, n * sizeof *ns);
+    if (!ns)
+        return -1;
+    memset(ns + s->nslots, 0, (n - s->nslots) * sizeof *ns);
+    *out = s->nslots;
+    s->slots = ns;
+    s->nslots = n;
+    return 0;
+}
+
+static void listener_cb(void *ud, int lfd, unsigned ev)
+{
+    (void)ev;
+    struct listener *ls = ud;
+    struct mllp_server *s = ls->srv;
+    for (int i = 0; i < ACCEPTS_PER_TURN; i++) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        int fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                log_warn("mllp_accept_failed", "listener=%s errno=%d", ls->name, errno);
+            return;
+        }
+        char peer[64];
+        format_peer(&ss, peer, sizeof peer);
+        size_t slot;
+        if (ls->nconns >= ls->max_connections || alloc_slot(s, &slot) != 0) {
+            s->st.refused_limit++;
+            log_warn("mllp_conn_refused", "listener=%s peer=%s reason=max_connections limit=%u",
+                     ls->name, peer, ls->max_connections);
+            close(fd);
+            continue;
+        }
+        struct mllp_conn *c = calloc(1, sizeof *c);
+        if (!c) {
+            close(fd);
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        c->srv = s;
+        c->ls = ls;
+        c->fd = fd;
+        c->id = (++s->id_counter << SLOT_BITS) | slot;
+        memcpy(c->peer, peer, sizeof c->peer);
+        /* Room for one whole message plus the read chunk in flight, so the
+         * framer always reports oversize before the buffer refuses bytes. */
+        buf_init(&c->rbuf, ls->max_message_bytes + READ_CHUNK + 16u);
+        buf_init(&c->wbuf, WBUF_MAX);
+        mllp_framer_init(&c->framer, ls->max_message_bytes);
+        c->last_active_ms = clock_mono_ms();
+        if (loop_add(s->loop, fd, LOOP_READ | LOOP_WRITE | LOOP_EDGE, conn_fd_cb, c) != 0) {
+            buf_release(&c->rbuf);
+            buf_release(&c->wbuf);
+            free(c);
+            close(fd);
+            continue;
+        }
+        s->slots[slot] = c;
+        s->nconns++;
+        ls->nconns++;
+        s->st.accepted++;
+        s->st.current = s->nconns;
+        log_debug("mllp_conn_open", "conn=%llu peer=%s listener=%s", (unsigned long long)c->id,
+                  peer, ls->name);
+        if (s->draining)
+            c->state = CONN_DRAINING;
+        /* Data may already be waiting: the edge fired before we registered. */
+        c->readable = 1;
+        mark_ready(c);
+    }
+}
+
+/* ---- server ------------------------------------------------------------- */
+
+struct mllp_server *mllp_server_new(struct loop *l, const struct mllp_handler *h)
+{
+    struct mllp_server *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->loop = l;
+    s->h = *h;
+    loop_set_before_sleep(l, before_sleep, s);
+    loop_set_tick(l, 1000, tick, s);
+    return s;
+}
+
+void mllp_server_stop_accepting(struct mllp_server *s)
+{
+    for (size_t i = 0; i < s->nls; i++) {
+        if (s->ls[i]->fd >= 0) {
+            loop_del(s->loop, s->ls[i]->fd);
+            close(s->ls[i]->fd);
+            s->ls[i]->fd = -1;
+        }
+    }
+}
+
+void mllp_server_free(struct mllp_server *s)
+{
+    if (!s)
+        return;
+    mllp_server_stop_accepting(s);
+    for (size_t i = 0; i < s->nslots; i++) {
+        if (s->slots[i])
+            conn_free(s->slots[i]);
+    }
+    for (size_t i = 0; i < s->nls; i++)
+        free(s->ls[i]);
+    free(s->slots);
+    free(s);
+}
+
+int mllp_server_listen(struct mllp_server *s, const struct mllp_listener_opts *o, char *errbuf,
+                       size_t errcap)
+{
+    if (s->nls >= HB_MAX_LISTENERS_MLLP) {
+        snprintf(errbuf, errcap, "too many listeners");
+        return -1;
+    }
+    int fd = mllp_bind_listen(o->host, o->port, errbuf, errcap);
+    if (fd < 0)
+        return -1;
+    struct listener *ls = calloc(1, sizeof *ls);
+    if (!ls) {
+        close(fd);
+        snprintf(errbuf, errcap, "out of memory");
+        return -1;
+    }
+    ls->srv = s;
+    ls->fd = fd;
+    snprintf(ls->name, sizeof ls->name, "%s", o->name ? o->name : "main");
+    ls->max_connections = o->max_connections ? o->max_connections : 512;
+    ls->max_message_bytes = o->max_message_bytes ? o->max_message_bytes : (16u << 20);
+    ls->idle_timeout_s = o->idle_timeout_s ? o->idle_timeout_s : 600;
+    ls->user = o->user;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) {
+        ls->port = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
+                                            : ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    }
+    if (loop_add(s->loop, fd, LOOP_READ, listener_cb, ls) != 0) {
+        snprintf(errbuf, errcap, "epoll: %s", strerror(errno));
+        close(fd);
+        free(ls);
+        return -1;
+    }
+    s->ls[s->nls++] = ls;
+    return 0;
+}
+
+unsigned mllp_server_port(const struct mllp_server *s, size_t i)
+{
+    return i < s->nls ? s->ls[i]->port : 0;
+}
+
+uint64_t mllp_server_inflight(const struct mllp_server *s) { return s->inflight; }
+size_t mllp_server_conn_count(const struct mllp_server *s) { return s->nconns; }
+
+void mllp_server_drain(struct mllp_server *s)
+{
+    s->draining = 1;
+    for (size_t i = 0; i < s->nslots; i++) {
+        struct mllp_conn *c = s->slots[i];
+        if (c && c->state == CONN_OPEN) {
+            c->state = CONN_DRAINING;
+            mark_ready(c);
+            mark_dirty(c);
+        }
+    }
+    loop_no_sleep(s->loop);
+}
+
+void mllp_server_get_stats(const struct mllp_server *s, struct mllp_stats *out)
+{
+    /* Closed connections' framer counts were folded into st at close. */
+    *out = s->st;
+    for (size_t i = 0; i < s->nslots; i++) {
+        if (s->slots[i]) {
+            out->garbage_bytes += s->slots[i]->framer.garbage;
+            out->restarts += s->slots[i]->framer.restarts;
+        }
+    }
+}
+
+void mllp_server_kick(struct mllp_server *s)
+{
+    if (s->ready) {
+        s->kicked = 1;
+        loop_no_sleep(s->loop);
+    }
+}
+
+uint64_t mllp_conn_id(const struct mllp_conn *c) { return c->id; }
+
+struct mllp_conn *mllp_server_conn(struct mllp_server *s, uint64_t id)
+{
+    size_t slot = id & SLOT_MASK;
+    if (slot >= s->nslots)
+        return NULL;
+    struct mllp_conn *c = s->slots[slot];
+    return (c && c->id == id && c->state != CONN_DEAD) ? c : NULL;
+}
+
+const char *mllp_conn_peer(const struct mllp_conn *c) { return c->peer; }
+void *mllp_conn_listener_user(const struct mllp_conn *c) { return c->ls->user; }
+const char *mllp_conn_listener_name(const struct mllp_conn *c) { return c->ls->name; }

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Static checks: functions banned by STYLE.md, then cppcheck (when
+# installed) on the project's C sources.
+set -u
+cd "$(dirname "$0")/.."
+srcs=$(git ls-files '*.c' '*.h' 2>/dev/null || find core mllp hl7 mapping store sinks config daemon tests -name '*.[ch]')
+[ -n "$srcs" ] || srcs=$(find core mllp hl7 mapping store sinks config daemon tests -name '*.[ch]')
+banned='\b(gets|strcpy|strcat|sprintf|vsprintf|strtok|atoi|atol|strncpy)[[:space:]]*\('
+if grep -nE "$banned" $srcs | grep -vE '^\S+:[0-9]+:\s*(\*|//)'; then
+    echo "lint: banned function used (see STYLE.md rule 3)"; exit 1
+fi
+echo "lint: no banned functions"
+if command -v cppcheck >/dev/null; then
+    cppcheck --quiet --error-exitcode=1 --std=c11 --enable=warning,portability \
+        --inline-suppr --suppressions-list=scripts/cppcheck.supp -I. \
+        core mllp hl7 mapping store sinks config daemon || { echo "lint: cppcheck findings"; exit 1; }
+    echo "lint: cppcheck clean"
+fi

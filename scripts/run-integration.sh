@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs the integration tests against the real binary: BUILD/hl7bridge,
+# driven over loopback sockets by Debian's python3-hl7 client, hl7bridge
+# send, node-hl7-client and the project's load generator.
+set -u
+cd "$(dirname "$0")/.."
+build=${1:-build}
+export HL7BRIDGE_BIN=$PWD/$build/hl7bridge LOADGEN_BIN=$PWD/$build/bench/loadgen
+mkdir -p build/results
+log=build/results/integration.log
+/usr/bin/python3 -m unittest discover -s tests/integration -p 'test_*.py' -v 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+ran=$(grep -oE '^Ran [0-9]+ test' "$log" | grep -oE '[0-9]+' || echo 0)
+fail=$(grep -cE '^(FAIL|ERROR): ' "$log")
+skip=$(grep -cE ' \.\.\. skipped' "$log")
+pass=$((ran - fail - skip))
+echo "$pass $fail $skip" > build/results/integration.txt
+echo "integration: $pass passed, $fail failed, $skip skipped"
+[ "$rc" -eq 0 ]

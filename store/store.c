@@ -1,0 +1,438 @@
+/* store — the hand-off between the producer (the network loop) and the one
+ * SQLite writer thread, and the writer's main loop.
+ *
+ * Design: the producer puts messages on a bounded ring under a mutex; the
+ * writer, when it finds work, takes everything waiting (up to max_group) in
+ * one go, writes it in one transaction (store_db.c), then appends the results
+ * to a completion ring in submission order and writes the eventfd once for
+ * the whole group.  The producer never waits on the disk: the mutex is only
+ * held to move pointers, and the writer is signalled only when it is really
+ * asleep, so a busy writer costs the producer no system call.
+ *
+ * Bounds: `inflight` counts messages submitted whose results were not yet
+ * taken; it never exceeds the queue capacity, so neither ring can overflow
+ * and store_space() is the whole back-pressure signal.
+ *
+ * Threads: the producer-facing calls run on the one producer thread; the
+ * writer thread runs writer_main; store_open/store_close on the main
+ * thread.  The checkpointer thread (store_db.c) only copies the WAL. */
+#include "store/store_int.h"
+
+#include "core/clock.h"
+#include "core/limits.h"
+#include "core/log.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---- messages ---------------------------------------------------------- */
+
+static size_t cstr_len(const char *s)
+{
+    return s ? strlen(s) : 0;
+}
+
+struct store_msg *store_msg_new(const struct store_msg_fields *f)
+{
+    if (!f || !f->ack_code || !f->ack_code[0] || !f->ack_code[1] || f->ack_code[2])
+        return NULL;
+
+    const void *src[SF_COUNT];
+    size_t len[SF_COUNT];
+    src[SF_RAW] = f->raw;               len[SF_RAW] = f->raw_len;
+    src[SF_LISTENER] = f->listener;     len[SF_LISTENER] = cstr_len(f->listener);
+    src[SF_PEER] = f->peer;             len[SF_PEER] = cstr_len(f->peer);
+    src[SF_SEND_APP] = f->send_app;     len[SF_SEND_APP] = f->send_app_len;
+    src[SF_SEND_FAC] = f->send_fac;     len[SF_SEND_FAC] = f->send_fac_len;
+    src[SF_CONTROL_ID] = f->control_id; len[SF_CONTROL_ID] = f->control_id_len;
+    src[SF_MSG_TYPE] = f->msg_type;     len[SF_MSG_TYPE] = f->msg_type_len;
+    src[SF_TRIGGER] = f->trigger;       len[SF_TRIGGER] = f->trigger_len;
+    src[SF_VERSION] = f->version;       len[SF_VERSION] = f->version_len;
+    src[SF_ROWS] = f->rows;             len[SF_ROWS] = f->rows_len;
+    src[SF_REASON] = f->reason;         len[SF_REASON] = f->quarantined ? cstr_len(f->reason) : 0;
+
+    size_t total = 0;
+    for (int i = 0; i < SF_COUNT; i++) {
+        if (len[i] && !src[i])
+            return NULL; /* a length without bytes is a caller bug */
+        if (len[i] > SIZE_MAX - sizeof(struct store_msg) - total)
+            return NULL;
+        total += len[i];
+    }
+
+    struct store_msg *m = malloc(sizeof *m + total);
+    if (!m)
+        return NULL;
+    m->tag = 0;
+    m->received_ms = f->received_ms;
+    m->row_count = f->row_count;
+    m->quarantined = f->quarantined != 0;
+    memcpy(m->ack_code, f->ack_code, 3);
+    size_t off = 0;
+    for (int i = 0; i < SF_COUNT; i++) {
+        m->span[i].off = off;
+        m->span[i].len = len[i];
+        if (len[i])
+            memcpy(m->data + off, src[i], len[i]);
+        off += len[i];
+    }
+    return m;
+}
+
+void store_msg_free(struct store_msg *m)
+{
+    free(m);
+}
+
+/* ---- writer thread ----------------------------------------------------- */
+
+static void efd_signal(struct store *s)
+{
+    uint64_t one = 1;
+    /* EAGAIN would mean the counter is saturated: the producer is already
+     * due to wake, so there is nothing to add. */
+    if (write(s->efd, &one, sizeof one) < 0 && errno != EAGAIN) {
+        int e = errno;
+        log_error("store_eventfd_write", " errno=%d", e);
+    }
+}
+
+/* Publishes the results of the group the writer holds, in submission order,
+ * then frees the messages.  Only called after COMMIT returned (or the group
+ * failed), which is what makes STORE_STORED mean durable. */
+static void publish(struct store *s, size_t n)
+{
+    pthread_mutex_lock(&s->mu);
+    size_t idx = s->r_head + s->r_count;
+    if (idx >= s->cap)
+        idx -= s->cap;
+    for (size_t i = 0; i < n; i++) {
+        s->grp_res[i].tag = s->grp[i]->tag;
+        s->res[idx] = s->grp_res[i];
+        if (++idx == s->cap)
+            idx = 0;
+    }
+    s->r_count += n;
+    atomic_fetch_add_explicit(&s->published, n, memory_order_release);
+    pthread_mutex_unlock(&s->mu);
+    efd_signal(s);
+    for (size_t i = 0; i < n; i++) {
+        store_msg_free(s->grp[i]);
+        s->grp[i] = NULL;
+    }
+}
+
+static void fail_group(struct store *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        s->grp_res[i].status = STORE_FAILED;
+        s->grp_res[i].id = 0;
+        memcpy(s->grp_res[i].ack_code, s->grp[i]->ack_code, 3);
+    }
+    atomic_fetch_add_explicit(&s->st.failures, n, memory_order_relaxed);
+}
+
+static void housekeep(struct store *s, uint64_t now_ms)
+{
+    long purged = store_db_housekeep(s, clock_wall_ms());
+    /* A full chunk means there is a backlog: come back soon, between
+     * groups, rather than holding the write lock for one long purge. */
+    if (purged >= STORE_RETENTION_CHUNK)
+        s->next_housekeep_ms = now_ms + STORE_DISK_CHECK_MS;
+    else
+        s->next_housekeep_ms = now_ms + STORE_HOUSEKEEP_MS;
+    if (purged > 0)
+        log_info("store_retention", " purged=%ld", purged);
+}
+
+static void deadline_ts(struct timespec *ts, uint64_t wait_ms)
+{
+    clock_gettime(CLOCK_MONOTONIC, ts);
+    ts->tv_sec += (time_t)(wait_ms / 1000);
+    ts->tv_nsec += (long)(wait_ms % 1000) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000L;
+    }
+}
+
+static void *writer_main(void *arg)
+{
+    struct store *s = arg;
+    for (;;) {
+        int stop = 0, hk = 0;
+        size_t n = 0;
+
+        pthread_mutex_lock(&s->mu);
+        for (;;) {
+            if (s->q_count || s->stopping || s->housekeep_asked)
+                break;
+            uint64_t now = clock_mono_ms();
+            if (now >= s->next_housekeep_ms)
+                break;
+            struct timespec ts;
+            deadline_ts(&ts, s->next_housekeep_ms - now);
+            s->writer_waiting = 1;
+            pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+            s->writer_waiting = 0;
+        }
+        n = s->q_count < s->opts.max_group ? s->q_count : s->opts.max_group;
+        for (size_t i = 0; i < n; i++) {
+            s->grp[i] = s->q[s->q_head];
+            if (++s->q_head == s->cap)
+                s->q_head = 0;
+        }
+        s->q_count -= n;
+        stop = s->stopping && n == 0 && s->q_count == 0;
+        hk = s->housekeep_asked;
+        s->housekeep_asked = 0;
+        pthread_mutex_unlock(&s->mu);
+
+        if (stop)
+            break;
+        uint64_t now = clock_mono_ms();
+        if (n) {
+            if (store_db_disk_low(s, now))
+                fail_group(s, n);
+            else
+                store_db_write_group(s, n);
+            publish(s, n);
+            store_db_checkpoint_tail(s);
+        }
+        if (hk || now >= s->next_housekeep_ms)
+            housekeep(s, now);
+    }
+    return NULL;
+}
+
+/* ---- open / close ------------------------------------------------------ */
+
+static void store_destroy(struct store *s)
+{
+    store_db_close(s);
+    /* Anything still queued can only be left when the writer never started. */
+    while (s->q && s->q_count) {
+        store_msg_free(s->q[s->q_head]);
+        if (++s->q_head == s->cap)
+            s->q_head = 0;
+        s->q_count--;
+    }
+    if (s->efd >= 0)
+        close(s->efd);
+    pthread_cond_destroy(&s->ckpt_cv);
+    pthread_mutex_destroy(&s->ckpt_mu);
+    pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->mu);
+    free(s->grp_res);
+    free(s->grp);
+    free(s->res);
+    free(s->q);
+    free(s->dir_buf);
+    free(s->path_buf);
+    free(s);
+}
+
+static char *dir_of(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        return strdup(".");
+    if (slash == path)
+        return strdup("/");
+    size_t n = (size_t)(slash - path);
+    char *d = malloc(n + 1);
+    if (d) {
+        memcpy(d, path, n);
+        d[n] = '\0';
+    }
+    return d;
+}
+
+struct store *store_open(const struct store_opts *o, char *errbuf, size_t errcap)
+{
+    if (errcap)
+        errbuf[0] = '\0';
+    if (!o || !o->path || !o->path[0]) {
+        snprintf(errbuf, errcap, "store: no database path");
+        return NULL;
+    }
+    struct store *s = calloc(1, sizeof *s);
+    if (!s) {
+        snprintf(errbuf, errcap, "store: out of memory");
+        return NULL;
+    }
+    s->efd = -1;
+    s->opts = *o;
+    s->cap = o->queue_capacity ? o->queue_capacity : STORE_QUEUE_CAPACITY;
+    if (!s->opts.max_group)
+        s->opts.max_group = STORE_MAX_GROUP;
+    if (s->opts.max_group > s->cap)
+        s->opts.max_group = (unsigned)s->cap;
+
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, &ca);
+    pthread_mutex_init(&s->ckpt_mu, NULL);
+    pthread_cond_init(&s->ckpt_cv, NULL);
+    pthread_condattr_destroy(&ca);
+
+    s->path_buf = strdup(o->path);
+    s->dir_buf = dir_of(o->path);
+    s->q = calloc(s->cap, sizeof *s->q);
+    s->res = calloc(s->cap, sizeof *s->res);
+    s->grp = calloc(s->opts.max_group, sizeof *s->grp);
+    s->grp_res = calloc(s->opts.max_group, sizeof *s->grp_res);
+    if (!s->path_buf || !s->dir_buf || !s->q || !s->res || !s->grp || !s->grp_res) {
+        snprintf(errbuf, errcap, "store: out of memory");
+        goto fail;
+    }
+    s->opts.path = s->path_buf;
+
+    s->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (s->efd < 0) {
+        int e = errno;
+        snprintf(errbuf, errcap, "store: eventfd: %s", strerror(e));
+        goto fail;
+    }
+    if (store_db_prepare_path(s->path_buf, errbuf, errcap) < 0)
+        goto fail;
+    if (store_db_open(s, errbuf, errcap) < 0)
+        goto fail;
+    if (store_db_ckpt_open(s, errbuf, errcap) < 0)
+        goto fail;
+
+    /* Retention first runs a minute after start, not during start-up. */
+    s->next_housekeep_ms = clock_mono_ms() + STORE_HOUSEKEEP_MS;
+    int rc = pthread_create(&s->writer, NULL, writer_main, s);
+    if (rc) {
+        snprintf(errbuf, errcap, "store: writer thread: %s", strerror(rc));
+        goto fail;
+    }
+    s->writer_started = 1;
+    log_info("store_open", " path=%s queue=%zu max_group=%u", s->path_buf, s->cap,
+             s->opts.max_group);
+    return s;
+
+fail:
+    store_destroy(s);
+    return NULL;
+}
+
+/* Contract: the writer stops only once the queue is empty, so every message
+ * submitted before close gets its result published and committed (or
+ * failed).  Results the producer has not taken by the time close returns are
+ * discarded with the store; a producer that must answer every sender drains
+ * first with store_pending()/store_take_results(). */
+void store_close(struct store *s)
+{
+    if (!s)
+        return;
+    if (s->writer_started) {
+        pthread_mutex_lock(&s->mu);
+        s->stopping = 1;
+        pthread_cond_signal(&s->cv);
+        pthread_mutex_unlock(&s->mu);
+        pthread_join(s->writer, NULL);
+        s->writer_started = 0;
+    }
+    struct store_stats st;
+    store_get_stats(s, &st);
+    log_info("store_close", " commits=%llu messages=%llu duplicates=%llu failures=%llu",
+             (unsigned long long)st.commits, (unsigned long long)st.messages,
+             (unsigned long long)st.duplicates, (unsigned long long)st.failures);
+    store_destroy(s);
+}
+
+/* ---- producer side ----------------------------------------------------- */
+
+size_t store_space(const struct store *s)
+{
+    return s->inflight < s->cap ? s->cap - s->inflight : 0;
+}
+
+size_t store_pending(const struct store *s)
+{
+    uint64_t pub = atomic_load_explicit(&s->published, memory_order_acquire);
+    return (size_t)(s->submitted - pub);
+}
+
+int store_submit(struct store *s, struct store_msg *m, uint64_t tag)
+{
+    if (!m)
+        return -1;
+    if (!s || s->inflight >= s->cap) {
+        store_msg_free(m);
+        return -1;
+    }
+    m->tag = tag;
+    pthread_mutex_lock(&s->mu);
+    size_t idx = s->q_head + s->q_count;
+    if (idx >= s->cap)
+        idx -= s->cap;
+    s->q[idx] = m;
+    s->q_count++;
+    int wake = s->writer_waiting;
+    pthread_mutex_unlock(&s->mu);
+    /* The writer checks the queue under the mutex before it sleeps, so when
+     * it is not marked waiting it is bound to see this message. */
+    if (wake)
+        pthread_cond_signal(&s->cv);
+    s->inflight++;
+    s->submitted++;
+    return 0;
+}
+
+int store_event_fd(const struct store *s)
+{
+    return s->efd;
+}
+
+size_t store_take_results(struct store *s, struct store_result *out, size_t max)
+{
+    uint64_t v;
+    /* Clear the eventfd before looking at the ring: a group published after
+     * this read writes the eventfd again, so no wake-up is lost. */
+    ssize_t r = read(s->efd, &v, sizeof v);
+    (void)r;
+
+    pthread_mutex_lock(&s->mu);
+    size_t k = s->r_count < max ? s->r_count : max;
+    for (size_t i = 0; i < k; i++) {
+        out[i] = s->res[s->r_head];
+        if (++s->r_head == s->cap)
+            s->r_head = 0;
+    }
+    s->r_count -= k;
+    size_t left = s->r_count;
+    pthread_mutex_unlock(&s->mu);
+
+    s->inflight -= k;
+    if (left)
+        efd_signal(s); /* the caller's `out` was too small: stay readable */
+    return k;
+}
+
+void store_request_housekeeping(struct store *s)
+{
+    pthread_mutex_lock(&s->mu);
+    s->housekeep_asked = 1;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+void store_get_stats(const struct store *s, struct store_stats *out)
+{
+    out->commits = atomic_load_explicit(&s->st.commits, memory_order_relaxed);
+    out->messages = atomic_load_explicit(&s->st.messages, memory_order_relaxed);
+    out->duplicates = atomic_load_explicit(&s->st.duplicates, memory_order_relaxed);
+    out->failures = atomic_load_explicit(&s->st.failures, memory_order_relaxed);
+    out->max_group_seen = atomic_load_explicit(&s->st.max_group_seen, memory_order_relaxed);
+    out->commit_ns_total = atomic_load_explicit(&s->st.commit_ns_total, memory_order_relaxed);
+}

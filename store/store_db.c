@@ -1,0 +1,700 @@
+/* store_db — everything that talks to SQLite: file and directory creation,
+ * schema migrations, the group write, retention, the free-disk probe, the
+ * WAL checkpointer and the read-only query helpers.
+ *
+ * Design: the writer connection is tuned for many small appends (WAL,
+ * synchronous=FULL so a COMMIT that returned is on disk; statements prepared
+ * once and reused with SQLITE_STATIC bindings, so a message costs no
+ * allocation here).  Automatic checkpoints are replaced by a wal hook: a
+ * second connection on its own thread copies the WAL into the database
+ * concurrently (PASSIVE never blocks the writer), and the writer itself then
+ * copies the short tail, so that the log restarts from its beginning.
+ *
+ * Threads: store_db_open runs on the main thread before the writer starts;
+ * the write, retention and disk probe on the writer thread; ckpt_main on the
+ * checkpointer thread; store_query_counts on any thread. */
+#include "store/store_int.h"
+
+#include "core/clock.h"
+#include "core/log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+/* ---- files ------------------------------------------------------------- */
+
+/* Creates every missing directory of `dir` with mode 0700 (chmod after
+ * mkdir so a permissive umask cannot widen it).  Existing directories are
+ * left alone: they may be shared system directories. */
+static int mkdirs(const char *dir, char *errbuf, size_t errcap)
+{
+    size_t n = strlen(dir);
+    char *p = malloc(n + 1);
+    if (!p) {
+        snprintf(errbuf, errcap, "store: out of memory");
+        return -1;
+    }
+    memcpy(p, dir, n + 1);
+    for (size_t i = 1; i <= n; i++) {
+        if (p[i] != '/' && p[i] != '\0')
+            continue;
+        char saved = p[i];
+        p[i] = '\0';
+        if (mkdir(p, 0700) == 0) {
+            if (chmod(p, 0700) < 0) {
+                int e = errno;
+                snprintf(errbuf, errcap, "store: chmod %s: %s", p, strerror(e));
+                free(p);
+                return -1;
+            }
+        } else if (errno != EEXIST) {
+            int e = errno;
+            snprintf(errbuf, errcap, "store: mkdir %s: %s", p, strerror(e));
+            free(p);
+            return -1;
+        }
+        p[i] = saved;
+    }
+    struct stat st;
+    if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
+        snprintf(errbuf, errcap, "store: %s is not a directory", dir);
+        free(p);
+        return -1;
+    }
+    free(p);
+    return 0;
+}
+
+int store_db_prepare_path(const char *path, char *errbuf, size_t errcap)
+{
+    const char *slash = strrchr(path, '/');
+    if (slash && slash != path) {
+        size_t n = (size_t)(slash - path);
+        char *dir = malloc(n + 1);
+        if (!dir) {
+            snprintf(errbuf, errcap, "store: out of memory");
+            return -1;
+        }
+        memcpy(dir, path, n);
+        dir[n] = '\0';
+        int rc = mkdirs(dir, errbuf, errcap);
+        free(dir);
+        if (rc < 0)
+            return -1;
+    }
+    /* Create the file ourselves so it is 0600 from its first byte; SQLite
+     * gives the -wal and -shm files the same mode as the database. */
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd >= 0) {
+        int rc = fchmod(fd, 0600);
+        int e = errno;
+        close(fd);
+        if (rc < 0) {
+            snprintf(errbuf, errcap, "store: chmod %s: %s", path, strerror(e));
+            return -1;
+        }
+        return 0;
+    }
+    if (errno != EEXIST) {
+        int e = errno;
+        snprintf(errbuf, errcap, "store: create %s: %s", path, strerror(e));
+        return -1;
+    }
+    struct stat st;
+    if (stat(path, &st) < 0 || !S_ISREG(st.st_mode)) {
+        snprintf(errbuf, errcap, "store: %s is not a regular file", path);
+        return -1;
+    }
+    if (st.st_mode & 077)
+        log_warn("store_file_mode", " mode=%04o hint=\"database readable by others\"",
+                 (unsigned)(st.st_mode & 07777));
+    return 0;
+}
+
+/* ---- schema ------------------------------------------------------------ */
+
+/* migrations[i] takes the schema from version i to i+1.  Append only; a
+ * database from a newer build (version above ours) is refused. */
+static const char *const migrations[STORE_SCHEMA_VERSION] = {
+    /* 1: messages and their connector rows. control_id is NULL when MSH-10
+     * was empty: NULLs are distinct in a UNIQUE index, so such messages are
+     * never taken for duplicates of each other. raw becomes NULL when
+     * retention purges it. The partial index only holds delivered rows
+     * whose body is still there, so it costs nothing at insert time and
+     * keeps the retention query from scanning the table. */
+    "CREATE TABLE messages ("
+    " id INTEGER PRIMARY KEY,"
+    " received_ms INTEGER NOT NULL,"
+    " listener TEXT NOT NULL,"
+    " peer TEXT NOT NULL,"
+    " send_app TEXT NOT NULL,"
+    " send_fac TEXT NOT NULL,"
+    " control_id TEXT,"
+    " msg_type TEXT NOT NULL,"
+    " \"trigger\" TEXT NOT NULL,"
+    " version TEXT NOT NULL,"
+    " ack_code TEXT NOT NULL,"
+    " raw BLOB,"
+    " quarantined INTEGER NOT NULL DEFAULT 0,"
+    " reason TEXT,"
+    " delivered_ms INTEGER,"
+    " UNIQUE (send_app, send_fac, control_id));"
+    "CREATE INDEX messages_retention ON messages(delivered_ms)"
+    " WHERE delivered_ms IS NOT NULL AND raw IS NOT NULL;"
+    "CREATE TABLE rows ("
+    " id INTEGER PRIMARY KEY,"
+    " msg_id INTEGER NOT NULL REFERENCES messages(id),"
+    " seq INTEGER NOT NULL,"
+    " data BLOB NOT NULL,"
+    " batch_id INTEGER);",
+};
+
+static int exec(sqlite3 *db, const char *sql, char *errbuf, size_t errcap)
+{
+    char *msg = NULL;
+    int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
+    if (rc != SQLITE_OK) {
+        snprintf(errbuf, errcap, "store: %s: %s", sql, msg ? msg : sqlite3_errstr(rc));
+        sqlite3_free(msg);
+        return -1;
+    }
+    return 0;
+}
+
+static int migrate(sqlite3 *db, char *errbuf, size_t errcap)
+{
+    if (exec(db, "BEGIN IMMEDIATE", errbuf, errcap) < 0)
+        return -1;
+    if (exec(db, "CREATE TABLE IF NOT EXISTS schema_version ("
+                 " version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL)",
+             errbuf, errcap) < 0)
+        goto fail;
+    sqlite3_stmt *st = NULL;
+    int have = 0;
+    if (sqlite3_prepare_v2(db, "SELECT COALESCE(MAX(version), 0) FROM schema_version", -1, &st,
+                           NULL) != SQLITE_OK || sqlite3_step(st) != SQLITE_ROW) {
+        snprintf(errbuf, errcap, "store: reading schema version: %s", sqlite3_errmsg(db));
+        sqlite3_finalize(st);
+        goto fail;
+    }
+    have = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    if (have > STORE_SCHEMA_VERSION) {
+        snprintf(errbuf, errcap, "store: database schema %d is newer than this build (%d)", have,
+                 STORE_SCHEMA_VERSION);
+        goto fail;
+    }
+    for (int v = have; v < STORE_SCHEMA_VERSION; v++) {
+        if (exec(db, migrations[v], errbuf, errcap) < 0)
+            goto fail;
+        char ins[128];
+        snprintf(ins, sizeof ins, "INSERT INTO schema_version VALUES (%d, %lld)", v + 1,
+                 (long long)clock_wall_ms());
+        if (exec(db, ins, errbuf, errcap) < 0)
+            goto fail;
+        log_info("store_migrated", " version=%d", v + 1);
+    }
+    return exec(db, "COMMIT", errbuf, errcap);
+
+fail:
+    sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    return -1;
+}
+
+/* ---- open / close ------------------------------------------------------ */
+
+static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
+{
+    (void)db;
+    (void)name;
+    struct store *s = arg;
+    if (pages >= STORE_WAL_CKPT_PAGES &&
+        atomic_load_explicit(&s->ckpt_state, memory_order_acquire) == STORE_CKPT_IDLE) {
+        atomic_store_explicit(&s->ckpt_state, STORE_CKPT_RUNNING, memory_order_release);
+        pthread_mutex_lock(&s->ckpt_mu);
+        s->ckpt_asked = 1;
+        pthread_cond_signal(&s->ckpt_cv);
+        pthread_mutex_unlock(&s->ckpt_mu);
+    }
+    return SQLITE_OK;
+}
+
+static int prep(sqlite3 *db, const char *sql, sqlite3_stmt **st, char *errbuf, size_t errcap)
+{
+    if (sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, st, NULL) != SQLITE_OK) {
+        snprintf(errbuf, errcap, "store: prepare %s: %s", sql, sqlite3_errmsg(db));
+        return -1;
+    }
+    return 0;
+}
+
+/* Connection settings shared by the writer and the checkpointer. */
+static int tune(sqlite3 *db, char *errbuf, size_t errcap)
+{
+    sqlite3_extended_result_codes(db, 1);
+    sqlite3_busy_timeout(db, STORE_BUSY_TIMEOUT_MS);
+    char sql[96];
+    snprintf(sql, sizeof sql, "PRAGMA journal_size_limit=%d", STORE_JOURNAL_LIMIT_BYTES);
+    if (exec(db, "PRAGMA synchronous=FULL", errbuf, errcap) < 0 ||
+        exec(db, sql, errbuf, errcap) < 0 ||
+        exec(db, "PRAGMA temp_store=MEMORY", errbuf, errcap) < 0)
+        return -1;
+    return 0;
+}
+
+int store_db_open(struct store *s, char *errbuf, size_t errcap)
+{
+    struct store_db *d = &s->wdb;
+    int rc = sqlite3_open_v2(s->path_buf, &d->db,
+                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                             NULL);
+    if (rc != SQLITE_OK) {
+        snprintf(errbuf, errcap, "store: open %s: %s", s->path_buf,
+                 d->db ? sqlite3_errmsg(d->db) : sqlite3_errstr(rc));
+        return -1;
+    }
+    /* page_size only takes effect on a new database, before WAL is set. */
+    if (exec(d->db, "PRAGMA page_size=4096", errbuf, errcap) < 0)
+        return -1;
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(d->db, "PRAGMA journal_mode=WAL", -1, &st, NULL) != SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_ROW ||
+        strcmp((const char *)sqlite3_column_text(st, 0), "wal") != 0) {
+        snprintf(errbuf, errcap, "store: cannot switch %s to WAL: %s", s->path_buf,
+                 sqlite3_errmsg(d->db));
+        sqlite3_finalize(st);
+        return -1;
+    }
+    sqlite3_finalize(st);
+    if (tune(d->db, errbuf, errcap) < 0 ||
+        exec(d->db, "PRAGMA cache_size=-32768", errbuf, errcap) < 0 ||
+        exec(d->db, "PRAGMA foreign_keys=OFF", errbuf, errcap) < 0)
+        return -1;
+    if (migrate(d->db, errbuf, errcap) < 0)
+        return -1;
+
+    if (prep(d->db,
+             "INSERT INTO messages (received_ms, listener, peer, send_app, send_fac, control_id,"
+             " msg_type, \"trigger\", version, ack_code, raw, quarantined, reason)"
+             " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+             " ON CONFLICT DO NOTHING",
+             &d->ins_msg, errbuf, errcap) < 0 ||
+        prep(d->db,
+             "SELECT id, ack_code FROM messages"
+             " WHERE send_app = ?1 AND send_fac = ?2 AND control_id = ?3",
+             &d->sel_dup, errbuf, errcap) < 0 ||
+        prep(d->db, "INSERT INTO rows (msg_id, seq, data) VALUES (?1, ?2, ?3)", &d->ins_row,
+             errbuf, errcap) < 0 ||
+        prep(d->db, "BEGIN IMMEDIATE", &d->begin, errbuf, errcap) < 0 ||
+        prep(d->db, "COMMIT", &d->commit, errbuf, errcap) < 0 ||
+        prep(d->db, "ROLLBACK", &d->rollback, errbuf, errcap) < 0 ||
+        prep(d->db,
+             "UPDATE messages SET raw = NULL WHERE id IN (SELECT id FROM messages"
+             " WHERE delivered_ms IS NOT NULL AND raw IS NOT NULL AND delivered_ms < ?1"
+             " LIMIT ?2)",
+             &d->purge, errbuf, errcap) < 0)
+        return -1;
+    /* Replaces the automatic checkpoint (see the file comment). */
+    sqlite3_wal_hook(d->db, wal_hook, s);
+    return 0;
+}
+
+static void *ckpt_main(void *arg);
+
+int store_db_ckpt_open(struct store *s, char *errbuf, size_t errcap)
+{
+    int rc = sqlite3_open_v2(s->path_buf, &s->ckpt_db,
+                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc != SQLITE_OK) {
+        snprintf(errbuf, errcap, "store: open %s: %s", s->path_buf,
+                 s->ckpt_db ? sqlite3_errmsg(s->ckpt_db) : sqlite3_errstr(rc));
+        return -1;
+    }
+    if (tune(s->ckpt_db, errbuf, errcap) < 0)
+        return -1;
+    /* It never writes, so it never checkpoints on its own account. */
+    sqlite3_wal_autocheckpoint(s->ckpt_db, 0);
+    rc = pthread_create(&s->ckpt, NULL, ckpt_main, s);
+    if (rc) {
+        snprintf(errbuf, errcap, "store: checkpoint thread: %s", strerror(rc));
+        return -1;
+    }
+    s->ckpt_started = 1;
+    return 0;
+}
+
+void store_db_close(struct store *s)
+{
+    if (s->ckpt_started) {
+        pthread_mutex_lock(&s->ckpt_mu);
+        s->ckpt_stop = 1;
+        pthread_cond_signal(&s->ckpt_cv);
+        pthread_mutex_unlock(&s->ckpt_mu);
+        pthread_join(s->ckpt, NULL);
+        s->ckpt_started = 0;
+    }
+    if (s->ckpt_db) {
+        sqlite3_close(s->ckpt_db);
+        s->ckpt_db = NULL;
+    }
+    struct store_db *d = &s->wdb;
+    sqlite3_finalize(d->ins_msg);
+    sqlite3_finalize(d->sel_dup);
+    sqlite3_finalize(d->ins_row);
+    sqlite3_finalize(d->begin);
+    sqlite3_finalize(d->commit);
+    sqlite3_finalize(d->rollback);
+    sqlite3_finalize(d->purge);
+    d->ins_msg = d->sel_dup = d->ins_row = d->begin = d->commit = d->rollback = d->purge = NULL;
+    if (d->db) {
+        /* The last connection to close checkpoints and removes the WAL. */
+        int rc = sqlite3_close(d->db);
+        if (rc != SQLITE_OK)
+            log_error("store_close_failed", " rc=%d", rc);
+        d->db = NULL;
+    }
+}
+
+/* ---- checkpointer thread ----------------------------------------------- */
+
+void store_db_ckpt_run(struct store *s)
+{
+    int log_frames = 0, done = 0;
+    int rc = sqlite3_wal_checkpoint_v2(s->ckpt_db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log_frames,
+                                       &done);
+    if (rc != SQLITE_OK && rc != SQLITE_BUSY)
+        log_warn("store_checkpoint_failed", " rc=%d", rc);
+    else
+        log_debug("store_checkpoint", " wal_frames=%d copied=%d", log_frames, done);
+}
+
+static void *ckpt_main(void *arg)
+{
+    struct store *s = arg;
+    pthread_mutex_lock(&s->ckpt_mu);
+    for (;;) {
+        while (!s->ckpt_asked && !s->ckpt_stop)
+            pthread_cond_wait(&s->ckpt_cv, &s->ckpt_mu);
+        if (s->ckpt_stop)
+            break;
+        s->ckpt_asked = 0;
+        pthread_mutex_unlock(&s->ckpt_mu);
+        store_db_ckpt_run(s);
+        atomic_store_explicit(&s->ckpt_state, STORE_CKPT_TAIL, memory_order_release);
+        pthread_mutex_lock(&s->ckpt_mu);
+    }
+    pthread_mutex_unlock(&s->ckpt_mu);
+    return NULL;
+}
+
+/* ---- the group write (writer thread) ----------------------------------- */
+
+/* Errors that belong to the database or the disk rather than to one message:
+ * retrying the group message by message would fail the same way. */
+static int group_wide(int rc)
+{
+    switch (rc & 0xff) {
+    case SQLITE_FULL: case SQLITE_IOERR: case SQLITE_NOMEM: case SQLITE_CORRUPT:
+    case SQLITE_BUSY: case SQLITE_LOCKED: case SQLITE_READONLY: case SQLITE_CANTOPEN:
+    case SQLITE_NOTADB: case SQLITE_PROTOCOL:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* Steps a one-shot statement (BEGIN, COMMIT), retrying SQLITE_BUSY — each
+ * attempt already waited STORE_BUSY_TIMEOUT_MS in the busy handler — until
+ * STORE_BUSY_GIVE_UP_MS.  A short lock from another connection therefore
+ * never fails messages. */
+static int step_retry(sqlite3_stmt *st)
+{
+    uint64_t give_up = clock_mono_ms() + STORE_BUSY_GIVE_UP_MS;
+    for (;;) {
+        int rc = sqlite3_step(st);
+        sqlite3_reset(st);
+        if (rc == SQLITE_DONE)
+            return SQLITE_OK;
+        if ((rc & 0xff) != SQLITE_BUSY || clock_mono_ms() >= give_up)
+            return rc;
+        log_debug("store_busy", " waited_ms=%d", STORE_BUSY_TIMEOUT_MS);
+    }
+}
+
+static int bind_text(sqlite3_stmt *st, int i, const struct store_msg *m, enum store_field f)
+{
+    /* An empty string, not NULL: "no sending facility" must still match
+     * itself for duplicate detection. */
+    return sqlite3_bind_text64(st, i, m->span[f].len ? (const char *)store_msg_ptr(m, f) : "",
+                               m->span[f].len, SQLITE_STATIC, SQLITE_UTF8);
+}
+
+static int insert_rows(struct store *s, const struct store_msg *m, int64_t msg_id)
+{
+    sqlite3_stmt *st = s->wdb.ins_row;
+    const uint8_t *p = store_msg_ptr(m, SF_ROWS);
+    const uint8_t *end = p + m->span[SF_ROWS].len;
+    int64_t seq = 0;
+    while (p < end) {
+        const uint8_t *nl = memchr(p, '\n', (size_t)(end - p));
+        const uint8_t *line_end = nl ? nl : end;
+        if (line_end > p) { /* blank lines are not rows */
+            sqlite3_bind_int64(st, 1, msg_id);
+            sqlite3_bind_int64(st, 2, seq++);
+            sqlite3_bind_blob64(st, 3, p, (sqlite3_uint64)(line_end - p), SQLITE_STATIC);
+            int rc = sqlite3_step(st);
+            sqlite3_reset(st);
+            if (rc != SQLITE_DONE)
+                return rc;
+        }
+        p = nl ? nl + 1 : end;
+    }
+    if ((uint64_t)seq != m->row_count)
+        log_warn("store_row_count", " expected=%u found=%lld", m->row_count, (long long)seq);
+    return SQLITE_OK;
+}
+
+/* Inserts one message inside the open transaction.  A conflict on (app,
+ * facility, control id) — with a committed message or one earlier in this
+ * same transaction, which this connection already sees — makes it a
+ * duplicate carrying the original id and ACK code. */
+static int insert_one(struct store *s, const struct store_msg *m, struct store_result *r,
+                      int *dup)
+{
+    struct store_db *d = &s->wdb;
+    sqlite3_stmt *st = d->ins_msg;
+    sqlite3_bind_int64(st, 1, m->received_ms);
+    bind_text(st, 2, m, SF_LISTENER);
+    bind_text(st, 3, m, SF_PEER);
+    bind_text(st, 4, m, SF_SEND_APP);
+    bind_text(st, 5, m, SF_SEND_FAC);
+    if (m->span[SF_CONTROL_ID].len)
+        bind_text(st, 6, m, SF_CONTROL_ID);
+    else
+        sqlite3_bind_null(st, 6);
+    bind_text(st, 7, m, SF_MSG_TYPE);
+    bind_text(st, 8, m, SF_TRIGGER);
+    bind_text(st, 9, m, SF_VERSION);
+    sqlite3_bind_text(st, 10, m->ack_code, 2, SQLITE_STATIC);
+    sqlite3_bind_blob64(st, 11, m->span[SF_RAW].len ? store_msg_ptr(m, SF_RAW) : (const void *)"",
+                        m->span[SF_RAW].len, SQLITE_STATIC);
+    sqlite3_bind_int(st, 12, m->quarantined);
+    if (m->quarantined)
+        bind_text(st, 13, m, SF_REASON);
+    else
+        sqlite3_bind_null(st, 13);
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE)
+        return rc;
+
+    if (sqlite3_changes(d->db) == 1) {
+        r->status = STORE_STORED;
+        r->id = sqlite3_last_insert_rowid(d->db);
+        memcpy(r->ack_code, m->ack_code, 3);
+        *dup = 0;
+        return m->span[SF_ROWS].len ? insert_rows(s, m, r->id) : SQLITE_OK;
+    }
+
+    st = d->sel_dup;
+    bind_text(st, 1, m, SF_SEND_APP);
+    bind_text(st, 2, m, SF_SEND_FAC);
+    bind_text(st, 3, m, SF_CONTROL_ID);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        r->status = STORE_DUPLICATE;
+        r->id = sqlite3_column_int64(st, 0);
+        const unsigned char *ack = sqlite3_column_text(st, 1);
+        r->ack_code[0] = ack && ack[0] ? (char)ack[0] : m->ack_code[0];
+        r->ack_code[1] = ack && ack[0] && ack[1] ? (char)ack[1] : m->ack_code[1];
+        r->ack_code[2] = '\0';
+        *dup = 1;
+        rc = SQLITE_OK;
+    } else if (rc == SQLITE_DONE) {
+        rc = SQLITE_INTERNAL; /* a conflict without the row it conflicted with */
+    }
+    sqlite3_reset(st);
+    return rc;
+}
+
+/* One transaction over grp[first .. first+n).  On success fills the results
+ * and the stats; on failure rolls back and returns the SQLite error. */
+static int write_range(struct store *s, size_t first, size_t n)
+{
+    struct store_db *d = &s->wdb;
+    uint64_t t0 = clock_mono_ns();
+    int rc = step_retry(d->begin);
+    if (rc != SQLITE_OK)
+        return rc;
+    uint64_t dups = 0;
+    for (size_t i = first; i < first + n && rc == SQLITE_OK; i++) {
+        int dup = 0;
+        rc = insert_one(s, s->grp[i], &s->grp_res[i], &dup);
+        dups += (uint64_t)dup;
+    }
+    if (rc == SQLITE_OK)
+        rc = step_retry(d->commit);
+    if (rc != SQLITE_OK) {
+        /* SQLite may already have rolled back (I/O error, disk full). */
+        if (!sqlite3_get_autocommit(d->db)) {
+            int rrc = sqlite3_step(d->rollback);
+            sqlite3_reset(d->rollback);
+            if (rrc != SQLITE_DONE)
+                log_error("store_rollback_failed", " rc=%d", rrc);
+        }
+        return rc;
+    }
+    uint64_t ns = clock_mono_ns() - t0;
+    atomic_fetch_add_explicit(&s->st.commits, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->st.messages, n - dups, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->st.duplicates, dups, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->st.commit_ns_total, ns, memory_order_relaxed);
+    if (n > atomic_load_explicit(&s->st.max_group_seen, memory_order_relaxed))
+        atomic_store_explicit(&s->st.max_group_seen, n, memory_order_relaxed);
+
+    return SQLITE_OK;
+}
+
+static void fail_range(struct store *s, size_t first, size_t n, int rc)
+{
+    for (size_t i = first; i < first + n; i++) {
+        s->grp_res[i].status = STORE_FAILED;
+        s->grp_res[i].id = 0;
+        memcpy(s->grp_res[i].ack_code, s->grp[i]->ack_code, 3);
+    }
+    atomic_fetch_add_explicit(&s->st.failures, n, memory_order_relaxed);
+    /* At 100k msgs/s a failing disk must not also flood the log. */
+    uint64_t now = clock_mono_ms();
+    if (now - s->last_fail_log_ms >= 1000 || s->last_fail_log_ms == 0) {
+        log_error("store_write_failed", " rc=%d error=\"%s\" messages=%zu suppressed=%llu", rc,
+                  sqlite3_errstr(rc), n, (unsigned long long)s->fail_log_suppressed);
+        s->last_fail_log_ms = now;
+        s->fail_log_suppressed = 0;
+    } else {
+        s->fail_log_suppressed += n;
+    }
+}
+
+void store_db_write_group(struct store *s, size_t n)
+{
+    int rc = write_range(s, 0, n);
+    if (rc == SQLITE_OK)
+        return;
+    if (n == 1 || group_wide(rc)) {
+        fail_range(s, 0, n, rc);
+        return;
+    }
+    /* One message the database refused must not take its group-mates
+     * down with it: retry them one transaction each. */
+    for (size_t i = 0; i < n; i++) {
+        rc = write_range(s, i, 1);
+        if (rc != SQLITE_OK)
+            fail_range(s, i, 1, rc);
+    }
+}
+
+/* The checkpointer copied the bulk of the WAL; copy what was committed
+ * since, so the next transaction restarts the log (see the file comment).
+ * Called after the results went out, so it never delays an ACK. */
+void store_db_checkpoint_tail(struct store *s)
+{
+    if (atomic_load_explicit(&s->ckpt_state, memory_order_acquire) != STORE_CKPT_TAIL)
+        return;
+    int log_frames = 0, done = 0;
+    int rc = sqlite3_wal_checkpoint_v2(s->wdb.db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log_frames,
+                                       &done);
+    if (rc == SQLITE_BUSY)
+        return; /* the helper started again meanwhile; try after the next group */
+    atomic_store_explicit(&s->ckpt_state, STORE_CKPT_IDLE, memory_order_release);
+    if (rc != SQLITE_OK)
+        log_warn("store_checkpoint_failed", " rc=%d error=\"%s\"", rc, sqlite3_errstr(rc));
+    else
+        log_debug("store_checkpoint_tail", " wal_frames=%d copied=%d", log_frames, done);
+}
+
+/* ---- retention and disk space (writer thread) -------------------------- */
+
+long store_db_housekeep(struct store *s, int64_t now_wall_ms)
+{
+    struct store_db *d = &s->wdb;
+    int64_t cutoff = now_wall_ms - (int64_t)s->opts.retention_days * 86400000;
+    sqlite3_bind_int64(d->purge, 1, cutoff);
+    sqlite3_bind_int(d->purge, 2, STORE_RETENTION_CHUNK);
+    /* Autocommit: one short transaction of at most one chunk. */
+    int rc = sqlite3_step(d->purge);
+    sqlite3_reset(d->purge);
+    if (rc != SQLITE_DONE) {
+        log_warn("store_retention_failed", " rc=%d error=\"%s\"", rc, sqlite3_errstr(rc));
+        return -1;
+    }
+    return (long)sqlite3_changes(d->db);
+}
+
+int store_db_disk_low(struct store *s, uint64_t now_ms)
+{
+    if (!s->opts.min_free_disk_mb)
+        return 0;
+    if (now_ms < s->next_disk_check_ms)
+        return s->disk_low;
+    s->next_disk_check_ms = now_ms + STORE_DISK_CHECK_MS;
+    struct statvfs vf;
+    if (statvfs(s->dir_buf, &vf) < 0) {
+        int e = errno;
+        log_warn("store_statvfs_failed", " errno=%d", e);
+        return s->disk_low; /* keep the last verdict */
+    }
+    uint64_t free_mb = ((uint64_t)vf.f_bavail * (uint64_t)vf.f_frsize) >> 20;
+    int low = free_mb < s->opts.min_free_disk_mb;
+    if (low != s->disk_low) {
+        if (low)
+            log_error("store_disk_low", " free_mb=%llu min_free_mb=%llu",
+                      (unsigned long long)free_mb, (unsigned long long)s->opts.min_free_disk_mb);
+        else
+            log_info("store_disk_ok", " free_mb=%llu", (unsigned long long)free_mb);
+    }
+    s->disk_low = low;
+    return low;
+}
+
+/* ---- read-only queries (any thread) ------------------------------------ */
+
+int store_query_counts(const char *path, struct store_counts *out, char *errbuf, size_t errcap)
+{
+    memset(out, 0, sizeof *out);
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    int ret = -1;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK) {
+        snprintf(errbuf, errcap, "store: open %s: %s", path,
+                 db ? sqlite3_errmsg(db) : "out of memory");
+        goto out;
+    }
+    sqlite3_busy_timeout(db, STORE_BUSY_TIMEOUT_MS);
+    if (sqlite3_prepare_v2(db,
+                           "SELECT COUNT(*), COALESCE(SUM(quarantined), 0),"
+                           " COALESCE(SUM(quarantined = 0 AND delivered_ms IS NULL), 0),"
+                           " COALESCE(SUM(raw IS NULL), 0),"
+                           " (SELECT COUNT(*) FROM rows) FROM messages",
+                           -1, &st, NULL) != SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_ROW) {
+        snprintf(errbuf, errcap, "store: query %s: %s", path, sqlite3_errmsg(db));
+        goto out;
+    }
+    out->messages = (uint64_t)sqlite3_column_int64(st, 0);
+    out->quarantined = (uint64_t)sqlite3_column_int64(st, 1);
+    out->undelivered = (uint64_t)sqlite3_column_int64(st, 2);
+    out->purged = (uint64_t)sqlite3_column_int64(st, 3);
+    out->rows = (uint64_t)sqlite3_column_int64(st, 4);
+    ret = 0;
+out:
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return ret;
+}

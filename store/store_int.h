@@ -1,0 +1,145 @@
+/* Private to store/: the message layout, the store object shared by the
+ * producer-facing half (store.c) and the SQLite half (store_db.c), and the
+ * tuning constants of the writer. */
+#ifndef STORE_STORE_INT_H
+#define STORE_STORE_INT_H
+
+#include "store/store.h"
+
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdatomic.h>
+
+/* Bumped whenever a migration is appended to store_db.c. */
+#define STORE_SCHEMA_VERSION      1
+
+/* How long one BEGIN/COMMIT attempt waits for a lock held by another
+ * connection (a CLI, a sink reader) and how long in total before the group
+ * is failed.  A short lock never fails messages; a lock held for half a
+ * minute means the operator has a problem and the senders get AE. */
+#define STORE_BUSY_TIMEOUT_MS     1000
+#define STORE_BUSY_GIVE_UP_MS     30000
+
+/* Free-disk probe: statvfs at most this often. */
+#define STORE_DISK_CHECK_MS       100
+
+/* Housekeeping (retention) cadence, and how many bodies one step purges so
+ * that a large backlog never holds the write lock for long. */
+#define STORE_HOUSEKEEP_MS        60000
+#define STORE_RETENTION_CHUNK     2000
+
+/* Checkpoint policy.  Above STORE_WAL_CKPT_PAGES the checkpointer thread
+ * copies the WAL into the database without blocking the writer; when it is
+ * done the writer copies the few frames committed meanwhile itself, so that
+ * its next transaction restarts the WAL from the beginning.  Under steady
+ * load the helper alone never quite catches up, the WAL would only grow,
+ * and appending to a file costs about twice as much per fsync as
+ * overwriting it. */
+#define STORE_WAL_CKPT_PAGES      4096
+#define STORE_JOURNAL_LIMIT_BYTES (64 * 1024 * 1024)
+
+enum store_ckpt_state {
+    STORE_CKPT_IDLE = 0,   /* WAL below the threshold */
+    STORE_CKPT_RUNNING,    /* the checkpointer thread is copying */
+    STORE_CKPT_TAIL,       /* it finished: the writer copies the rest */
+};
+
+/* Indexes into store_msg.span; each names a byte range of store_msg.data. */
+enum store_field {
+    SF_RAW = 0, SF_LISTENER, SF_PEER, SF_SEND_APP, SF_SEND_FAC, SF_CONTROL_ID,
+    SF_MSG_TYPE, SF_TRIGGER, SF_VERSION, SF_ROWS, SF_REASON, SF_COUNT
+};
+
+/* One allocation per message: the header followed by every byte it carries,
+ * so the hot path costs one malloc (producer) and one free (writer). */
+struct store_msg {
+    uint64_t tag;
+    int64_t received_ms;
+    unsigned row_count;
+    int quarantined;
+    char ack_code[3];
+    struct { size_t off, len; } span[SF_COUNT];
+    uint8_t data[];
+};
+
+static inline const uint8_t *store_msg_ptr(const struct store_msg *m, enum store_field f)
+{
+    return m->data + m->span[f].off;
+}
+
+/* The writer's prepared statements and SQLite state (writer thread only once
+ * the thread runs). */
+struct store_db {
+    sqlite3 *db;
+    sqlite3_stmt *ins_msg, *sel_dup, *ins_row, *begin, *commit, *rollback, *purge;
+};
+
+struct store {
+    struct store_opts opts;      /* path copied into path_buf */
+    char *path_buf;
+    char *dir_buf;               /* directory probed by statvfs */
+
+    /* Producer-only: messages submitted whose results were not yet taken.
+     * Bounds both rings, so neither can overflow. */
+    size_t inflight;
+    uint64_t submitted;          /* producer-only running total */
+    _Atomic uint64_t published;  /* results published so far (writer) */
+    size_t cap;
+    int efd;
+
+    pthread_mutex_t mu;          /* guards everything down to `results` */
+    pthread_cond_t cv;           /* writer waits here for work */
+    struct store_msg **q;        /* submission ring */
+    size_t q_head, q_count;
+    struct store_result *res;    /* completion ring */
+    size_t r_head, r_count;
+    int writer_waiting;
+    int stopping;
+    int housekeep_asked;
+
+    pthread_t writer;
+    int writer_started;
+    struct store_db wdb;
+
+    /* Writer-thread scratch, sized max_group at open. */
+    struct store_msg **grp;
+    struct store_result *grp_res;
+    uint64_t next_disk_check_ms;
+    int disk_low;
+    uint64_t next_housekeep_ms;
+    uint64_t last_fail_log_ms;
+    uint64_t fail_log_suppressed;
+
+    /* Checkpointer thread: own connection, woken by the wal hook. */
+    pthread_t ckpt;
+    int ckpt_started;
+    sqlite3 *ckpt_db;
+    pthread_mutex_t ckpt_mu;
+    pthread_cond_t ckpt_cv;
+    int ckpt_asked, ckpt_stop;
+    _Atomic int ckpt_state;      /* enum store_ckpt_state */
+
+    struct {
+        _Atomic uint64_t commits, messages, duplicates, failures;
+        _Atomic uint64_t max_group_seen, commit_ns_total;
+    } st;
+};
+
+/* store_db.c — all SQLite access.  db_open runs on the main thread before the
+ * writer starts; the rest on the writer thread (ckpt_* on the checkpointer). */
+int store_db_prepare_path(const char *path, char *errbuf, size_t errcap);
+int store_db_open(struct store *s, char *errbuf, size_t errcap);
+void store_db_close(struct store *s);
+/* Writes one group; fills s->grp_res[0..n) (tag excluded) and updates stats. */
+void store_db_write_group(struct store *s, size_t n);
+/* Finishes a checkpoint the helper thread started (writer thread, between
+ * groups). */
+void store_db_checkpoint_tail(struct store *s);
+/* One retention step; returns how many bodies were purged, -1 on error. */
+long store_db_housekeep(struct store *s, int64_t now_wall_ms);
+/* 1 when free space on the database's filesystem is below the minimum. */
+int store_db_disk_low(struct store *s, uint64_t now_ms);
+int store_db_ckpt_open(struct store *s, char *errbuf, size_t errcap);
+void store_db_ckpt_run(struct store *s);
+
+#endif

@@ -1,0 +1,249 @@
+"""MLLP behaviour of the daemon: duplicates, pipelining, framing edge cases,
+size and connection limits, idle timeout."""
+
+import socket
+import threading
+import time
+import unittest
+
+from harness import (CR, EB, SB, DaemonTestCase, MLLPConnection, frame, make_message)
+
+
+class Duplicates(DaemonTestCase):
+
+    def test_resent_message_gets_the_same_ack_and_is_stored_once(self):
+        msg = make_message("DUP0001", send_app="DUPAPP", send_fac="DUPFAC")
+        with self.daemon.connect() as c:
+            first = c.request(msg)
+        with self.daemon.connect() as c:  # the engine reconnected and re-sent
+            second = c.request(msg)
+        self.assertEqual((first.code, first.control_id_text), ("AA", "DUP0001"))
+        self.assertEqual((second.code, second.control_id_text), ("AA", "DUP0001"))
+        self.assertEqual(self.daemon.count_control_id("DUP0001"), 1)
+        self.assertEqual(self.daemon.count_control_id("DUP0001", "DUPAPP", "DUPFAC"), 1)
+
+    def test_resent_rejected_message_gets_the_same_rejection_and_is_not_stored(self):
+        msg = make_message("DUPBAD1", version="9.9")
+        with self.daemon.connect() as c:
+            first = c.request(msg)
+            second = c.request(msg)
+        self.assertIn(first.code, ("AR", "AE"))
+        self.assertEqual(second.code, first.code)
+        self.assertEqual(second.err_code, first.err_code)
+        self.assertEqual(self.daemon.count_control_id("DUPBAD1"), 0)
+
+    def test_same_control_id_from_another_facility_is_stored_separately(self):
+        with self.daemon.connect() as c:
+            a = c.request(make_message("SAME0001", send_app="APP", send_fac="NORTH"))
+            b = c.request(make_message("SAME0001", send_app="APP", send_fac="SOUTH"))
+            d = c.request(make_message("SAME0001", send_app="OTHERAPP", send_fac="NORTH"))
+        for ack in (a, b, d):
+            self.assertEqual((ack.code, ack.control_id_text), ("AA", "SAME0001"))
+        self.assertEqual(self.daemon.count_control_id("SAME0001"), 3)
+        self.assertEqual(self.daemon.count_control_id("SAME0001", "APP", "NORTH"), 1)
+        self.assertEqual(self.daemon.count_control_id("SAME0001", "APP", "SOUTH"), 1)
+        self.assertEqual(self.daemon.count_control_id("SAME0001", "OTHERAPP", "NORTH"), 1)
+
+    def test_duplicate_is_recognised_after_a_restart(self):
+        msg = make_message("DUPRST1")
+        with self.daemon.connect() as c:
+            self.assertEqual(c.request(msg).code, "AA")
+        self.daemon.assert_stops_cleanly()
+        self.daemon.start()
+        with self.daemon.connect() as c:
+            again = c.request(msg)
+        self.assertEqual((again.code, again.control_id_text), ("AA", "DUPRST1"))
+        self.assertEqual(self.daemon.count_control_id("DUPRST1"), 1)
+
+    def test_duplicate_inside_one_pipelined_burst_is_stored_once(self):
+        msg = make_message("DUPBURST")
+        with self.daemon.connect() as c:
+            c.send_raw(frame(msg) * 5)
+            acks = [c.recv_ack() for _ in range(5)]
+        self.assertEqual([(a.code, a.control_id_text) for a in acks], [("AA", "DUPBURST")] * 5)
+        self.assertEqual(self.daemon.count_control_id("DUPBURST"), 1)
+
+
+class Pipelining(DaemonTestCase):
+
+    def test_fifty_frames_in_one_write_get_fifty_acks_in_order(self):
+        ids = [f"PIPE{i:04d}" for i in range(50)]
+        payload = b"".join(frame(make_message(i)) for i in ids)
+        with self.daemon.connect() as c:
+            c.sock.sendall(payload)  # one buffer; the kernel may still split it
+            acks = [c.recv_ack() for _ in ids]
+            self.assertFalse(c.buf.strip(), "no extra ACK bytes")
+        self.assertEqual([a.control_id_text for a in acks], ids)
+        self.assertEqual({a.code for a in acks}, {"AA"})
+        for i in ids:
+            self.assertEqual(self.daemon.count_control_id(i), 1, i)
+
+    def test_good_and_bad_frames_pipelined_keep_their_order(self):
+        plan = [("MIX1", "2.5"), ("MIX2", "9.9"), ("MIX3", "2.5"), ("MIX4", "1.0"), ("MIX5", "2.3")]
+        payload = b"".join(frame(make_message(i, version=v)) for i, v in plan)
+        payload += frame(b"this is not HL7")
+        with self.daemon.connect() as c:
+            c.send_raw(payload)
+            acks = [c.recv_ack() for _ in range(len(plan) + 1)]
+        self.assertEqual([a.control_id_text for a in acks[:-1]], [i for i, _ in plan])
+        self.assertEqual([a.code for a in acks[:-1]], ["AA", "AR", "AA", "AR", "AA"])
+        self.assertEqual(acks[-1].code, "AR")
+
+    def test_two_thousand_pipelined_frames_all_acked_in_order(self):
+        n = 2000
+        ids = [f"BULK{i:06d}" for i in range(n)]
+        payload = b"".join(frame(make_message(i)) for i in ids)
+        with self.daemon.connect(timeout=30) as c:
+            # Write from another thread so neither side's buffers can deadlock.
+            t = threading.Thread(target=c.sock.sendall, args=(payload,), daemon=True)
+            t.start()
+            acks = [c.recv_ack(timeout=30) for _ in ids]
+            t.join(30)
+        self.assertEqual([a.control_id_text for a in acks], ids)
+        self.assertEqual({a.code for a in acks}, {"AA"})
+        rows = self.daemon.query("SELECT COUNT(*) FROM messages WHERE control_id LIKE 'BULK%'")
+        self.assertEqual(rows[0][0], n)
+
+    def test_frame_delivered_one_byte_at_a_time(self):
+        data = frame(make_message("BYTE0001"))
+        with self.daemon.connect() as c:
+            for i in range(len(data)):
+                c.sock.send(data[i:i + 1])
+                if i % 8 == 0:
+                    time.sleep(0.001)
+            ack = c.recv_ack()
+        self.assertEqual((ack.code, ack.control_id_text), ("AA", "BYTE0001"))
+
+    def test_end_marker_split_across_writes(self):
+        data = frame(make_message("SPLITEND"))
+        with self.daemon.connect() as c:
+            c.sock.send(data[:-1])  # ... 0x1C
+            time.sleep(0.2)
+            self.assertEqual(c.buf, b"")
+            c.sock.send(data[-1:])  # 0x0D
+            ack = c.recv_ack()
+        self.assertEqual((ack.code, ack.control_id_text), ("AA", "SPLITEND"))
+
+    def test_garbage_and_line_ends_between_frames_are_skipped(self):
+        payload = (b"\r\n" + frame(make_message("GARB0001")) + b"\r\n\n\r"
+                   + b"some garbage \x00\xff\x1c\r" + frame(make_message("GARB0002"))
+                   + b"\n\n" + b"MSH|^~\\&|not framed|\r" + frame(make_message("GARB0003")) + b"\r\n")
+        with self.daemon.connect() as c:
+            c.send_raw(payload)
+            acks = [c.recv_ack() for _ in range(3)]
+            # Nothing else comes back for the garbage.
+            c.send(make_message("GARB0004"))
+            last = c.recv_ack()
+        self.assertEqual([(a.code, a.control_id_text) for a in acks],
+                         [("AA", "GARB0001"), ("AA", "GARB0002"), ("AA", "GARB0003")])
+        self.assertEqual((last.code, last.control_id_text), ("AA", "GARB0004"))
+
+    def test_abandoned_frame_restarted_by_a_new_start_byte(self):
+        # A sender that gave up mid-frame and started over: the half frame is
+        # dropped, the new one answered.
+        half = SB + make_message("HALF0001")[:40]
+        with self.daemon.connect() as c:
+            c.send_raw(half + frame(make_message("FULL0001")))
+            ack = c.recv_ack()
+            c.send(make_message("FULL0002"))
+            ack2 = c.recv_ack()
+        self.assertEqual((ack.code, ack.control_id_text), ("AA", "FULL0001"))
+        self.assertEqual((ack2.code, ack2.control_id_text), ("AA", "FULL0002"))
+        self.assertEqual(self.daemon.count_control_id("HALF0001"), 0)
+
+    def test_bom_before_msh_is_skipped(self):
+        with self.daemon.connect() as c:
+            ack = c.request(b"\xef\xbb\xbf" + make_message("BOM00001"))
+        self.assertEqual((ack.code, ack.control_id_text), ("AA", "BOM00001"))
+        raw = self.daemon.query("SELECT raw FROM messages WHERE control_id = 'BOM00001'")
+        self.assertTrue(bytes(raw[0][0]).startswith(b"MSH|"), raw)
+
+
+class Oversize(DaemonTestCase):
+    DAEMON_OPTS = {"max_message_bytes": 4096}
+
+    def test_frame_over_max_message_bytes_gets_ar_and_the_connection_is_closed(self):
+        other = self.daemon.connect()
+        self.assertEqual(other.request(make_message("OTHER001")).code, "AA")
+        big = make_message("BIG00001", pad=10000)
+        self.assertGreater(len(big), 4096)
+        with self.daemon.connect() as c:
+            c.send(big)
+            ack = c.recv_ack()
+            self.assertEqual(ack.code, "AR", ack.raw)
+            self.assertEqual(ack.control_id_text, "BIG00001", "the AR echoes MSH-10")
+            self.assertIsNotNone(ack.err_segment)
+            self.assertTrue(c.closed_by_peer(5), "connection closed after the oversize frame")
+        # Other connections are not affected, old or new.
+        self.assertEqual(other.request(make_message("OTHER002")).code, "AA")
+        with self.daemon.connect() as c:
+            self.assertEqual(c.request(make_message("NEW00001")).code, "AA")
+        self.assertEqual(self.daemon.count_control_id("BIG00001"), 0)
+
+    def test_frame_just_under_the_limit_is_accepted(self):
+        msg = make_message("EDGE0001", pad=1)
+        msg = make_message("EDGE0001", pad=4096 - len(msg) - 8)
+        self.assertLessEqual(len(msg), 4096)
+        with self.daemon.connect() as c:
+            ack = c.request(msg)
+        self.assertEqual((ack.code, ack.control_id_text), ("AA", "EDGE0001"))
+
+    def test_unterminated_stream_over_the_limit_is_cut_off(self):
+        with self.daemon.connect() as c:
+            c.send_raw(SB + make_message("ENDLESS1", pad=20000))  # no end marker, ever
+            ack = c.recv_ack()
+            self.assertEqual(ack.code, "AR", ack.raw)
+            self.assertTrue(c.closed_by_peer(5))
+        self.assertAlive()
+
+
+class ConnectionLimits(DaemonTestCase):
+    DAEMON_OPTS = {"max_connections": 3, "idle_timeout_s": 2}
+
+    def test_fourth_connection_is_closed_at_once(self):
+        conns = [self.daemon.connect() for _ in range(3)]
+        for i, c in enumerate(conns):
+            self.assertEqual(c.request(make_message(f"LIM{i}")).code, "AA")
+        fourth = self.daemon.connect()
+        t0 = time.monotonic()
+        self.assertTrue(fourth.closed_by_peer(1.5), "4th connection is closed by the server")
+        self.assertLess(time.monotonic() - t0, 1.5)
+        for i, c in enumerate(conns):
+            ack = c.request(make_message(f"LIMB{i}"))
+            self.assertEqual((ack.code, ack.control_id_text), ("AA", f"LIMB{i}"))
+        # A freed place can be taken again.
+        conns[0].close()
+        deadline = time.monotonic() + 3
+        while True:
+            c = MLLPConnection(self.daemon.port, timeout=2)
+            self.addCleanup(c.close)
+            try:
+                ack = c.request(make_message("LIMAGAIN"), timeout=2)
+                break
+            except (ConnectionError, socket.timeout, OSError):
+                c.close()
+                if time.monotonic() > deadline:
+                    self.fail("no connection accepted after one of the three closed")
+                time.sleep(0.1)
+        self.assertEqual(ack.code, "AA")
+
+    def test_idle_connection_is_closed_after_idle_timeout(self):
+        c = self.daemon.connect()
+        self.assertEqual(c.request(make_message("IDLE0001")).code, "AA")
+        t0 = time.monotonic()
+        self.assertTrue(c.closed_by_peer(6), "idle connection still open after 6 s")
+        elapsed = time.monotonic() - t0
+        self.assertGreaterEqual(elapsed, 1.5, "closed too early for idle_timeout_s: 2")
+        self.assertLessEqual(elapsed, 4.5)
+
+    def test_active_connection_is_not_closed(self):
+        c = self.daemon.connect()
+        for i in range(5):  # 5 x 0.9 s > 2 s idle timeout
+            ack = c.request(make_message(f"ACTIVE{i}"))
+            self.assertEqual(ack.code, "AA")
+            time.sleep(0.9)
+        self.assertEqual(c.request(make_message("ACTIVE9")).code, "AA")
+
+
+if __name__ == "__main__":
+    unittest.main()

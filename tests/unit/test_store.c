@@ -1,0 +1,888 @@
+/* Unit tests for store/: each test opens a store in a fresh temporary
+ * directory, drives it through the public API from this (producer) thread and
+ * checks what landed in the database through a separate sqlite3 connection.
+ * Lock contention is staged with BEGIN EXCLUSIVE on that connection, which
+ * holds the writer at its BEGIN IMMEDIATE. */
+#include "store/store.h"
+#include "core/clock.h"
+#include "core/log.h"
+
+#include <errno.h>
+#include <ftw.h>
+#include <poll.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+struct fixture {
+    char dir[64];
+    char path[160];
+};
+
+static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(p);
+}
+
+static int setup(void **state)
+{
+    struct fixture *fx = calloc(1, sizeof *fx);
+    if (!fx)
+        return -1;
+    snprintf(fx->dir, sizeof fx->dir, "/tmp/hb-store-XXXXXX");
+    if (!mkdtemp(fx->dir)) {
+        free(fx);
+        return -1;
+    }
+    snprintf(fx->path, sizeof fx->path, "%s/var/lib/store.db", fx->dir);
+    *state = fx;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *fx = *state;
+    nftw(fx->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    free(fx);
+    return 0;
+}
+
+static struct store *open_store(const struct fixture *fx, size_t cap, uint64_t min_free_mb,
+                                unsigned retention_days)
+{
+    struct store_opts o = {
+        .path = fx->path, .retention_days = retention_days, .queue_capacity = cap,
+        .max_group = 0, .min_free_disk_mb = min_free_mb,
+    };
+    char err[256];
+    struct store *s = store_open(&o, err, sizeof err);
+    if (!s)
+        fprintf(stderr, "store_open: %s\n", err);
+    assert_non_null(s);
+    return s;
+}
+
+static sqlite3 *open_db(const struct fixture *fx)
+{
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(fx->path, &db), SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000);
+    return db;
+}
+
+static void db_exec(sqlite3 *db, const char *sql)
+{
+    char *msg = NULL;
+    int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
+    if (rc != SQLITE_OK)
+        fprintf(stderr, "%s: %s\n", sql, msg ? msg : "?");
+    sqlite3_free(msg);
+    assert_int_equal(rc, SQLITE_OK);
+}
+
+static int64_t db_int(sqlite3 *db, const char *sql)
+{
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    int64_t v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return v;
+}
+
+struct msg_spec {
+    const char *app, *fac, *ctl, *ack;
+    const char *raw;      /* NULL → a default body */
+    const char *rows;     /* NULL → none */
+    unsigned row_count;
+    int quarantined;
+    const char *reason;
+};
+
+static const char default_raw[] = "MSH|^~\\&|APP|FAC|HB|HB|20240101120000||ADT^A01|X|P|2.5\r";
+
+static struct store_msg *make_msg(const struct msg_spec *sp)
+{
+    const char *raw = sp->raw ? sp->raw : default_raw;
+    struct store_msg_fields f = {
+        .raw = (const uint8_t *)raw, .raw_len = strlen(raw),
+        .listener = "main", .peer = "10.0.0.7:40001",
+        .send_app = (const uint8_t *)sp->app, .send_app_len = strlen(sp->app),
+        .send_fac = (const uint8_t *)sp->fac, .send_fac_len = strlen(sp->fac),
+        .control_id = (const uint8_t *)sp->ctl, .control_id_len = strlen(sp->ctl),
+        .msg_type = (const uint8_t *)"ADT", .msg_type_len = 3,
+        .trigger = (const uint8_t *)"A01", .trigger_len = 3,
+        .version = (const uint8_t *)"2.5", .version_len = 3,
+        .ack_code = sp->ack ? sp->ack : "AA",
+        .received_ms = 1700000000123,
+        .rows = (const uint8_t *)sp->rows, .rows_len = sp->rows ? strlen(sp->rows) : 0,
+        .row_count = sp->row_count,
+        .quarantined = sp->quarantined, .reason = sp->reason,
+    };
+    struct store_msg *m = store_msg_new(&f);
+    assert_non_null(m);
+    return m;
+}
+
+static void submit(struct store *s, const struct msg_spec *sp, uint64_t tag)
+{
+    assert_int_equal(store_submit(s, make_msg(sp), tag), 0);
+}
+
+static void submit_simple(struct store *s, const char *ctl, uint64_t tag)
+{
+    struct msg_spec sp = { .app = "APP", .fac = "FAC", .ctl = ctl };
+    submit(s, &sp, tag);
+}
+
+/* Collects exactly n results, waiting on the eventfd as the daemon would. */
+static void wait_results(struct store *s, struct store_result *out, size_t n)
+{
+    size_t got = 0;
+    uint64_t deadline = clock_mono_ms() + 20000;
+    while (got < n) {
+        assert_true(clock_mono_ms() < deadline);
+        struct pollfd pfd = { .fd = store_event_fd(s), .events = POLLIN };
+        int pr = poll(&pfd, 1, 100);
+        assert_true(pr >= 0);
+        if (pr == 0)
+            continue;
+        got += store_take_results(s, out + got, n - got);
+    }
+}
+
+static struct store_result one_result(struct store *s)
+{
+    struct store_result r;
+    wait_results(s, &r, 1);
+    return r;
+}
+
+static void sleep_ms(unsigned ms)
+{
+    struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L };
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
+/* ---- tests ------------------------------------------------------------- */
+
+static void test_store_and_read_back(void **state)
+{
+    struct fixture *fx = *state;
+    struct store *s = open_store(fx, 0, 0, 7);
+    struct msg_spec sp = {
+        .app = "EPIC", .fac = "GENHOSP", .ctl = "MSG0001", .ack = "CA",
+        .rows = "r1|a\nr2|b\nr3|c\n", .row_count = 3,
+    };
+    submit(s, &sp, 42);
+    struct store_result r = one_result(s);
+    assert_int_equal(r.tag, 42);
+    assert_int_equal(r.status, STORE_STORED);
+    assert_string_equal(r.ack_code, "CA");
+    assert_true(r.id > 0);
+    assert_int_equal(store_pending(s), 0);
+    assert_int_equal(store_space(s), 8192);
+
+    sqlite3 *db = open_db(fx);
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_prepare_v2(db,
+        "SELECT id, received_ms, listener, peer, send_app, send_fac, control_id, msg_type,"
+        " \"trigger\", version, ack_code, raw, quarantined, reason, delivered_ms FROM messages",
+        -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int64(st, 0), r.id);
+    assert_int_equal(sqlite3_column_int64(st, 1), 1700000000123);
+    assert_string_equal((const char *)sqlite3_column_text(st, 2), "main");
+    assert_string_equal((const char *)sqlite3_column_text(st, 3), "10.0.0.7:40001");
+    assert_string_equal((const char *)sqlite3_column_text(st, 4), "EPIC");
+    assert_string_equal((const char *)sqlite3_column_text(st, 5), "GENHOSP");
+    assert_string_equal((const char *)sqlite3_column_text(st, 6), "MSG0001");
+    assert_string_equal((const char *)sqlite3_column_text(st, 7), "ADT");
+    assert_string_equal((const char *)sqlite3_column_text(st, 8), "A01");
+    assert_string_equal((const char *)sqlite3_column_text(st, 9), "2.5");
+    assert_string_equal((const char *)sqlite3_column_text(st, 10), "CA");
+    assert_int_equal(sqlite3_column_type(st, 11), SQLITE_BLOB);
+    assert_int_equal(sqlite3_column_bytes(st, 11), (int)strlen(default_raw));
+    assert_memory_equal(sqlite3_column_blob(st, 11), default_raw, strlen(default_raw));
+    assert_int_equal(sqlite3_column_int(st, 12), 0);
+    assert_int_equal(sqlite3_column_type(st, 13), SQLITE_NULL);
+    assert_int_equal(sqlite3_column_type(st, 14), SQLITE_NULL);
+    assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+    sqlite3_finalize(st);
+
+    /* Rows: one per line, in order, tied to the message, not batched yet. */
+    assert_int_equal(sqlite3_prepare_v2(db,
+        "SELECT msg_id, seq, data, batch_id FROM rows ORDER BY seq", -1, &st, NULL), SQLITE_OK);
+    const char *want[] = { "r1|a", "r2|b", "r3|c" };
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+        assert_int_equal(sqlite3_column_int64(st, 0), r.id);
+        assert_int_equal(sqlite3_column_int(st, 1), i);
+        assert_int_equal(sqlite3_column_bytes(st, 2), 4);
+        assert_memory_equal(sqlite3_column_blob(st, 2), want[i], 4);
+        assert_int_equal(sqlite3_column_type(st, 3), SQLITE_NULL);
+    }
+    assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+    sqlite3_finalize(st);
+
+    assert_int_equal(db_int(db, "SELECT MAX(version) FROM schema_version"), 1);
+    sqlite3_stmt *jm = NULL;
+    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &jm, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(jm), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(jm, 0), "wal");
+    sqlite3_finalize(jm);
+    sqlite3_close(db);
+
+    struct store_stats stats;
+    store_get_stats(s, &stats);
+    assert_int_equal(stats.commits, 1);
+    assert_int_equal(stats.messages, 1);
+    assert_int_equal(stats.failures, 0);
+    store_close(s);
+}
+
+static void test_duplicates(void **state)
+{
+    struct fixture *fx = *state;
+    struct store *s = open_store(fx, 0, 0, 7);
+    struct msg_spec a = { .app = "APP", .fac = "FAC", .ctl = "C1", .ack = "AA",
+                          .rows = "x\n", .row_count = 1 };
+    submit(s, &a, 1);
+    struct store_result r1 = one_result(s);
+    assert_int_equal(r1.status, STORE_STORED);
+
+    /* Re-sent (our ACK was lost): the original ACK code and id come back,
+     * even though this copy would have been answered AE. */
+    struct msg_spec again = a;
+    again.ack = "AE";
+    submit(s, &again, 2);
+    struct store_result r2 = one_result(s);
+    assert_int_equal(r2.tag, 2);
+    assert_int_equal(r2.status, STORE_DUPLICATE);
+    assert_string_equal(r2.ack_code, "AA");
+    assert_int_equal(r2.id, r1.id);
+
+    /* Same control id from another facility is a different message. */
+    struct msg_spec other = a;
+    other.fac = "FAC2";
+    submit(s, &other, 3);
+    struct store_result r3 = one_result(s);
+    assert_int_equal(r3.status, STORE_STORED);
+    assert_true(r3.id != r1.id);
+
+    /* No control id: never a duplicate of anything. */
+    struct msg_spec empty = { .app = "APP", .fac = "FAC", .ctl = "" };
+    submit(s, &empty, 4);
+    submit(s, &empty, 5);
+    struct store_result re[2];
+    wait_results(s, re, 2);
+    assert_int_equal(re[0].status, STORE_STORED);
+    assert_int_equal(re[1].status, STORE_STORED);
+    assert_true(re[0].id != re[1].id);
+
+    /* Empty application and facility still match themselves. */
+    struct msg_spec anon = { .app = "", .fac = "", .ctl = "Z9", .ack = "AR" };
+    submit(s, &anon, 6);
+    submit(s, &anon, 7);
+    struct store_result ra[2];
+    wait_results(s, ra, 2);
+    assert_int_equal(ra[0].status, STORE_STORED);
+    assert_int_equal(ra[1].status, STORE_DUPLICATE);
+    assert_string_equal(ra[1].ack_code, "AR");
+    assert_int_equal(ra[1].id, ra[0].id);
+
+    sqlite3 *db = open_db(fx);
+    assert_int_equal(db_int(db, "SELECT COUNT(*) FROM messages"), 5);
+    assert_int_equal(db_int(db, "SELECT COUNT(*) FROM messages WHERE control_id IS NULL"), 2);
+    /* The duplicate's rows were not written a second time. */
+    assert_int_equal(db_int(db, "SELECT COUNT(*) FROM rows"), 2);
+    sqlite3_close(db);
+
+    struct store_stats st;
+    store_get_stats(s, &st);
+    assert_int_equal(st.duplicates, 2);
+    assert_int_equal(st.messages, 5);
+    store_close(s);
+}
+
+static void test_duplicates_within_group(void **state)
+{
+    struct fixture *fx = *state;
+    struct store *s = open_store(fx, 0, 0, 7);
+    sqlite3 *db = open_db(fx);
+    db_exec(db, "BEGIN EXCLUSIVE");
+    /* The writer takes this one alone and then waits for the lock; what
+     * follows queues up behind it and is written as one group. */
+    submit_simple(s, "BLOCKER", 0);
+    sleep_ms(100);
+    struct msg_spec x1 = { .app = "APP", .fac = "FAC", .ctl = "X", .ack = "AA" };
+    struct msg_spec x2 = { .app = "APP", .fac = "FAC", .ctl = "X", .ack = "AE" };
+    struct msg_spec y = { .app = "APP", .fac = "FAC", .ctl = "Y", .ack = "CA" };
+    submit(s, &x1, 1);
+    submit(s, &x2, 2);
+    submit(s, &y, 3);
+    submit(s, &x2, 4);
+    submit(s, &y, 5);
+    db_exec(db, "COMMIT");
+
+    struct store_result r[6];
+    wait_results(s, r, 6);
+    for (int i = 0; i < 6; i++)
+        assert_int_equal(r[i].tag, (uint64_t)i);
+    assert_int_equal(r[0].status, STORE_STORED);
+    assert_int_equal(r[1].status, STORE_STORED);
+    assert_string_equal(r[1].ack_code, "AA");
+    assert_int_equal(r[2].status, STORE_DUPLICATE);
+    assert_string_equal(r[2].ack_code, "AA");
+    assert_int_equal(r[2].id, r[1].id);
+    assert_int_equal(r[3].status, STORE_STORED);
+    assert_int_equal(r[4].status, STORE_DUPLICATE);
+    assert_int_equal(r[4].id, r[1].id);
+    assert_int_equal(r[5].status, STORE_DUPLICATE);
+    assert_string_equal(r[5].ack_code, "CA");
+    assert_int_equal(r[5].id, r[3].id);
+
+    struct store_stats st;
+    store_get_stats(s, &st);
+    assert_true(st.commits <= 2);
+    assert_true(st.max_group_seen >= 5);
+    assert_int_equal(st.duplicates, 3);
+    assert_int_equal(db_int(db, "SELECT COUNT(*) FROM messages"), 3);
+    sqlite3_close(db);
+    store_close(s);
+}
+
+static void test_results_in_order(void **state)
+{
+    struct fixture *fx = *state;
+    struct store *s = open_store(fx, 0, 0, 7);
+    enum { N = 600 };
+    char ctl[32];
+    for (unsigned i = 0; i < N; i++) {
+        /* Every fifth message repeats the previous control id. */
+        snprintf(ctl, sizeof ctl, "ORD%u", i % 5 == 4 ? i - 1 : i);
+        submit_simple(s, ctl, 1000 + (uint64_t)i * 7);
+    }
+    static struct store_result r[N];
+    wait_results(s, r, N);
+    for (unsigned i = 0; i < N; i++) {
+        assert_int_equal(r[i].tag, 1000 + (uint64_t)i * 7);
+        assert_int_equal(r[i].status, i % 5 == 4 ? STORE_DUPLICATE : STORE_STORED);
+        if (i % 5 == 4)
+            assert_int_equal(r[i].id, r[i - 1].id);
+        else if (i > 0)
+            assert_true(r[i].id > r[i - 1].id);
+    }
+    store_close(s);
+}
+
+static void test_group_commit_groups(void **state)
+{
+    struct fixture *fx = *state;
+    struct store *s = open_store(fx, 0, 0, 7);
+    enum { N = 1000 };
+    char ctl[32];
+    for (unsigned i = 0; i < N; i++) {
+        snprintf(ctl, sizeof ctl, "G%u", i);
+        submit_simple(s, ctl, i);
+    }
+    static struct store_result r[N];
+    wait_results(s, r, N);
+    for (unsigned i = 0; i < N; i++)
+        assert_int_equal(r[i].status, STORE_STORED);
+    struct store_stats st;
+    store_get_stats(s, &st);
+    assert_int_equal(st.messages, N);
+    assert_true(st.commits < N / 4);
+    assert_true(st.max_group_seen > 1);
+    assert_true(st.commit_ns_total > 0);
+    assert_int_equal(store_space(s), 8192);
+    store_close(s);
+}
+
+static void test_back_pressure(void **state)
+{
+    struct fixture *fx = *state;
+    enum { CAP = 16 };
+    struct store *s = open_store(fx, CAP, 0, 7);
+    assert_int_equal(store_space(s), CAP);
+    sqlite3 *db = open_db(fx);
+    db_exec(db, "BEGIN EXCLUSIVE");
+    char ctl[32];
+    unsigned n = 0;
+    for (;;) {
+        snprintf(ctl, sizeof ctl, "BP%u", n);
+        struct msg_spec sp = { .app = "APP", .fac = "FAC", .ctl = ctl };
+        if (store_space(s) == 0) {
+            /* Full: refused, and the message is freed (ASan checks). */
+            assert_int_equal(store_submit(s, make_msg(&sp), 999), -1);
+            break;
+        }
+        submit(s, &sp, n);
+        n++;
+        assert_true(n <= CAP);
+    }
+    assert_int_equal(n, CAP);
+    assert_int_equal(store_space(s), 0);
+    assert_int_equal(store_pending(s), CAP);
+    /* Held longer than one busy timeout: the writer must retry, not fail. */
+    sleep_ms(1500);
+    struct pollfd pfd = { .fd = store_event_fd(s), .events = POLLIN };
+    assert_int_equal(poll(&pfd, 1, 0), 0);
+    db_exec(db, "COMMIT");
+    sqlite3_close(db);
+
+    struct store_result r[CAP];
+    wait_results(s, r, CAP);
+    for (unsigned i = 0; i < CAP; i++) {
+        assert_int_equal(r[i].tag, i);
+        assert_int_equal(r[i].status, STORE_STORED);
+    }
+    assert_int_equal(store_space(s), CAP);
+    assert_int_equal(store_pending(s), 0);
+    struct store_stats st;
+    store_get_stats(s, &st);
+    assert_int_equal(st.failures, 0);
+    assert_int_equal(st.messages, CAP);
+    store_close(s);
+}
+
+static void test_disk_low_fails(void **state)
+{
+    struct fixture *fx = *state;
+    /* An exabyte of free space is never there. */
+    struct store *s = open_store(fx, 0, UINT64_C(1) << 40, 7);
+    for (unsigned i = 0; i < 10; i++) {
+        char ctl[16];
+        snprintf(ctl, sizeof ctl, "D%u", i);
+        struct msg_spec sp = { .app = "APP", .fac = "FAC", .ctl = ctl, .ack = "CA" };
+        submit(s, &sp, i);
+    }
+    struct store_result r[10];
+    wait_results(s, r, 10);
+    for (unsigned i = 0; i < 10; i++) {
+        assert_int_equal(r[i].tag, i);
+        assert_int_equal(r[i].status, STORE_FAILED);
+        assert_int_equal(r[i].id, 0);
+        assert_string_equal(r[i].ack_code, "CA");
+    }
+    struct store_stats st;
+    store_get_stats(s, &st);
+    assert_int_equal(st.failures, 10);
+    assert_int_equal(st.commits, 0);
+    store_close(s);
+
+    struct store_counts c;
+    char err[128];
+    assert_int_equal(store_query_counts(fx->path, &c, err, sizeof err), 0);
+    assert_int_equal(c.messages, 0);
+}
+
+static off_t file_size(const char *p)
+{
+    struct stat st;
+    return stat(p, &st) == 0 ? st.st_size : 0;
+}
+
+/* A commit that cannot be written (here: the file-size limit, which SQLite
+ * sees as a failed write exactly like a full disk) fails the whole group, is
+ * rolled back, and the writer carries on once writes succeed again. */
+static void test_commit_failure_recovers(void **state)
+{
+    struct fixture *fx = *state;
+    struct store *s = open_store(fx, 0, 0, 7);
+    submit_simple(s, "FIRST", 0);
+    assert_int_equal(one_result(s).status, STORE_STORED);
+
+    enum { BIG = 1 << 20 };
+    char *big = malloc(BIG + 1);
+    assert_non_null(big);
+    memset(big, 'x', BIG);
+    big[BIG] = '\0';
+
+    char wal[200];
+    snprintf(wal, sizeof wal, "%s-wal", fx->path);
+    off_t biggest = file_size(wal) > file_size(fx->path) ? file_size(wal) : file_size(fx->path);
+    struct rlimit old, lim;
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+    struct sigaction ign = { .sa_handler = SIG_IGN }, prev;
+    assert_int_equal(sigaction(SIGXFSZ, &ign, &prev), 0);
+    lim = old;
+    lim.rlim_cur = (rlim_t)biggest + 65536;
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+
+    struct msg_spec sp = { .app = "APP", .fac = "FAC", .ctl = "BIG", .raw = big,
+                           .rows = "row\n", .row_count = 1 };
+    submit(s, &sp, 1);
+    struct store_result r = one_result(s);
+    assert_int_equal(r.status, STORE_FAILED);
+    assert_int_equal(r.id, 0);
+
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+    /* Not a duplicate: nothing of the failed transaction survived. */
+    submit(s, &sp, 2);
+    r = one_result(s);
+    assert_int_equal(r.status, STORE_STORED);
+    assert_true(r.id > 0);
+    assert_int_equal(sigaction(SIGXFSZ, &prev, NULL), 0);
+
+    struct store_stats st;
+    store_get_stats(s, &st);
+    assert_int_equal(st.failures, 1);
+    assert_int_equal(st.messages, 2);
+    store_close(s);
+    free(big);
+
+    sqlite3 *db = open_db(fx);
+    assert_int_equal(db_int(db, "SELECT COUNT(*) FROM messages"), 2);
+    assert_int_equal(db_int(db, "SELECT length(raw) FROM messages WHERE control_id = 'BIG'"), BIG);
+    assert_int_equal(db_int(db, "SELECT COUNT(*) FROM rows"), 1);
+    assert_int_equal(db_int(db, "SELECT COUNT(*) FROM pragma_integrity_check"
+                                 " WHERE integrity_check != 'ok'"), 0);
+    sqlite3_close(db);
+}
+
+/* Automatic checkpoints are replaced by the helper thread plus the writer's
+ * tail copy.  If that chain were broken the WAL would only ever grow: after
+ * 120 MB of commits it must have restarted (the file stays well below what
+ * was written) and the data must have reached the database file. */
+static void test_wal_checkpointed_and_restarted(void **state)
+{
+    struct fixture *fx = *state;
+    struct store *s = open_store(fx, 0, 0, 7);
+    enum { BIG = 1 << 20, COUNT = 120 };
+    char *big = malloc(BIG + 1);
+    assert_non_null(big);
+    memset(big, 'w', BIG);
+    big[BIG] = '\0';
+    char wal[200];
+    snprintf(wal, sizeof wal, "%s-wal", fx->path);
+    off_t wal_max = 0;
+    for (unsigned i = 0; i < COUNT; i++) {
+        char ctl[16];
+        snprintf(ctl, sizeof ctl, "W%u", i);
+        struct msg_spec sp = { .app = "APP", .fac = "FAC", .ctl = ctl, .raw = big };
+        submit(s, &sp, i);
+        assert_int_equal(one_result(s).status, STORE_STORED);
+        off_t w = file_size(wal);
+        if (w > wal_max)
+            wal_max = w;
+    }
+    free(big);
+    assert_true(wal_max > 0);
+    assert_true(wal_max < (off_t)100 << 20);
+    assert_true(file_size(fx->path) > (off_t)60 << 20);
+    store_close(s);
+    /* A clean close leaves no WAL behind. */
+    assert_int_equal(file_size(wal), 0);
+}
+
+static void test_reopen_keeps_data(void **state)
+{
+    struct fixture *fx = *state;
+    struct store *s = open_store(fx, 0, 0, 7);
+    struct msg_spec sp = { .app = "APP", .fac = "FAC", .ctl = "KEEP1", .ack = "AE",
+                           .rows = "a\nb\n", .row_count = 2 };
+    submit(s, &sp, 1);
+    struct store_result r1 = one_result(s);
+    assert_int_equal(r1.status, STORE_STORED);
+    submit_simple(s, "KEEP2", 2);
+    submit_simple(s, "KEEP3", 3);
+    struct store_result rr[2];
+    wait_results(s, rr, 2);
+    store_close(s);
+
+    s = open_store(fx, 0, 0, 7);
+    submit(s, &sp, 4);
+    struct store_result r2 = one_result(s);
+    assert_int_equal(r2.status, STORE_DUPLICATE);
+    assert_int_equal(r2.id, r1.id);
+    assert_string_equal(r2.ack_code, "AE");
+    submit_simple(s, "KEEP4", 5);
+    struct store_result r3 = one_result(s);
+    assert_int_equal(r3.status, STORE_STORED);
+    assert_true(r3.id > rr[1].id);
+    store_close(s);
+
+    struct store_counts c;
+    char err[128];
+    assert_int_equal(store_query_counts(fx->path, &c, err, sizeof err), 0);
+    assert_int_equal(c.messages, 4);
+    assert_int_equal(c.rows, 2);
+    assert_int_equal(c.undelivered, 4);
+    assert_int_equal(c.quarantined, 0);
+
+    sqlite3 *db = open_db(fx);
+    assert_int_equal(db_int(db, "SELECT COUNT(*) FROM schema_version"), 1);
+    sqlite3_close(db);
+}
+
+static void test_file_modes(void **state)
+{
+    struct fixture *fx = *state;
+    mode_t old = umask(0);    /* the modes must not depend on the umask */
+    struct store *s = open_store(fx, 0, 0, 7);
+    umask(old);
+    submit_simple(s, "M1", 1);
+    assert_int_equal(one_result(s).status, STORE_STORED);
+
+    char p[200];
+    struct stat st;
+    snprintf(p, sizeof p, "%s/var", fx->dir);
+    assert_int_equal(stat(p, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0700);
+    snprintf(p, sizeof p, "%s/var/lib", fx->dir);
+    assert_int_equal(stat(p, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0700);
+    assert_int_equal(stat(fx->path, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0600);
+    snprintf(p, sizeof p, "%s-wal", fx->path);
+    assert_int_equal(stat(p, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0600);
+    store_close(s);
+
+    /* A path that cannot be a directory is refused with a message. */
+    char bad[200];
+    snprintf(bad, sizeof bad, "%s/store.db/x.db", fx->dir);
+    struct store_opts o = { .path = bad };
+    char err[256] = "";
+    snprintf(p, sizeof p, "%s/store.db", fx->dir);
+    FILE *f = fopen(p, "w");
+    assert_non_null(f);
+    fclose(f);
+    assert_null(store_open(&o, err, sizeof err));
+    assert_true(strlen(err) > 0);
+    struct store_opts none = { .path = NULL };
+    assert_null(store_open(&none, err, sizeof err));
+}
+
+static void test_quarantine(void **state)
+{
+    struct fixture *fx = *state;
+    struct store *s = open_store(fx, 0, 0, 7);
+    struct msg_spec q = { .app = "APP", .fac = "FAC", .ctl = "Q1", .ack = "AE",
+                          .quarantined = 1, .reason = "unsupported message type" };
+    /* A reason on a message that is not quarantined is ignored. */
+    struct msg_spec ok = { .app = "APP", .fac = "FAC", .ctl = "Q2", .reason = "ignored" };
+    submit(s, &q, 1);
+    submit(s, &ok, 2);
+    struct store_result r[2];
+    wait_results(s, r, 2);
+    assert_int_equal(r[0].status, STORE_STORED);
+    assert_string_equal(r[0].ack_code, "AE");
+    assert_int_equal(r[1].status, STORE_STORED);
+
+    sqlite3 *db = open_db(fx);
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_prepare_v2(db,
+        "SELECT quarantined, reason FROM messages ORDER BY id", -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), 1);
+    assert_string_equal((const char *)sqlite3_column_text(st, 1), "unsupported message type");
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), 0);
+    assert_int_equal(sqlite3_column_type(st, 1), SQLITE_NULL);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    store_close(s);
+
+    struct store_counts c;
+    char err[128];
+    assert_int_equal(store_query_counts(fx->path, &c, err, sizeof err), 0);
+    assert_int_equal(c.messages, 2);
+    assert_int_equal(c.quarantined, 1);
+    assert_int_equal(c.undelivered, 1);
+}
+
+static void test_retention(void **state)
+{
+    struct fixture *fx = *state;
+    struct store *s = open_store(fx, 0, 0, 7);
+    submit_simple(s, "OLD", 1);
+    submit_simple(s, "RECENT", 2);
+    submit_simple(s, "UNDELIVERED", 3);
+    struct store_result r[3];
+    wait_results(s, r, 3);
+
+    sqlite3 *db = open_db(fx);
+    char sql[256];
+    int64_t now = clock_wall_ms();
+    snprintf(sql, sizeof sql, "UPDATE messages SET delivered_ms = %lld WHERE control_id = 'OLD'",
+             (long long)(now - 10LL * 86400000));
+    db_exec(db, sql);
+    snprintf(sql, sizeof sql,
+             "UPDATE messages SET delivered_ms = %lld WHERE control_id = 'RECENT'",
+             (long long)(now - 1LL * 86400000));
+    db_exec(db, sql);
+
+    store_request_housekeeping(s);
+    uint64_t deadline = clock_mono_ms() + 10000;
+    while (db_int(db, "SELECT raw IS NULL FROM messages WHERE control_id = 'OLD'") == 0) {
+        assert_true(clock_mono_ms() < deadline);
+        sleep_ms(10);
+    }
+    assert_int_equal(db_int(db, "SELECT raw IS NULL FROM messages WHERE control_id = 'RECENT'"), 0);
+    assert_int_equal(
+        db_int(db, "SELECT raw IS NULL FROM messages WHERE control_id = 'UNDELIVERED'"), 0);
+    /* Only the body goes: the message stays for duplicate detection. */
+    assert_int_equal(db_int(db, "SELECT COUNT(*) FROM messages"), 3);
+    sqlite3_close(db);
+
+    /* The purged message still answers a re-send as a duplicate. */
+    submit_simple(s, "OLD", 4);
+    struct store_result d = one_result(s);
+    assert_int_equal(d.status, STORE_DUPLICATE);
+    assert_int_equal(d.id, r[0].id);
+    store_close(s);
+
+    struct store_counts c;
+    char err[128];
+    assert_int_equal(store_query_counts(fx->path, &c, err, sizeof err), 0);
+    assert_int_equal(c.purged, 1);
+    assert_int_equal(c.undelivered, 1);
+}
+
+static void test_close_drains(void **state)
+{
+    struct fixture *fx = *state;
+    struct store *s = open_store(fx, 0, 0, 7);
+    char ctl[32];
+    for (unsigned i = 0; i < 300; i++) {
+        snprintf(ctl, sizeof ctl, "DR%u", i);
+        submit_simple(s, ctl, i);
+    }
+    /* Close straight away: every queued message is still written. */
+    store_close(s);
+    struct store_counts c;
+    char err[128];
+    assert_int_equal(store_query_counts(fx->path, &c, err, sizeof err), 0);
+    assert_int_equal(c.messages, 300);
+
+    /* The drain a daemon does before close: take until nothing is pending. */
+    s = open_store(fx, 0, 0, 7);
+    for (unsigned i = 0; i < 50; i++) {
+        snprintf(ctl, sizeof ctl, "DR2-%u", i);
+        submit_simple(s, ctl, i);
+    }
+    struct store_result r[50];
+    size_t got = 0;
+    while (store_pending(s) > 0 || got < 50) {
+        struct pollfd pfd = { .fd = store_event_fd(s), .events = POLLIN };
+        assert_true(poll(&pfd, 1, 5000) > 0);
+        got += store_take_results(s, r + got, 50 - got);
+    }
+    assert_int_equal(got, 50);
+    assert_int_equal(store_pending(s), 0);
+    store_close(s);
+}
+
+static void test_eventfd_and_partial_take(void **state)
+{
+    struct fixture *fx = *state;
+    struct store *s = open_store(fx, 0, 0, 7);
+    sqlite3 *db = open_db(fx);
+    db_exec(db, "BEGIN EXCLUSIVE");
+    for (unsigned i = 0; i < 5; i++) {
+        char ctl[16];
+        snprintf(ctl, sizeof ctl, "E%u", i);
+        submit_simple(s, ctl, i);
+    }
+    struct pollfd pfd = { .fd = store_event_fd(s), .events = POLLIN };
+    assert_int_equal(poll(&pfd, 1, 50), 0);  /* nothing before the commit */
+    db_exec(db, "COMMIT");
+    sqlite3_close(db);
+    /* Wait for all five to be published. */
+    uint64_t deadline = clock_mono_ms() + 10000;
+    while (store_pending(s) > 0) {
+        assert_true(clock_mono_ms() < deadline);
+        sleep_ms(5);
+    }
+    assert_int_equal(poll(&pfd, 1, 1000), 1);
+    struct store_result r[5];
+    /* A small `out` leaves the eventfd readable for the rest. */
+    assert_int_equal(store_take_results(s, r, 2), 2);
+    assert_int_equal(poll(&pfd, 1, 0), 1);
+    assert_int_equal(store_take_results(s, r + 2, 5), 3);
+    assert_int_equal(poll(&pfd, 1, 0), 0);
+    assert_int_equal(store_take_results(s, r, 5), 0);
+    for (unsigned i = 0; i < 5; i++)
+        assert_int_equal(r[i].tag, i);
+    store_close(s);
+}
+
+static void test_msg_new_validation(void **state)
+{
+    (void)state;
+    struct store_msg_fields f = { .ack_code = "AA" };
+    struct store_msg *m = store_msg_new(&f);   /* everything empty is allowed */
+    assert_non_null(m);
+    store_msg_free(m);
+    assert_null(store_msg_new(NULL));
+    f.ack_code = NULL;
+    assert_null(store_msg_new(&f));
+    f.ack_code = "A";
+    assert_null(store_msg_new(&f));
+    f.ack_code = "AAA";
+    assert_null(store_msg_new(&f));
+    f.ack_code = "AA";
+    f.raw_len = 10;                              /* length without bytes */
+    assert_null(store_msg_new(&f));
+    store_msg_free(NULL);
+    store_close(NULL);
+}
+
+static void test_rows_blank_lines_and_no_trailing_newline(void **state)
+{
+    struct fixture *fx = *state;
+    struct store *s = open_store(fx, 0, 0, 7);
+    struct msg_spec sp = { .app = "APP", .fac = "FAC", .ctl = "R1",
+                           .rows = "one\n\ntwo\nthree", .row_count = 3 };
+    submit(s, &sp, 1);
+    struct store_result r = one_result(s);
+    assert_int_equal(r.status, STORE_STORED);
+    store_close(s);
+    sqlite3 *db = open_db(fx);
+    assert_int_equal(db_int(db, "SELECT COUNT(*) FROM rows"), 3);
+    assert_int_equal(db_int(db, "SELECT seq FROM rows WHERE data = CAST('three' AS BLOB)"), 2);
+    sqlite3_close(db);
+}
+
+int main(void)
+{
+    log_set_level(LOG_WARN); /* keep the TAP output readable */
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_msg_new_validation),
+        cmocka_unit_test_setup_teardown(test_store_and_read_back, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_duplicates, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_duplicates_within_group, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_results_in_order, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_group_commit_groups, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_back_pressure, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_disk_low_fails, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_commit_failure_recovers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_wal_checkpointed_and_restarted, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reopen_keeps_data, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_file_modes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_quarantine, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_retention, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_close_drains, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_eventfd_and_partial_take, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rows_blank_lines_and_no_trailing_newline, setup,
+                                        teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
