@@ -13,7 +13,7 @@
 CC      ?= cc
 PREFIX  ?= /usr/local
 DESTDIR ?=
-PKGS    := openssl libcurl sqlite3 yaml-0.1 libmicrohttpd
+PKGS    := openssl libcurl sqlite3 yaml-0.1 libmicrohttpd jansson
 
 WARN := -std=c11 -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
         -Wpointer-arith -Wcast-qual -Wwrite-strings -Wvla -Wformat=2 -fno-common -Werror

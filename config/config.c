@@ -700,6 +700,11 @@ static void list_item(struct cfg_walk *w, const struct cfg_key *k, const yaml_no
                       const char *text, void *base, size_t i, const char *path)
 {
     if (k->type == CT_STRLIST) {
+        char why[160];
+        if (k->check && k->check(text, why, sizeof why) != 0) {
+            cfg_error(w, at, "%s: \"" Q "\" %s", path, text, why);
+            return;
+        }
         (*CFG_AT(base, k->off, char **))[i] = dup_or_fail(w, at, text);
         return;
     }
@@ -757,6 +762,50 @@ static void set_list(struct cfg_walk *w, const struct cfg_key *k, const yaml_nod
     }
 }
 
+/* The scalars of a sequence joined by '\n' (for CK_MAP_LIST values), or
+ * NULL after reporting an error. */
+static char *join_items(struct cfg_walk *w, const yaml_node_t *seq, const char *path)
+{
+    size_t n = (size_t)(seq->data.sequence.items.top - seq->data.sequence.items.start);
+    size_t len = 0, cap = 64;
+    char *out = malloc(cap);
+    if (!out)
+        return NULL;
+    out[0] = '\0';
+    for (size_t i = 0; i < n; i++) {
+        const yaml_node_t *it = node_at(w, seq->data.sequence.items.start[i]);
+        const char *raw;
+        char ipath[300];
+        snprintf(ipath, sizeof ipath, "%.200s[%zu]", path, i);
+        if (get_scalar(w, it, ipath, "a string", &raw) != 0) {
+            free(out);
+            return NULL;
+        }
+        char *v = expand(w, it, ipath, raw);
+        if (!v) {
+            free(out);
+            return NULL;
+        }
+        size_t vl = strlen(v);
+        if (len + vl + 2 > cap) {
+            cap = (len + vl + 2) * 2;
+            char *no = realloc(out, cap);
+            if (!no) {
+                free(v);
+                free(out);
+                return NULL;
+            }
+            out = no;
+        }
+        if (i)
+            out[len++] = '\n';
+        memcpy(out + len, v, vl + 1);
+        len += vl;
+        free(v);
+    }
+    return out;
+}
+
 static void set_map(struct cfg_walk *w, const struct cfg_key *k, const yaml_node_t *at,
                     void *base, const char *path)
 {
@@ -776,10 +825,20 @@ static void set_map(struct cfg_walk *w, const struct cfg_key *k, const yaml_node
             continue;
         char kpath[256];
         snprintf(kpath, sizeof kpath, "%.180s." Q, path, kraw);
-        if (get_scalar(w, vn, kpath, "a string", &vraw) != 0)
-            continue;
-        char *key = expand(w, kn, kpath, kraw);
-        char *val = key ? expand(w, vn, kpath, vraw) : NULL;
+        char *key, *val;
+        if ((k->flags & CK_MAP_LIST) && vn->type == YAML_SEQUENCE_NODE) {
+            val = join_items(w, vn, kpath);
+            key = val ? expand(w, kn, kpath, kraw) : NULL;
+            if (!key) {
+                free(val);
+                continue;
+            }
+        } else {
+            if (get_scalar(w, vn, kpath, "a string", &vraw) != 0)
+                continue;
+            key = expand(w, kn, kpath, kraw);
+            val = key ? expand(w, vn, kpath, vraw) : NULL;
+        }
         if (!val) {
             free(key);
             continue;

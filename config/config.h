@@ -27,6 +27,8 @@
 /* At most this many errors are collected; one more line then says so. */
 #define CONFIG_MAX_ERRORS 100
 
+enum config_tls_version { CONFIG_TLS_1_2 = 0, CONFIG_TLS_1_3 };
+
 struct config_listener {
     char *name;               /* required, unique; "main" for the default listener */
     char *address;            /* "host:port" as written */
@@ -36,6 +38,25 @@ struct config_listener {
     uint64_t max_message_bytes; /* default 16 MiB */
     unsigned idle_timeout_s;  /* default 600 */
     char *charset;            /* NULL or "ASCII" | "8859/1" | "8859/15" | "UNICODE UTF-8" */
+    struct {
+        bool enabled;             /* the tls section was written */
+        char *cert_file;          /* PEM chain, required with tls */
+        char *key_file;           /* PEM key, required with tls */
+        char *client_ca_file;     /* CA bundle for client certificates */
+        bool verify_client;       /* require a certificate from client_ca_file */
+        enum config_tls_version min_version; /* default 1.2 */
+        char **allowed_names;     /* CN/SAN names accepted (empty: any verified) */
+        size_t n_allowed_names;
+    } tls;
+    /* Certificate name → the MSH-3^MSH-4 senders it may speak for; the
+     * value holds the names separated by '\n'. */
+    struct config_pair *senders;
+    size_t n_senders;
+    char **allow;             /* CIDRs allowed to connect (empty: any) */
+    size_t n_allow;
+    unsigned max_connections_per_ip; /* default 64; 0 = no limit */
+    unsigned handshake_timeout_s;    /* TLS handshake, default 10 */
+    unsigned frame_timeout_s;        /* a started frame must end within, default 60 */
 };
 
 /* One `key: value` of a string→string map, in file order. */
@@ -57,6 +78,7 @@ enum config_sms_type { CONFIG_SMS_FILE = 0, CONFIG_SMS_ACS, CONFIG_SMS_NONE };
 
 struct config {
     char *path;                         /* the file it was read from */
+    char *user;                         /* drop root to this user after binding, or NULL */
     struct config_listener *listeners;  /* at least one, at most HB_MAX_LISTENERS */
     size_t n_listeners;
     struct {
@@ -147,6 +169,15 @@ struct config {
         char *host;
         unsigned port;
         bool enabled;                   /* default true */
+        /* When the daemon reports itself `degraded` (/status, /readyz, log);
+         * 0 turns a check off. */
+        struct {
+            unsigned nack_percent;      /* NACKs (AE/AR/CE/CR) above this % … default 20 */
+            unsigned nack_window_s;     /* … of the messages in this window, default 5m */
+            unsigned nack_min_messages; /* … once it holds at least this many, default 20 */
+            unsigned queue_depth;       /* messages waiting for the store, default 4096 */
+            unsigned sink_failing_s;    /* a sink failing this long, default 10m */
+        } thresholds;
     } metrics;
 };
 

@@ -152,7 +152,25 @@ static void dump_key(const struct cfg_key *k, const void *base, int ind, FILE *o
             indent(out, ind + 2);
             put_str(out, pairs[i].key);
             fputs(": ", out);
-            put_str(out, pairs[i].value);
+            if (k->flags & CK_MAP_LIST) {
+                /* '\n'-joined items back into a flow list */
+                fputc('[', out);
+                const char *v = pairs[i].value;
+                for (int first = 1;; first = 0) {
+                    const char *nl = strchr(v, '\n');
+                    size_t l = nl ? (size_t)(nl - v) : strlen(v);
+                    char item[512];
+                    snprintf(item, sizeof item, "%.*s", (int)(l < 511 ? l : 511), v);
+                    fputs(first ? "" : ", ", out);
+                    put_str(out, item);
+                    if (!nl)
+                        break;
+                    v = nl + 1;
+                }
+                fputc(']', out);
+            } else {
+                put_str(out, pairs[i].value);
+            }
         }
         break;
     }

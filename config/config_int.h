@@ -37,6 +37,7 @@ enum cfg_type {
 };
 
 #define CK_REQUIRED 1u  /* must be written when its section is written */
+#define CK_MAP_LIST 2u  /* CT_MAP whose values may be lists: items joined by '\n' */
 
 struct cfg_walk;
 struct cfg_section;

@@ -7,6 +7,7 @@
  * release and dump walk these tables and need no change.  Defaults are text
  * parsed by the same code as the file, and config/hl7bridge.yaml repeats them
  * for operators: the unit tests check the two agree. */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -17,6 +18,7 @@
 
 #include "config/config_int.h"
 #include "core/limits.h"
+#include "core/num.h"
 
 #define OFF(f) offsetof(struct config, f)
 #define LOFF(f) offsetof(struct config_listener, f)
@@ -173,6 +175,78 @@ _Static_assert(LOG_FMT_LOGFMT == 0 && LOG_FMT_JSON == 1, "w_log_format follows e
 
 /* ---- listen ------------------------------------------------------------ */
 
+static const char *const w_tls_version[] = {"1.2", "1.3", NULL};
+
+/* A CIDR: IPv4 a.b.c.d[/0-32] or IPv6 addr[/0-128]. */
+static int check_cidr(const char *v, char *why, size_t len)
+{
+    char addr[64];
+    const char *slash = strchr(v, '/');
+    size_t al = slash ? (size_t)(slash - v) : strlen(v);
+    unsigned char bin[16];
+    if (al == 0 || al >= sizeof addr)
+        goto bad;
+    memcpy(addr, v, al);
+    addr[al] = '\0';
+    int v6 = strchr(addr, ':') != NULL;
+    if (inet_pton(v6 ? AF_INET6 : AF_INET, addr, bin) != 1)
+        goto bad;
+    if (slash) {
+        uint64_t bits;
+        const char *b = slash + 1;
+        if (num_parse_u64((const uint8_t *)b, strlen(b), v6 ? 128 : 32, &bits) != 0)
+            goto bad;
+    }
+    return 0;
+bad:
+    snprintf(why, len, "must be an address or CIDR (10.1.0.0/16, 2001:db8::/32)");
+    return -1;
+}
+
+enum { TK_CERT, TK_KEY, TK_CA, TK_VERIFY, TK_MINVER, TK_NAMES };
+static const struct cfg_key tls_keys[] = {
+    [TK_CERT] = {.name = "cert_file", .type = CT_STR, .off = LOFF(tls.cert_file),
+                 .check = check_readable},
+    [TK_KEY] = {.name = "key_file", .type = CT_STR, .off = LOFF(tls.key_file),
+                .check = check_readable},
+    [TK_CA] = {.name = "client_ca_file", .type = CT_STR, .off = LOFF(tls.client_ca_file),
+               .check = check_readable},
+    [TK_VERIFY] = {.name = "verify_client", .type = CT_BOOL, .off = LOFF(tls.verify_client),
+                   .def = "false"},
+    [TK_MINVER] = {.name = "min_version", .type = CT_ENUM, .off = LOFF(tls.min_version),
+                   .words = w_tls_version, .def = "1.2"},
+    [TK_NAMES] = {.name = "allowed_names", .type = CT_STRLIST, .off = LOFF(tls.allowed_names),
+                  .off2 = LOFF(tls.n_allowed_names)},
+};
+
+/* TLS is on when the section is written; it then needs a certificate and a
+ * key, and verifying clients needs the CA that signs them. */
+static void validate_tls(struct cfg_walk *w, void *base, const char *path,
+                         const yaml_node_t *node, const yaml_node_t *const *seen,
+                         const int *given)
+{
+    struct config_listener *l = base;
+    (void)seen;
+    if (!node)
+        return;
+    l->tls.enabled = true;
+    if (!given[TK_CERT])
+        cfg_error(w, node, "%s: cert_file is required", path);
+    if (!given[TK_KEY])
+        cfg_error(w, node, "%s: key_file is required", path);
+    if (l->tls.verify_client && !given[TK_CA])
+        cfg_error(w, node, "%s: verify_client needs client_ca_file", path);
+    if (l->tls.n_allowed_names && !l->tls.verify_client)
+        cfg_error(w, node, "%s: allowed_names needs verify_client: true", path);
+}
+static int tls_present(const void *base)
+{
+    return ((const struct config_listener *)base)->tls.enabled;
+}
+static const struct cfg_section tls_sec = {
+    tls_keys, NKEYS(tls_keys), 0, validate_tls, tls_present,
+};
+
 static const struct cfg_key listener_keys[] = {
     {.name = "name", .type = CT_STR, .flags = CK_REQUIRED, .off = LOFF(name),
      .def = "main", .check = check_name},
@@ -185,6 +259,17 @@ static const struct cfg_key listener_keys[] = {
     {.name = "idle_timeout_s", .type = CT_UINT, .off = LOFF(idle_timeout_s),
      .min = 1, .max = 86400, .def = "600"},
     {.name = "charset", .type = CT_CHOICE, .off = LOFF(charset), .words = w_charset},
+    {.name = "tls", .type = CT_SECTION, .sub = &tls_sec},
+    {.name = "senders", .type = CT_MAP, .flags = CK_MAP_LIST, .off = LOFF(senders),
+     .off2 = LOFF(n_senders)},
+    {.name = "allow", .type = CT_STRLIST, .off = LOFF(allow), .off2 = LOFF(n_allow),
+     .check = check_cidr},
+    {.name = "max_connections_per_ip", .type = CT_UINT, .off = LOFF(max_connections_per_ip),
+     .min = 0, .max = 100000, .def = "64"},
+    {.name = "handshake_timeout_s", .type = CT_UINT, .off = LOFF(handshake_timeout_s),
+     .min = 1, .max = 3600, .def = "10"},
+    {.name = "frame_timeout_s", .type = CT_UINT, .off = LOFF(frame_timeout_s),
+     .min = 1, .max = 86400, .def = "60"},
 };
 static const struct cfg_section listener_sec = {
     listener_keys, NKEYS(listener_keys), sizeof(struct config_listener), NULL, NULL,
@@ -471,10 +556,27 @@ static const struct cfg_section sinks_sec = {sinks_keys, NKEYS(sinks_keys), 0, N
 
 /* ---- metrics ----------------------------------------------------------- */
 
+static const struct cfg_key thresholds_keys[] = {
+    {.name = "nack_percent", .type = CT_UINT, .off = OFF(metrics.thresholds.nack_percent),
+     .min = 0, .max = 100, .def = "20"},
+    {.name = "nack_window", .type = CT_DURATION, .off = OFF(metrics.thresholds.nack_window_s),
+     .min = 10, .max = 86400, .def = "5m"},
+    {.name = "nack_min_messages", .type = CT_UINT,
+     .off = OFF(metrics.thresholds.nack_min_messages), .min = 1, .max = 1000000, .def = "20"},
+    {.name = "queue_depth", .type = CT_UINT, .off = OFF(metrics.thresholds.queue_depth),
+     .min = 0, .max = 1000000, .def = "4096"},
+    {.name = "sink_failing", .type = CT_DURATION, .off = OFF(metrics.thresholds.sink_failing_s),
+     .min = 0, .max = 7 * 86400, .def = "10m"},
+};
+static const struct cfg_section thresholds_sec = {
+    thresholds_keys, NKEYS(thresholds_keys), 0, NULL, NULL,
+};
+
 static const struct cfg_key metrics_keys[] = {
     {.name = "address", .type = CT_ADDR, .off = OFF(metrics.address), .off2 = OFF(metrics.host),
      .off3 = OFF(metrics.port), .def = "127.0.0.1:9575"},
     {.name = "enabled", .type = CT_BOOL, .off = OFF(metrics.enabled), .def = "true"},
+    {.name = "thresholds", .type = CT_SECTION, .sub = &thresholds_sec},
 };
 static const struct cfg_section metrics_sec = {metrics_keys, NKEYS(metrics_keys), 0, NULL, NULL};
 
@@ -540,6 +642,7 @@ static void validate_root(struct cfg_walk *w, void *base, const char *path,
 }
 
 static const struct cfg_key root_keys[] = {
+    {.name = "user", .type = CT_STR, .off = OFF(user), .check = check_nonempty},
     {.name = "listen", .type = CT_SECTIONS, .off = OFF(listeners), .off2 = OFF(n_listeners),
      .min_n = 1, .max_n = HB_MAX_LISTENERS, .sub = &listener_sec},
     {.name = "ack", .type = CT_SECTION, .sub = &ack_sec},

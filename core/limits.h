@@ -20,6 +20,9 @@
  * transaction at most. */
 #define STORE_QUEUE_CAPACITY         8192
 #define STORE_MAX_GROUP              1024
+/* Longest the writer waits for the messages of other active senders before
+ * committing a smaller group (see store_set_expected_group). */
+#define STORE_GATHER_US              200
 
 /* ACK text built for one message never exceeds this. */
 #define HL7_ACK_MAX_BYTES            4096

@@ -69,6 +69,7 @@ struct ingest {
     char ack_prefix[16];
     char ack_id[40];
     int draining;
+    uint64_t next_hint_ms;
     struct ingest_stats st;
 };
 
@@ -346,6 +347,46 @@ static void store_cb(void *ud, int fd, unsigned ev)
 
 /* ---- frames -------------------------------------------------------------- */
 
+/* 1 when `list` ('\n'-separated "APP^FAC" names) contains app^fac. */
+static int list_has(const char *list, struct hl7_slice app, struct hl7_slice fac)
+{
+    const char *p = list;
+    while (*p) {
+        const char *nl = strchr(p, '\n');
+        size_t l = nl ? (size_t)(nl - p) : strlen(p);
+        const char *caret = memchr(p, '^', l);
+        if (caret) {
+            size_t al = (size_t)(caret - p), fl = l - al - 1;
+            if (al == app.len && fl == fac.len && memcmp(p, app.p, al) == 0 &&
+                memcmp(caret + 1, fac.p, fl) == 0)
+                return 1;
+        }
+        if (!nl)
+            break;
+        p = nl + 1;
+    }
+    return 0;
+}
+
+/* Sender binding: with `senders:` on the listener, the client certificate
+ * must name the message's MSH-3^MSH-4 (first components), so one engine
+ * cannot speak for another. */
+static int sender_allowed(const struct ingest_listener *il, const struct mllp_conn *c,
+                          const struct hl7_msg *m, const struct hl7_delims *d)
+{
+    if (il->n_senders == 0)
+        return 1;
+    const struct hl7_header *h = hl7_msg_header(m);
+    struct hl7_slice app = hl7_slice_piece(h->send_app, d->comp, 1);
+    struct hl7_slice fac = hl7_slice_piece(h->send_fac, d->comp, 1);
+    for (size_t i = 0; i < il->n_senders; i++) {
+        if (mllp_conn_cert_matches(c, il->senders[i].key) &&
+            list_has(il->senders[i].value, app, fac))
+            return 1;
+    }
+    return 0;
+}
+
 static void handle_batch(struct ingest *in, struct mllp_conn *c, uint64_t seq,
                          const struct ingest_listener *il, const uint8_t *p, size_t len)
 {
@@ -386,6 +427,17 @@ static void handle_batch(struct ingest *in, struct mllp_conn *c, uint64_t seq,
             }
             continue;
         }
+        if (!sender_allowed(il, c, in->msg, hl7_msg_delims(in->msg))) {
+            in->st.sender_refused++;
+            hl7_err_set(&e, HL7_E_INTERNAL, "MSH", 1, 3,
+                        "sender not allowed for this client certificate");
+            b->failed++;
+            if (!b->have_err) {
+                b->first_err = e;
+                b->have_err = 1;
+            }
+            continue;
+        }
         struct mapped mr;
         if (map_message(in, &mr, &e) != 0) {
             b->failed++;
@@ -419,9 +471,21 @@ static void handle_batch(struct ingest *in, struct mllp_conn *c, uint64_t seq,
         batch_finish(in, b);
 }
 
+/* Tells the store how many senders are active, every 10 ms at most, so its
+ * writer can gather their messages into one commit. */
+static void update_group_hint(struct ingest *in)
+{
+    uint64_t now = clock_mono_ms();
+    if (now < in->next_hint_ms)
+        return;
+    in->next_hint_ms = now + 10;
+    store_set_expected_group(in->store, (unsigned)mllp_server_active_conns(in->srv, 1000));
+}
+
 static void on_frame(void *ud, struct mllp_conn *c, uint64_t seq, const uint8_t *p, size_t len)
 {
     struct ingest *in = ud;
+    update_group_hint(in);
     const struct ingest_listener *il = mllp_conn_listener_user(c);
     if (hl7_is_batch(p, len)) {
         handle_batch(in, c, seq, il, p, len);
@@ -439,6 +503,15 @@ static void on_frame(void *ud, struct mllp_conn *c, uint64_t seq, const uint8_t 
         log_info("hl7_rejected", "listener=%s peer=%s code=%d reason=\"%s\"", il->name,
                  mllp_conn_peer(c), err.code, err.text);
         answer(in, c, seq, in->msg, HL7_REJECT, NULL, outcome_text(HL7_REJECT), &err);
+        return;
+    }
+    if (!sender_allowed(il, c, in->msg, hl7_msg_delims(in->msg))) {
+        in->st.sender_refused++;
+        hl7_err_set(&err, HL7_E_INTERNAL, "MSH", 1, 3,
+                    "sender not allowed for this client certificate");
+        log_warn("sender_refused", "listener=%s peer=%s cn=\"%s\"", il->name, mllp_conn_peer(c),
+                 mllp_conn_tls_name(c) ? mllp_conn_tls_name(c) : "");
+        answer(in, c, seq, in->msg, HL7_REJECT, NULL, "Sender not allowed", &err);
         return;
     }
     struct mapped mr;

@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "config/config.h"
 #include "core/loop.h"
 #include "hl7/hl7.h"
 #include "mapping/mapping.h"
@@ -28,6 +29,10 @@ struct ingest_opts {
 struct ingest_listener {
     const char *name;
     struct hl7_parse_opts parse;
+    /* Certificate name → the MSH-3^MSH-4 it may send ('\n'-separated);
+     * when set, a message from a certificate it does not name gets AR. */
+    const struct config_pair *senders;
+    size_t n_senders;
 };
 
 /* ACK and message counters (network thread). */
@@ -42,6 +47,7 @@ struct ingest_stats {
     uint64_t mapping_rejected;  /* AE from the rules */
     uint64_t rows;              /* connector rows stored */
     uint64_t rows_replaced;     /* values altered to keep the file valid */
+    uint64_t sender_refused;    /* AR: certificate not bound to MSH-3^MSH-4 */
 };
 
 struct ingest *ingest_new(struct loop *l, struct store *st, const struct ingest_opts *o);

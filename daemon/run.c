@@ -10,6 +10,7 @@
 #include "daemon/rules.h"
 #include "config/config.h"
 #include "core/clock.h"
+#include "core/limits.h"
 #include "core/log.h"
 #include "mllp/mllp.h"
 #include "store/store.h"
@@ -89,6 +90,11 @@ static void reload(struct runner *r)
     mapping_free(ingest_set_mapping(r->ingest, mp));
     log_info("reload", "config=%s rules=%zu", used, mapping_rule_count(mp));
     config_free(c);
+    char err[512];
+    if (mllp_server_reload_tls(ingest_server(r->ingest), err, sizeof err) != 0)
+        log_error("reload_tls_failed", "error=\"%s\" keeping=previous_certificates", err);
+    else
+        log_info("reload_tls", "result=ok");
 }
 
 static void signal_cb(void *ud, int fd, unsigned ev)
@@ -197,6 +203,8 @@ int cmd_run(int argc, char **argv)
                         .explicit_path = explicit_path };
     struct store *st = NULL;
     struct ingest_listener *ils = calloc(cfg->n_listeners, sizeof *ils);
+    struct mllp_tls_opts tlsopts[HB_MAX_LISTENERS];
+    memset(tlsopts, 0, sizeof tlsopts);
     char err[512];
 
     sigset_t mask;
@@ -239,7 +247,25 @@ int cmd_run(int argc, char **argv)
             log_error("startup_failed", "listener=%s reason=unknown_charset", cl->name);
             goto out;
         }
+        ils[i].senders = cl->senders;
+        ils[i].n_senders = cl->n_senders;
+        struct mllp_tls_opts *to = &tlsopts[i];
+        if (cl->tls.enabled) {
+            to->cert_file = cl->tls.cert_file;
+            to->key_file = cl->tls.key_file;
+            to->client_ca_file = cl->tls.client_ca_file;
+            to->verify_client = cl->tls.verify_client;
+            to->min_tls13 = cl->tls.min_version == CONFIG_TLS_1_3;
+            to->allowed_names = (const char *const *)cl->tls.allowed_names;
+            to->n_allowed_names = cl->tls.n_allowed_names;
+        }
         struct mllp_listener_opts lo = {
+            .tls = cl->tls.enabled ? to : NULL,
+            .allow = (const char *const *)cl->allow,
+            .n_allow = cl->n_allow,
+            .max_connections_per_ip = cl->max_connections_per_ip,
+            .handshake_timeout_s = cl->handshake_timeout_s,
+            .frame_timeout_s = cl->frame_timeout_s,
             .name = cl->name,
             .host = cl->host,
             .port = cl->port,
@@ -253,8 +279,8 @@ int cmd_run(int argc, char **argv)
                       cl->address, err);
             goto out;
         }
-        log_info("listening", "listener=%s address=%s port=%u", cl->name, cl->address,
-                 mllp_server_port(ingest_server(r.ingest), i));
+        log_info("listening", "listener=%s address=%s port=%u tls=%s", cl->name, cl->address,
+                 mllp_server_port(ingest_server(r.ingest), i), cl->tls.enabled ? "on" : "off");
     }
     r.sigfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
     if (r.sigfd < 0 || loop_add(r.loop, r.sigfd, LOOP_READ, signal_cb, &r) != 0) {

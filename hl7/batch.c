@@ -100,6 +100,10 @@ int hl7_is_batch(const uint8_t *p, size_t len)
 static void take_envelope(struct hl7_batch_iter *it, size_t s, size_t e)
 {
     const uint8_t *a = it->p + s, *b = it->p + e;
+    if (e - s < 4) { /* a bare "BHS": no fields at all */
+        it->send_app = it->send_fac = it->batch_control_id = hl7__slice(b, 0);
+        return;
+    }
     uint8_t fs = a[3];
     it->send_app = hl7__raw_field(a, b, fs, 3, 1);
     it->send_fac = hl7__raw_field(a, b, fs, 4, 1);

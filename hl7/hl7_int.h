@@ -34,11 +34,6 @@ struct hl7_msg {
     size_t nseg, segcap;
     uint32_t *seps;
     size_t nsep, sepcap;
-
-    /* Byte classes for the scan loop, rebuilt only when the field
-     * separator changes between parses. */
-    uint8_t cls[256];
-    uint8_t cls_fs;
 };
 
 #define HL7_ID(a, b, c) (((uint32_t)(uint8_t)(a) << 16) | ((uint32_t)(uint8_t)(b) << 8) | (uint32_t)(uint8_t)(c))

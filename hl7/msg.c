@@ -21,7 +21,31 @@
 #define CR 0x0d
 #define LF 0x0a
 
-enum { CLS_NONE = 0, CLS_FS = 1, CLS_EOL = 2 };
+/* Finds the first byte at or after q that is the field separator, CR or LF
+ * (n when there is none).  Eight bytes at a time with the classic
+ * "has a zero byte" test on little-endian machines: fields average a handful
+ * of bytes, but OBX-5 payloads run to hundreds of kilobytes. */
+static size_t next_special(const uint8_t *b, size_t q, size_t n, uint8_t fs)
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    const uint64_t vfs = ones * fs, vcr = ones * CR, vlf = ones * LF;
+    while (n - q >= 8) {
+        uint64_t x;
+        memcpy(&x, b + q, 8);
+        uint64_t a = x ^ vfs, c = x ^ vcr, l = x ^ vlf;
+        uint64_t t = ((a - ones) & ~a) | ((c - ones) & ~c) | ((l - ones) & ~l);
+        t &= highs;
+        if (t)
+            return q + (size_t)(__builtin_ctzll(t) >> 3);
+        q += 8;
+    }
+#endif
+    for (; q < n; q++)
+        if (b[q] == fs || b[q] == CR || b[q] == LF)
+            return q;
+    return n;
+}
 
 /* ---- errors ------------------------------------------------------------ */
 
@@ -73,6 +97,8 @@ int hl7__version_num(struct hl7_slice v, unsigned *out)
     uint64_t part[3] = {0, 0, 0};
     unsigned np = 0;
     size_t i = 0;
+    if (!v.p || v.len == 0)
+        return -1;
     while (np < 3) {
         size_t j = i;
         while (j < v.len && v.p[j] != '.')
@@ -199,8 +225,6 @@ struct hl7_msg *hl7_msg_new(void)
     struct hl7_msg *m = calloc(1, sizeof *m);
     if (!m)
         return NULL;
-    m->cls[CR] = CLS_EOL;
-    m->cls[LF] = CLS_EOL;
     return m;
 }
 
@@ -342,14 +366,6 @@ int hl7_msg_parse(struct hl7_msg *m, const uint8_t *p, size_t len,
         return fail(err, rc, "MSH", 1, 2, 4, "invalid MSH-2 encoding characters");
     m->delims_ok = 1;
 
-    if (m->cls_fs != fs) {
-        if (m->cls_fs)
-            m->cls[m->cls_fs] = CLS_NONE;
-        m->cls[fs] = CLS_FS;
-        m->cls_fs = fs;
-    }
-    const uint8_t *cls = m->cls;
-
     size_t pos = 0;
     while (pos < n) {
         uint8_t c0 = b[pos];
@@ -390,22 +406,26 @@ int hl7_msg_parse(struct hl7_msg *m, const uint8_t *p, size_t len,
         sg->id = id;
         size_t q = pos + 3;
         int overflow = 0;
-        for (; q < n; q++) {
-            uint8_t c = cls[b[q]];
-            if (c == CLS_NONE)
-                continue;
-            if (c == CLS_EOL)
+        /* One compare per separator: `stop` is the nearer of the array's
+         * capacity and the per-segment field limit. */
+        size_t limit = sg->sep0 + HL7_MAX_FIELDS_PER_SEGMENT;
+        size_t stop = m->sepcap < limit ? m->sepcap : limit;
+        for (;;) {
+            q = next_special(b, q, n, fs);
+            if (q == n || b[q] != fs)
                 break;
-            if (m->nsep - sg->sep0 >= HL7_MAX_FIELDS_PER_SEGMENT) {
-                overflow = 1;
-                break;
+            if (m->nsep == stop) {
+                if (stop == limit) {
+                    overflow = 1;
+                    break;
+                }
+                if (grow((void **)&m->seps, &m->sepcap, sizeof *m->seps, 256) != 0) {
+                    overflow = 2;
+                    break;
+                }
+                stop = m->sepcap < limit ? m->sepcap : limit;
             }
-            if (m->nsep == m->sepcap &&
-                grow((void **)&m->seps, &m->sepcap, sizeof *m->seps, 256) != 0) {
-                overflow = 2;
-                break;
-            }
-            m->seps[m->nsep++] = (uint32_t)q;
+            m->seps[m->nsep++] = (uint32_t)q++;
         }
         sg->end = (uint32_t)q;
         sg->nsep = (uint32_t)(m->nsep - sg->sep0);

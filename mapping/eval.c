@@ -19,6 +19,41 @@
 
 #include "core/num.h"
 
+/* Component boundaries of recently read field repetitions, so the six
+ * PID-11 columns split PID-11 once instead of six times.  Keyed by segment
+ * index, field and repetition; valid for one evaluation. */
+#define EV_CACHE 4
+#define EV_MAXCOMP 24
+struct ev_field {
+    long seg;
+    unsigned field, rep;
+    unsigned ncomp;                 /* components found so far; 0 = empty slot */
+    int done;                       /* the whole repetition has been scanned */
+    size_t scanned;                 /* bytes scanned so far */
+    struct hl7_slice whole;         /* the repetition */
+    uint32_t start[EV_MAXCOMP + 1]; /* component k starts at start[k-1]; start[ncomp] = len + 1 when done */
+};
+
+/* Scans on until component `k` is delimited (or the repetition ends). */
+static void ev_field_scan(struct ev_field *f, unsigned k, uint8_t comp)
+{
+    size_t i = f->scanned;
+    while (f->ncomp <= k && f->ncomp <= EV_MAXCOMP && i < f->whole.len) {
+        if (f->whole.p[i] == comp && f->ncomp < EV_MAXCOMP)
+            f->start[f->ncomp++] = (uint32_t)i + 1;
+        else if (f->whole.p[i] == comp) {
+            f->ncomp = EV_MAXCOMP + 1; /* too many: fall back to splitting */
+            break;
+        }
+        i++;
+    }
+    f->scanned = i;
+    if (i >= f->whole.len && f->ncomp <= EV_MAXCOMP && !f->done) {
+        f->start[f->ncomp] = (uint32_t)f->whole.len + 1;
+        f->done = 1;
+    }
+}
+
 struct ev {
     const struct mapping *mp;
     const struct hl7_msg *m;
@@ -29,6 +64,10 @@ struct ev {
     unsigned wfield, wrep;
     unsigned row_ordinal; /* 1-based instance of the for_each segment */
     int full;             /* the arena hit its ceiling */
+    uint8_t esc;          /* the message's escape character */
+    uint8_t d_rep, d_comp, d_sub;
+    unsigned cache_next;
+    struct ev_field cache[EV_CACHE];
 };
 
 /* ---- freeing compiled values (used by load.c) ------------------------------- */
@@ -129,6 +168,54 @@ static void resolve_segments(struct ev *e, const struct mp_rule *rule)
     }
 }
 
+/* hl7_get_rep through the component cache: the same answer, fewer scans.
+ * MSH-1/MSH-2 (the delimiters themselves) go to the parser unchanged. */
+static int lookup(struct ev *e, const struct hl7_path *p, long seg, unsigned rep,
+                  struct hl7_slice *out)
+{
+    if (p->field <= 2 && seg == 0)
+        return hl7_get_rep(e->m, p, seg, rep, out);
+    struct ev_field *f = NULL;
+    for (unsigned i = 0; i < EV_CACHE; i++) {
+        struct ev_field *c = &e->cache[i];
+        if (c->ncomp && c->seg == seg && c->field == p->field && c->rep == rep) {
+            f = c;
+            break;
+        }
+    }
+    if (!f) {
+        f = &e->cache[e->cache_next++ % EV_CACHE];
+        f->seg = seg;
+        f->field = p->field;
+        f->rep = rep;
+        f->whole = hl7_slice_piece(hl7_seg_field(e->m, (size_t)seg, p->field), e->d_rep, rep);
+        f->start[0] = 0;
+        f->ncomp = 1;
+        f->scanned = 0;
+        f->done = 0;
+    }
+    struct hl7_slice v = f->whole;
+    if (p->comp) {
+        /* component k is delimited once start[k] is known */
+        if (f->ncomp <= EV_MAXCOMP && (f->ncomp <= p->comp && !f->done))
+            ev_field_scan(f, p->comp, e->d_comp);
+        if (f->ncomp > EV_MAXCOMP) {
+            v = hl7_slice_piece(v, e->d_comp, p->comp);
+        } else if (p->comp > f->ncomp || (p->comp == f->ncomp && !f->done)) {
+            v.p += v.len;
+            v.len = 0;
+        } else {
+            uint32_t a = f->start[p->comp - 1], b = f->start[p->comp] - 1;
+            v.p += a;
+            v.len = b - a;
+        }
+        if (p->sub)
+            v = hl7_slice_piece(v, e->d_sub, p->sub);
+    }
+    *out = v;
+    return v.len > 0;
+}
+
 /* The raw view of a path, honouring an enclosing `where` and [*]. */
 static int get_raw(struct ev *e, const struct mp_path *p, struct hl7_slice *out)
 {
@@ -136,12 +223,12 @@ static int get_raw(struct ev *e, const struct mp_path *p, struct hl7_slice *out)
     if (seg < 0)
         return 0;
     if (p->p.rep != HL7_REP_ALL)
-        return hl7_get(e->m, &p->p, seg, out);
+        return lookup(e, &p->p, seg, p->p.rep > 0 ? (unsigned)p->p.rep : 1, out);
     if (e->wrep && p->slot == e->wslot && p->p.field == e->wfield)
-        return hl7_get_rep(e->m, &p->p, seg, e->wrep, out);
+        return lookup(e, &p->p, seg, e->wrep, out);
     unsigned n = hl7_rep_count(e->m, &p->p, seg);
     for (unsigned k = 1; k <= n; k++)
-        if (hl7_get_rep(e->m, &p->p, seg, k, out) && !hl7_slice_is_null(*out))
+        if (lookup(e, &p->p, seg, k, out) && !hl7_slice_is_null(*out))
             return 1;
     return 0;
 }
@@ -203,30 +290,53 @@ static int cond_true(struct ev *e, const struct mp_cond *c, unsigned rep)
     if (seg < 0)
         return cond_value(e, c, raw, 0);
     if (rep)
-        return cond_value(e, c, raw, hl7_get_rep(e->m, &c->path.p, seg, rep, &raw));
+        return cond_value(e, c, raw, lookup(e, &c->path.p, seg, rep, &raw));
     if (c->path.p.rep != HL7_REP_ALL)
-        return cond_value(e, c, raw, hl7_get(e->m, &c->path.p, seg, &raw));
+        return cond_value(e, c, raw, lookup(e, &c->path.p, seg, c->path.p.rep > 0 ? (unsigned)c->path.p.rep : 1, &raw));
     /* any repetition; "absent" means no repetition has a value */
     unsigned n = hl7_rep_count(e->m, &c->path.p, seg);
     if (c->op == MP_C_ABSENT) {
         struct mp_cond pres = *c;
         pres.op = MP_C_PRESENT;
         for (unsigned k = 1; k <= n; k++)
-            if (cond_value(e, &pres, raw, hl7_get_rep(e->m, &c->path.p, seg, k, &raw)))
+            if (cond_value(e, &pres, raw, lookup(e, &c->path.p, seg, k, &raw)))
                 return 0;
         return 1;
     }
     for (unsigned k = 1; k <= n; k++)
-        if (cond_value(e, c, raw, hl7_get_rep(e->m, &c->path.p, seg, k, &raw)))
+        if (cond_value(e, c, raw, lookup(e, &c->path.p, seg, k, &raw)))
             return 1;
     return n == 0 ? cond_value(e, c, raw, 0) : 0;
 }
 
 /* ---- values ------------------------------------------------------------------------- */
 
-static void put(struct ev *e, const void *p, size_t n)
+/* Appends to the arena; the common case (room left) stays inline. */
+static inline void put(struct ev *e, const void *p, size_t n)
 {
-    if (buf_append(&e->r->arena, p, n) != 0)
+    struct buf *a = &e->r->arena;
+    if (a->off + a->len + n <= a->cap && n) {
+        memcpy(a->p + a->off + a->len, p, n);
+        a->len += n;
+    } else if (buf_append(a, p, n) != 0) {
+        e->full = 1;
+    }
+}
+
+/* Decodes a raw view into the arena.  Pure ASCII without escape sequences
+ * decodes to itself in every charset, so it is copied directly; anything
+ * else goes through hl7_decode (escapes, charset, invalid UTF-8). */
+static inline void put_decoded(struct ev *e, struct hl7_slice raw)
+{
+    size_t i;
+    for (i = 0; i < raw.len; i++)
+        if (raw.p[i] >= 0x80 || raw.p[i] == e->esc)
+            break;
+    if (i == raw.len && !hl7_slice_is_null(raw)) {
+        put(e, raw.p, raw.len);
+        return;
+    }
+    if (hl7_decode(e->m, raw, &e->r->arena) != 0)
         e->full = 1;
 }
 
@@ -272,7 +382,7 @@ static int64_t to_minutes(const uint8_t *a, size_t alen, const uint8_t *u, size_
                  {"hours", 3600}, {"d", 86400},   {"day", 86400}, {"days", 86400}};
     size_t i;
     for (i = 0; i < sizeof units / sizeof units[0]; i++)
-        if (strcmp(unit, units[i].name) == 0)
+        if (strlen(units[i].name) == n && memcmp(unit, units[i].name, n) == 0)
             break;
     if (i == sizeof units / sizeof units[0])
         return -1;
@@ -293,8 +403,8 @@ static void eval_inner(struct ev *e, const struct mp_val *v)
         put(e, v->lit.p, v->lit.len);
         break;
     case MP_V_FIELD:
-        if (get_raw(e, &v->path, &raw) && hl7_decode(e->m, raw, a) != 0)
-            e->full = 1;
+        if (get_raw(e, &v->path, &raw))
+            put_decoded(e, raw);
         break;
     case MP_V_TEMPLATE: {
         int any = 0;
@@ -305,8 +415,8 @@ static void eval_inner(struct ev *e, const struct mp_val *v)
                 continue;
             }
             size_t before = a->len;
-            if (get_raw(e, &k->path, &raw) && hl7_decode(e->m, raw, a) != 0)
-                e->full = 1;
+            if (get_raw(e, &k->path, &raw))
+                put_decoded(e, raw);
             if (a->len > before)
                 any = 1;
         }
@@ -573,6 +683,11 @@ static int decide_full(struct mapping_result *r)
 int mapping_eval(const struct mapping *mp, const struct hl7_msg *msg, struct mapping_result *r)
 {
     struct ev e = {.mp = mp, .m = msg, .r = r, .wslot = -1};
+    const struct hl7_delims *dl = hl7_msg_delims(msg);
+    e.esc = dl->esc;
+    e.d_rep = dl->rep;
+    e.d_comp = dl->comp;
+    e.d_sub = dl->sub;
     r->outcome = MAPPING_ROWS;
     r->rule = NULL;
     r->nrows = 0;

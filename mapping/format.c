@@ -151,17 +151,46 @@ int mapping_format_rows(const struct mapping *mp, const struct mapping_result *r
         return 0;
     for (size_t row = 0; row < r->nrows; row++) {
         const struct mp_cell *c = r->cells + row * r->ncols;
-        for (unsigned k = 0; k < r->ncols; k++) {
-            if (k && buf_append(out, &d, 1) != 0)
-                return -1;
-            int rc = put_value(out, fmt, base + c[k].off, c[k].len);
-            if (rc < 0)
-                return -1;
-            if (rc > 0 && replaced)
-                (*replaced)++;
-        }
-        if (buf_append(out, e, elen) != 0)
+        /* One reservation per row: every value may double (csv quotes). */
+        size_t need = elen + r->ncols;
+        for (unsigned k = 0; k < r->ncols; k++)
+            need += 2 * (size_t)c[k].len + 2;
+        uint8_t *w = buf_reserve(out, need);
+        if (!w)
             return -1;
+        size_t o = 0;
+        for (unsigned k = 0; k < r->ncols; k++) {
+            if (k)
+                w[o++] = d;
+            const uint8_t *p = base + c[k].off;
+            size_t len = c[k].len, i;
+            for (i = 0; i < len; i++) {
+                uint8_t ch = p[i];
+                if (ch == d || ch == '\r' || ch == '\n' || (ch == '"' && fmt == MAPPING_FMT_CSV))
+                    break;
+            }
+            if (i == len) { /* the common case: nothing to escape */
+                memcpy(w + o, p, len);
+                o += len;
+            } else if (fmt == MAPPING_FMT_CSV) {
+                w[o++] = '"';
+                for (i = 0; i < len; i++) {
+                    if (p[i] == '"')
+                        w[o++] = '"';
+                    w[o++] = p[i];
+                }
+                w[o++] = '"';
+            } else {
+                for (i = 0; i < len; i++) {
+                    uint8_t ch = p[i];
+                    w[o++] = ch == d || ch == '\r' || ch == '\n' ? ' ' : ch;
+                }
+                if (replaced)
+                    (*replaced)++;
+            }
+        }
+        memcpy(w + o, e, elen);
+        buf_commit(out, o + elen);
     }
     return 0;
 }

@@ -263,10 +263,14 @@ static int cond_compile(struct ld *ld, const yaml_node_t *n, struct mp_cond *c)
     }
     if (want_scalar(ld, f, "field") != 0 || path_compile(ld, f, 0, sval(f), slen(f), &c->path) != 0)
         return -1;
-    int nops = 0;
+    int nops = !!get(ld, n, "equals") + !!get(ld, n, "in") + !!get(ld, n, "present") +
+               !!get(ld, n, "absent") + !!get(ld, n, "regex");
+    if (nops != 1) {
+        lerr(ld, n, 0, "a condition needs exactly one of equals, in, present, absent, regex");
+        return -1;
+    }
     yaml_node_t *v;
     if ((v = get(ld, n, "equals"))) {
-        nops++;
         c->op = MP_C_EQUALS;
         if (want_scalar(ld, v, "equals") != 0)
             return -1;
@@ -276,7 +280,6 @@ static int cond_compile(struct ld *ld, const yaml_node_t *n, struct mp_cond *c)
         c->n_vals = 1;
     }
     if ((v = get(ld, n, "in"))) {
-        nops++;
         c->op = MP_C_IN;
         if (v->type != YAML_SEQUENCE_NODE) {
             lerr(ld, v, 0, "'in' takes a list, e.g. [A01, A04]");
@@ -297,21 +300,18 @@ static int cond_compile(struct ld *ld, const yaml_node_t *n, struct mp_cond *c)
         qsort(c->vals, c->n_vals, sizeof *c->vals, str_cmp);
     }
     if ((v = get(ld, n, "present"))) {
-        nops++;
         int b = want_bool(ld, v, "present");
         if (b < 0)
             return -1;
         c->op = b ? MP_C_PRESENT : MP_C_ABSENT;
     }
     if ((v = get(ld, n, "absent"))) {
-        nops++;
         int b = want_bool(ld, v, "absent");
         if (b < 0)
             return -1;
         c->op = b ? MP_C_ABSENT : MP_C_PRESENT;
     }
     if ((v = get(ld, n, "regex"))) {
-        nops++;
         c->op = MP_C_REGEX;
         if (want_scalar(ld, v, "regex") != 0)
             return -1;
@@ -323,10 +323,6 @@ static int cond_compile(struct ld *ld, const yaml_node_t *n, struct mp_cond *c)
             return -1;
         }
         c->has_re = 1;
-    }
-    if (nops != 1) {
-        lerr(ld, n, 0, "a condition needs exactly one of equals, in, present, absent, regex");
-        return -1;
     }
     return 0;
 }

@@ -58,7 +58,23 @@ int mllp_framer_next(struct mllp_framer *f, const uint8_t *buf, size_t len, stru
 struct mllp_server;
 struct mllp_conn;
 
+/* TLS on a listener (OpenSSL): TLS 1.2 or newer only. */
+struct mllp_tls_opts {
+    const char *cert_file, *key_file;
+    const char *client_ca_file;       /* CAs for client certificates */
+    int verify_client;                /* require a client certificate from client_ca_file */
+    int min_tls13;                    /* refuse TLS 1.2 as well */
+    const char *const *allowed_names; /* CN/SAN names let in (n 0: any verified) */
+    size_t n_allowed_names;
+};
+
 struct mllp_listener_opts {
+    const struct mllp_tls_opts *tls;  /* NULL: plain TCP */
+    const char *const *allow;         /* CIDRs let in (n 0: anyone) */
+    size_t n_allow;
+    unsigned max_connections_per_ip;  /* 0: no limit */
+    unsigned handshake_timeout_s;     /* 0 → 10 */
+    unsigned frame_timeout_s;         /* a started frame must end within; 0 → 60 */
     const char *name;
     const char *host;          /* numeric IPv4/IPv6 or a host name */
     unsigned port;             /* 0 → ephemeral (tests) */
@@ -89,6 +105,8 @@ struct mllp_handler {
 /* Counters, totals since start (network thread; read racily elsewhere). */
 struct mllp_stats {
     uint64_t accepted, refused_limit, closed_idle, current;
+    uint64_t refused_allow, refused_per_ip;
+    uint64_t tls_failed, tls_handshake_timeout, closed_frame_timeout;
     uint64_t frames, oversize, garbage_bytes, restarts;
     uint64_t bytes_in, bytes_out;
 };
@@ -108,6 +126,8 @@ uint64_t mllp_server_inflight(const struct mllp_server *s);
 /* Stops reading from every connection and closes each once its replies are
  * written (SIGTERM drain). */
 void mllp_server_drain(struct mllp_server *s);
+/* Connections that delivered a frame within the last `within_ms`. */
+size_t mllp_server_active_conns(const struct mllp_server *s, uint64_t within_ms);
 /* Number of open connections. */
 size_t mllp_server_conn_count(const struct mllp_server *s);
 void mllp_server_get_stats(const struct mllp_server *s, struct mllp_stats *out);
@@ -122,6 +142,16 @@ struct mllp_conn *mllp_server_conn(struct mllp_server *s, uint64_t id);
 const char *mllp_conn_peer(const struct mllp_conn *c);     /* "ip:port" */
 void *mllp_conn_listener_user(const struct mllp_conn *c);  /* opts.user */
 const char *mllp_conn_listener_name(const struct mllp_conn *c);
+
+/* TLS: the peer certificate's subject CN (verified clients only), else NULL. */
+const char *mllp_conn_tls_name(const struct mllp_conn *c);
+/* 1 when the verified peer certificate matches `name` (SAN DNS names, or the
+ * CN when the certificate has none). 0 for plain or unverified peers. */
+int mllp_conn_cert_matches(const struct mllp_conn *c, const char *name);
+/* Rebuilds every TLS listener's context from its files (SIGHUP): new
+ * connections use the new certificates, open ones keep theirs.  On error the
+ * old contexts stay and errbuf says why.  Returns 0 or -1. */
+int mllp_server_reload_tls(struct mllp_server *s, char *errbuf, size_t errcap);
 
 /* Answers frame `seq` with `len` bytes of message (framed here).  Replies
  * are written in seq order.  len 0 means "no reply for this frame" (enhanced

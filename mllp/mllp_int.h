@@ -5,11 +5,21 @@
 #include <stddef.h>
 
 #include "core/limits.h"
+#include "mllp/mllp.h"
 
 #define HB_MAX_LISTENERS_MLLP HB_MAX_LISTENERS
 
 /* Creates a non-blocking listening socket on host:port (SO_REUSEADDR,
  * IPv6 sockets accept only IPv6).  Returns the fd or -1 with errbuf. */
 int mllp_bind_listen(const char *host, unsigned port, char *errbuf, size_t errcap);
+
+#include <openssl/ssl.h>
+
+/* A server context for `o`, or NULL with errbuf. */
+SSL_CTX *mllp_tls_ctx_new(const struct mllp_tls_opts *o, char *errbuf, size_t errcap);
+/* 1 when the certificate matches one of the names (or n == 0). */
+int mllp_tls_name_allowed(X509 *cert, const char *const *names, size_t n);
+/* The subject CN ("" when none). */
+void mllp_tls_subject_cn(X509 *cert, char *out, size_t cap);
 
 #endif

@@ -19,7 +19,11 @@
 #include "core/clock.h"
 #include "core/log.h"
 
+#include "core/num.h"
+
 #include <arpa/inet.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -39,16 +43,32 @@
 #define SLOT_MASK         ((1u << SLOT_BITS) - 1u)
 #define ACCEPTS_PER_TURN  64
 
+struct cidr {
+    int family;
+    uint8_t addr[16];
+    unsigned prefix;
+};
+
 struct listener {
     struct mllp_server *srv;
     int fd;
     unsigned port;
     char name[64];
     unsigned max_connections;
+    unsigned max_per_ip;
     size_t max_message_bytes;
     unsigned idle_timeout_s;
+    unsigned handshake_timeout_s;
+    unsigned frame_timeout_s;
     void *user;
     unsigned nconns;
+    struct cidr *allow;
+    size_t n_allow;
+    /* TLS: the context new connections use, and what rebuilds it. */
+    SSL_CTX *tls;
+    struct mllp_tls_opts tls_opts; /* strings owned (tls_strs) */
+    char **tls_strs;
+    size_t n_tls_strs;
 };
 
 struct reply_slot {
@@ -70,12 +90,21 @@ struct mllp_conn {
     uint64_t id;
     enum conn_state state;
     char peer[64];
+    struct sockaddr_storage addr;
+    SSL *ssl;               /* NULL on plain TCP */
+    int handshaking;
+    int read_wants_write;   /* TLS read stalled until the socket is writable */
+    X509 *peer_cert;        /* verified client certificate (owned ref) */
+    char cn[128];
+    uint64_t accepted_ms;
+    uint64_t frame_started_ms; /* 0 when no frame is in progress */
     struct buf rbuf, wbuf;
     struct mllp_framer framer;
     uint64_t next_seq;      /* assigned to the next frame */
     uint64_t send_seq;      /* the next reply to write */
     struct reply_slot ring[RING_CAP];
     uint64_t last_active_ms;
+    uint64_t last_frame_ms;
     int readable;           /* an edge was seen and the socket not drained */
     int on_ready, on_dirty, on_dead;
     struct mllp_conn *next_ready, *next_dirty, *next_dead;
@@ -201,6 +230,94 @@ fail:
     return -1;
 }
 
+/* ---- transport: TCP or TLS behind one pair of calls ------------------------ */
+
+/* Like recv(2): >0 bytes, 0 orderly close, -1 with errno (EAGAIN: wait). */
+static ssize_t conn_recv(struct mllp_conn *c, uint8_t *p, size_t n)
+{
+    if (!c->ssl)
+        return recv(c->fd, p, n, 0);
+    size_t got = 0;
+    ERR_clear_error();
+    if (SSL_read_ex(c->ssl, p, n, &got) == 1)
+        return (ssize_t)got;
+    int e = SSL_get_error(c->ssl, 0);
+    if (e == SSL_ERROR_WANT_READ) {
+        errno = EAGAIN;
+        return -1;
+    }
+    if (e == SSL_ERROR_WANT_WRITE) {
+        c->read_wants_write = 1;
+        errno = EAGAIN;
+        return -1;
+    }
+    if (e == SSL_ERROR_ZERO_RETURN)
+        return 0;
+    errno = ECONNRESET;
+    return -1;
+}
+
+/* Like send(2). */
+static ssize_t conn_send(struct mllp_conn *c, const uint8_t *p, size_t n)
+{
+    if (!c->ssl)
+        return send(c->fd, p, n, MSG_NOSIGNAL);
+    size_t put = 0;
+    ERR_clear_error();
+    if (SSL_write_ex(c->ssl, p, n, &put) == 1)
+        return (ssize_t)put;
+    int e = SSL_get_error(c->ssl, 0);
+    if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) {
+        errno = EAGAIN;
+        return -1;
+    }
+    errno = EPIPE;
+    return -1;
+}
+
+/* Drives the TLS handshake.  Returns 1 when done (the connection may read
+ * frames), 0 while it needs the socket, -1 when it failed (conn killed). */
+static int conn_handshake(struct mllp_conn *c)
+{
+    ERR_clear_error();
+    int r = SSL_accept(c->ssl);
+    if (r == 1) {
+        c->handshaking = 0;
+        X509 *cert = SSL_get1_peer_certificate(c->ssl);
+        if (cert && SSL_get_verify_result(c->ssl) == X509_V_OK) {
+            c->peer_cert = cert;
+            mllp_tls_subject_cn(cert, c->cn, sizeof c->cn);
+        } else {
+            X509_free(cert);
+        }
+        const struct mllp_tls_opts *o = &c->ls->tls_opts;
+        if (o->verify_client && o->n_allowed_names &&
+            !mllp_tls_name_allowed(c->peer_cert, o->allowed_names, o->n_allowed_names)) {
+            c->srv->st.tls_failed++;
+            log_warn("mllp_tls_refused", "conn=%llu peer=%s listener=%s reason=name_not_allowed "
+                     "cn=\"%s\"", (unsigned long long)c->id, c->peer, c->ls->name, c->cn);
+            conn_kill(c);
+            return -1;
+        }
+        log_info("mllp_tls_established", "conn=%llu peer=%s listener=%s version=%s cn=\"%s\"",
+                 (unsigned long long)c->id, c->peer, c->ls->name, SSL_get_version(c->ssl), c->cn);
+        return 1;
+    }
+    int e = SSL_get_error(c->ssl, r);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+        return 0;
+    unsigned long le = ERR_peek_error();
+    char reason[160] = "closed";
+    if (le)
+        ERR_error_string_n(le, reason, sizeof reason);
+    ERR_clear_error();
+    c->srv->st.tls_failed++;
+    log_warn("mllp_tls_refused", "conn=%llu peer=%s listener=%s reason=handshake_failed "
+             "detail=\"%s\"", (unsigned long long)c->id, c->peer, c->ls->name, reason);
+    conn_kill(c);
+    return -1;
+}
+
 /* ---- reading ------------------------------------------------------------ */
 
 static int conn_can_take(struct mllp_conn *c)
@@ -217,6 +334,8 @@ static void conn_process(struct mllp_conn *c)
 {
     struct mllp_server *s = c->srv;
     size_t budget = READ_BUDGET;
+    if (c->handshaking && (c->state != CONN_OPEN || conn_handshake(c) <= 0))
+        return;
     for (;;) {
         if (c->state != CONN_OPEN && c->state != CONN_DRAINING)
             return;
@@ -231,6 +350,8 @@ static void conn_process(struct mllp_conn *c)
                 uint64_t seq = c->next_seq++;
                 s->inflight++;
                 s->st.frames++;
+                c->last_frame_ms = c->last_active_ms;
+                c->frame_started_ms = 0;
                 s->h.on_frame(s->h.ud, c, seq, buf_data(&c->rbuf) + fr.off, fr.len);
                 buf_consume(&c->rbuf, fr.consumed);
                 continue;
@@ -251,6 +372,10 @@ static void conn_process(struct mllp_conn *c)
                 return;
             }
             buf_consume(&c->rbuf, fr.consumed);
+            /* A frame has begun: it must now end within frame_timeout_s,
+             * however slowly its bytes trickle in. */
+            if (c->framer.in_frame && !c->frame_started_ms)
+                c->frame_started_ms = clock_mono_ms();
         }
         if (c->state == CONN_DRAINING) {
             mark_dirty(c); /* close once replies are out */
@@ -269,7 +394,7 @@ static void conn_process(struct mllp_conn *c)
             conn_kill(c);
             return;
         }
-        ssize_t n = recv(c->fd, w, want, 0);
+        ssize_t n = conn_recv(c, w, want);
         if (n > 0) {
             buf_commit(&c->rbuf, (size_t)n);
             budget -= (size_t)n;
@@ -297,7 +422,7 @@ static void conn_process(struct mllp_conn *c)
 static void conn_flush(struct mllp_conn *c)
 {
     while (c->wbuf.len) {
-        ssize_t n = send(c->fd, buf_data(&c->wbuf), c->wbuf.len, MSG_NOSIGNAL);
+        ssize_t n = conn_send(c, buf_data(&c->wbuf), c->wbuf.len);
         if (n > 0) {
             buf_consume(&c->wbuf, (size_t)n);
             c->srv->st.bytes_out += (uint64_t)n;
@@ -320,6 +445,14 @@ static void conn_fd_cb(void *ud, int fd, unsigned ev)
     struct mllp_conn *c = ud;
     if (c->state == CONN_DEAD)
         return;
+    if (c->handshaking) {
+        conn_process(c);
+        return;
+    }
+    if ((ev & LOOP_WRITE) && c->read_wants_write) {
+        c->read_wants_write = 0;
+        ev |= LOOP_READ;
+    }
     if (ev & LOOP_WRITE)
         conn_flush(c);
     if (ev & LOOP_READ) {
@@ -336,6 +469,12 @@ static void conn_free(struct mllp_conn *c)
     if (s->h.on_close)
         s->h.on_close(s->h.ud, c);
     loop_del(s->loop, c->fd);
+    if (c->ssl) {
+        if (!c->handshaking && c->state != CONN_DEAD)
+            SSL_shutdown(c->ssl);
+        SSL_free(c->ssl);
+    }
+    X509_free(c->peer_cert);
     close(c->fd);
     s->inflight -= c->next_seq - c->send_seq;
     s->st.garbage_bytes += c->framer.garbage;
@@ -406,9 +545,29 @@ static void tick(void *ud)
         struct mllp_conn *c = s->slots[i];
         if (!c || c->state == CONN_DEAD)
             continue;
+        if (c->handshaking) {
+            if (now - c->accepted_ms > (uint64_t)c->ls->handshake_timeout_s * 1000u) {
+                s->st.tls_handshake_timeout++;
+                log_warn("mllp_tls_refused", "conn=%llu peer=%s listener=%s reason=handshake_timeout",
+                         (unsigned long long)c->id, c->peer, c->ls->name);
+                conn_kill(c);
+            }
+            continue;
+        }
+        if (c->frame_started_ms &&
+            now - c->frame_started_ms > (uint64_t)c->ls->frame_timeout_s * 1000u) {
+            s->st.closed_frame_timeout++;
+            log_warn("mllp_frame_timeout", "conn=%llu peer=%s listener=%s timeout_s=%u",
+                     (unsigned long long)c->id, c->peer, c->ls->name, c->ls->frame_timeout_s);
+            conn_kill(c);
+            continue;
+        }
         if (c->next_seq != c->send_seq)
             continue; /* waiting on us, not on the peer */
-        if (now - c->last_active_ms > (uint64_t)c->ls->idle_timeout_s * 1000u) {
+        /* Idle means no complete frame: bytes that never make one (a
+         * trickle of garbage) do not keep a connection alive. */
+        uint64_t since = c->last_frame_ms ? c->last_frame_ms : c->accepted_ms;
+        if (now - since > (uint64_t)c->ls->idle_timeout_s * 1000u) {
             s->st.closed_idle++;
             log_info("mllp_conn_idle_timeout", "conn=%llu peer=%s listener=%s idle_s=%u",
                      (unsigned long long)c->id, c->peer, c->ls->name, c->ls->idle_timeout_s);
@@ -459,6 +618,91 @@ static int alloc_slot(struct mllp_server *s, size_t *out)
     return 0;
 }
 
+static int cidr_parse(const char *text, struct cidr *out)
+{
+    char addr[64];
+    const char *slash = strchr(text, '/');
+    size_t al = slash ? (size_t)(slash - text) : strlen(text);
+    if (al == 0 || al >= sizeof addr)
+        return -1;
+    memcpy(addr, text, al);
+    addr[al] = '\0';
+    memset(out, 0, sizeof *out);
+    out->family = strchr(addr, ':') ? AF_INET6 : AF_INET;
+    if (inet_pton(out->family, addr, out->addr) != 1)
+        return -1;
+    unsigned maxp = out->family == AF_INET ? 32 : 128;
+    out->prefix = maxp;
+    if (slash) {
+        uint64_t p;
+        if (num_parse_u64((const uint8_t *)slash + 1, strlen(slash + 1), maxp, &p) != 0)
+            return -1;
+        out->prefix = (unsigned)p;
+    }
+    return 0;
+}
+
+/* The address bytes of a peer; IPv4-mapped IPv6 addresses count as IPv4. */
+static int peer_bytes(const struct sockaddr_storage *ss, const uint8_t **p)
+{
+    if (ss->ss_family == AF_INET) {
+        *p = (const uint8_t *)&((const struct sockaddr_in *)ss)->sin_addr;
+        return AF_INET;
+    }
+    const struct in6_addr *a6 = &((const struct sockaddr_in6 *)ss)->sin6_addr;
+    if (IN6_IS_ADDR_V4MAPPED(a6)) {
+        *p = a6->s6_addr + 12;
+        return AF_INET;
+    }
+    *p = a6->s6_addr;
+    return AF_INET6;
+}
+
+static int cidr_match(const struct cidr *c, const struct sockaddr_storage *ss)
+{
+    const uint8_t *a;
+    if (peer_bytes(ss, &a) != c->family)
+        return 0;
+    unsigned full = c->prefix / 8, rest = c->prefix % 8;
+    if (memcmp(a, c->addr, full) != 0)
+        return 0;
+    if (rest) {
+        uint8_t mask = (uint8_t)(0xFFu << (8 - rest));
+        if ((a[full] & mask) != (c->addr[full] & mask))
+            return 0;
+    }
+    return 1;
+}
+
+static int listener_allows(const struct listener *ls, const struct sockaddr_storage *ss)
+{
+    if (ls->n_allow == 0)
+        return 1;
+    for (size_t i = 0; i < ls->n_allow; i++)
+        if (cidr_match(&ls->allow[i], ss))
+            return 1;
+    return 0;
+}
+
+static int same_ip(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    const uint8_t *pa, *pb;
+    int fa = peer_bytes(a, &pa), fb = peer_bytes(b, &pb);
+    return fa == fb && memcmp(pa, pb, fa == AF_INET ? 4 : 16) == 0;
+}
+
+static unsigned conns_from(const struct mllp_server *s, const struct listener *ls,
+                           const struct sockaddr_storage *ss)
+{
+    unsigned n = 0;
+    for (size_t i = 0; i < s->nslots; i++) {
+        const struct mllp_conn *c = s->slots[i];
+        if (c && c->ls == ls && c->state != CONN_DEAD && same_ip(&c->addr, ss))
+            n++;
+    }
+    return n;
+}
+
 static void listener_cb(void *ud, int lfd, unsigned ev)
 {
     (void)ev;
@@ -477,6 +721,20 @@ static void listener_cb(void *ud, int lfd, unsigned ev)
         }
         char peer[64];
         format_peer(&ss, peer, sizeof peer);
+        /* Refused before any byte is read. */
+        if (!listener_allows(ls, &ss)) {
+            s->st.refused_allow++;
+            log_warn("mllp_conn_refused", "listener=%s peer=%s reason=not_allowed", ls->name, peer);
+            close(fd);
+            continue;
+        }
+        if (ls->max_per_ip && conns_from(s, ls, &ss) >= ls->max_per_ip) {
+            s->st.refused_per_ip++;
+            log_warn("mllp_conn_refused", "listener=%s peer=%s reason=max_connections_per_ip "
+                     "limit=%u", ls->name, peer, ls->max_per_ip);
+            close(fd);
+            continue;
+        }
         size_t slot;
         if (ls->nconns >= ls->max_connections || alloc_slot(s, &slot) != 0) {
             s->st.refused_limit++;
@@ -497,6 +755,19 @@ static void listener_cb(void *ud, int lfd, unsigned ev)
         c->fd = fd;
         c->id = (++s->id_counter << SLOT_BITS) | slot;
         memcpy(c->peer, peer, sizeof c->peer);
+        c->addr = ss;
+        c->accepted_ms = clock_mono_ms();
+        if (ls->tls) {
+            c->ssl = SSL_new(ls->tls);
+            if (!c->ssl || SSL_set_fd(c->ssl, fd) != 1) {
+                SSL_free(c->ssl);
+                free(c);
+                close(fd);
+                s->st.tls_failed++;
+                continue;
+            }
+            c->handshaking = 1;
+        }
         /* Room for one whole message plus the read chunk in flight, so the
          * framer always reports oversize before the buffer refuses bytes. */
         buf_init(&c->rbuf, ls->max_message_bytes + READ_CHUNK + 16u);
@@ -504,6 +775,7 @@ static void listener_cb(void *ud, int lfd, unsigned ev)
         mllp_framer_init(&c->framer, ls->max_message_bytes);
         c->last_active_ms = clock_mono_ms();
         if (loop_add(s->loop, fd, LOOP_READ | LOOP_WRITE | LOOP_EDGE, conn_fd_cb, c) != 0) {
+            SSL_free(c->ssl);
             buf_release(&c->rbuf);
             buf_release(&c->wbuf);
             free(c);
@@ -550,6 +822,85 @@ void mllp_server_stop_accepting(struct mllp_server *s)
     }
 }
 
+static void listener_free(struct listener *ls)
+{
+    if (!ls)
+        return;
+    SSL_CTX_free(ls->tls);
+    for (size_t i = 0; i < ls->n_tls_strs; i++)
+        free(ls->tls_strs[i]);
+    free(ls->tls_strs);
+    free(ls->allow);
+    free(ls);
+}
+
+/* Keeps a copy of a string for the listener's lifetime (TLS reload needs
+ * the file names after the caller's options are gone). */
+static const char *keep(struct listener *ls, const char *v)
+{
+    if (!v)
+        return NULL;
+    char **ns = realloc(ls->tls_strs, (ls->n_tls_strs + 1) * sizeof *ns);
+    if (!ns)
+        return NULL;
+    ls->tls_strs = ns;
+    char *d = strdup(v);
+    if (d)
+        ls->tls_strs[ls->n_tls_strs++] = d;
+    return d;
+}
+
+static int listener_tls_init(struct listener *ls, const struct mllp_tls_opts *o, char *errbuf,
+                             size_t errcap)
+{
+    ls->tls_opts = *o;
+    ls->tls_opts.cert_file = keep(ls, o->cert_file);
+    ls->tls_opts.key_file = keep(ls, o->key_file);
+    ls->tls_opts.client_ca_file = keep(ls, o->client_ca_file);
+    const char **names = NULL;
+    if (o->n_allowed_names) {
+        /* The array itself lives in tls_strs too, as one block. */
+        names = calloc(o->n_allowed_names, sizeof *names);
+        if (!names)
+            return -1;
+        char **ns = realloc(ls->tls_strs, (ls->n_tls_strs + 1) * sizeof *ns);
+        if (!ns) {
+            free(names);
+            return -1;
+        }
+        ls->tls_strs = ns;
+        ls->tls_strs[ls->n_tls_strs++] = (char *)names;
+        for (size_t i = 0; i < o->n_allowed_names; i++)
+            names[i] = keep(ls, o->allowed_names[i]);
+    }
+    ls->tls_opts.allowed_names = names;
+    ls->tls = mllp_tls_ctx_new(&ls->tls_opts, errbuf, errcap);
+    return ls->tls ? 0 : -1;
+}
+
+int mllp_server_reload_tls(struct mllp_server *s, char *errbuf, size_t errcap)
+{
+    SSL_CTX *fresh[HB_MAX_LISTENERS_MLLP] = { 0 };
+    for (size_t i = 0; i < s->nls; i++) {
+        if (!s->ls[i]->tls)
+            continue;
+        fresh[i] = mllp_tls_ctx_new(&s->ls[i]->tls_opts, errbuf, errcap);
+        if (!fresh[i]) {
+            for (size_t j = 0; j < i; j++)
+                SSL_CTX_free(fresh[j]);
+            return -1;
+        }
+    }
+    /* All built: swap.  Open connections hold their own reference. */
+    for (size_t i = 0; i < s->nls; i++) {
+        if (fresh[i]) {
+            SSL_CTX_free(s->ls[i]->tls);
+            s->ls[i]->tls = fresh[i];
+        }
+    }
+    return 0;
+}
+
 void mllp_server_free(struct mllp_server *s)
 {
     if (!s)
@@ -560,7 +911,7 @@ void mllp_server_free(struct mllp_server *s)
             conn_free(s->slots[i]);
     }
     for (size_t i = 0; i < s->nls; i++)
-        free(s->ls[i]);
+        listener_free(s->ls[i]);
     free(s->slots);
     free(s);
 }
@@ -588,6 +939,26 @@ int mllp_server_listen(struct mllp_server *s, const struct mllp_listener_opts *o
     ls->max_message_bytes = o->max_message_bytes ? o->max_message_bytes : (16u << 20);
     ls->idle_timeout_s = o->idle_timeout_s ? o->idle_timeout_s : 600;
     ls->user = o->user;
+    ls->max_per_ip = o->max_connections_per_ip;
+    ls->handshake_timeout_s = o->handshake_timeout_s ? o->handshake_timeout_s : 10;
+    ls->frame_timeout_s = o->frame_timeout_s ? o->frame_timeout_s : 60;
+    if (o->n_allow) {
+        ls->allow = calloc(o->n_allow, sizeof *ls->allow);
+        for (size_t i = 0; ls->allow && i < o->n_allow; i++) {
+            if (cidr_parse(o->allow[i], &ls->allow[i]) != 0) {
+                snprintf(errbuf, errcap, "bad CIDR '%s' in allow", o->allow[i]);
+                close(fd);
+                listener_free(ls);
+                return -1;
+            }
+        }
+        ls->n_allow = ls->allow ? o->n_allow : 0;
+    }
+    if (o->tls && listener_tls_init(ls, o->tls, errbuf, errcap) != 0) {
+        close(fd);
+        listener_free(ls);
+        return -1;
+    }
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
     if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) {
@@ -597,7 +968,7 @@ int mllp_server_listen(struct mllp_server *s, const struct mllp_listener_opts *o
     if (loop_add(s->loop, fd, LOOP_READ, listener_cb, ls) != 0) {
         snprintf(errbuf, errcap, "epoll: %s", strerror(errno));
         close(fd);
-        free(ls);
+        listener_free(ls);
         return -1;
     }
     s->ls[s->nls++] = ls;
@@ -611,6 +982,18 @@ unsigned mllp_server_port(const struct mllp_server *s, size_t i)
 
 uint64_t mllp_server_inflight(const struct mllp_server *s) { return s->inflight; }
 size_t mllp_server_conn_count(const struct mllp_server *s) { return s->nconns; }
+
+size_t mllp_server_active_conns(const struct mllp_server *s, uint64_t within_ms)
+{
+    uint64_t now = clock_mono_ms();
+    size_t n = 0;
+    for (size_t i = 0; i < s->nslots; i++) {
+        const struct mllp_conn *c = s->slots[i];
+        if (c && c->state != CONN_DEAD && c->last_frame_ms && now - c->last_frame_ms <= within_ms)
+            n++;
+    }
+    return n;
+}
 
 void mllp_server_drain(struct mllp_server *s)
 {
@@ -660,3 +1043,13 @@ struct mllp_conn *mllp_server_conn(struct mllp_server *s, uint64_t id)
 const char *mllp_conn_peer(const struct mllp_conn *c) { return c->peer; }
 void *mllp_conn_listener_user(const struct mllp_conn *c) { return c->ls->user; }
 const char *mllp_conn_listener_name(const struct mllp_conn *c) { return c->ls->name; }
+
+const char *mllp_conn_tls_name(const struct mllp_conn *c)
+{
+    return c->peer_cert && c->cn[0] ? c->cn : NULL;
+}
+
+int mllp_conn_cert_matches(const struct mllp_conn *c, const char *name)
+{
+    return c->peer_cert ? mllp_tls_name_allowed(c->peer_cert, &name, 1) : 0;
+}

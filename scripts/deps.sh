@@ -7,7 +7,7 @@ set -euo pipefail
 mode=${1:-build}
 
 build_pkgs=(gcc make pkg-config libssl-dev libcurl4-openssl-dev libsqlite3-dev libyaml-dev
-            libmicrohttpd-dev tzdata)
+            libmicrohttpd-dev libjansson-dev tzdata)
 test_pkgs=(libcmocka-dev python3 python3-hl7 openssl sqlite3 clang libclang-rt-14-dev
            cppcheck)
 

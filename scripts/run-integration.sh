@@ -10,9 +10,13 @@ mkdir -p build/results
 log=build/results/integration.log
 /usr/bin/python3 -m unittest discover -s tests/integration -p 'test_*.py' -v 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
+# unittest prints "Ran N tests" and one FAIL:/ERROR: block per failing
+# sub-test: count failing tests once each.  Skips come from its last line.
 ran=$(grep -oE '^Ran [0-9]+ test' "$log" | grep -oE '[0-9]+' || echo 0)
-fail=$(grep -cE '^(FAIL|ERROR): ' "$log")
-skip=$(grep -cE ' \.\.\. skipped' "$log")
+fail=$(grep -E '^(FAIL|ERROR): ' "$log" | awk '{print $2}' | sort -u | wc -l)
+last=$(grep -E '^(OK|FAILED)' "$log" | tail -1)
+skip=$(grep -oE 'skipped=[0-9]+' <<<"$last" | cut -d= -f2 || true); skip=${skip:-0}
+if [ -z "$last" ] && [ "$fail" -eq 0 ]; then fail=1; fi
 pass=$((ran - fail - skip))
 echo "$pass $fail $skip" > build/results/integration.txt
 echo "integration: $pass passed, $fail failed, $skip skipped"

@@ -181,6 +181,27 @@ static void *writer_main(void *arg)
             pthread_cond_timedwait(&s->cv, &s->mu, &ts);
             s->writer_waiting = 0;
         }
+        /* Gather: fewer queued than active senders means the others' next
+         * messages are a network round trip away (their ACKs just left);
+         * waiting that long lets one fsync serve all of them. */
+        unsigned want = atomic_load_explicit(&s->expected_group, memory_order_relaxed);
+        if (want > s->opts.max_group)
+            want = s->opts.max_group;
+        if (s->q_count && s->q_count < want && !s->stopping) {
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            ts.tv_nsec += STORE_GATHER_US * 1000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            s->writer_gathering = 1;
+            while (s->q_count < want && !s->stopping &&
+                   pthread_cond_timedwait(&s->cv, &s->mu, &ts) == 0)
+                ;
+            s->writer_gathering = 0;
+            s->gather_waits++;
+        }
         n = s->q_count < s->opts.max_group ? s->q_count : s->opts.max_group;
         for (size_t i = 0; i < n; i++) {
             s->grp[i] = s->q[s->q_head];
@@ -378,7 +399,8 @@ int store_submit(struct store *s, struct store_msg *m, uint64_t tag)
         idx -= s->cap;
     s->q[idx] = m;
     s->q_count++;
-    int wake = s->writer_waiting;
+    unsigned want = atomic_load_explicit(&s->expected_group, memory_order_relaxed);
+    int wake = s->writer_waiting || (s->writer_gathering && s->q_count >= want);
     pthread_mutex_unlock(&s->mu);
     /* The writer checks the queue under the mutex before it sleeps, so when
      * it is not marked waiting it is bound to see this message. */
@@ -387,6 +409,11 @@ int store_submit(struct store *s, struct store_msg *m, uint64_t tag)
     s->inflight++;
     s->submitted++;
     return 0;
+}
+
+void store_set_expected_group(struct store *s, unsigned n)
+{
+    atomic_store_explicit(&s->expected_group, n, memory_order_relaxed);
 }
 
 int store_event_fd(const struct store *s)

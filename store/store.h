@@ -20,6 +20,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/buf.h"
+
 struct store; /* opaque */
 
 struct store_opts {
@@ -85,6 +87,12 @@ size_t store_space(const struct store *s);
 /* Queues a message; takes ownership of `m` in every case.  Returns 0, or -1
  * when the queue is full (m is then freed and nothing is stored). */
 int store_submit(struct store *s, struct store_msg *m, uint64_t tag) __attribute__((warn_unused_result));
+/* Group-commit hint from the producer: how many senders are active (each
+ * with one message on its way).  When the writer finds fewer than this
+ * queued, it waits up to STORE_GATHER_US for the rest before committing, so
+ * senders that wait for each ACK share one fsync.  0 or 1: never wait. */
+void store_set_expected_group(struct store *s, unsigned n);
+
 /* An eventfd that becomes readable when results are waiting. */
 int store_event_fd(const struct store *s);
 /* Moves up to `max` results into `out` (in submission order) and returns
@@ -118,6 +126,131 @@ struct store_counts {
     uint64_t rows;         /* connector rows */
 };
 int store_query_counts(const char *path, struct store_counts *out, char *errbuf, size_t errcap)
+    __attribute__((warn_unused_result));
+
+/* ==== audit batches (store/batch.c) ======================================
+ *
+ * The audit sink groups connector rows into batches ("blocks") and moves
+ * each through open → sealed → uploading → done | failed.  Every state
+ * change is one durable transaction on the caller's own connection, so a
+ * restart resumes where it stopped: a batch found `uploading` at open time
+ * was possibly received and is sent again (counted in `resends`).
+ *
+ * A batch owns the rows with ids in [first_row_id, last_row_id] (rows are
+ * append-only and their ids follow commit order).  When it is done, the
+ * messages whose rows all lie in done batches get messages.delivered_ms.
+ *
+ * Threads: a struct store_batches is one SQLite connection, used by one
+ * thread at a time (the sink thread).  The path-based helpers (redrive,
+ * list) open their own connection and may run in another process while
+ * the daemon runs. */
+
+struct store_batches; /* opaque */
+
+enum store_batch_state {
+    STORE_BATCH_OPEN = 0,
+    STORE_BATCH_SEALED,
+    STORE_BATCH_UPLOADING,
+    STORE_BATCH_DONE,
+    STORE_BATCH_FAILED,
+    STORE_BATCH_NSTATES
+};
+/* "open", "sealed", … as stored; NULL for an unknown value. */
+const char *store_batch_state_name(enum store_batch_state s);
+
+/* When a batch is sealed (the first limit reached).  The caller clamps
+ * them to the connector's limits. */
+struct store_batch_limits {
+    uint64_t max_rows;    /* rows per batch, >= 1 */
+    uint64_t max_bytes;   /* bytes of rows (each with its '\n'), >= 1 */
+    uint64_t max_age_ms;  /* since the batch's first row */
+    size_t scan_chunk;    /* rows looked at per step; 0 → 20000 */
+};
+
+struct store_batch {
+    int64_t id;
+    enum store_batch_state state;
+    int64_t created_ms, sealed_ms, done_ms, next_ms;
+    int64_t first_row_id, last_row_id;
+    uint64_t row_count, bytes;
+    unsigned attempts, resends, redrives;
+    int last_status;          /* HTTP status of the last attempt, 0 = none/no answer */
+    char last_error[256];     /* "" when none; never PHI */
+    char file_name[128];      /* "" until written/uploaded */
+};
+
+/* Opens a connection to an existing store database (store_open has applied
+ * the schema).  Returns NULL with a message in errbuf. */
+struct store_batches *store_batches_open(const char *path, char *errbuf, size_t errcap);
+/* store_batches_close(NULL) is a no-op. */
+void store_batches_close(struct store_batches *sb);
+/* The connection's last SQLite error text (for logs). */
+const char *store_batches_errmsg(const struct store_batches *sb);
+
+/* Start-up recovery: every `uploading` batch goes back to `sealed` with
+ * resends+1 (it is sent again).  *resent gets how many.  0 / -1. */
+int store_batches_recover(struct store_batches *sb, uint64_t *resent)
+    __attribute__((warn_unused_result));
+
+/* One batcher step: appends rows not yet in a batch to the open batch,
+ * sealing it whenever the next row would pass max_rows or max_bytes, and
+ * seals it by age once every committed row has been looked at.  Writes
+ * what changed in one transaction.  Returns 0 / -1 (nothing changed). */
+struct store_batch_scan {
+    uint64_t rows_added;   /* rows that joined a batch in this step */
+    uint64_t sealed;       /* batches sealed in this step */
+    int caught_up;         /* 1 when no committed row is left unbatched */
+};
+int store_batches_scan(struct store_batches *sb, const struct store_batch_limits *l,
+                       int64_t now_ms, struct store_batch_scan *out)
+    __attribute__((warn_unused_result));
+
+/* Takes the oldest sealed batch whose next_ms has come and makes it
+ * `uploading` (attempts+1), durably, before the caller sends it.
+ * Returns 1 with *out filled, 0 when there is none, -1 on error. */
+int store_batches_claim(struct store_batches *sb, int64_t now_ms, struct store_batch *out)
+    __attribute__((warn_unused_result));
+
+/* Appends the batch's rows to `out`, each followed by '\n' (the rows were
+ * stored split at '\n', so this rebuilds the formatted text byte for
+ * byte).  *rows gets the number of rows.  0, or -1 (error or `out` full). */
+int store_batches_read_rows(struct store_batches *sb, const struct store_batch *b,
+                            struct buf *out, uint64_t *rows)
+    __attribute__((warn_unused_result));
+
+/* uploading → done: records the status, a summary of the answer (may be
+ * NULL) and the file name, and marks delivered the messages whose rows
+ * are now all in done batches (*marked gets how many).  0 / -1. */
+int store_batches_done(struct store_batches *sb, int64_t id, int status, const char *summary,
+                       const char *file_name, int64_t now_ms, uint64_t *marked)
+    __attribute__((warn_unused_result));
+/* uploading → sealed, to be tried again from next_ms. */
+int store_batches_retry(struct store_batches *sb, int64_t id, int status, const char *error,
+                        int64_t next_ms) __attribute__((warn_unused_result));
+/* uploading → failed: kept until redriven, never counted as delivered. */
+int store_batches_fail(struct store_batches *sb, int64_t id, int status, const char *error)
+    __attribute__((warn_unused_result));
+
+/* Figures for stats and back-pressure.  `with_done` also counts the done
+ * batches (a scan of their index entries: call it rarely). */
+struct store_batch_counts {
+    uint64_t batches[STORE_BATCH_NSTATES];
+    uint64_t rows_in_batches;  /* rows of batches not done (open, sealed, uploading, failed) */
+    uint64_t rows_unbatched;   /* committed rows not yet in any batch */
+};
+int store_batches_counts(struct store_batches *sb, int with_done, struct store_batch_counts *out)
+    __attribute__((warn_unused_result));
+/* One batch by id: 1 found, 0 not found, -1 error. */
+int store_batches_get(struct store_batches *sb, int64_t id, struct store_batch *out)
+    __attribute__((warn_unused_result));
+
+/* `hl7bridge redrive`: failed → sealed (next_ms 0, redrives+1) for batch
+ * `id`, or for every failed batch when id is 0.  Calls `cb` (may be NULL)
+ * with each batch before the change.  *n gets how many were re-queued.
+ * Returns 0, or -1 with a message in errbuf. */
+int store_batches_redrive(const char *path, int64_t id,
+                          void (*cb)(void *ud, const struct store_batch *b), void *ud,
+                          uint64_t *n, char *errbuf, size_t errcap)
     __attribute__((warn_unused_result));
 
 #endif

@@ -153,6 +153,40 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
     " seq INTEGER NOT NULL,"
     " data BLOB NOT NULL,"
     " batch_id INTEGER);",
+    /* 2: the audit sink's batches (store/batch.c).  A batch owns the rows
+     * whose ids lie in [first_row_id, last_row_id]: rows are append-only
+     * and their ids grow with commit order, so a range names them without
+     * writing anything into each row (rows.batch_id stays unused: filling
+     * it would rewrite the whole rows table once more).  msg_from ..
+     * last_msg_id are the messages the batch marks delivered when done;
+     * starts_mid / ends_mid say that its first / last message has rows in
+     * a neighbouring batch too.  next_ms is the wall-clock time before
+     * which a retried batch is not sent again. */
+    "CREATE TABLE batches ("
+    " id INTEGER PRIMARY KEY,"
+    " state TEXT NOT NULL CHECK (state IN"
+    "  ('open', 'sealed', 'uploading', 'done', 'failed')),"
+    " created_ms INTEGER NOT NULL,"
+    " sealed_ms INTEGER,"
+    " done_ms INTEGER,"
+    " first_row_id INTEGER NOT NULL,"
+    " last_row_id INTEGER NOT NULL,"
+    " first_msg_id INTEGER NOT NULL,"
+    " last_msg_id INTEGER NOT NULL,"
+    " msg_from INTEGER NOT NULL,"
+    " starts_mid INTEGER NOT NULL DEFAULT 0,"
+    " ends_mid INTEGER NOT NULL DEFAULT 0,"
+    " row_count INTEGER NOT NULL,"
+    " bytes INTEGER NOT NULL,"
+    " attempts INTEGER NOT NULL DEFAULT 0,"
+    " resends INTEGER NOT NULL DEFAULT 0,"
+    " redrives INTEGER NOT NULL DEFAULT 0,"
+    " next_ms INTEGER NOT NULL DEFAULT 0,"
+    " last_status INTEGER,"
+    " last_error TEXT,"
+    " response TEXT,"
+    " file_name TEXT);"
+    "CREATE INDEX batches_state ON batches(state, id);",
 };
 
 static int exec(sqlite3 *db, const char *sql, char *errbuf, size_t errcap)

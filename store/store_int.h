@@ -11,7 +11,7 @@
 #include <stdatomic.h>
 
 /* Bumped whenever a migration is appended to store_db.c. */
-#define STORE_SCHEMA_VERSION      1
+#define STORE_SCHEMA_VERSION      2
 
 /* How long one BEGIN/COMMIT attempt waits for a lock held by another
  * connection (a CLI, a sink reader) and how long in total before the group
@@ -94,6 +94,8 @@ struct store {
     struct store_result *res;    /* completion ring */
     size_t r_head, r_count;
     int writer_waiting;
+    int writer_gathering;        /* in the short wait for a fuller group */
+    _Atomic unsigned expected_group; /* producer's hint, see store.h */
     int stopping;
     int housekeep_asked;
 
@@ -108,6 +110,7 @@ struct store {
     int disk_low;
     uint64_t next_housekeep_ms;
     uint64_t last_fail_log_ms;
+    uint64_t gather_waits;       /* times the writer waited for a fuller group */
     uint64_t fail_log_suppressed;
 
     /* Checkpointer thread: own connection, woken by the wal hook. */

@@ -294,6 +294,16 @@ class MLLPConnection:
 # ---- the daemon -----------------------------------------------------------------
 
 
+def _die_with_parent():
+    """In the child before exec: SIGKILL it if the test runner dies, so no
+    daemon outlives an interrupted run (Linux prctl PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+    except Exception:
+        pass
+
+
 def _yaml_str(s):
     return '"' + str(s).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -373,7 +383,8 @@ class Daemon:
                 # (config/mappings/*.yaml) are found relative to it.
                 self.proc = subprocess.Popen([str(self.bin), "run", "-c", str(self.config_path)],
                                              cwd=str(ROOT), stdin=subprocess.DEVNULL,
-                                             stdout=logf, stderr=logf)
+                                             stdout=logf, stderr=logf,
+                                             preexec_fn=_die_with_parent)
             finally:
                 logf.close()
             ok, last = self._wait_started(p)

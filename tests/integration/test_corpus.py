@@ -116,14 +116,15 @@ class WellFormedCorpus(DaemonTestCase):
 class CommandLineClients(DaemonTestCase):
 
     def test_mllp_send_command(self):
-        """python-hl7's /usr/bin/mllp_send reads MLLP-framed messages from a
-        file and prints each ACK (framed) on its own line."""
+        # python-hl7's /usr/bin/mllp_send reads MLLP-framed messages from a
+        # file and prints each ACK (framed) on its own line.
         if not os.access(MLLP_SEND, os.X_OK):
             self.skipTest(f"{MLLP_SEND} is not installed (Debian package python3-hl7)")
         root, msgs = wellformed_messages(self)
         # mllp_send splits its input on 0x1C (or on 0x0C if one is present)
         # and reads each ACK with one recv(4096).
-        msgs = [(l, m) for l, m in msgs if b"\x0c" not in m and len(m) < 60000][:60]
+        # Every fourth message: a spread over all the corpus' sources.
+        msgs = [(l, m) for l, m in msgs if b"\x0c" not in m and len(m) < 60000][::4]
         tmp = Path(tempfile.mkdtemp(prefix="hl7bridge-it-mllpsend-"))
         self.addCleanup(shutil.rmtree, tmp, True)
         stream = tmp / "framed.mllp"
@@ -224,6 +225,20 @@ class MalformedCorpus(DaemonTestCase):
             else:
                 self.assertEqual(a.code, "AR", f"{label}: {a.raw!r}")
 
+    # Files of other projects' malformed/ folders that are well-formed HL7 v2
+    # on the wire.  hl7bridge accepts them on purpose: a NACK stops the
+    # sender's interface, so only what cannot be read or keyed is refused.
+    ACCEPTED_BY_DESIGN = {
+        # "syntactically fine" per the corpus notes: trailing empty fields
+        "rethinkhealth-hl7v2/malformed/trailing-empty-fields.hl7",
+        # a lone escape character is kept literally on decoding
+        "rust-hl7/malformed/oru-r01-v24-lone-backslash.hl7",
+        "rust-hl7/malformed/oru-r01-v24-escape-f-and-lone-backslash.hl7",
+        # a Z-segment whose first field reads "1EVN": valid syntax; many real
+        # ADT feeds omit EVN, so segment order is not enforced
+        "hapi-hl7v2/malformed/adt-a01-v26-zza-glued-crlf.hl7",
+    }
+
     def test_every_malformed_file_is_rejected_with_an_err(self):
         root, files = corpus_files(malformed=True)
         if root is None:
@@ -232,6 +247,11 @@ class MalformedCorpus(DaemonTestCase):
         for f in files:
             data = f.read_bytes()
             rel = str(f.relative_to(root))
+            if rel in self.ACCEPTED_BY_DESIGN:
+                with self.subTest(file=rel), self.daemon.connect() as c:
+                    c.send_raw(frame(data))
+                    self.assertEqual(c.recv_ack().code, "AA", rel)
+                continue
             with self.subTest(file=rel):
                 has_msh = strip_bom(data).startswith(b"MSH") or is_batch(data)
                 # Sent as is, in one frame; binary garbage with MLLP control

@@ -1,0 +1,118 @@
+"""The command line: check, --help, version, run with a bad configuration."""
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import unittest
+from pathlib import Path
+
+from harness import ROOT, Daemon, free_port, require_binary
+
+
+class CommandLine(unittest.TestCase):
+
+    def setUp(self):
+        self.bin = str(require_binary(self))
+        self.tmp = Path(tempfile.mkdtemp(prefix="hl7bridge-it-cli-"))
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+
+    def run_bin(self, *args, env=None, timeout=30):
+        try:
+            return subprocess.run([self.bin, *args], cwd=str(ROOT), stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
+                                  env=env, text=True)
+        except subprocess.TimeoutExpired:
+            self.fail(f"hl7bridge {' '.join(args)} did not finish within {timeout} s")
+
+    def good_config(self):
+        d = Daemon(self, workdir=str(self.tmp))
+        path = self.tmp / "good.yaml"
+        path.write_text(d.config_text(free_port()))
+        return path
+
+    def test_check_good_config_prints_ok_and_exits_0(self):
+        path = self.good_config()
+        r = self.run_bin("check", "-c", str(path))
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("OK", r.stdout)
+        self.assertIn(str(path), r.stdout)
+
+    def test_check_shipped_config_exits_0(self):
+        r = self.run_bin("check", "-c", "config/hl7bridge.yaml")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("OK", r.stdout)
+
+    def test_check_unknown_key_reports_file_line_column_and_exits_1(self):
+        path = self.tmp / "bad.yaml"
+        path.write_text("listen:\n"
+                        "  - name: main\n"
+                        "    address: 127.0.0.1:2575\n"
+                        "    max_conections: 5\n"
+                        "store:\n"
+                        f"  path: {self.tmp}/s.db\n")
+        r = self.run_bin("check", "-c", str(path))
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        m = re.search(r"^(.+):(\d+):(\d+): (.+)$", r.stderr, re.M)
+        self.assertIsNotNone(m, f"no file:line:column: message in {r.stderr!r}")
+        self.assertEqual(m.group(1), str(path))
+        self.assertEqual((int(m.group(2)), int(m.group(3))), (4, 5), m.group(0))
+        self.assertIn("max_conections", m.group(4))
+        self.assertNotIn("OK", r.stdout)
+
+    def test_check_reports_every_error(self):
+        path = self.tmp / "bad2.yaml"
+        path.write_text("listen:\n"
+                        "  - name: main\n"
+                        "    address: 127.0.0.1:99999\n"
+                        "ack:\n"
+                        "  mode: sometimes\n"
+                        "colour: blue\n")
+        r = self.run_bin("check", "-c", str(path))
+        self.assertEqual(r.returncode, 1)
+        lines = [l for l in r.stderr.splitlines() if re.match(re.escape(str(path)) + r":\d+:\d+: ", l)]
+        self.assertEqual(sorted(int(l.split(":")[1]) for l in lines), [3, 5, 6], r.stderr)
+
+    def test_check_unset_environment_variable_is_named(self):
+        path = self.tmp / "env.yaml"
+        path.write_text("store:\n  path: ${HL7BRIDGE_IT_UNSET_VARIABLE}/s.db\n")
+        env = {k: v for k, v in os.environ.items() if k != "HL7BRIDGE_IT_UNSET_VARIABLE"}
+        r = self.run_bin("check", "-c", str(path), env=env)
+        self.assertEqual(r.returncode, 1)
+        self.assertRegex(r.stderr, re.escape(str(path)) + r":2:\d+: .*HL7BRIDGE_IT_UNSET_VARIABLE")
+
+    def test_environment_variable_is_substituted(self):
+        path = self.tmp / "env2.yaml"
+        path.write_text("store:\n  path: ${HL7BRIDGE_IT_DIR}/s.db\nmetrics:\n  enabled: false\n")
+        r = self.run_bin("check", "-c", str(path), env={**os.environ, "HL7BRIDGE_IT_DIR": str(self.tmp)})
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+    def test_run_with_bad_config_exits_1_without_listening(self):
+        path = self.tmp / "bad.yaml"
+        path.write_text("listen:\n  - name: main\n    address: 127.0.0.1:2575\n    bogus: 1\n")
+        r = self.run_bin("run", "-c", str(path), timeout=15)
+        self.assertEqual(r.returncode, 1)
+        self.assertRegex(r.stderr, re.escape(str(path)) + r":4:5: ")
+        self.assertNotIn("event=listening", r.stderr)
+
+    def test_help_exits_0(self):
+        for args in (["--help"], ["help"], ["run", "--help"], ["check", "--help"], ["send", "--help"]):
+            with self.subTest(args=args):
+                r = self.run_bin(*args)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.assertIn("usage", r.stdout.lower())
+
+    def test_version(self):
+        r = self.run_bin("version")
+        self.assertEqual(r.returncode, 0)
+        self.assertRegex(r.stdout, r"^hl7bridge \d+\.\d+\.\d+")
+
+    def test_unknown_command_and_bad_usage_exit_non_zero(self):
+        self.assertEqual(self.run_bin("frobnicate").returncode, 2)
+        self.assertNotEqual(self.run_bin().returncode, 0)
+        self.assertEqual(self.run_bin("send", "127.0.0.1:1").returncode, 2)
+
+
+if __name__ == "__main__":
+    unittest.main()
