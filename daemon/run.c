@@ -7,6 +7,7 @@
  * lost: unanswered messages were not acknowledged). */
 #include "daemon/cli.h"
 #include "daemon/ingest.h"
+#include "daemon/privs.h"
 #include "daemon/rules.h"
 #include "config/config.h"
 #include "core/clock.h"
@@ -215,6 +216,7 @@ int cmd_run(int argc, char **argv)
     sigprocmask(SIG_BLOCK, &mask, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    privs_raise_nofile();
     struct store_opts so = {
         .path = cfg->store.path,
         .retention_days = cfg->store.retention_days,
@@ -281,6 +283,11 @@ int cmd_run(int argc, char **argv)
         }
         log_info("listening", "listener=%s address=%s port=%u tls=%s", cl->name, cl->address,
                  mllp_server_port(ingest_server(r.ingest), i), cl->tls.enabled ? "on" : "off");
+    }
+    /* Listeners are bound and the store is open: root is no longer needed. */
+    if (privs_drop(cfg, err, sizeof err) != 0) {
+        log_error("startup_failed", "reason=\"%s\"", err);
+        goto out;
     }
     r.sigfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
     if (r.sigfd < 0 || loop_add(r.loop, r.sigfd, LOOP_READ, signal_cb, &r) != 0) {

@@ -95,10 +95,10 @@ void mapping_result_free(struct mapping_result *r);
 
 /* Evaluates `msg` (a successfully parsed message, borrowed) with the rules.
  * Returns the outcome (enum mapping_outcome); the result's previous content
- * is discarded.  The result's values stay valid until the next evaluation
- * into it or until `msg`'s bytes go away (whichever comes first: values are
- * copies, but nothing else is kept).  Never fails on message content: an
- * oversized output becomes MAPPING_REJECT with code 207.  Any thread. */
+ * is discarded.  Values are decoded copies owned by the result: they stay
+ * valid until the next evaluation into it or mapping_result_free, not tied to
+ * `msg`.  Never fails on message content: an oversized output becomes
+ * MAPPING_REJECT with code 207.  Any thread (one result per thread). */
 int mapping_eval(const struct mapping *mp, const struct hl7_msg *msg, struct mapping_result *r);
 
 enum mapping_outcome mapping_result_outcome(const struct mapping_result *r);

@@ -253,4 +253,38 @@ int store_batches_redrive(const char *path, int64_t id,
                           uint64_t *n, char *errbuf, size_t errcap)
     __attribute__((warn_unused_result));
 
+/* ==== daily totals (store/daily.c) =======================================
+ * Per local day, listener and sender: messages received, duplicates and
+ * ACKs by code, kept across restarts ("how many NACKs did Epic ADT get
+ * yesterday").  The daemon adds what it counted every few seconds and at
+ * shutdown.  These calls wait on SQLite through their own connection: call
+ * them from a monitor or CLI thread, never from the network loop.  The
+ * table is created by store_daily_open when missing. */
+struct store_daily; /* opaque */
+
+struct store_daily_row {
+    char day[11];             /* "YYYY-MM-DD" */
+    const char *listener;     /* borrowed */
+    const char *sender;       /* "APP^FACILITY" (names of systems, no PHI); borrowed */
+    uint64_t received, duplicates;
+    uint64_t acks[6];         /* AA AE AR CA CE CR */
+};
+
+/* Opens its own connection to an existing store database (after
+ * store_open).  Returns NULL with a message in errbuf. */
+struct store_daily *store_daily_open(const char *path, char *errbuf, size_t errcap);
+/* Adds the rows to the totals in one transaction (waits a few seconds at
+ * most for the write lock).  Returns 0, or -1 with errbuf (nothing
+ * added). */
+int store_daily_add(struct store_daily *d, const struct store_daily_row *rows, size_t n,
+                    char *errbuf, size_t errcap) __attribute__((warn_unused_result));
+void store_daily_close(struct store_daily *d);
+/* Calls cb for every row from `from_day` on (NULL: all), ordered by day,
+ * listener, sender, through a read-only connection.  A store without the
+ * table has no rows.  Returns 0, or -1 with errbuf. */
+int store_daily_query(const char *path, const char *from_day,
+                      void (*cb)(void *ud, const struct store_daily_row *row), void *ud,
+                      char *errbuf, size_t errcap) __attribute__((warn_unused_result));
+/* ==== end of daily totals ================================================= */
+
 #endif
