@@ -16,6 +16,8 @@ static void usage(FILE *out)
             "  check [-c FILE]         validate the configuration; errors as file:line:column\n"
             "  send ADDRESS FILE...    send HL7 messages over MLLP and print each ACK's MSA\n"
             "  map [-c FILE] FILE...   print the connector rows the rules make of messages\n"
+            "  redrive [-c FILE] BATCH-ID|--all-failed\n"
+            "                          re-queue failed audit blocks for upload\n"
             "  version                 print the version\n"
             "  help                    this text\n"
             "\n"
@@ -53,6 +55,8 @@ int main(int argc, char **argv)
         return cmd_send(argc - 1, argv + 1);
     if (strcmp(cmd, "map") == 0)
         return cmd_map(argc - 1, argv + 1);
+    if (strcmp(cmd, "redrive") == 0)
+        return cmd_redrive(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         printf("hl7bridge %s\n", HL7BRIDGE_VERSION);
         return 0;

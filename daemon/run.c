@@ -9,6 +9,7 @@
 #include "daemon/ingest.h"
 #include "daemon/privs.h"
 #include "daemon/rules.h"
+#include "daemon/sink_glue.h"
 #include "config/config.h"
 #include "core/clock.h"
 #include "core/limits.h"
@@ -203,6 +204,7 @@ int cmd_run(int argc, char **argv)
     struct runner r = { .sigfd = -1, .timerfd = -1, .config_path = path,
                         .explicit_path = explicit_path };
     struct store *st = NULL;
+    struct sink_audit *audit = NULL;
     struct ingest_listener *ils = calloc(cfg->n_listeners, sizeof *ils);
     struct mllp_tls_opts tlsopts[HB_MAX_LISTENERS];
     memset(tlsopts, 0, sizeof tlsopts);
@@ -289,6 +291,12 @@ int cmd_run(int argc, char **argv)
         log_error("startup_failed", "reason=\"%s\"", err);
         goto out;
     }
+    /* After the privilege drop, so the sink's files belong to the run user. */
+    audit = sink_glue_start(cfg, mp, err, sizeof err);
+    if (!audit) {
+        log_error("startup_failed", "reason=\"%s\"", err);
+        goto out;
+    }
     r.sigfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
     if (r.sigfd < 0 || loop_add(r.loop, r.sigfd, LOOP_READ, signal_cb, &r) != 0) {
         log_error("startup_failed", "reason=signalfd errno=%d", errno);
@@ -309,10 +317,20 @@ int cmd_run(int argc, char **argv)
              (unsigned long long)is.acks[HL7_ACK_AE], (unsigned long long)is.acks[HL7_ACK_AR],
              (unsigned long long)is.duplicates, (unsigned long long)is.rows,
              (unsigned long long)is.filtered, (unsigned long long)is.quarantined);
+    struct sink_audit_stats as;
+    sink_audit_get_stats(audit, &as);
+    log_info("audit_stats",
+             "pending_rows=%llu delivered_blocks=%llu delivered_rows=%llu failed_blocks=%llu "
+             "retries=%llu resends=%llu token_renewals=%llu",
+             (unsigned long long)as.rows_pending, (unsigned long long)as.blocks_delivered,
+             (unsigned long long)as.rows_delivered, (unsigned long long)as.blocks_failed,
+             (unsigned long long)as.retries, (unsigned long long)as.resends,
+             (unsigned long long)as.token_renewals);
 out:
     if (r.ingest)
         mapping_free(ingest_set_mapping(r.ingest, NULL));
     ingest_free(r.ingest);
+    sink_audit_stop(audit);
     store_close(st);
     if (r.sigfd >= 0)
         close(r.sigfd);

@@ -1,0 +1,620 @@
+/* The monitoring endpoint: /metrics, /status, /healthz, /readyz and the HTML
+ * page, plus the two periodic jobs that feed them.
+ *
+ * Three places, three threads:
+ *  - a one-second timer on the network loop copies the figures only that
+ *    thread may read (MLLP server, store producer side, ingest totals) into
+ *    the stats gauges — a struct copy under the stats lock;
+ *  - the monitor thread (one second) turns counters and gauges into the
+ *    health (NACK rate over the window, queue depth, sink failures, store
+ *    writability), logs each change of the `degraded` state, and every
+ *    HTTP_DAILY_FLUSH_MS — and when the local date changes, and at the end —
+ *    adds the counts since the last flush to the store's daily totals; it is
+ *    the only thread here that waits on SQLite;
+ *  - libmicrohttpd's own thread answers requests from a snapshot.
+ * The network thread therefore never renders, never blocks on the HTTP
+ * clients and never touches SQLite for monitoring.
+ *
+ * The listening socket is bound here rather than by libmicrohttpd so that a
+ * failure to bind gives the operator errno text at start-up. */
+#include "daemon/http.h"
+#include "daemon/stats.h"
+
+#include "core/clock.h"
+#include "core/log.h"
+#include "mllp/mllp.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/statvfs.h>
+#include <sys/timerfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#define HTTP_MAX_CONNECTIONS 64
+#define HTTP_MAX_PER_IP      16
+#define HTTP_TIMEOUT_S       10
+#define HTTP_BODY_MAX        (32u << 20)
+
+struct http_monitor {
+    struct loop *loop;
+    struct ingest *in;
+    struct store *store;
+    const struct config *cfg;
+    struct stats *stats;
+    struct store_daily *daily;
+    char *store_dir;
+    int timerfd;
+    int listen_fd;
+    struct MHD_Daemon *mhd;
+
+    /* Monitor thread. */
+    pthread_t thread;
+    int thread_started;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int stop;
+
+    /* Monitor-thread state. */
+    struct { uint64_t acks, nacks; } *ring; /* one sample per tick */
+    size_t ring_cap, ring_n, ring_pos;
+    unsigned degraded;
+    int store_failing;
+    uint64_t last_commits, last_failures;
+    struct stats_counts *flushed;    /* per series: what the daily totals already have */
+    struct store_daily_row *rows;    /* flush scratch, one per (listener, sender) */
+    int16_t (*row_of)[STATS_MAX_SENDERS];
+    char day[11];
+    uint64_t next_flush_ms;
+    int flush_failing;
+};
+
+/* ---- network thread: gauges --------------------------------------------- */
+
+static void sample(struct http_monitor *m)
+{
+    struct stats_gauges g;
+    memset(&g, 0, sizeof g);
+    struct mllp_server *srv = ingest_server(m->in);
+    g.updated_ms = clock_wall_ms();
+    mllp_server_get_stats(srv, &g.mllp);
+    g.connections = mllp_server_conn_count(srv);
+    g.acks_pending = mllp_server_inflight(srv);
+    g.store_queue = store_pending(m->store);
+    store_get_stats(m->store, &g.store);
+    ingest_get_stats(m->in, &g.ingest);
+    stats_set_gauges(m->stats, &g);
+}
+
+static void timer_cb(void *ud, int fd, unsigned ev)
+{
+    (void)ev;
+    uint64_t n;
+    ssize_t rd = read(fd, &n, sizeof n);
+    (void)rd;
+    sample(ud);
+}
+
+/* ---- monitor thread ----------------------------------------------------- */
+
+/* ---- SINK STATS HOOK ------------------------------------------------------
+ * The audit sink (sinks/) is to expose sink_audit_get_stats(), and an SMS
+ * sink will follow.  Fill one struct stats_sink per sink here: name
+ * ("audit", "sms"), type, state, rows_pending, blocks_*, retries,
+ * token_renewals, sent/failed/skipped (SMS), last_success_ms,
+ * failing_since_ms (0 while not failing) and last_error (no PHI).  The
+ * sink_failing threshold, /readyz and every rendering already use them.
+ * Until then no sink reports. */
+static size_t collect_sinks(struct http_monitor *m, struct stats_sink *out, size_t cap)
+{
+    (void)m;
+    (void)out;
+    (void)cap;
+    return 0;
+}
+/* ---- end of SINK STATS HOOK ---------------------------------------------- */
+
+static int64_t free_disk_mb(const struct http_monitor *m)
+{
+    struct statvfs vf;
+    if (statvfs(m->store_dir, &vf) != 0)
+        return -1;
+    return (int64_t)(((uint64_t)vf.f_bavail * (uint64_t)vf.f_frsize) >> 20);
+}
+
+static void local_day(int64_t wall_ms, char out[11])
+{
+    time_t t = (time_t)(wall_ms / 1000);
+    struct tm tm;
+    if (!localtime_r(&t, &tm) || strftime(out, 11, "%Y-%m-%d", &tm) != 10)
+        snprintf(out, 11, "0000-00-00");
+}
+
+static void sub_counts(struct stats_counts *d, const struct stats_counts *a,
+                       const struct stats_counts *b)
+{
+    d->received = a->received - b->received;
+    d->duplicates = a->duplicates - b->duplicates;
+    for (unsigned i = 0; i < STATS_ACK_CODES; i++)
+        d->acks[i] = a->acks[i] - b->acks[i];
+}
+
+/* Adds the counts since the last successful flush to the daily totals of
+ * `day`.  On failure nothing is marked flushed: the next flush retries. */
+static void flush_daily(struct http_monitor *m, const char *day)
+{
+    struct stats_snapshot *s = stats_snapshot_new(m->stats);
+    if (!s)
+        return;
+    size_t n_rows = 0;
+    for (size_t l = 0; l < s->n_listeners; l++)
+        for (size_t k = 0; k < STATS_MAX_SENDERS; k++)
+            m->row_of[l][k] = -1;
+    for (size_t i = 0; i < s->n_series; i++) {
+        const struct stats_series *se = &s->series[i];
+        struct stats_counts d;
+        sub_counts(&d, &se->c, &m->flushed[i]);
+        if (!d.received && !stats_acks(&d))
+            continue;
+        int16_t r = m->row_of[se->listener][se->sender];
+        if (r < 0) {
+            r = (int16_t)n_rows++;
+            m->row_of[se->listener][se->sender] = r;
+            struct store_daily_row *row = &m->rows[r];
+            memset(row, 0, sizeof *row);
+            memcpy(row->day, day, sizeof row->day);
+            row->listener = s->listeners[se->listener];
+            row->sender = s->senders[se->sender];
+        }
+        struct store_daily_row *row = &m->rows[r];
+        row->received += d.received;
+        row->duplicates += d.duplicates;
+        for (unsigned c = 0; c < STATS_ACK_CODES; c++)
+            row->acks[c] += d.acks[c];
+    }
+    char err[256];
+    if (store_daily_add(m->daily, m->rows, n_rows, err, sizeof err) == 0) {
+        for (size_t i = 0; i < s->n_series; i++)
+            m->flushed[i] = s->series[i].c;
+        if (m->flush_failing)
+            log_info("daily_totals_ok", "rows=%zu", n_rows);
+        m->flush_failing = 0;
+    } else if (!m->flush_failing) {
+        log_warn("daily_totals_failed", "error=\"%s\" retry_ms=%d", err, HTTP_DAILY_FLUSH_MS);
+        m->flush_failing = 1;
+    }
+    stats_snapshot_free(s);
+}
+
+static void log_degraded(unsigned was, unsigned now, const struct stats_health *h)
+{
+    char list[128];
+    size_t o = 0;
+    list[0] = '\0';
+    for (unsigned i = 0; i < STATS_DEG_COUNT; i++) {
+        if (now & (1u << i)) {
+            int w = snprintf(list + o, sizeof list - o, "%s%s", o ? "," : "",
+                             stats_degraded_name(i));
+            if (w > 0 && (size_t)w < sizeof list - o)
+                o += (size_t)w;
+        }
+    }
+    if (now && now != was)
+        log_warn("degraded", "conditions=%s window_acks=%" PRIu64 " window_nacks=%" PRIu64
+                 " nack_percent_max=%u queue_depth_max=%u ready=%d",
+                 list, h->window_acks, h->window_nacks, h->nack_percent, h->queue_depth,
+                 h->ready);
+    else if (!now && was)
+        log_info("degraded_cleared", "ready=%d", h->ready);
+}
+
+static void evaluate(struct http_monitor *m, int64_t now_ms)
+{
+    const struct config *c = m->cfg;
+    struct stats_health h;
+    memset(&h, 0, sizeof h);
+    h.nack_percent = c->metrics.thresholds.nack_percent;
+    h.queue_depth = c->metrics.thresholds.queue_depth;
+    h.sink_failing_s = c->metrics.thresholds.sink_failing_s;
+
+    /* NACK share over the window: one sample per tick in a ring. */
+    uint64_t acks, nacks;
+    stats_totals(m->stats, &acks, &nacks);
+    m->ring[m->ring_pos].acks = acks;
+    m->ring[m->ring_pos].nacks = nacks;
+    if (m->ring_n < m->ring_cap)
+        m->ring_n++;
+    size_t oldest = (m->ring_pos + m->ring_cap - (m->ring_n - 1)) % m->ring_cap;
+    m->ring_pos = (m->ring_pos + 1) % m->ring_cap;
+    h.window_s = (uint64_t)(m->ring_n - 1) * HTTP_TICK_MS / 1000;
+    h.window_acks = acks - m->ring[oldest].acks;
+    h.window_nacks = nacks - m->ring[oldest].nacks;
+    if (h.nack_percent && h.window_acks >= c->metrics.thresholds.nack_min_messages &&
+        h.window_nacks * 100 > (uint64_t)h.nack_percent * h.window_acks)
+        h.degraded |= STATS_DEG_NACK_RATE;
+
+    struct stats_gauges g;
+    stats_get_gauges(m->stats, &g);
+    if (h.queue_depth && g.store_queue >= h.queue_depth)
+        h.degraded |= STATS_DEG_QUEUE;
+
+    /* The store: a failed commit makes it unwritable until one succeeds. */
+    if (g.store.failures > m->last_failures && g.store.commits == m->last_commits)
+        m->store_failing = 1;
+    else if (g.store.commits > m->last_commits)
+        m->store_failing = 0;
+    m->last_failures = g.store.failures;
+    m->last_commits = g.store.commits;
+    h.free_disk_mb = free_disk_mb(m);
+    int disk_low = c->store.min_free_disk_mb && h.free_disk_mb >= 0 &&
+                   (uint64_t)h.free_disk_mb < c->store.min_free_disk_mb;
+    h.store_writable = !m->store_failing && !disk_low;
+    if (!h.store_writable)
+        h.degraded |= STATS_DEG_STORE;
+
+    struct stats_sink sinks[STATS_MAX_SINKS];
+    size_t n_sinks = collect_sinks(m, sinks, STATS_MAX_SINKS);
+    int sink_bad = 0;
+    for (size_t i = 0; i < n_sinks; i++) {
+        int64_t since = sinks[i].failing_since_ms;
+        if (since && h.sink_failing_s && now_ms - since >= (int64_t)h.sink_failing_s * 1000)
+            sink_bad = 1;
+    }
+    stats_set_sinks(m->stats, sinks, n_sinks);
+    if (sink_bad)
+        h.degraded |= STATS_DEG_SINK;
+    h.ready = h.store_writable && !sink_bad;
+
+    log_degraded(m->degraded, h.degraded, &h);
+    m->degraded = h.degraded;
+    stats_set_health(m->stats, &h);
+}
+
+static void tick(struct http_monitor *m)
+{
+    int64_t now = clock_wall_ms();
+    evaluate(m, now);
+    char today[11];
+    local_day(now, today);
+    if (strcmp(today, m->day) != 0) {
+        /* What was counted since the last flush belongs (but for at most a
+         * tick) to the day that just ended. */
+        flush_daily(m, m->day);
+        memcpy(m->day, today, sizeof m->day);
+        m->next_flush_ms = clock_mono_ms() + HTTP_DAILY_FLUSH_MS;
+    } else if (clock_mono_ms() >= m->next_flush_ms) {
+        flush_daily(m, m->day);
+        m->next_flush_ms = clock_mono_ms() + HTTP_DAILY_FLUSH_MS;
+    }
+}
+
+static void *monitor_main(void *arg)
+{
+    struct http_monitor *m = arg;
+    pthread_mutex_lock(&m->mu);
+    while (!m->stop) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += HTTP_TICK_MS / 1000;
+        while (!m->stop && pthread_cond_timedwait(&m->cv, &m->mu, &ts) == 0)
+            ;
+        if (m->stop)
+            break;
+        pthread_mutex_unlock(&m->mu);
+        tick(m);
+        pthread_mutex_lock(&m->mu);
+    }
+    pthread_mutex_unlock(&m->mu);
+    return NULL;
+}
+
+/* ---- HTTP thread ----------------------------------------------------------- */
+
+__attribute__((format(printf, 2, 0)))
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    char msg[256];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    size_t n = strlen(msg);
+    while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
+        msg[--n] = '\0';
+    for (size_t i = 0; i < n; i++)
+        if (msg[i] == '"' || (unsigned char)msg[i] < 0x20)
+            msg[i] = '\'';
+    log_warn("http_error", "error=\"%s\"", msg);
+}
+
+static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, const char *type,
+                             void *body, size_t len)
+{
+    struct MHD_Response *r = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_COPY);
+    if (!r)
+        return MHD_NO;
+    MHD_add_response_header(r, "Content-Type", type);
+    MHD_add_response_header(r, "Cache-Control", "no-store");
+    MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
+    if (strncmp(type, "text/html", 9) == 0) {
+        /* The page is self-contained: inline style, no script, no fetches. */
+        MHD_add_response_header(r, "Content-Security-Policy",
+                                "default-src 'none'; style-src 'unsafe-inline'; "
+                                "frame-ancestors 'none'");
+        MHD_add_response_header(r, "X-Frame-Options", "DENY");
+    }
+    if (status == MHD_HTTP_METHOD_NOT_ALLOWED)
+        MHD_add_response_header(r, "Allow", "GET, HEAD");
+    enum MHD_Result rc = MHD_queue_response(conn, status, r);
+    MHD_destroy_response(r);
+    return rc;
+}
+
+static enum MHD_Result reply_text(struct MHD_Connection *conn, unsigned status, const char *text)
+{
+    char tmp[512];
+    size_t n = strlen(text);
+    if (n >= sizeof tmp)
+        n = sizeof tmp - 1;
+    memcpy(tmp, text, n);
+    return reply(conn, status, "text/plain; charset=utf-8", tmp, n);
+}
+
+enum page { PAGE_METRICS, PAGE_STATUS, PAGE_HTML };
+
+static enum MHD_Result reply_page(struct http_monitor *m, struct MHD_Connection *conn,
+                                  enum page p)
+{
+    struct stats_snapshot *s = stats_snapshot_new(m->stats);
+    struct buf out;
+    buf_init(&out, HTTP_BODY_MAX);
+    int rc = -1;
+    if (s) {
+        switch (p) {
+        case PAGE_METRICS: rc = stats_render_prometheus(s, &out); break;
+        case PAGE_STATUS: rc = stats_render_json(s, &out); break;
+        case PAGE_HTML: rc = stats_render_html(s, &out); break;
+        }
+    }
+    enum MHD_Result r;
+    if (rc != 0) {
+        r = reply_text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "cannot render\n");
+    } else {
+        static const char *const types[] = {
+            [PAGE_METRICS] = "text/plain; version=0.0.4; charset=utf-8",
+            [PAGE_STATUS] = "application/json",
+            [PAGE_HTML] = "text/html; charset=utf-8",
+        };
+        r = reply(conn, MHD_HTTP_OK, types[p], buf_data(&out), out.len);
+    }
+    buf_release(&out);
+    stats_snapshot_free(s);
+    return r;
+}
+
+static enum MHD_Result reply_ready(struct http_monitor *m, struct MHD_Connection *conn)
+{
+    struct stats_snapshot *s = stats_snapshot_new(m->stats);
+    if (!s)
+        return reply_text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n");
+    char text[256];
+    size_t o = (size_t)snprintf(text, sizeof text, "%s", s->h.ready ? "ready" : "not ready");
+    for (unsigned i = 0; i < STATS_DEG_COUNT && o < sizeof text; i++)
+        if (s->h.degraded & (1u << i))
+            o += (size_t)snprintf(text + o, sizeof text - o, " %s", stats_degraded_name(i));
+    if (o < sizeof text - 1) {
+        text[o++] = '\n';
+        text[o] = '\0';
+    }
+    unsigned status = s->h.ready ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE;
+    stats_snapshot_free(s);
+    return reply_text(conn, status, text);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_data_size,
+                                  void **req_cls)
+{
+    (void)version;
+    (void)upload_data;
+    (void)req_cls;
+    struct http_monitor *m = cls;
+    if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
+        return reply_text(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed\n");
+    if (*upload_data_size)
+        return MHD_NO; /* a GET with a body: drop the connection */
+    if (strcmp(url, "/metrics") == 0)
+        return reply_page(m, conn, PAGE_METRICS);
+    if (strcmp(url, "/status") == 0)
+        return reply_page(m, conn, PAGE_STATUS);
+    if (strcmp(url, "/") == 0 || strcmp(url, "/index.html") == 0)
+        return reply_page(m, conn, PAGE_HTML);
+    if (strcmp(url, "/healthz") == 0)
+        return reply_text(conn, MHD_HTTP_OK, "ok\n");
+    if (strcmp(url, "/readyz") == 0)
+        return reply_ready(m, conn);
+    return reply_text(conn, MHD_HTTP_NOT_FOUND, "not found\n");
+}
+
+/* ---- lifecycle (loop thread) --------------------------------------------- */
+
+static int bind_listener(const char *host, unsigned port, int *family, char *errbuf,
+                         size_t errcap)
+{
+    struct addrinfo hints, *res = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    char ports[8];
+    snprintf(ports, sizeof ports, "%u", port);
+    int gai = getaddrinfo(host, ports, &hints, &res);
+    if (gai != 0) {
+        snprintf(errbuf, errcap, "cannot resolve %s: %s", host, gai_strerror(gai));
+        return -1;
+    }
+    int fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC, res->ai_protocol);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 64) != 0) {
+        int e = errno;
+        snprintf(errbuf, errcap, "cannot listen on %s port %u: %s", host, port, strerror(e));
+        if (fd >= 0)
+            close(fd);
+        freeaddrinfo(res);
+        return -1;
+    }
+    *family = res->ai_family;
+    freeaddrinfo(res);
+    return fd;
+}
+
+static char *dir_of(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    size_t n = slash ? (size_t)(slash - path) : 0;
+    if (slash == path)
+        n = 1;
+    char *d = malloc(n ? n + 1 : 2);
+    if (!d)
+        return NULL;
+    if (n)
+        memcpy(d, path, n);
+    else
+        d[n++] = '.';
+    d[n] = '\0';
+    return d;
+}
+
+struct http_monitor *http_monitor_new(struct loop *l, struct ingest *in, struct store *st,
+                                      const struct config *cfg, char *errbuf, size_t errcap)
+{
+    struct http_monitor *m = calloc(1, sizeof *m);
+    if (!m) {
+        snprintf(errbuf, errcap, "out of memory");
+        return NULL;
+    }
+    m->loop = l;
+    m->in = in;
+    m->store = st;
+    m->cfg = cfg;
+    m->timerfd = -1;
+    m->listen_fd = -1;
+    pthread_mutex_init(&m->mu, NULL);
+    pthread_cond_init(&m->cv, NULL);
+
+    const char *names[STATS_MAX_LISTENERS];
+    size_t n = cfg->n_listeners < STATS_MAX_LISTENERS ? cfg->n_listeners : STATS_MAX_LISTENERS;
+    for (size_t i = 0; i < n; i++)
+        names[i] = cfg->listeners[i].name;
+    m->stats = stats_new(names, n);
+    m->ring_cap = cfg->metrics.thresholds.nack_window_s * 1000 / HTTP_TICK_MS + 1;
+    m->ring = calloc(m->ring_cap, sizeof *m->ring);
+    m->flushed = calloc(STATS_MAX_SERIES, sizeof *m->flushed);
+    m->rows = calloc(STATS_MAX_SERIES, sizeof *m->rows);
+    m->row_of = calloc(STATS_MAX_LISTENERS, sizeof *m->row_of);
+    m->store_dir = dir_of(cfg->store.path);
+    if (!m->stats || !m->ring || !m->flushed || !m->rows || !m->row_of || !m->store_dir) {
+        snprintf(errbuf, errcap, "out of memory");
+        goto fail;
+    }
+    m->daily = store_daily_open(cfg->store.path, errbuf, errcap);
+    if (!m->daily)
+        goto fail;
+    local_day(clock_wall_ms(), m->day);
+    m->next_flush_ms = clock_mono_ms() + HTTP_DAILY_FLUSH_MS;
+
+    int family = 0;
+    m->listen_fd = bind_listener(cfg->metrics.host, cfg->metrics.port, &family, errbuf, errcap);
+    if (m->listen_fd < 0)
+        goto fail;
+
+    /* Figures exist before the first request, and health before the
+     * first tick. */
+    sample(m);
+    evaluate(m, clock_wall_ms());
+
+    m->timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    struct itimerspec its = {
+        .it_interval = { HTTP_TICK_MS / 1000, (HTTP_TICK_MS % 1000) * 1000000L },
+        .it_value = { HTTP_TICK_MS / 1000, (HTTP_TICK_MS % 1000) * 1000000L },
+    };
+    if (m->timerfd < 0 || timerfd_settime(m->timerfd, 0, &its, NULL) != 0 ||
+        loop_add(l, m->timerfd, LOOP_READ, timer_cb, m) != 0) {
+        int e = errno;
+        snprintf(errbuf, errcap, "timer: %s", strerror(e));
+        if (m->timerfd >= 0)
+            close(m->timerfd);
+        m->timerfd = -1;
+        goto fail;
+    }
+    int rc = pthread_create(&m->thread, NULL, monitor_main, m);
+    if (rc != 0) {
+        snprintf(errbuf, errcap, "monitor thread: %s", strerror(rc));
+        goto fail;
+    }
+    m->thread_started = 1;
+
+    unsigned flags = MHD_USE_AUTO | MHD_USE_INTERNAL_POLLING_THREAD;
+    if (family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    m->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, m,
+                              MHD_OPTION_LISTEN_SOCKET, (MHD_socket)m->listen_fd,
+                              MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+                              MHD_OPTION_CONNECTION_LIMIT, (unsigned)HTTP_MAX_CONNECTIONS,
+                              MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)HTTP_MAX_PER_IP,
+                              MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_TIMEOUT_S,
+                              MHD_OPTION_END);
+    if (!m->mhd) {
+        snprintf(errbuf, errcap, "cannot start the HTTP server on %s", cfg->metrics.address);
+        goto fail;
+    }
+    m->listen_fd = -1; /* libmicrohttpd owns it now */
+    ingest_set_stats(in, m->stats);
+    return m;
+fail:
+    http_monitor_free(m);
+    return NULL;
+}
+
+void http_monitor_free(struct http_monitor *m)
+{
+    if (!m)
+        return;
+    if (m->mhd)
+        MHD_stop_daemon(m->mhd);
+    if (m->listen_fd >= 0)
+        close(m->listen_fd);
+    if (m->thread_started) {
+        pthread_mutex_lock(&m->mu);
+        m->stop = 1;
+        pthread_cond_signal(&m->cv);
+        pthread_mutex_unlock(&m->mu);
+        pthread_join(m->thread, NULL);
+    }
+    if (m->timerfd >= 0) {
+        loop_del(m->loop, m->timerfd);
+        close(m->timerfd);
+    }
+    if (m->in && m->stats)
+        ingest_set_stats(m->in, NULL);
+    /* Everything answered is counted by now (the loop has stopped). */
+    if (m->daily && m->stats && m->thread_started)
+        flush_daily(m, m->day);
+    store_daily_close(m->daily);
+    stats_free(m->stats);
+    free(m->ring);
+    free(m->flushed);
+    free(m->rows);
+    free(m->row_of);
+    free(m->store_dir);
+    pthread_mutex_destroy(&m->mu);
+    pthread_cond_destroy(&m->cv);
+    free(m);
+}
