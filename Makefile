@@ -123,6 +123,7 @@ test: test-deps
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory unit
 	$(MAKE) --no-print-directory integration
+	scripts/valgrind-smoke.sh $(BUILD)
 	$(MAKE) --no-print-directory unit-asan
 	$(MAKE) --no-print-directory unit-ubsan
 	$(MAKE) --no-print-directory fuzz-short

@@ -9,6 +9,7 @@ int cmd_run(int argc, char **argv);
 int cmd_check(int argc, char **argv);
 int cmd_send(int argc, char **argv);
 int cmd_map(int argc, char **argv);
+int cmd_stats(int argc, char **argv);
 int cmd_redrive(int argc, char **argv);
 
 /* Parses `-c FILE` / `--config FILE` / `--config=FILE`; returns 1 if argv[*i]

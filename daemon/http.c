@@ -23,6 +23,7 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "mllp/mllp.h"
+#include "sinks/sinks.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -63,6 +64,8 @@ struct http_monitor {
     pthread_cond_t cv;
     int stop;
 
+    const struct sink_audit *audit; /* guarded by mu; NULL: not reporting */
+
     /* Monitor-thread state. */
     struct { uint64_t acks, nacks; } *ring; /* one sample per tick */
     size_t ring_cap, ring_n, ring_pos;
@@ -75,6 +78,11 @@ struct http_monitor {
     char day[11];
     uint64_t next_flush_ms;
     int flush_failing;
+    struct {
+        uint64_t retries, failures, token_failures;
+        int64_t last_success_ms;
+        int64_t failing_since_ms;
+    } audit_seen;
 };
 
 /* ---- network thread: gauges --------------------------------------------- */
@@ -106,19 +114,63 @@ static void timer_cb(void *ud, int fd, unsigned ev)
 /* ---- monitor thread ----------------------------------------------------- */
 
 /* ---- SINK STATS HOOK ------------------------------------------------------
- * The audit sink (sinks/) is to expose sink_audit_get_stats(), and an SMS
- * sink will follow.  Fill one struct stats_sink per sink here: name
- * ("audit", "sms"), type, state, rows_pending, blocks_*, retries,
- * token_renewals, sent/failed/skipped (SMS), last_success_ms,
+ * One struct stats_sink per sink: name, type, state, rows_pending, blocks_*,
+ * retries, token_renewals, sent/failed/skipped (SMS), last_success_ms,
  * failing_since_ms (0 while not failing) and last_error (no PHI).  The
- * sink_failing threshold, /readyz and every rendering already use them.
- * Until then no sink reports. */
-static size_t collect_sinks(struct http_monitor *m, struct stats_sink *out, size_t cap)
+ * sink_failing threshold, /readyz and every rendering use them.  The audit
+ * sink reports through sink_audit_get_stats (any thread); the SMS sink is
+ * to be added here the same way.
+ *
+ * The audit sink has no "failing since" of its own: it is failing from the
+ * first tick at which its retries, failed blocks or token failures grew
+ * with no delivery since, until a block is delivered again. */
+static void audit_sink(struct http_monitor *m, const struct sink_audit *a, struct stats_sink *k,
+                       int64_t now_ms)
 {
-    (void)m;
-    (void)out;
-    (void)cap;
-    return 0;
+    struct sink_audit_stats as;
+    sink_audit_get_stats(a, &as);
+    memset(k, 0, sizeof *k);
+    snprintf(k->name, sizeof k->name, "audit");
+    snprintf(k->type, sizeof k->type, "%s",
+             m->cfg->sinks.audit.type == CONFIG_AUDIT_PURVIEW ? "purview" : "file");
+    k->rows_pending = as.rows_pending;
+    k->blocks_sealed = as.blocks_sealed;
+    k->blocks_uploading = as.blocks_uploading;
+    k->blocks_done = as.blocks_done;
+    k->blocks_failed = as.blocks_failed;
+    k->retries = as.retries;
+    k->token_renewals = as.token_renewals;
+    k->last_success_ms = as.last_success_ms;
+    snprintf(k->last_error, sizeof k->last_error, "%s", as.last_error);
+
+    __typeof__(m->audit_seen) *seen = &m->audit_seen;
+    int trouble = as.retries > seen->retries || as.failures > seen->failures ||
+                  as.token_failures > seen->token_failures;
+    if (as.last_success_ms != seen->last_success_ms)
+        seen->failing_since_ms = 0;
+    else if (trouble && !seen->failing_since_ms)
+        seen->failing_since_ms = now_ms;
+    seen->retries = as.retries;
+    seen->failures = as.failures;
+    seen->token_failures = as.token_failures;
+    seen->last_success_ms = as.last_success_ms;
+    k->failing_since_ms = seen->failing_since_ms;
+    snprintf(k->state, sizeof k->state, "%s",
+             k->failing_since_ms ? "failing"
+             : as.blocks_uploading ? "uploading"
+             : as.rows_pending ? "pending" : "idle");
+}
+
+static size_t collect_sinks(struct http_monitor *m, struct stats_sink *out, size_t cap,
+                            int64_t now_ms)
+{
+    pthread_mutex_lock(&m->mu);
+    const struct sink_audit *a = m->audit;
+    pthread_mutex_unlock(&m->mu);
+    size_t n = 0;
+    if (a && n < cap)
+        audit_sink(m, a, &out[n++], now_ms);
+    return n;
 }
 /* ---- end of SINK STATS HOOK ---------------------------------------------- */
 
@@ -261,7 +313,7 @@ static void evaluate(struct http_monitor *m, int64_t now_ms)
         h.degraded |= STATS_DEG_STORE;
 
     struct stats_sink sinks[STATS_MAX_SINKS];
-    size_t n_sinks = collect_sinks(m, sinks, STATS_MAX_SINKS);
+    size_t n_sinks = collect_sinks(m, sinks, STATS_MAX_SINKS, now_ms);
     int sink_bad = 0;
     for (size_t i = 0; i < n_sinks; i++) {
         int64_t since = sinks[i].failing_since_ms;
@@ -581,6 +633,13 @@ struct http_monitor *http_monitor_new(struct loop *l, struct ingest *in, struct 
 fail:
     http_monitor_free(m);
     return NULL;
+}
+
+void http_monitor_set_audit(struct http_monitor *m, const struct sink_audit *a)
+{
+    pthread_mutex_lock(&m->mu);
+    m->audit = a;
+    pthread_mutex_unlock(&m->mu);
 }
 
 void http_monitor_free(struct http_monitor *m)

@@ -35,6 +35,10 @@ struct http_monitor; /* opaque */
  * failure, store, memory). */
 struct http_monitor *http_monitor_new(struct loop *l, struct ingest *in, struct store *st,
                                       const struct config *cfg, char *errbuf, size_t errcap);
+/* Reports the audit sink's state (borrowed: it must outlive the monitor,
+ * or be unset with NULL before it stops).  Any thread. */
+struct sink_audit;
+void http_monitor_set_audit(struct http_monitor *m, const struct sink_audit *a);
 /* Stops serving, writes the last daily totals, detaches the counters from
  * the ingest pipeline and frees.  NULL is a no-op. */
 void http_monitor_free(struct http_monitor *m);

@@ -15,6 +15,7 @@
  * Pending entries live in a ring indexed by submission number: the writer
  * answers in submission order, so the ring is FIFO. */
 #include "daemon/ingest.h"
+#include "daemon/stats.h"
 #include "core/clock.h"
 #include "core/limits.h"
 #include "core/log.h"
@@ -42,6 +43,9 @@ struct batch {
     int enhanced;
     struct hl7_err first_err;
     int have_err;
+    const struct ingest_listener *il; /* for stats */
+    uint64_t rx_ns;       /* frame arrival (clock_mono_ns), for stats */
+    unsigned duplicates;  /* members the store found already stored */
 };
 
 struct pending {
@@ -50,6 +54,7 @@ struct pending {
     size_t msh_len;
     struct batch *batch;  /* non-NULL for a batch member */
     const struct ingest_listener *il;
+    uint64_t rx_ns;       /* frame arrival (clock_mono_ns), for stats */
 };
 
 struct ingest {
@@ -71,6 +76,12 @@ struct ingest {
     int draining;
     uint64_t next_hint_ms;
     struct ingest_stats st;
+    struct stats *stats;  /* NULL: monitoring off (and no clock reads for it) */
+    /* The frame being answered, for stats: set when it arrives, and again
+     * from its pending entry when the store's result comes back. */
+    const struct ingest_listener *cur_il;
+    uint64_t cur_rx_ns;
+    int cur_dup;
 };
 
 /* ---- ACK helpers ---------------------------------------------------------- */
@@ -89,6 +100,18 @@ static void ack_ctx(struct ingest *in, struct hl7_ack_ctx *ctx)
     ctx->now_ms = clock_wall_ms();
 }
 
+/* Counts one single-message ACK (frame in cur_*).  The latency ends here,
+ * when the code is decided: building and handing over the ACK that follows
+ * takes a few microseconds, below the smallest histogram bucket. */
+static void note_ack(struct ingest *in, const struct hl7_msg *m, enum hl7_ack_code code,
+                     const struct hl7_err *err)
+{
+    uint64_t now = clock_mono_ns();
+    uint64_t lat = in->cur_rx_ns && now > in->cur_rx_ns ? now - in->cur_rx_ns : 1;
+    stats_record_msg(in->stats, in->cur_il ? in->cur_il->name : NULL, m, code,
+                     err ? err->code : HL7_E_INTERNAL, in->cur_dup, lat);
+}
+
 /* Builds and sends the acknowledgement for message `m` with outcome `o`. */
 static void answer(struct ingest *in, struct mllp_conn *c, uint64_t seq, const struct hl7_msg *m,
                    enum hl7_outcome o, const char *code_override, const char *text,
@@ -102,6 +125,8 @@ static void answer(struct ingest *in, struct mllp_conn *c, uint64_t seq, const s
             code = oc;
     }
     in->st.acks[code]++;
+    if (in->stats)
+        note_ack(in, m, code, err);
     if (!c)
         return; /* the connection went away; the count still stands */
     if (!send) {
@@ -129,6 +154,18 @@ static const char *outcome_text(enum hl7_outcome o)
 
 /* ---- batches ------------------------------------------------------------- */
 
+/* Counts a batch ACK for all its members, sender from BHS-3/BHS-4. */
+static void note_batch(struct ingest *in, const struct batch *b, enum hl7_ack_code code)
+{
+    struct hl7_batch_iter it;
+    struct hl7_err e;
+    int ok = b->envelope && hl7_batch_begin(&it, b->envelope, b->envelope_len, &e) == 0;
+    uint64_t now = clock_mono_ns();
+    stats_record_batch(in->stats, b->il ? b->il->name : NULL, ok ? &it : NULL, code,
+                       b->have_err ? b->first_err.code : HL7_E_INTERNAL, b->total, b->duplicates,
+                       b->rx_ns && now > b->rx_ns ? now - b->rx_ns : 1);
+}
+
 static void batch_finish(struct ingest *in, struct batch *b)
 {
     struct mllp_conn *c = mllp_server_conn(in->srv, b->conn_id);
@@ -144,6 +181,8 @@ static void batch_finish(struct ingest *in, struct batch *b)
         snprintf(text, sizeof text, "Batch: %u of %u messages not accepted", b->failed, b->total);
     }
     in->st.acks[code]++;
+    if (in->stats)
+        note_batch(in, b, code);
     if (c) {
         struct hl7_ack_ctx ctx;
         ack_ctx(in, &ctx);
@@ -284,6 +323,7 @@ static int submit(struct ingest *in, struct mllp_conn *c, uint64_t seq, const st
     p->seq = seq;
     p->batch = b;
     p->il = il;
+    p->rx_ns = in->cur_rx_ns;
     if (store_submit(in->store, sm, in->ring_head) != 0) {
         free(p->msh);
         p->msh = NULL;
@@ -303,6 +343,11 @@ static void on_result(struct ingest *in, const struct store_result *r)
     }
     struct pending *p = &in->ring[in->ring_tail % in->ring_cap];
     in->ring_tail++;
+    in->cur_il = p->il;
+    in->cur_rx_ns = p->rx_ns;
+    in->cur_dup = r->status == STORE_DUPLICATE;
+    if (p->batch && in->cur_dup)
+        p->batch->duplicates++;
     struct hl7_err err;
     int parsed = hl7_msg_parse(in->ackmsg, p->msh, p->msh_len, NULL, &err) == 0;
     const struct hl7_msg *m = parsed ? in->ackmsg : NULL;
@@ -406,6 +451,8 @@ static void handle_batch(struct ingest *in, struct mllp_conn *c, uint64_t seq,
     b->conn_id = mllp_conn_id(c);
     b->seq = seq;
     b->enhanced = in->o.enhanced;
+    b->il = il;
+    b->rx_ns = in->cur_rx_ns;
     struct hl7_slice msg;
     int r;
     size_t env_end = len;
@@ -487,6 +534,9 @@ static void on_frame(void *ud, struct mllp_conn *c, uint64_t seq, const uint8_t 
     struct ingest *in = ud;
     update_group_hint(in);
     const struct ingest_listener *il = mllp_conn_listener_user(c);
+    in->cur_il = il;
+    in->cur_rx_ns = in->stats ? clock_mono_ns() : 0;
+    in->cur_dup = 0;
     if (hl7_is_batch(p, len)) {
         handle_batch(in, c, seq, il, p, len);
         return;
@@ -534,6 +584,9 @@ static void on_oversize(void *ud, struct mllp_conn *c, uint64_t seq, const uint8
 {
     struct ingest *in = ud;
     const struct ingest_listener *il = mllp_conn_listener_user(c);
+    in->cur_il = il;
+    in->cur_rx_ns = in->stats ? clock_mono_ns() : 0;
+    in->cur_dup = 0;
     in->st.received++;
     struct hl7_err err;
     /* Parse what arrived so the AR can echo the control id. */
@@ -630,3 +683,5 @@ struct mapping *ingest_set_mapping(struct ingest *in, struct mapping *mp)
 }
 
 void ingest_get_stats(const struct ingest *in, struct ingest_stats *out) { *out = in->st; }
+
+void ingest_set_stats(struct ingest *in, struct stats *st) { in->stats = st; }

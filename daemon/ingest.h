@@ -62,5 +62,9 @@ int ingest_drained(const struct ingest *in);
  * free.  Network thread. */
 struct mapping *ingest_set_mapping(struct ingest *in, struct mapping *mp);
 void ingest_get_stats(const struct ingest *in, struct ingest_stats *out);
+/* Starts (or, with NULL, stops) per-sender counting into `st` (borrowed;
+ * see daemon/stats.h).  Network thread, or while the loop is not running. */
+struct stats;
+void ingest_set_stats(struct ingest *in, struct stats *st);
 
 #endif

@@ -18,6 +18,8 @@ static void usage(FILE *out)
             "  map [-c FILE] FILE...   print the connector rows the rules make of messages\n"
             "  redrive [-c FILE] BATCH-ID|--all-failed\n"
             "                          re-queue failed audit blocks for upload\n"
+            "  stats [-c FILE]         ACK statistics of the running daemon (or the store's\n"
+            "                          daily totals when it is not running)\n"
             "  version                 print the version\n"
             "  help                    this text\n"
             "\n"
@@ -55,6 +57,8 @@ int main(int argc, char **argv)
         return cmd_send(argc - 1, argv + 1);
     if (strcmp(cmd, "map") == 0)
         return cmd_map(argc - 1, argv + 1);
+    if (strcmp(cmd, "stats") == 0)
+        return cmd_stats(argc - 1, argv + 1);
     if (strcmp(cmd, "redrive") == 0)
         return cmd_redrive(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {

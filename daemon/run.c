@@ -6,6 +6,7 @@
  * A second signal, or DRAIN_DEADLINE_MS, cuts the drain short (nothing is
  * lost: unanswered messages were not acknowledged). */
 #include "daemon/cli.h"
+#include "daemon/http.h"
 #include "daemon/ingest.h"
 #include "daemon/privs.h"
 #include "daemon/rules.h"
@@ -15,6 +16,7 @@
 #include "core/limits.h"
 #include "core/log.h"
 #include "mllp/mllp.h"
+#include "sinks/sms.h"
 #include "store/store.h"
 
 #include <errno.h>
@@ -205,6 +207,9 @@ int cmd_run(int argc, char **argv)
                         .explicit_path = explicit_path };
     struct store *st = NULL;
     struct sink_audit *audit = NULL;
+    struct sink_sms *sms = NULL;
+    struct mapping *sms_rules = NULL;
+    struct http_monitor *mon = NULL;
     struct ingest_listener *ils = calloc(cfg->n_listeners, sizeof *ils);
     struct mllp_tls_opts tlsopts[HB_MAX_LISTENERS];
     memset(tlsopts, 0, sizeof tlsopts);
@@ -297,6 +302,24 @@ int cmd_run(int argc, char **argv)
         log_error("startup_failed", "reason=\"%s\"", err);
         goto out;
     }
+    /* The SMS sink reads SIU messages from the store with its own rule set
+     * (a SIGHUP reload frees the ingest path's one). */
+    sms_rules = rules_load(cfg);
+    sms = sms_rules ? sink_sms_start(cfg, sms_rules, err, sizeof err) : NULL;
+    if (!sms) {
+        log_error("startup_failed", "reason=\"%s\"", sms_rules ? err : "sms: mapping rules");
+        goto out;
+    }
+    /* Metrics, /status and the page; metrics.enabled false: no counting. */
+    if (cfg->metrics.enabled) {
+        mon = http_monitor_new(r.loop, r.ingest, st, cfg, err, sizeof err);
+        if (!mon) {
+            log_error("metrics_failed", "address=%s error=\"%s\"", cfg->metrics.address, err);
+            goto out;
+        }
+        log_info("metrics_listening", "address=%s", cfg->metrics.address);
+        http_monitor_set_audit(mon, audit);
+    }
     r.sigfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
     if (r.sigfd < 0 || loop_add(r.loop, r.sigfd, LOOP_READ, signal_cb, &r) != 0) {
         log_error("startup_failed", "reason=signalfd errno=%d", errno);
@@ -327,10 +350,13 @@ int cmd_run(int argc, char **argv)
              (unsigned long long)as.retries, (unsigned long long)as.resends,
              (unsigned long long)as.token_renewals);
 out:
+    http_monitor_free(mon); /* before the ingest and store it reads */
     if (r.ingest)
         mapping_free(ingest_set_mapping(r.ingest, NULL));
     ingest_free(r.ingest);
     sink_audit_stop(audit);
+    sink_sms_stop(sms);
+    mapping_free(sms_rules);
     store_close(st);
     if (r.sigfd >= 0)
         close(r.sigfd);

@@ -32,6 +32,7 @@
 #define TYPE_SLOTS   128
 #define SERIES_SLOTS 4096
 #define NONE_KEY     "(none)"
+#define CACHE_RAW_MAX 256  /* header bytes the one-entry key cache compares */
 
 _Static_assert(SENDER_SLOTS >= 2 * STATS_MAX_SENDERS, "sender table load");
 _Static_assert(TYPE_SLOTS >= 2 * STATS_MAX_TYPES, "type table load");
@@ -65,6 +66,19 @@ struct stats {
     /* Recording thread's scratch (not under the lock). */
     struct buf scratch;
     char skey[STATS_KEY_MAX + 1], tkey[STATS_KEY_MAX + 1];
+    /* The last message's raw MSH-3, MSH-4, MSH-9.1, MSH-9.2 and the series
+     * they led to.  A feed sends the same header fields message after
+     * message, so most records skip decoding, hashing and interning. */
+    struct {
+        int valid;
+        unsigned listener;
+        struct hl7_delims d;
+        enum hl7_charset cs;
+        size_t len[4];
+        uint8_t raw[CACHE_RAW_MAX];
+        uint16_t series;
+        int over;
+    } last;
 };
 
 /* ---- small pieces -------------------------------------------------------- */
@@ -333,22 +347,11 @@ static unsigned listener_index(const struct stats *st, const char *name)
     return 0;
 }
 
-static void record(struct stats *st, const char *listener, size_t slen, size_t tlen,
-                   enum hl7_ack_code code, int reason, unsigned messages, unsigned duplicates,
-                   uint64_t latency_ns)
+/* Bumps the counters of one series (under the lock). */
+static void bump(struct stats *st, unsigned l, struct stats_series *se, int over,
+                 unsigned ci, int nack, unsigned ri, unsigned messages, unsigned duplicates,
+                 unsigned b, uint64_t latency_ns)
 {
-    unsigned l = listener_index(st, listener);
-    uint64_t hs = fnv1a(st->skey, slen), ht = fnv1a(st->tkey, tlen);
-    unsigned b = latency_ns ? stats_lat_bucket(latency_ns) : 0;
-    unsigned ci = (unsigned)code < STATS_ACK_CODES ? (unsigned)code : HL7_ACK_AE;
-    int nack = is_nack(ci);
-    unsigned ri = nack ? stats_reason_index(reason) : 0;
-    int over = 0;
-
-    pthread_mutex_lock(&st->mu);
-    uint16_t sid = table_intern(&st->senders, st->skey, slen, hs, &over);
-    uint16_t tid = table_intern(&st->types, st->tkey, tlen, ht, &over);
-    struct stats_series *se = series_get(st, l, sid, tid, &over);
     se->c.received += messages;
     se->c.duplicates += duplicates;
     se->c.acks[ci]++;
@@ -365,7 +368,66 @@ static void record(struct stats *st, const char *listener, size_t slen, size_t t
         h->count++;
         h->sum_ns += latency_ns;
     }
+}
+
+/* Records under the keys in skey/tkey; returns the series index used and
+ * whether a table was full. */
+static uint16_t record(struct stats *st, unsigned l, size_t slen, size_t tlen,
+                       enum hl7_ack_code code, int reason, unsigned messages, unsigned duplicates,
+                       uint64_t latency_ns, int *overflow)
+{
+    uint64_t hs = fnv1a(st->skey, slen), ht = fnv1a(st->tkey, tlen);
+    unsigned b = latency_ns ? stats_lat_bucket(latency_ns) : 0;
+    unsigned ci = (unsigned)code < STATS_ACK_CODES ? (unsigned)code : HL7_ACK_AE;
+    int nack = is_nack(ci);
+    unsigned ri = nack ? stats_reason_index(reason) : 0;
+    int over = 0;
+
+    pthread_mutex_lock(&st->mu);
+    uint16_t sid = table_intern(&st->senders, st->skey, slen, hs, &over);
+    uint16_t tid = table_intern(&st->types, st->tkey, tlen, ht, &over);
+    struct stats_series *se = series_get(st, l, sid, tid, &over);
+    bump(st, l, se, over, ci, nack, ri, messages, duplicates, b, latency_ns);
     pthread_mutex_unlock(&st->mu);
+    *overflow = over;
+    return (uint16_t)(se - st->series);
+}
+
+/* The four raw header fields that make the keys, and whether they (with
+ * the delimiters and charset that decoding depends on) are the cached ones. */
+static int cache_hit(const struct stats *st, unsigned l, const struct hl7_msg *m,
+                     const struct hl7_slice f[4])
+{
+    if (!st->last.valid || st->last.listener != l || st->last.cs != hl7_msg_charset(m) ||
+        memcmp(&st->last.d, hl7_msg_delims(m), sizeof st->last.d) != 0)
+        return 0;
+    size_t off = 0;
+    for (int i = 0; i < 4; i++) {
+        if (f[i].len != st->last.len[i] || memcmp(st->last.raw + off, f[i].p, f[i].len) != 0)
+            return 0;
+        off += f[i].len;
+    }
+    return 1;
+}
+
+static void cache_store(struct stats *st, unsigned l, const struct hl7_msg *m,
+                        const struct hl7_slice f[4], uint16_t series, int over)
+{
+    size_t total = f[0].len + f[1].len + f[2].len + f[3].len, off = 0;
+    st->last.valid = total <= CACHE_RAW_MAX;
+    if (!st->last.valid)
+        return;
+    for (int i = 0; i < 4; i++) {
+        if (f[i].len)
+            memcpy(st->last.raw + off, f[i].p, f[i].len);
+        st->last.len[i] = f[i].len;
+        off += f[i].len;
+    }
+    st->last.listener = l;
+    st->last.d = *hl7_msg_delims(m);
+    st->last.cs = hl7_msg_charset(m);
+    st->last.series = series;
+    st->last.over = over;
 }
 
 /* Appends to the key scratch; at its ceiling the key is simply cut short. */
@@ -417,18 +479,34 @@ void stats_record_msg(struct stats *st, const char *listener, const struct hl7_m
                       enum hl7_ack_code code, int reason, int duplicate, uint64_t latency_ns)
 {
     size_t slen, tlen;
+    unsigned l = listener_index(st, listener);
+    int over = 0;
     if (m) {
         const struct hl7_header *h = hl7_msg_header(m);
+        const struct hl7_slice f[4] = { h->send_app, h->send_fac, h->msg_type, h->trigger };
+        if (cache_hit(st, l, m, f)) {
+            unsigned ci = (unsigned)code < STATS_ACK_CODES ? (unsigned)code : HL7_ACK_AE;
+            int nack = is_nack(ci);
+            unsigned b = latency_ns ? stats_lat_bucket(latency_ns) : 0;
+            pthread_mutex_lock(&st->mu);
+            bump(st, l, &st->series[st->last.series], st->last.over, ci, nack,
+                 nack ? stats_reason_index(reason) : 0, 1, duplicate ? 1 : 0, b, latency_ns);
+            pthread_mutex_unlock(&st->mu);
+            return;
+        }
         const struct hl7_delims *d = hl7_msg_delims(m);
         uint8_t comp = d && d->comp ? d->comp : '^';
         slen = make_key(st, m, h->send_app, h->send_fac, comp, 1, st->skey);
         tlen = make_key(st, m, h->msg_type, h->trigger, comp, 0, st->tkey);
-    } else {
-        memcpy(st->skey, NONE_KEY, sizeof NONE_KEY);
-        memcpy(st->tkey, NONE_KEY, sizeof NONE_KEY);
-        slen = tlen = sizeof NONE_KEY - 1;
+        uint16_t se = record(st, l, slen, tlen, code, reason, 1, duplicate ? 1 : 0, latency_ns,
+                             &over);
+        cache_store(st, l, m, f, se, over);
+        return;
     }
-    record(st, listener, slen, tlen, code, reason, 1, duplicate ? 1 : 0, latency_ns);
+    memcpy(st->skey, NONE_KEY, sizeof NONE_KEY);
+    memcpy(st->tkey, NONE_KEY, sizeof NONE_KEY);
+    slen = tlen = sizeof NONE_KEY - 1;
+    (void)record(st, l, slen, tlen, code, reason, 1, duplicate ? 1 : 0, latency_ns, &over);
 }
 
 void stats_record_batch(struct stats *st, const char *listener, const struct hl7_batch_iter *it,
@@ -444,7 +522,9 @@ void stats_record_batch(struct stats *st, const char *listener, const struct hl7
         slen = sizeof NONE_KEY - 1;
     }
     memcpy(st->tkey, "BATCH", 6);
-    record(st, listener, slen, 5, code, reason, messages, duplicates, latency_ns);
+    int over = 0;
+    (void)record(st, listener_index(st, listener), slen, 5, code, reason, messages, duplicates,
+                 latency_ns, &over);
 }
 
 void stats_set_gauges(struct stats *st, const struct stats_gauges *g)

@@ -79,7 +79,7 @@ struct stats_sink {
     uint64_t sent, failed, skipped; /* SMS */
     int64_t last_success_ms;      /* 0: never */
     int64_t failing_since_ms;     /* 0: not failing */
-    char last_error[160];
+    char last_error[256];
 };
 
 enum stats_degraded {

@@ -18,26 +18,29 @@
 
 struct cs_name {
     const char *name;
+    size_t len; /* compared first: most names differ in length */
     enum hl7_charset cs;
 };
+
+#define CS(lit, cs) {lit, sizeof lit - 1, cs}
 
 /* Converted sets first; the rest are legal names we pass through.  "8859"
  * without a part number, "UTF-8" and the DICOM-style "ISO IR100" are not in
  * table 0211 but are what some senders write for the obvious set. */
 static const struct cs_name cs_names[] = {
-    {"ASCII", HL7_CS_ASCII},          {"ISO IR6", HL7_CS_ASCII},
-    {"8859/1", HL7_CS_LATIN1},        {"8859", HL7_CS_LATIN1},
-    {"ISO IR100", HL7_CS_LATIN1},     {"8859/15", HL7_CS_LATIN15},
-    {"UNICODE UTF-8", HL7_CS_UTF8},   {"UTF-8", HL7_CS_UTF8},
-    {"8859/2", HL7_CS_UNSUPPORTED},   {"8859/3", HL7_CS_UNSUPPORTED},
-    {"8859/4", HL7_CS_UNSUPPORTED},   {"8859/5", HL7_CS_UNSUPPORTED},
-    {"8859/6", HL7_CS_UNSUPPORTED},   {"8859/7", HL7_CS_UNSUPPORTED},
-    {"8859/8", HL7_CS_UNSUPPORTED},   {"8859/9", HL7_CS_UNSUPPORTED},
-    {"ISO IR14", HL7_CS_UNSUPPORTED}, {"ISO IR87", HL7_CS_UNSUPPORTED},
-    {"ISO IR159", HL7_CS_UNSUPPORTED}, {"GB 18030-2000", HL7_CS_UNSUPPORTED},
-    {"KS X 1001", HL7_CS_UNSUPPORTED}, {"CNS 11643-1992", HL7_CS_UNSUPPORTED},
-    {"BIG-5", HL7_CS_UNSUPPORTED},    {"UNICODE", HL7_CS_UNSUPPORTED},
-    {"UNICODE UTF-16", HL7_CS_UNSUPPORTED}, {"UNICODE UTF-32", HL7_CS_UNSUPPORTED},
+    CS("ASCII", HL7_CS_ASCII),          CS("ISO IR6", HL7_CS_ASCII),
+    CS("8859/1", HL7_CS_LATIN1),        CS("8859", HL7_CS_LATIN1),
+    CS("ISO IR100", HL7_CS_LATIN1),     CS("8859/15", HL7_CS_LATIN15),
+    CS("UNICODE UTF-8", HL7_CS_UTF8),   CS("UTF-8", HL7_CS_UTF8),
+    CS("8859/2", HL7_CS_UNSUPPORTED),   CS("8859/3", HL7_CS_UNSUPPORTED),
+    CS("8859/4", HL7_CS_UNSUPPORTED),   CS("8859/5", HL7_CS_UNSUPPORTED),
+    CS("8859/6", HL7_CS_UNSUPPORTED),   CS("8859/7", HL7_CS_UNSUPPORTED),
+    CS("8859/8", HL7_CS_UNSUPPORTED),   CS("8859/9", HL7_CS_UNSUPPORTED),
+    CS("ISO IR14", HL7_CS_UNSUPPORTED), CS("ISO IR87", HL7_CS_UNSUPPORTED),
+    CS("ISO IR159", HL7_CS_UNSUPPORTED), CS("GB 18030-2000", HL7_CS_UNSUPPORTED),
+    CS("KS X 1001", HL7_CS_UNSUPPORTED), CS("CNS 11643-1992", HL7_CS_UNSUPPORTED),
+    CS("BIG-5", HL7_CS_UNSUPPORTED),    CS("UNICODE", HL7_CS_UNSUPPORTED),
+    CS("UNICODE UTF-16", HL7_CS_UNSUPPORTED), CS("UNICODE UTF-32", HL7_CS_UNSUPPORTED),
 };
 
 static int name_eq(struct hl7_slice s, const char *lit)
@@ -59,7 +62,7 @@ enum hl7_charset hl7__charset_from(struct hl7_slice name, int *unknown)
     if (name.len == 0)
         return HL7_CS_ASCII;
     for (size_t i = 0; i < sizeof cs_names / sizeof cs_names[0]; i++)
-        if (name_eq(name, cs_names[i].name))
+        if (name.len == cs_names[i].len && name_eq(name, cs_names[i].name))
             return cs_names[i].cs;
     *unknown = 1;
     return HL7_CS_UNSUPPORTED;

@@ -257,26 +257,77 @@ static struct hl7_slice field_of(const struct hl7_msg *m, size_t s, unsigned f)
     return hl7__slice(m->p + a, b - a);
 }
 
+/* MSH-f as a view, MSH numbering (f >= 2).  Only for the first segment,
+ * which fill_header reads right after it was indexed. */
+static inline struct hl7_slice msh_field(const struct hl7_msg *m, const struct hl7_seg_ix *sg,
+                                         unsigned f)
+{
+    unsigned k = f - 1; /* the separator before MSH-f */
+    if (k > sg->nsep)
+        return hl7__slice(m->p + sg->end, 0);
+    uint32_t a = m->seps[sg->sep0 + k - 1] + 1;
+    uint32_t b = k < sg->nsep ? m->seps[sg->sep0 + k] : sg->end;
+    return hl7__slice(m->p + a, b - a);
+}
+
+/* Length of the start of s that holds neither a nor b.  s lies in the
+ * message, so sixteen bytes may be compared at once while that many remain
+ * before its end; header values are short, and the loop's exit would
+ * otherwise be a mispredicted branch per value. */
+static inline size_t span_until(const struct hl7_msg *m, struct hl7_slice s, uint8_t a, uint8_t b)
+{
+    size_t i = 0;
+#if defined(__SSE2__)
+    const uint8_t *lim = m->p + m->len;
+    const __m128i va = _mm_set1_epi8((char)a), vb = _mm_set1_epi8((char)b);
+    while (i < s.len && (size_t)(lim - (s.p + i)) >= 16) {
+        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(s.p + i));
+        unsigned hit = (unsigned)_mm_movemask_epi8(
+            _mm_or_si128(_mm_cmpeq_epi8(x, va), _mm_cmpeq_epi8(x, vb)));
+        if (hit) {
+            i += (unsigned)__builtin_ctz(hit);
+            return i < s.len ? i : s.len;
+        }
+        i += 16;
+    }
+    if (i >= s.len)
+        return s.len;
+#endif
+    while (i < s.len && s.p[i] != a && s.p[i] != b)
+        i++;
+    return i;
+}
+
 static void fill_header(struct hl7_msg *m)
 {
     struct hl7_header *h = &m->h;
     const struct hl7_delims *d = &m->d;
-    h->send_app = field_of(m, 0, 3);
-    h->send_fac = field_of(m, 0, 4);
-    h->recv_app = field_of(m, 0, 5);
-    h->recv_fac = field_of(m, 0, 6);
-    h->timestamp = field_of(m, 0, 7);
-    struct hl7_slice t = hl7_slice_piece(field_of(m, 0, 9), d->rep, 1);
-    h->msg_type = hl7_slice_piece(t, d->comp, 1);
-    h->trigger = hl7_slice_piece(t, d->comp, 2);
-    h->structure = hl7_slice_piece(t, d->comp, 3);
-    h->control_id = field_of(m, 0, 10);
-    h->processing_id = field_of(m, 0, 11);
-    h->version = field_of(m, 0, 12);
-    h->version_id = hl7_slice_piece(hl7_slice_piece(h->version, d->rep, 1), d->comp, 1);
-    h->accept_ack = field_of(m, 0, 15);
-    h->app_ack = field_of(m, 0, 16);
-    h->charset = hl7_slice_piece(field_of(m, 0, 18), d->rep, 1);
+    const struct hl7_seg_ix *sg = &m->segs[0];
+    h->send_app = msh_field(m, sg, 3);
+    h->send_fac = msh_field(m, sg, 4);
+    h->recv_app = msh_field(m, sg, 5);
+    h->recv_fac = msh_field(m, sg, 6);
+    h->timestamp = msh_field(m, sg, 7);
+    /* MSH-9 type^trigger^structure of the first repetition */
+    struct hl7_slice t = msh_field(m, sg, 9);
+    t.len = span_until(m, t, d->rep, d->rep);
+    struct hl7_slice *part[3] = {&h->msg_type, &h->trigger, &h->structure};
+    for (unsigned i = 0; i < 3; i++) {
+        size_t n = span_until(m, t, d->comp, d->comp);
+        *part[i] = hl7__slice(t.p, n);
+        n += n < t.len; /* past the delimiter; an absent part is empty at the end */
+        t.p += n;
+        t.len -= n;
+    }
+    h->control_id = msh_field(m, sg, 10);
+    h->processing_id = msh_field(m, sg, 11);
+    h->version = msh_field(m, sg, 12);
+    /* first component of the first repetition */
+    h->version_id = hl7__slice(h->version.p, span_until(m, h->version, d->rep, d->comp));
+    h->accept_ack = msh_field(m, sg, 15);
+    h->app_ack = msh_field(m, sg, 16);
+    struct hl7_slice cs = msh_field(m, sg, 18);
+    h->charset = hl7__slice(cs.p, span_until(m, cs, d->rep, d->rep));
 }
 
 /* ---- parsing ----------------------------------------------------------- */
@@ -297,91 +348,94 @@ static unsigned count_id(const struct hl7_msg *m, uint32_t id)
     return n;
 }
 
-/* Records the field separators of the segment starting its fields at q, up
- * to the next CR/LF (or n); returns where the segment ends.  *overflow is
- * set to 1 past HL7_MAX_FIELDS_PER_SEGMENT, 2 when memory runs out.
- *
- * With SSE2 (every x86-64) sixteen bytes are compared at once and the
- * separator positions are written out of the match mask, four
- * unconditionally: the cost of a branch per field (fields are short and
- * their lengths unpredictable) is what dominates a byte-wise scan. */
-/* Bit count of a 16-bit mask, without relying on a POPCNT instruction the
- * baseline target may lack. */
-static inline unsigned pop16(unsigned x)
+/* Bit i of *fsm / *eolm says whether blk[i] is the field separator / a CR
+ * or LF, for the 64 bytes at blk.  With SSE2 (every x86-64) that is four
+ * loads and a dozen compares, against a compare and a branch per byte. */
+static inline void block_masks(const uint8_t *blk, uint8_t fs, uint64_t *fsm, uint64_t *eolm)
 {
-    x = x - ((x >> 1) & 0x5555u);
-    x = (x & 0x3333u) + ((x >> 2) & 0x3333u);
-    x = (x + (x >> 4)) & 0x0f0fu;
-    return (x + (x >> 8)) & 0x1fu;
+#if defined(__SSE2__)
+    const __m128i vfs = _mm_set1_epi8((char)fs), vcr = _mm_set1_epi8(CR), vlf = _mm_set1_epi8(LF);
+    const __m128i x0 = _mm_loadu_si128((const __m128i *)(const void *)blk);
+    const __m128i x1 = _mm_loadu_si128((const __m128i *)(const void *)(blk + 16));
+    const __m128i x2 = _mm_loadu_si128((const __m128i *)(const void *)(blk + 32));
+    const __m128i x3 = _mm_loadu_si128((const __m128i *)(const void *)(blk + 48));
+#define FS_BITS(x) ((uint64_t)(unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8((x), vfs)))
+#define EOL_BITS(x)                                                                               \
+    ((uint64_t)(unsigned)_mm_movemask_epi8(                                                       \
+        _mm_or_si128(_mm_cmpeq_epi8((x), vcr), _mm_cmpeq_epi8((x), vlf))))
+    *fsm = FS_BITS(x0) | FS_BITS(x1) << 16 | FS_BITS(x2) << 32 | FS_BITS(x3) << 48;
+    *eolm = EOL_BITS(x0) | EOL_BITS(x1) << 16 | EOL_BITS(x2) << 32 | EOL_BITS(x3) << 48;
+#undef FS_BITS
+#undef EOL_BITS
+#else
+    uint64_t f = 0, e = 0;
+    for (unsigned i = 0; i < 64; i++) {
+        f |= (uint64_t)(blk[i] == fs) << i;
+        e |= (uint64_t)(blk[i] == CR || blk[i] == LF) << i;
+    }
+    *fsm = f;
+    *eolm = e;
+#endif
 }
 
+/* Records the field separators of the segment whose fields start at q, up
+ * to the next CR/LF (or n); returns where the segment ends.  *overflow is
+ * set to 1 past HL7_MAX_FIELDS_PER_SEGMENT (the segment then ends at the
+ * separator that was one too many), 2 when memory runs out.
+ *
+ * The bytes are taken 64 at a time as two bit masks, and the separator
+ * positions are read off the mask with count-trailing-zeros: the cost is a
+ * few instructions per block and per separator instead of a compare and an
+ * unpredictable branch per byte.  The last block of the message is copied
+ * into a zero-padded buffer first (no separator is NUL), so nothing past
+ * b[n-1] is ever read. */
 static size_t scan_segment(struct hl7_msg *m, const uint8_t *b, size_t n, size_t q, uint8_t fs,
                            int *overflow)
 {
     const size_t sep0 = m->nsep;
-    const size_t limit = sep0 + HL7_MAX_FIELDS_PER_SEGMENT;
-#if defined(__SSE2__)
-    const __m128i vfs = _mm_set1_epi8((char)fs), vcr = _mm_set1_epi8(CR), vlf = _mm_set1_epi8(LF);
-    while (n - q >= 16) {
-        if (m->sepcap - m->nsep < 16 &&
-            grow((void **)&m->seps, &m->sepcap, sizeof *m->seps, 256) != 0) {
-            *overflow = 2;
-            return q;
+    uint8_t tail[64];
+    while (q < n) {
+        const uint8_t *blk = b + q;
+        size_t avail = n - q;
+        uint64_t fsm, eolm;
+        if (avail < 64) {
+            memcpy(tail, blk, avail);
+            memset(tail + avail, 0, sizeof tail - avail);
+            blk = tail;
         }
-        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(b + q));
-        unsigned mf = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(x, vfs));
-        unsigned me = (unsigned)_mm_movemask_epi8(
-            _mm_or_si128(_mm_cmpeq_epi8(x, vcr), _mm_cmpeq_epi8(x, vlf)));
-        unsigned stop = 16;
-        if (me) {
-            stop = (unsigned)__builtin_ctz(me);
-            mf &= (1u << stop) - 1u;
+        block_masks(blk, fs, &fsm, &eolm);
+        if (avail < 64)
+            eolm |= (uint64_t)1 << avail; /* the end of the bytes ends the segment */
+        unsigned stop = eolm ? (unsigned)__builtin_ctzll(eolm) : 64;
+        if (stop < 64)
+            fsm &= ((uint64_t)1 << stop) - 1;
+        while (m->sepcap - m->nsep < 64) {
+            if (grow((void **)&m->seps, &m->sepcap, sizeof *m->seps, 256) != 0) {
+                *overflow = 2;
+                return q;
+            }
         }
-        unsigned cnt = pop16(mf);
         uint32_t *w = m->seps + m->nsep;
-        uint32_t base = (uint32_t)q;
-        w[0] = base + (uint32_t)__builtin_ctz(mf | 0x10000u);
-        mf &= mf - 1u;
-        w[1] = base + (uint32_t)__builtin_ctz(mf | 0x10000u);
-        mf &= mf - 1u;
-        w[2] = base + (uint32_t)__builtin_ctz(mf | 0x10000u);
-        mf &= mf - 1u;
-        w[3] = base + (uint32_t)__builtin_ctz(mf | 0x10000u);
-        mf &= mf - 1u;
-        for (unsigned k = 4; k < cnt; k++) {
-            w[k] = base + (uint32_t)__builtin_ctz(mf);
-            mf &= mf - 1u;
+        size_t k = 0;
+        while (fsm) {
+            w[k++] = (uint32_t)(q + (unsigned)__builtin_ctzll(fsm));
+            fsm &= fsm - 1;
         }
-        m->nsep += cnt;
-        if (m->nsep > limit) {
-            m->nsep = limit;
+        m->nsep += k;
+        if (m->nsep - sep0 > HL7_MAX_FIELDS_PER_SEGMENT) {
+            m->nsep = sep0 + HL7_MAX_FIELDS_PER_SEGMENT;
             *overflow = 1;
+            return m->seps[m->nsep];
+        }
+        if (stop < 64)
             return q + stop;
-        }
-        if (me)
-            return q + stop;
-        q += 16;
-    }
-#endif
-    for (; q < n; q++) {
-        uint8_t c = b[q];
-        if (c == CR || c == LF)
-            break;
-        if (c != fs)
-            continue;
-        if (m->nsep == limit) {
-            *overflow = 1;
-            break;
-        }
-        if (m->nsep == m->sepcap &&
-            grow((void **)&m->seps, &m->sepcap, sizeof *m->seps, 256) != 0) {
-            *overflow = 2;
-            break;
-        }
-        m->seps[m->nsep++] = (uint32_t)q;
+        q += 64;
     }
     return q;
 }
+
+static int parse(struct hl7_msg *m, const uint8_t *p, size_t len,
+                 const struct hl7_parse_opts *opts, struct hl7_err *err);
 
 int hl7_msg_parse(struct hl7_msg *m, const uint8_t *p, size_t len,
                   const struct hl7_parse_opts *opts, struct hl7_err *err)
@@ -396,14 +450,23 @@ int hl7_msg_parse(struct hl7_msg *m, const uint8_t *p, size_t len,
     err->offset = 0;
     if (!m)
         return fail(err, HL7_E_INTERNAL, NULL, 0, 0, 0, "no index");
+    int rc = parse(m, p, len, opts, err);
+    /* fill_header sets every member as soon as MSH is indexed; before
+     * that the header is empty */
+    if (m->nseg == 0)
+        memset(&m->h, 0, sizeof m->h);
+    return rc;
+}
 
+static int parse(struct hl7_msg *m, const uint8_t *p, size_t len,
+                 const struct hl7_parse_opts *opts, struct hl7_err *err)
+{
     m->nseg = 0;
     m->nsep = 0;
     m->delims_ok = 0;
     m->cs = HL7_CS_ASCII;
     m->cs_unknown = 0;
     m->cs_override = 0;
-    memset(&m->h, 0, sizeof m->h);
     memset(&m->d, 0, sizeof m->d);
     if (!p)
         len = 0;
@@ -579,7 +642,10 @@ int hl7_msg_validate(const struct hl7_msg *m, struct hl7_err *err)
     }
     const struct hl7_header *h = &m->h;
     unsigned ver = 0;
-    int ver_ok = hl7__version_num(h->version_id, &ver) == 0 && ver >= 2001000u && ver < 2009000u;
+    /* Any v2 minor version from 2.1 on: 2.1–2.8 are read as specified, and a
+     * later or unknown 2.x (2.9, test values like 2.999) is parsed the same
+     * way — refusing it would stop the sender's interface for nothing. */
+    int ver_ok = hl7__version_num(h->version_id, &ver) == 0 && ver >= 2001000u && ver < 3000000u;
 
     struct hl7_slice f9 = field_of(m, 0, 9);
     if (f9.len == 0)
@@ -590,14 +656,14 @@ int hl7_msg_validate(const struct hl7_msg *m, struct hl7_err *err)
      * engines that refusing it would only cause retries. */
     if (h->trigger.len == 0 && !hl7_slice_eq(h->msg_type, "ACK") && !(ver_ok && ver < 2002000u))
         return vfail(m, err, HL7_E_REQUIRED_MISSING, 9, 2, f9, "MSH-9.2 trigger event missing");
-    if (h->control_id.len == 0)
-        return vfail(m, err, HL7_E_REQUIRED_MISSING, 10, 0, h->control_id,
-                     "MSH-10 message control id missing");
+    /* An empty MSH-10 is accepted: the ACK's MSA-2 is then empty too, and
+     * the store cannot recognise a re-send of it as a duplicate.  Several
+     * engines' test and replay tools send such messages. */
     if (h->version.len == 0)
         return vfail(m, err, HL7_E_REQUIRED_MISSING, 12, 0, h->version, "MSH-12 version id missing");
     if (!ver_ok)
         return vfail(m, err, HL7_E_UNSUPPORTED_VERSION, 12, 1, h->version_id,
-                     "MSH-12 version is not 2.1 to 2.8");
+                     "MSH-12 version is not an HL7 v2 version (2.1 or later)");
     if (!ts_ok(h->timestamp, m->d.comp))
         return vfail(m, err, HL7_E_DATA_TYPE, 7, 0, h->timestamp, "MSH-7 is not a valid timestamp");
     if (m->cs_unknown && !m->cs_override)

@@ -16,43 +16,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "core/num.h"
 
-/* Component boundaries of recently read field repetitions, so the six
- * PID-11 columns split PID-11 once instead of six times.  Keyed by segment
- * index, field and repetition; valid for one evaluation. */
-#define EV_CACHE 4
-#define EV_MAXCOMP 24
-struct ev_field {
-    long seg;
-    unsigned field, rep;
-    unsigned ncomp;                 /* components found so far; 0 = empty slot */
-    int done;                       /* the whole repetition has been scanned */
-    size_t scanned;                 /* bytes scanned so far */
-    struct hl7_slice whole;         /* the repetition */
-    uint32_t start[EV_MAXCOMP + 1]; /* component k starts at start[k-1]; start[ncomp] = len + 1 when done */
-};
-
-/* Scans on until component `k` is delimited (or the repetition ends). */
-static void ev_field_scan(struct ev_field *f, unsigned k, uint8_t comp)
-{
-    size_t i = f->scanned;
-    while (f->ncomp <= k && f->ncomp <= EV_MAXCOMP && i < f->whole.len) {
-        if (f->whole.p[i] == comp && f->ncomp < EV_MAXCOMP)
-            f->start[f->ncomp++] = (uint32_t)i + 1;
-        else if (f->whole.p[i] == comp) {
-            f->ncomp = EV_MAXCOMP + 1; /* too many: fall back to splitting */
-            break;
-        }
-        i++;
-    }
-    f->scanned = i;
-    if (i >= f->whole.len && f->ncomp <= EV_MAXCOMP && !f->done) {
-        f->start[f->ncomp] = (uint32_t)f->whole.len + 1;
-        f->done = 1;
-    }
-}
+/* For the few helpers on the per-value path, whose calls would cost more
+ * than their bodies. */
+#define EV_HOT static inline __attribute__((always_inline))
 
 struct ev {
     const struct mapping *mp;
@@ -66,8 +38,8 @@ struct ev {
     int full;             /* the arena hit its ceiling */
     uint8_t esc;          /* the message's escape character */
     uint8_t d_rep, d_comp, d_sub;
-    unsigned cache_next;
-    struct ev_field cache[EV_CACHE];
+    const uint8_t *lim;   /* end of the message bytes: wide loads stay below */
+    uint64_t split_ok;    /* r->splits[k] was filled during this evaluation */
 };
 
 /* ---- freeing compiled values (used by load.c) ------------------------------- */
@@ -141,6 +113,29 @@ void mapping_result_free(struct mapping_result *r)
     free(r);
 }
 
+/* 1 when raw decodes to itself: no escape character, no byte above 0x7f
+ * (the same in every charset), and not the HL7 null "". */
+static inline int plain(const struct ev *e, struct hl7_slice raw)
+{
+    size_t i = 0;
+#if defined(__SSE2__)
+    const __m128i vesc = _mm_set1_epi8((char)e->esc);
+    while (i < raw.len && (size_t)(e->lim - (raw.p + i)) >= 16) {
+        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(raw.p + i));
+        unsigned bad = (unsigned)(_mm_movemask_epi8(x) | _mm_movemask_epi8(_mm_cmpeq_epi8(x, vesc)));
+        if (raw.len - i < 16)
+            bad &= (1u << (raw.len - i)) - 1u;
+        if (bad)
+            return 0;
+        i += 16;
+    }
+#endif
+    for (; i < raw.len; i++)
+        if (raw.p[i] >= 0x80 || raw.p[i] == e->esc)
+            return 0;
+    return !(raw.len == 2 && raw.p[0] == '"' && raw.p[1] == '"');
+}
+
 /* ---- lookups -------------------------------------------------------------------- */
 
 static void resolve_segments(struct ev *e, const struct mp_rule *rule)
@@ -168,67 +163,153 @@ static void resolve_segments(struct ev *e, const struct mp_rule *rule)
     }
 }
 
-/* hl7_get_rep through the component cache: the same answer, fewer scans.
- * MSH-1/MSH-2 (the delimiters themselves) go to the parser unchanged. */
-static int lookup(struct ev *e, const struct hl7_path *p, long seg, unsigned rep,
-                  struct hl7_slice *out)
+/* The nth (1-based) piece of a short value split on `delim`: what
+ * hl7_slice_piece returns, without a call for the subcomponents of one
+ * component. */
+static inline struct hl7_slice piece(struct hl7_slice s, uint8_t delim, unsigned nth)
 {
-    if (p->field <= 2 && seg == 0)
-        return hl7_get_rep(e->m, p, seg, rep, out);
-    struct ev_field *f = NULL;
-    for (unsigned i = 0; i < EV_CACHE; i++) {
-        struct ev_field *c = &e->cache[i];
-        if (c->ncomp && c->seg == seg && c->field == p->field && c->rep == rep) {
-            f = c;
+    const uint8_t *p = s.p, *end = s.p + s.len;
+    for (unsigned i = 1; i < nth; i++) {
+        while (p < end && *p != delim)
+            p++;
+        if (p == end) {
+            s.p = end;
+            s.len = 0;
+            return s;
+        }
+        p++;
+    }
+    const uint8_t *q = p;
+    while (q < end && *q != delim)
+        q++;
+    s.p = p;
+    s.len = (size_t)(q - p);
+    return s;
+}
+
+static inline void split_add(struct mp_split *f, size_t at)
+{
+    if (f->ncomp < MP_MAX_SPLIT_COMPS)
+        f->start[f->ncomp++] = (uint32_t)at;
+    else
+        f->more = 1;
+}
+
+/* Splits the repetition that starts at p into components, recording where
+ * each starts.  The repetition ends at the first repetition delimiter or at
+ * p+len (the end of the field).  Sixteen bytes are compared at once while
+ * that many remain before e->lim (the end of the message, so bytes past
+ * the field may be loaded but are masked off); the rest goes byte by
+ * byte. */
+static void split_rep(struct ev *e, struct mp_split *f, const uint8_t *p, size_t len)
+{
+    const uint8_t comp = e->d_comp, rep = e->d_rep;
+    size_t i = 0, end = len;
+    f->ncomp = 1;
+    f->more = 0;
+    f->start[0] = 0;
+#if defined(__SSE2__)
+    const __m128i vc = _mm_set1_epi8((char)comp), vr = _mm_set1_epi8((char)rep);
+    while (i < end && (size_t)(e->lim - (p + i)) >= 16) {
+        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
+        unsigned keep = end - i >= 16 ? 0xffffu : (1u << (end - i)) - 1u;
+        unsigned mc = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(x, vc)) & keep;
+        unsigned mr = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(x, vr)) & keep;
+        if (mr) {
+            unsigned stop = (unsigned)__builtin_ctz(mr);
+            mc &= (1u << stop) - 1u;
+            end = i + stop;
+        }
+        while (mc) {
+            split_add(f, i + (unsigned)__builtin_ctz(mc) + 1);
+            mc &= mc - 1u;
+        }
+        i += 16;
+        if (mr)
+            i = end;
+    }
+#endif
+    for (; i < end; i++) {
+        if (p[i] == rep) {
+            end = i;
             break;
         }
+        if (p[i] == comp)
+            split_add(f, i + 1);
     }
-    if (!f) {
-        f = &e->cache[e->cache_next++ % EV_CACHE];
-        f->seg = seg;
-        f->field = p->field;
-        f->rep = rep;
-        f->whole = hl7_slice_piece(hl7_seg_field(e->m, (size_t)seg, p->field), e->d_rep, rep);
-        f->start[0] = 0;
-        f->ncomp = 1;
-        f->scanned = 0;
-        f->done = 0;
+    f->whole.p = p;
+    f->whole.len = end;
+    f->next = end < len ? (size_t)(p - f->field.p) + end + 1 : 0;
+    if (!f->more)
+        f->start[f->ncomp] = (uint32_t)end + 1;
+}
+
+/* Fills split f with repetition `rep` of the path's field in segment seg.
+ * Walking the repetitions in order (`where`, [*]) goes on from where the
+ * previous one ended instead of searching the field again. */
+static __attribute__((noinline)) void split_fill(struct ev *e, struct mp_split *f,
+                                                 const struct mp_path *mpath, long seg,
+                                                 unsigned rep)
+{
+    uint64_t bit = (uint64_t)1 << mpath->fkey;
+    const uint8_t *from;
+    if ((e->split_ok & bit) && f->seg == seg && rep > 1 && f->rep + 1 == rep) {
+        from = f->next ? f->field.p + f->next : f->field.p + f->field.len;
+    } else {
+        f->field = hl7_seg_field(e->m, (size_t)seg, mpath->p.field);
+        from = rep > 1 ? hl7_slice_piece(f->field, e->d_rep, rep).p : f->field.p;
     }
+    f->seg = seg;
+    f->rep = rep;
+    e->split_ok |= bit;
+    split_rep(e, f, from, (size_t)(f->field.p + f->field.len - from));
+}
+
+/* hl7_get_rep through the split cache: the same answer, each repetition
+ * split once.  Paths without a cache key (MSH-1/MSH-2, the delimiters
+ * themselves, and keys past MP_MAX_FKEYS) go to the parser unchanged. */
+EV_HOT int lookup(struct ev *e, const struct mp_path *mpath, long seg, unsigned rep,
+                  struct hl7_slice *out)
+{
+    const struct hl7_path *p = &mpath->p;
+    if (mpath->fkey < 0)
+        return hl7_get_rep(e->m, p, seg, rep, out);
+    struct mp_split *f = &e->r->splits[mpath->fkey];
+    if (!(e->split_ok >> mpath->fkey & 1) || f->seg != seg || f->rep != rep)
+        split_fill(e, f, mpath, seg, rep);
     struct hl7_slice v = f->whole;
     if (p->comp) {
-        /* component k is delimited once start[k] is known */
-        if (f->ncomp <= EV_MAXCOMP && (f->ncomp <= p->comp && !f->done))
-            ev_field_scan(f, p->comp, e->d_comp);
-        if (f->ncomp > EV_MAXCOMP) {
-            v = hl7_slice_piece(v, e->d_comp, p->comp);
-        } else if (p->comp > f->ncomp || (p->comp == f->ncomp && !f->done)) {
-            v.p += v.len;
-            v.len = 0;
-        } else {
-            uint32_t a = f->start[p->comp - 1], b = f->start[p->comp] - 1;
+        unsigned k = p->comp;
+        if (k < f->ncomp || (k == f->ncomp && !f->more)) {
+            uint32_t a = f->start[k - 1], b = f->start[k] - 1;
             v.p += a;
             v.len = b - a;
+        } else if (f->more) {
+            v = hl7_slice_piece(v, e->d_comp, k);
+        } else {
+            v.p += v.len;
+            v.len = 0;
         }
         if (p->sub)
-            v = hl7_slice_piece(v, e->d_sub, p->sub);
+            v = piece(v, e->d_sub, p->sub);
     }
     *out = v;
     return v.len > 0;
 }
 
 /* The raw view of a path, honouring an enclosing `where` and [*]. */
-static int get_raw(struct ev *e, const struct mp_path *p, struct hl7_slice *out)
+EV_HOT int get_raw(struct ev *e, const struct mp_path *p, struct hl7_slice *out)
 {
     long seg = e->r->segidx[p->slot];
     if (seg < 0)
         return 0;
     if (p->p.rep != HL7_REP_ALL)
-        return lookup(e, &p->p, seg, p->p.rep > 0 ? (unsigned)p->p.rep : 1, out);
+        return lookup(e, p, seg, p->p.rep > 0 ? (unsigned)p->p.rep : 1, out);
     if (e->wrep && p->slot == e->wslot && p->p.field == e->wfield)
-        return lookup(e, &p->p, seg, e->wrep, out);
+        return lookup(e, p, seg, e->wrep, out);
     unsigned n = hl7_rep_count(e->m, &p->p, seg);
     for (unsigned k = 1; k <= n; k++)
-        if (lookup(e, &p->p, seg, k, out) && !hl7_slice_is_null(*out))
+        if (lookup(e, p, seg, k, out) && !hl7_slice_is_null(*out))
             return 1;
     return 0;
 }
@@ -253,17 +334,30 @@ static int str_find(const struct mp_str *a, size_t n, const uint8_t *p, size_t l
 }
 
 /* Tests one decoded value. */
-static int cond_value(struct ev *e, const struct mp_cond *c, struct hl7_slice raw, int have)
+static int cond_value(struct ev *e, const struct mp_cond *c, enum mp_cop op, struct hl7_slice raw,
+                      int have)
 {
     struct buf *s = &e->r->scratch;
-    buf_reset(s);
-    if (have && hl7_decode(e->m, raw, s) != 0) {
-        e->full = 1;
-        return 0;
+    const uint8_t *p;
+    size_t len;
+    if (!have) {
+        buf_reset(s);
+        p = buf_data(s);
+        len = 0;
+    } else if (op != MP_C_REGEX && plain(e, raw)) {
+        /* decoding would copy it unchanged; regexec needs a C string */
+        p = raw.p;
+        len = raw.len;
+    } else {
+        buf_reset(s);
+        if (hl7_decode(e->m, raw, s) != 0) {
+            e->full = 1;
+            return 0;
+        }
+        p = buf_data(s);
+        len = s->len;
     }
-    const uint8_t *p = buf_data(s);
-    size_t len = s->len;
-    switch (c->op) {
+    switch (op) {
     case MP_C_PRESENT:
         return len > 0;
     case MP_C_ABSENT:
@@ -287,26 +381,31 @@ static int cond_true(struct ev *e, const struct mp_cond *c, unsigned rep)
 {
     struct hl7_slice raw = {0};
     long seg = e->r->segidx[c->path.slot];
+    int have;
     if (seg < 0)
-        return cond_value(e, c, raw, 0);
-    if (rep)
-        return cond_value(e, c, raw, lookup(e, &c->path.p, seg, rep, &raw));
-    if (c->path.p.rep != HL7_REP_ALL)
-        return cond_value(e, c, raw, lookup(e, &c->path.p, seg, c->path.p.rep > 0 ? (unsigned)c->path.p.rep : 1, &raw));
+        return cond_value(e, c, c->op, raw, 0);
+    if (rep || c->path.p.rep != HL7_REP_ALL) {
+        if (!rep)
+            rep = c->path.p.rep > 0 ? (unsigned)c->path.p.rep : 1;
+        have = lookup(e, &c->path, seg, rep, &raw);
+        return cond_value(e, c, c->op, raw, have);
+    }
     /* any repetition; "absent" means no repetition has a value */
     unsigned n = hl7_rep_count(e->m, &c->path.p, seg);
     if (c->op == MP_C_ABSENT) {
-        struct mp_cond pres = *c;
-        pres.op = MP_C_PRESENT;
-        for (unsigned k = 1; k <= n; k++)
-            if (cond_value(e, &pres, raw, lookup(e, &c->path.p, seg, k, &raw)))
+        for (unsigned k = 1; k <= n; k++) {
+            have = lookup(e, &c->path, seg, k, &raw);
+            if (cond_value(e, c, MP_C_PRESENT, raw, have))
                 return 0;
+        }
         return 1;
     }
-    for (unsigned k = 1; k <= n; k++)
-        if (cond_value(e, c, raw, lookup(e, &c->path.p, seg, k, &raw)))
+    for (unsigned k = 1; k <= n; k++) {
+        have = lookup(e, &c->path, seg, k, &raw);
+        if (cond_value(e, c, c->op, raw, have))
             return 1;
-    return n == 0 ? cond_value(e, c, raw, 0) : 0;
+    }
+    return n == 0 ? cond_value(e, c, c->op, raw, 0) : 0;
 }
 
 /* ---- values ------------------------------------------------------------------------- */
@@ -323,16 +422,11 @@ static inline void put(struct ev *e, const void *p, size_t n)
     }
 }
 
-/* Decodes a raw view into the arena.  Pure ASCII without escape sequences
- * decodes to itself in every charset, so it is copied directly; anything
- * else goes through hl7_decode (escapes, charset, invalid UTF-8). */
-static inline void put_decoded(struct ev *e, struct hl7_slice raw)
+/* Decodes a raw view into the arena: a plain value is copied as it is,
+ * anything else goes through hl7_decode (escapes, charset, invalid UTF-8). */
+static __attribute__((noinline)) void put_decoded_slow(struct ev *e, struct hl7_slice raw)
 {
-    size_t i;
-    for (i = 0; i < raw.len; i++)
-        if (raw.p[i] >= 0x80 || raw.p[i] == e->esc)
-            break;
-    if (i == raw.len && !hl7_slice_is_null(raw)) {
+    if (plain(e, raw)) {
         put(e, raw.p, raw.len);
         return;
     }
@@ -340,7 +434,29 @@ static inline void put_decoded(struct ev *e, struct hl7_slice raw)
         e->full = 1;
 }
 
-static int is_ws(uint8_t c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
+EV_HOT void put_decoded(struct ev *e, struct hl7_slice raw)
+{
+#if defined(__SSE2__)
+    /* Most values are short: one load both tests and copies them (the
+     * store may write past the value into the arena's spare room, which
+     * the next value overwrites). */
+    struct buf *a = &e->r->arena;
+    if (raw.len <= 16 && (size_t)(e->lim - raw.p) >= 16 && a->cap - a->off - a->len >= 16) {
+        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)raw.p);
+        unsigned bad = (unsigned)(_mm_movemask_epi8(x) |
+                                  _mm_movemask_epi8(_mm_cmpeq_epi8(x, _mm_set1_epi8((char)e->esc))));
+        if (!(bad & ((1u << raw.len) - 1u)) &&
+            !(raw.len == 2 && raw.p[0] == '"' && raw.p[1] == '"')) {
+            _mm_storeu_si128((__m128i *)(void *)(a->p + a->off + a->len), x);
+            a->len += raw.len;
+            return;
+        }
+    }
+#endif
+    put_decoded_slow(e, raw);
+}
+
+static inline int is_ws(uint8_t c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
 
 /* Minutes for `amount` in `units` (empty = minutes); -1 when unknown. */
 static int64_t to_minutes(const uint8_t *a, size_t alen, const uint8_t *u, size_t ulen)
@@ -431,13 +547,71 @@ static void eval_inner(struct ev *e, const struct mp_val *v)
     }
 }
 
+/* Decimal text of v into out (room for 20 bytes); returns its length.
+ * What snprintf("%lld") writes, at a fraction of its cost: SIU rows format
+ * two epoch times and a duration each. */
+static size_t fmt_i64(char *out, int64_t v)
+{
+    char tmp[20];
+    size_t n = 0, o = 0;
+    uint64_t u = v < 0 ? 0u - (uint64_t)v : (uint64_t)v;
+    do {
+        tmp[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0)
+        out[o++] = '-';
+    while (n)
+        out[o++] = tmp[--n];
+    return o;
+}
+
 static void replace_tail(struct ev *e, size_t start, const void *p, size_t n)
 {
     e->r->arena.len = start;
     put(e, p, n);
 }
 
+/* Removes leading and trailing blanks of the value at [start, len). */
+static inline void trim_tail(struct buf *a, size_t start)
+{
+    uint8_t *d = buf_data(a);
+    size_t b = start, t = a->len;
+    while (b < t && is_ws(d[b]))
+        b++;
+    while (t > b && is_ws(d[t - 1]))
+        t--;
+    if (b > start)
+        memmove(d + start, d + b, t - b);
+    a->len = start + (t - b);
+}
+
+static void eval_mods(struct ev *e, const struct mp_val *v);
+
+/* A value without modifiers (most columns) skips their checks. */
 static void eval_val(struct ev *e, const struct mp_val *v)
+{
+    if (v->mods) {
+        eval_mods(e, v);
+        return;
+    }
+    struct buf *a = &e->r->arena;
+    size_t start = a->len;
+    if (v->op == MP_V_FIELD) { /* the most common value: one field, inline */
+        struct hl7_slice raw;
+        if (get_raw(e, &v->path, &raw))
+            put_decoded(e, raw);
+    } else {
+        eval_inner(e, v);
+    }
+    if (v->trim && a->len > start && !e->full) {
+        const uint8_t *d = buf_data(a);
+        if (is_ws(d[start]) || is_ws(d[a->len - 1]))
+            trim_tail(a, start);
+    }
+}
+
+static void eval_mods(struct ev *e, const struct mp_val *v)
 {
     struct buf *a = &e->r->arena;
     size_t start = a->len;
@@ -472,17 +646,9 @@ static void eval_val(struct ev *e, const struct mp_val *v)
     }
     if (e->full)
         return;
+    if (v->trim && a->len > start)
+        trim_tail(a, start);
     uint8_t *d = buf_data(a);
-    if (v->trim && a->len > start) {
-        size_t b = start, t = a->len;
-        while (b < t && is_ws(d[b]))
-            b++;
-        while (t > b && is_ws(d[t - 1]))
-            t--;
-        if (b > start)
-            memmove(d + start, d + b, t - b);
-        a->len = start + (t - b);
-    }
     if (v->kase != MP_CASE_KEEP) {
         for (size_t i = start; i < a->len; i++) {
             uint8_t c = d[i];
@@ -505,7 +671,7 @@ static void eval_val(struct ev *e, const struct mp_val *v)
         size_t n = 0;
         if (mp_dtm_parse(e->mp->tz, buf_data(a) + start, a->len - start, &t) == 0) {
             if (v->dt == MP_DT_EPOCH)
-                n = (size_t)snprintf(out, sizeof out, "%lld", (long long)t);
+                n = fmt_i64(out, t);
             else if (v->dt == MP_DT_ISO)
                 n = mp_time_format(t, MAPPING_DEFAULT_DATE_FORMAT, 1, out, sizeof out);
             else
@@ -521,7 +687,7 @@ static void eval_val(struct ev *e, const struct mp_val *v)
         d = buf_data(a);
         int64_t mins = to_minutes(d + start, ustart - start, d + ustart, a->len - ustart);
         char out[32];
-        size_t n = mins >= 0 ? (size_t)snprintf(out, sizeof out, "%lld", (long long)mins) : 0;
+        size_t n = mins >= 0 ? fmt_i64(out, mins) : 0;
         replace_tail(e, start, out, n);
     }
     if (v->has_dflt && a->len == start)
@@ -648,6 +814,7 @@ static int rule_selects(struct ev *e, const struct mp_rule *rule, const struct h
     if (!ok)
         return 0;
     e->rule = rule;
+    e->split_ok = 0; /* split keys are per rule */
     resolve_segments(e, rule);
     for (size_t i = 0; i < rule->n_when; i++)
         if (!cond_true(e, &rule->when[i], 0))
@@ -685,6 +852,8 @@ int mapping_eval(const struct mapping *mp, const struct hl7_msg *msg, struct map
     struct ev e = {.mp = mp, .m = msg, .r = r, .wslot = -1};
     const struct hl7_delims *dl = hl7_msg_delims(msg);
     e.esc = dl->esc;
+    struct hl7_slice all = hl7_msg_bytes(msg);
+    e.lim = all.p + all.len;
     e.d_rep = dl->rep;
     e.d_comp = dl->comp;
     e.d_sub = dl->sub;

@@ -6,10 +6,19 @@
  * the configured schema decides which columns are written and under which
  * header.  The formatter writes tsv, csv (RFC 4180) or psv; the audit sink
  * and `hl7bridge map` both call it, so what `map` prints is what is
- * uploaded.  Any thread. */
+ * uploaded.
+ *
+ * Evaluation leaves a row's values back to back in the result's arena, each
+ * followed by its NUL.  A row in which no value holds a byte the format must
+ * alter (checked sixteen bytes at a time) is therefore written with one copy
+ * of that span and a delimiter stored over each NUL; other rows go value by
+ * value.  Any thread. */
 #include "mapping/mapping_int.h"
 
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 const struct mp_coldef mp_cols[MP_NCOLS] = {
     {"creation_time", "Creation Time", "ACCESS_LOG.ACCESS_TIME", 1},
@@ -139,6 +148,69 @@ int mapping_format_header(const struct mapping *mp, enum mapping_format fmt, con
     return buf_append_str(out, eol_of(fmt, eol));
 }
 
+static inline int special(uint8_t c, uint8_t d, uint8_t q)
+{
+    return c == d || c == q || c == '\r' || c == '\n';
+}
+
+/* 1 when p[0..len) holds a byte that format `f` alters: its delimiter, CR,
+ * LF, or a quote in csv.  Reads nothing outside [p, p+len). */
+static int needs_care(const uint8_t *p, size_t len, enum mapping_format f)
+{
+    const uint8_t d = delim_of(f), q = f == MAPPING_FMT_CSV ? '"' : d;
+    size_t i = 0;
+#if defined(__SSE2__)
+    if (len >= 16) {
+        const __m128i vd = _mm_set1_epi8((char)d), vq = _mm_set1_epi8((char)q);
+        const __m128i vcr = _mm_set1_epi8('\r'), vlf = _mm_set1_epi8('\n');
+        for (;;) {
+            /* the last block overlaps the one before rather than reading on */
+            if (i + 16 > len)
+                i = len - 16;
+            __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
+            __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, vd), _mm_cmpeq_epi8(x, vq)),
+                                       _mm_or_si128(_mm_cmpeq_epi8(x, vcr), _mm_cmpeq_epi8(x, vlf)));
+            if (_mm_movemask_epi8(hit))
+                return 1;
+            i += 16;
+            if (i >= len)
+                return 0;
+        }
+    }
+#endif
+    for (; i < len; i++)
+        if (special(p[i], d, q))
+            return 1;
+    return 0;
+}
+
+/* The fast form of one row: when the cells lie back to back in the arena
+ * (each followed by exactly its NUL) and nothing needs altering, copies the
+ * whole span and puts the delimiter where each NUL was.  Returns 1 when
+ * written, 0 when the row must go value by value, -1 when out is full. */
+static int put_row_span(const uint8_t *base, const struct mp_cell *c, size_t ncols,
+                        enum mapping_format f, const char *eol, size_t elen, struct buf *out)
+{
+    if (ncols == 0)
+        return 0;
+    for (size_t k = 1; k < ncols; k++)
+        if (c[k].off != (size_t)c[k - 1].off + c[k - 1].len + 1)
+            return 0;
+    size_t from = c[0].off, span = (size_t)c[ncols - 1].off + c[ncols - 1].len - from;
+    if (needs_care(base + from, span, f))
+        return 0;
+    uint8_t *w = buf_reserve(out, span + elen);
+    if (!w)
+        return -1;
+    memcpy(w, base + from, span);
+    const uint8_t d = delim_of(f);
+    for (size_t k = 0; k + 1 < ncols; k++)
+        w[c[k].off + c[k].len - from] = d;
+    memcpy(w + span, eol, elen);
+    buf_commit(out, span + elen);
+    return 1;
+}
+
 int mapping_format_rows(const struct mapping *mp, const struct mapping_result *r,
                         enum mapping_format fmt, const char *eol, struct buf *out,
                         unsigned *replaced)
@@ -151,6 +223,11 @@ int mapping_format_rows(const struct mapping *mp, const struct mapping_result *r
         return 0;
     for (size_t row = 0; row < r->nrows; row++) {
         const struct mp_cell *c = r->cells + row * r->ncols;
+        int fast = put_row_span(base, c, r->ncols, fmt, e, elen, out);
+        if (fast < 0)
+            return -1;
+        if (fast)
+            continue;
         /* One reservation per row: every value may double (csv quotes). */
         size_t need = elen + r->ncols;
         for (unsigned k = 0; k < r->ncols; k++)

@@ -209,6 +209,21 @@ static int segref_slot(struct ld *ld, const yaml_node_t *n, size_t at, const str
     return (int)r->n_segrefs++;
 }
 
+/* The split-cache key of (slot, field) in rule r: paths reading the same
+ * field of the same segment share one split during evaluation.  -1 past
+ * MP_MAX_FKEYS (such paths are split on every read). */
+static int fkey_of(struct mp_rule *r, int slot, unsigned field)
+{
+    for (size_t i = 0; i < r->n_fkeys; i++)
+        if (r->fkeys[i].slot == slot && r->fkeys[i].field == field)
+            return (int)i;
+    if (r->n_fkeys == MP_MAX_FKEYS)
+        return -1;
+    r->fkeys[r->n_fkeys].slot = slot;
+    r->fkeys[r->n_fkeys].field = field;
+    return (int)r->n_fkeys++;
+}
+
 /* Compiles `len` bytes at s (inside scalar n, at offset `at`). */
 static int path_compile(struct ld *ld, const yaml_node_t *n, size_t at, const char *s, size_t len,
                         struct mp_path *out)
@@ -233,7 +248,14 @@ static int path_compile(struct ld *ld, const yaml_node_t *n, size_t at, const ch
         return -1;
     }
     out->slot = segref_slot(ld, n, qoff(n) + at, &out->p);
-    return out->slot < 0 ? -1 : 0;
+    if (out->slot < 0)
+        return -1;
+    /* MSH-1 and MSH-2 are the delimiters themselves and never split */
+    if (memcmp(out->p.seg, "MSH", 3) == 0 && out->p.field <= 2)
+        out->fkey = -1;
+    else
+        out->fkey = fkey_of(ld->rule, out->slot, out->p.field);
+    return 0;
 }
 
 /* ---- conditions -------------------------------------------------------------- */
@@ -546,6 +568,14 @@ oom:
     return -1;
 }
 
+/* Records whether evaluation has modifier steps to run for v; called again
+ * whenever one is set after val_compile. */
+static void set_mods(struct mp_val *v)
+{
+    v->mods = v->n_where || v->kase != MP_CASE_KEEP || v->map || v->dt != MP_DT_NONE ||
+              v->units || v->has_dflt;
+}
+
 static int val_compile(struct ld *ld, const yaml_node_t *n, int depth, struct mp_val *v)
 {
     static const char *const keys[] = {"field", "template", "literal", "first", "where", "trim",
@@ -734,6 +764,7 @@ static int val_compile(struct ld *ld, const yaml_node_t *n, int depth, struct mp
             }
         }
     }
+    set_mods(v);
     return rc;
 }
 
@@ -939,8 +970,10 @@ static int rule_compile(struct ld *ld, const yaml_node_t *n, struct mp_rule *r)
                 }
                 /* The SMS sink schedules on these: always epoch seconds. */
                 if ((f == MAPPING_APPT_START || f == MAPPING_APPT_EVENT_TIME) &&
-                    r->appt[f]->dt == MP_DT_NONE)
+                    r->appt[f]->dt == MP_DT_NONE) {
                     r->appt[f]->dt = MP_DT_EPOCH;
+                    set_mods(r->appt[f]);
+                }
             }
         }
     }

@@ -19,6 +19,13 @@
 #define MP_MAX_ROWS 100000u
 /* Nesting of value expressions (first: inside first: ...). */
 #define MP_MAX_DEPTH 8
+/* Distinct fields (segment slot + field number) of one rule whose
+ * component split is kept during an evaluation; paths beyond are split on
+ * every read.  64 so that one word says which splits are current. */
+#define MP_MAX_FKEYS 64
+/* Components of one repetition recorded by a split; further ones are found
+ * by scanning on from the last recorded one. */
+#define MP_MAX_SPLIT_COMPS 24
 
 /* ---- schema ------------------------------------------------------------ */
 
@@ -76,6 +83,7 @@ enum mp_cop { MP_C_EQUALS, MP_C_IN, MP_C_PRESENT, MP_C_ABSENT, MP_C_REGEX };
 struct mp_path {
     struct hl7_path p;
     int slot;   /* index into rule->segrefs; -1 → hl7_seg_find at eval time */
+    int fkey;   /* index into rule->fkeys (slot + field), -1 → not kept */
 };
 
 struct mp_cond {
@@ -126,6 +134,9 @@ struct mp_val {
     int has_dflt;
     /* first path read, for ERR-2 and reasons; NULL when literal only */
     const struct mp_path *src;
+    /* any of where, case, map, datetime, units, default: evaluation skips
+     * the modifier steps when 0 */
+    int mods;
 };
 
 enum mp_missing { MP_MISSING_QUARANTINE = 0, MP_MISSING_REJECT, MP_MISSING_DEFAULT };
@@ -157,6 +168,12 @@ struct mp_rule {
     struct mp_val *appt[MAPPING_APPT_N];  /* NULL → empty */
     struct mp_segref segrefs[MP_MAX_SEGREFS];
     size_t n_segrefs;
+    /* distinct (slot, field) pairs read by paths, for the split cache */
+    struct mp_fkey {
+        int slot;
+        unsigned field;
+    } fkeys[MP_MAX_FKEYS];
+    size_t n_fkeys;
 };
 
 struct mapping {
@@ -182,6 +199,24 @@ struct mp_cell {
     uint32_t off, len; /* into arena; offsets survive reallocation */
 };
 
+/* One repetition of one field split into components, kept for the rest of
+ * an evaluation so that the six PID-11 columns split PID-11 once.  Valid
+ * while its bit is set in the evaluation's mask and seg/rep still match
+ * (for_each rows move a slot to another segment). */
+struct mp_split {
+    long seg;
+    unsigned rep;
+    unsigned ncomp;            /* components whose start is recorded */
+    int more;                  /* more components than recorded */
+    struct hl7_slice whole;    /* the repetition */
+    struct hl7_slice field;    /* the whole field, every repetition */
+    size_t next;               /* offset in field of the next repetition, 0 after the last */
+    /* component k (1-based, k <= ncomp) starts at start[k-1]; when !more,
+     * start[ncomp] is whole.len + 1 so that every recorded component ends
+     * one byte before the next one starts */
+    uint32_t start[MP_MAX_SPLIT_COMPS + 1];
+};
+
 struct mapping_result {
     enum mapping_outcome outcome;
     const struct mp_rule *rule;
@@ -195,6 +230,7 @@ struct mapping_result {
     char reason[200];
     struct buf scratch;          /* conditions and date-times */
     long segidx[MP_MAX_SEGREFS];
+    struct mp_split splits[MP_MAX_FKEYS]; /* by rule fkey; see eval.c */
 };
 
 /* eval.c */

@@ -463,9 +463,36 @@ static void conn_fd_cb(void *ud, int fd, unsigned ev)
         mark_dirty(c);
 }
 
+/* Takes a connection off the ready and dirty lists (it may have been put
+ * back on one after it was marked dead, e.g. by a reply written while the
+ * dead list was pending). */
+static void unlink_lists(struct mllp_conn *c)
+{
+    struct mllp_server *s = c->srv;
+    if (c->on_ready) {
+        for (struct mllp_conn **pp = &s->ready; *pp; pp = &(*pp)->next_ready) {
+            if (*pp == c) {
+                *pp = c->next_ready;
+                break;
+            }
+        }
+        c->on_ready = 0;
+    }
+    if (c->on_dirty) {
+        for (struct mllp_conn **pp = &s->dirty; *pp; pp = &(*pp)->next_dirty) {
+            if (*pp == c) {
+                *pp = c->next_dirty;
+                break;
+            }
+        }
+        c->on_dirty = 0;
+    }
+}
+
 static void conn_free(struct mllp_conn *c)
 {
     struct mllp_server *s = c->srv;
+    unlink_lists(c);
     if (s->h.on_close)
         s->h.on_close(s->h.ud, c);
     loop_del(s->loop, c->fd);

@@ -3,7 +3,10 @@
 # HL7 code, no storage), same load, same run, so the ratio is meaningful on a
 # shared machine.  Then the mapping throughput.  Figures go to stdout and to
 # build/bench-results.txt.
-#   BENCH_MESSAGES (default 200000), BENCH_FILE (default the 600-byte ADT^A01)
+#   BENCH_MESSAGES (default 200000), BENCH_FILE (default the 600-byte ADT^A01),
+#   BENCH_AUDIT_MESSAGES (default 200000) and BENCH_BACKLOG (default 5000000)
+#   for the audit sink: rows/s MLLP in → connector emulator, and the time to
+#   push a backlog of that many rows.
 set -u
 cd "$(dirname "$0")/.."
 build=${1:-build}
@@ -37,8 +40,10 @@ wait_port "$port" || { echo "bench: null responder did not start"; exit 1; }
 run_load null "$port"
 kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null
 
-port=$(free_port)
-cat > "$work/bench.yaml" <<YAML
+start_hb() { # name metrics(true|false)
+    port=$(free_port); mport=$(free_port)
+    rm -rf "$work/store"
+    cat > "$work/bench.yaml" <<YAML
 listen:
   - name: bench
     address: 127.0.0.1:$port
@@ -46,23 +51,45 @@ store:
   path: $work/store/hl7bridge.db
 log:
   level: warn
+sinks:
+  audit:
+    type: file
+    directory: $work/out
+  sms:
+    type: none
+metrics:
+  enabled: $2
+  address: 127.0.0.1:$mport
 YAML
-"$build"/hl7bridge run -c "$work/bench.yaml" 2> "$work/hb.log" & hb=$!; pids+=($hb)
-wait_port "$port" || { echo "bench: hl7bridge did not start"; cat "$work/hb.log"; exit 1; }
+    "$build"/hl7bridge run -c "$work/bench.yaml" 2> "$work/$1.log" & hb=$!; pids+=($hb)
+    wait_port "$port" || { echo "bench: hl7bridge did not start"; cat "$work/$1.log"; exit 1; }
+}
+
+start_hb hl7bridge false
 run_load hl7bridge "$port"
+kill -TERM "$hb"; wait "$hb" 2>/dev/null
+start_hb metrics true
+run_load metrics "$port"
 kill -TERM "$hb"; wait "$hb" 2>/dev/null
 
 field() { grep -oE "$2=[0-9.]+" <<<"$1" | cut -d= -f2; }
 {
 echo
-printf '%-22s %12s %12s %8s %10s %10s\n' scenario null_msg/s hl7b_msg/s ratio hl7b_p50us hl7b_p99us
+printf '%-20s %11s %11s %7s %9s %9s %11s %9s\n' scenario null_msg/s hl7b_msg/s ratio \
+    p50_us p99_us metrics_on on/off
 for sc in "${scenarios[@]}"; do
     set -- $sc
-    n=${res["null,$1,$2"]}; h=${res["hl7bridge,$1,$2"]}
-    nr=$(field "$n" rate); hr=$(field "$h" rate)
+    n=${res["null,$1,$2"]}; h=${res["hl7bridge,$1,$2"]}; m=${res["metrics,$1,$2"]}
+    nr=$(field "$n" rate); hr=$(field "$h" rate); mr=$(field "$m" rate)
     ratio=$(awk -v a="$hr" -v b="$nr" 'BEGIN{printf "%.3f", a/b}')
-    printf '%-22s %12s %12s %8s %10s %10s\n' "conns=$1 window=$2" "$nr" "$hr" "$ratio" \
-        "$(field "$h" p50_us)" "$(field "$h" p99_us)"
+    onoff=$(awk -v a="$mr" -v b="$hr" 'BEGIN{printf "%.3f", a/b}')
+    printf '%-20s %11s %11s %7s %9s %9s %11s %9s\n' "conns=$1 window=$2" "$nr" "$hr" "$ratio" \
+        "$(field "$h" p50_us)" "$(field "$h" p99_us)" "$mr" "$onoff"
 done
+echo "(ratio = hl7bridge / null responder; on/off = metrics on / metrics off; each fsyncs every"
+echo " accepted message before its ACK)"
 if [ -x "$build/bench/bench_mapping" ]; then echo; "$build/bench/bench_mapping"; fi
+echo
+/usr/bin/python3 tests/bench/audit_bench.py --messages "${BENCH_AUDIT_MESSAGES:-200000}" \
+    --backlog "${BENCH_BACKLOG:-5000000}"
 } | tee build/bench-results.txt

@@ -287,4 +287,159 @@ int store_daily_query(const char *path, const char *from_day,
                       char *errbuf, size_t errcap) __attribute__((warn_unused_result));
 /* ==== end of daily totals ================================================= */
 
+/* ==== SMS schedule (store/sms.c) ==========================================
+ *
+ * The SMS sink's own tables, created with CREATE TABLE IF NOT EXISTS on its
+ * own connection (schema version in sms_state, independent of the journal's
+ * migrations):
+ *   sms_appointments  one row per (facility, appointment id): the state the
+ *                     latest event gave it and the facts texts are made of;
+ *                     personal fields are purged after the appointment;
+ *   sms_outbox        one row per text: due time, rendered text, E.164
+ *                     number, repeatability id / first-sent date, state
+ *                     pending → sent | failed | skipped; UNIQUE per
+ *                     (appointment, event key) so an event is texted once;
+ *   sms_state         the checkpoint (last journal message id looked at);
+ *   sms_counters      named counters (skip reasons, sent, failed …).
+ * The worker changes them together with the checkpoint in one transaction,
+ * so a restart resumes exactly where it stopped.
+ *
+ * Threads: a struct store_sms is one SQLite connection used by one thread
+ * (the SMS worker).  Strings in the structs are NUL-terminated UTF-8, cut to
+ * their array size. */
+
+struct store_sms; /* opaque */
+
+#define STORE_SMS_KEY_MAX   128   /* facility, appointment id */
+#define STORE_SMS_FACT_MAX  256   /* location, provider, first name */
+#define STORE_SMS_PHONE_MAX 24    /* "+" and up to 15 digits */
+#define STORE_SMS_TEXT_MAX  8200  /* 2,048 characters of UTF-8 */
+
+enum store_sms_appt_state { STORE_SMS_BOOKED = 0, STORE_SMS_CANCELLED, STORE_SMS_NOSHOW };
+
+struct store_sms_appt {
+    char facility[STORE_SMS_KEY_MAX];
+    char appt_id[STORE_SMS_KEY_MAX];
+    enum store_sms_appt_state state;
+    int64_t event_time;          /* latest applied event time, UTC s */
+    int64_t last_msg_id;         /* journal id of the message that set it */
+    char fingerprint[65];        /* digest of the applied facts; "" once purged */
+    int64_t start_s;             /* UTC s, 0 when unknown */
+    int64_t duration_min;
+    char location[STORE_SMS_FACT_MAX];
+    char provider[STORE_SMS_FACT_MAX];
+    char first_name[STORE_SMS_FACT_MAX];
+    char phone[STORE_SMS_PHONE_MAX]; /* E.164 or "" */
+    int consent;
+    int64_t purge_after_s;       /* personal fields go at this time */
+    int purged;
+};
+
+enum store_sms_text_state {
+    STORE_SMS_PENDING = 0, STORE_SMS_SENT, STORE_SMS_FAILED, STORE_SMS_SKIPPED
+};
+
+struct store_sms_text {
+    int64_t id;                  /* set by store_sms_claim */
+    char facility[STORE_SMS_KEY_MAX];
+    char appt_id[STORE_SMS_KEY_MAX];
+    char kind[16];               /* scheduled | updated | cancelled | reminder */
+    char event_key[80];          /* unique per appointment */
+    int64_t due_s;
+    int64_t start_s;             /* the appointment start it announces */
+    char text[STORE_SMS_TEXT_MAX];
+    char to[STORE_SMS_PHONE_MAX];
+    char request_id[37];         /* repeatabilityRequestId */
+    char first_sent[40];         /* repeatabilityFirstSent, "" until the first attempt */
+    unsigned segments;
+    char encoding[8];            /* "GSM-7" | "UCS-2" */
+    enum store_sms_text_state state;
+    unsigned attempts;
+    int64_t next_ms;
+};
+
+/* Opens a connection to the store file (store_open has created it) and
+ * creates the SMS tables if needed.  NULL with a message in errbuf. */
+struct store_sms *store_sms_open(const char *path, char *errbuf, size_t errcap);
+void store_sms_close(struct store_sms *ss); /* NULL is a no-op */
+const char *store_sms_errmsg(const struct store_sms *ss);
+
+/* BEGIN IMMEDIATE / COMMIT / ROLLBACK on the connection. */
+int store_sms_begin(struct store_sms *ss) __attribute__((warn_unused_result));
+int store_sms_commit(struct store_sms *ss) __attribute__((warn_unused_result));
+void store_sms_rollback(struct store_sms *ss);
+
+int store_sms_get_checkpoint(struct store_sms *ss, int64_t *id) __attribute__((warn_unused_result));
+int store_sms_set_checkpoint(struct store_sms *ss, int64_t id) __attribute__((warn_unused_result));
+
+/* The journal's last message id (a read, no lock taken): lets the worker
+ * skip its write transaction when nothing new was committed. */
+int store_sms_journal_last(struct store_sms *ss, int64_t *id) __attribute__((warn_unused_result));
+
+/* Calls `cb` for up to `max` accepted, not quarantined SIU messages with
+ * id > after, in id order; `raw` is valid during the call only (empty when
+ * retention already purged it).  A non-zero return from cb stops the scan
+ * and is returned.  *next_checkpoint gets the id to resume after: the last
+ * message handed over, or the journal's last id when the scan reached the
+ * end (so other message types are skipped once).  Call inside a
+ * transaction.  Returns 0 or -1. */
+typedef int (*store_sms_msg_cb)(void *ud, int64_t id, int64_t received_ms, const uint8_t *raw,
+                                size_t len);
+int store_sms_scan(struct store_sms *ss, int64_t after, unsigned max, store_sms_msg_cb cb, void *ud,
+                   int64_t *next_checkpoint) __attribute__((warn_unused_result));
+
+/* 1 found, 0 none, -1 error. */
+int store_sms_appt_get(struct store_sms *ss, const char *facility, const char *appt_id,
+                       struct store_sms_appt *out) __attribute__((warn_unused_result));
+/* Inserts or replaces the row. */
+int store_sms_appt_put(struct store_sms *ss, const struct store_sms_appt *a)
+    __attribute__((warn_unused_result));
+
+/* Queues a text (state pending, next_ms = due).  1 added, 0 when the
+ * appointment already has a text with this event key, -1 error. */
+int store_sms_text_add(struct store_sms *ss, const struct store_sms_text *t)
+    __attribute__((warn_unused_result));
+
+/* Pending texts of one appointment that are no longer wanted:
+ * STORE_SMS_DROP_REMINDERS deletes pending reminders never attempted (their
+ * event keys become free for a new plan); STORE_SMS_DROP_CONFIRMATIONS marks
+ * never-attempted confirmations skipped; STORE_SMS_DROP_ALL marks every
+ * pending text skipped.  *n (optional) gets how many. */
+enum store_sms_drop { STORE_SMS_DROP_REMINDERS = 1, STORE_SMS_DROP_CONFIRMATIONS = 2,
+                      STORE_SMS_DROP_ALL = 4 };
+int store_sms_drop_pending(struct store_sms *ss, const char *facility, const char *appt_id,
+                           unsigned what, const char *reason, unsigned *n)
+    __attribute__((warn_unused_result));
+
+/* Takes the earliest pending text whose next_ms has come: attempts+1 and
+ * first_sent fixed to `first_sent_now` if it was still empty, durably, before
+ * the caller sends it.  1 with *out, 0 none due, -1 error. */
+int store_sms_claim(struct store_sms *ss, int64_t now_ms, const char *first_sent_now,
+                    struct store_sms_text *out) __attribute__((warn_unused_result));
+/* pending → sent | failed | skipped; the text and number are cleared.
+ * `status` is the provider's HTTP status (0 none); strings may be NULL. */
+int store_sms_finish(struct store_sms *ss, int64_t id, enum store_sms_text_state state, int status,
+                     const char *error, const char *message_id, int64_t now_ms)
+    __attribute__((warn_unused_result));
+/* Stays pending, tried again from next_ms. */
+int store_sms_retry(struct store_sms *ss, int64_t id, int status, const char *error,
+                    int64_t next_ms) __attribute__((warn_unused_result));
+
+/* Retention: pending texts of appointments past purge_after_s are skipped
+ * ("expired"); appointments past purge_after_s, or cancelled / no-show with
+ * nothing pending, lose their phone number and personal fields.  *appts
+ * (optional) gets how many were purged. */
+int store_sms_purge(struct store_sms *ss, int64_t now_s, unsigned *appts)
+    __attribute__((warn_unused_result));
+
+int store_sms_count_add(struct store_sms *ss, const char *name, int64_t n)
+    __attribute__((warn_unused_result));
+/* Calls cb for every counter. */
+int store_sms_counters(struct store_sms *ss, void (*cb)(void *ud, const char *name, uint64_t n),
+                       void *ud) __attribute__((warn_unused_result));
+/* Pending texts, and how many of them are reminders. */
+int store_sms_pending(struct store_sms *ss, uint64_t *texts, uint64_t *reminders)
+    __attribute__((warn_unused_result));
+/* ==== end of SMS schedule ================================================= */
+
 #endif

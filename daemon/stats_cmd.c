@@ -1,0 +1,389 @@
+/* `hl7bridge stats [-c FILE] [--daily] [--days N]`: the monitoring figures
+ * as tables on the terminal.
+ *
+ * With the daemon running, it fetches /status from metrics.address (libcurl)
+ * and prints the same numbers as the status page: health, queues, and ACKs
+ * by code per listener, per sender and per message type.  When the daemon
+ * does not answer (or with --daily) it prints the daily totals kept in the
+ * store instead, read through a read-only connection.
+ *
+ * /status is JSON written with ", " and ": " separators, which makes it
+ * valid YAML as well; it is read back with libyaml (already linked for the
+ * configuration) rather than with a JSON parser of our own.
+ *
+ * Threads: main thread only (a CLI). */
+#include "daemon/cli.h"
+#include "config/config.h"
+#include "core/buf.h"
+#include "core/clock.h"
+#include "core/num.h"
+#include "store/store.h"
+
+#include <curl/curl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <yaml.h>
+
+#define STATUS_MAX_BYTES (32u << 20)
+#define FETCH_TIMEOUT_MS 5000
+#define NAME_WIDTH_MAX   40
+
+struct config *load_config_or_report(const char *path, int explicit_path, const char **used);
+
+static const char *const codes[6] = { "AA", "AE", "AR", "CA", "CE", "CR" };
+
+static void stats_usage(FILE *out)
+{
+    fprintf(out, "usage: hl7bridge stats [-c FILE] [--daily] [--days N]\n"
+                 "\n"
+                 "Prints ACK statistics of the running daemon (from /status on\n"
+                 "metrics.address).  When the daemon is not running, or with --daily,\n"
+                 "prints the daily totals kept in the store instead.\n"
+                 "  -c, --config FILE   configuration (default %s)\n"
+                 "  --daily             print the store's daily totals\n"
+                 "  --days N            how many days of daily totals, 1..3660 (default 7)\n",
+            CONFIG_DEFAULT_PATH);
+}
+
+/* ---- fetching ------------------------------------------------------------- */
+
+static size_t on_body(char *p, size_t size, size_t n, void *ud)
+{
+    struct buf *b = ud;
+    return buf_append(b, p, size * n) == 0 ? size * n : 0;
+}
+
+/* GETs /status into `body`.  Returns 0; 1 when nothing listens there (the
+ * daemon is not running); -1 on any other failure (message printed). */
+static int fetch_status(const struct config *c, struct buf *body)
+{
+    const char *host = c->metrics.host;
+    /* A wildcard bind is reached through loopback. */
+    if (strcmp(host, "0.0.0.0") == 0)
+        host = "127.0.0.1";
+    else if (strcmp(host, "::") == 0)
+        host = "::1";
+    char url[320];
+    snprintf(url, sizeof url, strchr(host, ':') ? "http://[%s]:%u/status" : "http://%s:%u/status",
+             host, c->metrics.port);
+    CURL *h = curl_easy_init();
+    if (!h) {
+        fprintf(stderr, "hl7bridge stats: cannot initialise libcurl\n");
+        return -1;
+    }
+    char errbuf[CURL_ERROR_SIZE] = "";
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_NOPROXY, "*");
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)FETCH_TIMEOUT_MS);
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)FETCH_TIMEOUT_MS);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, body);
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    CURLcode rc = curl_easy_perform(h);
+    long status = 0;
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_cleanup(h);
+    if (rc == CURLE_COULDNT_CONNECT)
+        return 1;
+    if (rc != CURLE_OK) {
+        fprintf(stderr, "hl7bridge stats: %s: %s\n", url, errbuf[0] ? errbuf : curl_easy_strerror(rc));
+        return -1;
+    }
+    if (status != 200) {
+        fprintf(stderr, "hl7bridge stats: %s: HTTP status %ld\n", url, status);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- reading the document ----------------------------------------------- */
+
+static yaml_node_t *get(yaml_document_t *d, yaml_node_t *map, const char *key)
+{
+    if (!map || map->type != YAML_MAPPING_NODE)
+        return NULL;
+    size_t kl = strlen(key);
+    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top;
+         p++) {
+        yaml_node_t *k = yaml_document_get_node(d, p->key);
+        if (k && k->type == YAML_SCALAR_NODE && k->data.scalar.length == kl &&
+            memcmp(k->data.scalar.value, key, kl) == 0)
+            return yaml_document_get_node(d, p->value);
+    }
+    return NULL;
+}
+
+static uint64_t num(yaml_node_t *n)
+{
+    uint64_t v = 0;
+    if (!n || n->type != YAML_SCALAR_NODE ||
+        num_parse_u64(n->data.scalar.value, n->data.scalar.length, UINT64_MAX, &v) != 0)
+        return 0;
+    return v;
+}
+
+static int64_t snum(yaml_node_t *n)
+{
+    int64_t v = 0;
+    if (!n || n->type != YAML_SCALAR_NODE ||
+        num_parse_i64(n->data.scalar.value, n->data.scalar.length, INT64_MIN, INT64_MAX, &v) != 0)
+        return 0;
+    return v;
+}
+
+static const char *str(yaml_node_t *n)
+{
+    return n && n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : "";
+}
+
+static int truth(yaml_node_t *n) { return strcmp(str(n), "true") == 0; }
+
+static size_t seq_len(yaml_node_t *n)
+{
+    return n && n->type == YAML_SEQUENCE_NODE
+               ? (size_t)(n->data.sequence.items.top - n->data.sequence.items.start)
+               : 0;
+}
+
+static yaml_node_t *seq_at(yaml_document_t *d, yaml_node_t *n, size_t i)
+{
+    return yaml_document_get_node(d, n->data.sequence.items.start[i]);
+}
+
+/* ---- printing --------------------------------------------------------------- */
+
+static void print_pct(uint64_t part, uint64_t whole)
+{
+    uint64_t p10 = whole ? part * 1000 / whole : 0;
+    printf(" %5" PRIu64 ".%" PRIu64 "%%", p10 / 10, p10 % 10);
+}
+
+static void print_head(const char *what, int width)
+{
+    printf("%-*s %9s", width, what, "RECEIVED");
+    for (int c = 0; c < 6; c++)
+        printf(" %8s", codes[c]);
+    printf(" %8s %7s\n", "DUP", "NACK%");
+}
+
+static void print_counts(yaml_document_t *d, const char *name, int width, yaml_node_t *o)
+{
+    yaml_node_t *acks = get(d, o, "acks");
+    uint64_t all = 0, bad = 0;
+    printf("%-*.*s %9" PRIu64, width, NAME_WIDTH_MAX, name, num(get(d, o, "received")));
+    for (int c = 0; c < 6; c++) {
+        uint64_t v = num(get(d, acks, codes[c]));
+        all += v;
+        if (c == 1 || c == 2 || c == 4 || c == 5)
+            bad += v;
+        printf(" %8" PRIu64, v);
+    }
+    printf(" %8" PRIu64, num(get(d, o, "duplicates")));
+    print_pct(bad, all);
+    printf("\n");
+}
+
+/* Prints one table of a /status list (`listeners`, `senders`, `types`). */
+static void print_table(yaml_document_t *d, yaml_node_t *root, const char *list,
+                        const char *key, const char *title)
+{
+    yaml_node_t *n = get(d, root, list);
+    size_t len = seq_len(n);
+    int width = (int)strlen(title);
+    for (size_t i = 0; i < len; i++) {
+        int w = (int)strlen(str(get(d, seq_at(d, n, i), key)));
+        if (w > width)
+            width = w < NAME_WIDTH_MAX ? w : NAME_WIDTH_MAX;
+    }
+    printf("\n");
+    print_head(title, width);
+    if (len == 0)
+        printf("(none)\n");
+    for (size_t i = 0; i < len; i++) {
+        yaml_node_t *o = seq_at(d, n, i);
+        print_counts(d, str(get(d, o, key)), width, o);
+    }
+}
+
+static int print_status(const struct config *c, const struct buf *body)
+{
+    yaml_parser_t p;
+    yaml_document_t d;
+    if (!yaml_parser_initialize(&p))
+        return -1;
+    yaml_parser_set_input_string(&p, buf_data(body), body->len);
+    if (!yaml_parser_load(&p, &d)) {
+        fprintf(stderr, "hl7bridge stats: /status is not readable: %s\n",
+                p.problem ? p.problem : "parse error");
+        yaml_parser_delete(&p);
+        return -1;
+    }
+    yaml_node_t *root = yaml_document_get_root_node(&d);
+    int64_t up = snum(get(&d, root, "uptime_s"));
+    yaml_node_t *reasons = get(&d, root, "degraded_reasons");
+    printf("hl7bridge %s at %s: up %" PRId64 "h %02" PRId64 "m, %s, ",
+           str(get(&d, root, "version")), c->metrics.address, up / 3600, up / 60 % 60,
+           truth(get(&d, root, "ready")) ? "ready" : "NOT READY");
+    if (!truth(get(&d, root, "degraded"))) {
+        printf("not degraded\n");
+    } else {
+        printf("DEGRADED:");
+        for (size_t i = 0; i < seq_len(reasons); i++)
+            printf(" %s", str(seq_at(&d, reasons, i)));
+        printf("\n");
+    }
+    yaml_node_t *s = get(&d, root, "store");
+    printf("store: queue %" PRIu64 ", acks pending %" PRIu64 ", commits %" PRIu64
+           ", messages %" PRIu64 ", duplicates %" PRIu64 ", failures %" PRIu64
+           ", writable %s, free disk %" PRId64 " MiB\n",
+           num(get(&d, s, "queue_depth")), num(get(&d, s, "acks_pending")),
+           num(get(&d, s, "commits")), num(get(&d, s, "messages")),
+           num(get(&d, s, "duplicates")), num(get(&d, s, "failures")),
+           truth(get(&d, s, "writable")) ? "yes" : "NO", snum(get(&d, s, "free_disk_mb")));
+    yaml_node_t *cn = get(&d, root, "connections");
+    yaml_node_t *fr = get(&d, root, "frames");
+    printf("connections: open %" PRIu64 ", accepted %" PRIu64 ", refused %" PRIu64
+           "; frames %" PRIu64 ", oversize %" PRIu64 "\n",
+           num(get(&d, cn, "current")), num(get(&d, cn, "accepted")),
+           num(get(&d, cn, "refused_limit")), num(get(&d, fr, "received")),
+           num(get(&d, fr, "oversize")));
+    yaml_node_t *w = get(&d, root, "nack_window");
+    printf("NACK rate: %s%% of %" PRIu64 " ACKs in the last %" PRIu64 " s (threshold %" PRIu64
+           "%%)\n",
+           str(get(&d, w, "percent")), num(get(&d, w, "acks")), num(get(&d, w, "seconds")),
+           num(get(&d, get(&d, root, "thresholds"), "nack_percent")));
+
+    print_table(&d, root, "listeners", "name", "LISTENER");
+    print_table(&d, root, "senders", "sender", "SENDER");
+    print_table(&d, root, "types", "type", "TYPE");
+
+    yaml_node_t *sinks = get(&d, root, "sinks");
+    printf("\n");
+    if (seq_len(sinks) == 0)
+        printf("sinks: no reports\n");
+    for (size_t i = 0; i < seq_len(sinks); i++) {
+        yaml_node_t *k = seq_at(&d, sinks, i);
+        printf("sink %s (%s): %s, rows pending %" PRIu64 ", blocks failed %" PRIu64
+               ", retries %" PRIu64 "%s%s\n",
+               str(get(&d, k, "name")), str(get(&d, k, "type")), str(get(&d, k, "state")),
+               num(get(&d, k, "rows_pending")), num(get(&d, k, "blocks_failed")),
+               num(get(&d, k, "retries")), *str(get(&d, k, "last_error")) ? ", last error: " : "",
+               str(get(&d, k, "last_error")));
+    }
+    yaml_document_delete(&d);
+    yaml_parser_delete(&p);
+    return 0;
+}
+
+/* ---- daily totals -------------------------------------------------------- */
+
+struct daily_print {
+    size_t rows;
+    char last_day[11];
+};
+
+static void daily_row(void *ud, const struct store_daily_row *r)
+{
+    struct daily_print *dp = ud;
+    if (dp->rows == 0) {
+        printf("%-10s %-12s %-24s %9s", "DAY", "LISTENER", "SENDER", "RECEIVED");
+        for (int c = 0; c < 6; c++)
+            printf(" %8s", codes[c]);
+        printf(" %8s %7s\n", "DUP", "NACK%");
+    }
+    dp->rows++;
+    uint64_t all = 0, bad = 0;
+    printf("%-10s %-12s %-24s %9" PRIu64, strcmp(r->day, dp->last_day) ? r->day : "",
+           r->listener, r->sender, r->received);
+    for (int c = 0; c < 6; c++) {
+        all += r->acks[c];
+        if (c == 1 || c == 2 || c == 4 || c == 5)
+            bad += r->acks[c];
+        printf(" %8" PRIu64, r->acks[c]);
+    }
+    printf(" %8" PRIu64, r->duplicates);
+    print_pct(bad, all);
+    printf("\n");
+    memcpy(dp->last_day, r->day, sizeof dp->last_day);
+}
+
+static int print_daily(const struct config *c, unsigned days)
+{
+    char from[11];
+    time_t t = (time_t)(clock_wall_ms() / 1000) - (time_t)(days - 1) * 86400;
+    struct tm tm;
+    if (!localtime_r(&t, &tm) || strftime(from, sizeof from, "%Y-%m-%d", &tm) != 10)
+        return -1;
+    printf("daily totals since %s (local time) from %s\n", from, c->store.path);
+    struct daily_print dp = { 0, "" };
+    char err[256];
+    if (store_daily_query(c->store.path, from, daily_row, &dp, err, sizeof err) != 0) {
+        fprintf(stderr, "hl7bridge stats: %s\n", err);
+        return -1;
+    }
+    if (dp.rows == 0)
+        printf("(no messages counted)\n");
+    return 0;
+}
+
+int cmd_stats(int argc, char **argv)
+{
+    const char *path = CONFIG_DEFAULT_PATH;
+    int explicit_path = 0, daily = 0;
+    uint64_t days = 7;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            stats_usage(stdout);
+            return 0;
+        }
+        if (strcmp(argv[i], "--daily") == 0) {
+            daily = 1;
+            continue;
+        }
+        if (strcmp(argv[i], "--days") == 0) {
+            if (i + 1 >= argc ||
+                num_parse_u64((const uint8_t *)argv[i + 1], strlen(argv[i + 1]), 3660, &days) !=
+                    0 ||
+                days == 0) {
+                stats_usage(stderr);
+                return 2;
+            }
+            i++;
+            continue;
+        }
+        int r = cli_config_opt(argc, argv, &i, &path);
+        if (r <= 0) {
+            stats_usage(stderr);
+            return 2;
+        }
+        explicit_path = 1;
+    }
+    struct config *cfg = load_config_or_report(path, explicit_path, &path);
+    if (!cfg)
+        return 1;
+    int rc = 1;
+    if (!daily && cfg->metrics.enabled) {
+        struct buf body;
+        buf_init(&body, STATUS_MAX_BYTES);
+        curl_global_init(CURL_GLOBAL_DEFAULT);
+        int f = fetch_status(cfg, &body);
+        if (f == 0)
+            rc = print_status(cfg, &body) == 0 ? 0 : 1;
+        else if (f > 0)
+            printf("no daemon answers on %s\n", cfg->metrics.address);
+        curl_global_cleanup();
+        buf_release(&body);
+        if (f == 0 || f < 0)
+            goto out;
+    } else if (!daily) {
+        printf("metrics are disabled in %s\n", path);
+    }
+    rc = print_daily(cfg, (unsigned)days) == 0 ? 0 : 1;
+out:
+    config_free(cfg);
+    return rc;
+}

@@ -1,0 +1,573 @@
+/* store/sms — the SMS sink's schedule: appointments, the outbox of texts,
+ * the checkpoint into the journal and named counters.
+ *
+ * Design: its own connection and its own tables, created with CREATE TABLE
+ * IF NOT EXISTS and versioned by a row in sms_state, so the journal's
+ * migration list (store_db.c) stays untouched.  Every call is one statement
+ * or a short transaction; the caller groups the scan of new messages, the
+ * appointment changes, the queued texts and the checkpoint into one
+ * transaction so a crash resumes exactly where it stopped.  A text is
+ * claimed (attempts+1, first-sent date fixed) durably before it is sent,
+ * which is what makes a resend after a crash carry the same repeatability
+ * id and date.
+ *
+ * Threads: one struct store_sms belongs to the SMS worker thread. */
+#include "store/store.h"
+
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SMS_SCHEMA_VERSION 1
+/* How long one statement waits for the journal writer's lock.  The writer
+ * commits in milliseconds; our transactions are short too. */
+#define SMS_BUSY_MS 5000
+
+enum {
+    Q_SCAN, Q_MAXID, Q_APPT_GET, Q_APPT_PUT, Q_TEXT_ADD, Q_CLAIM_SEL, Q_CLAIM_UPD, Q_FINISH,
+    Q_RETRY, Q_COUNT_ADD, Q_NQ
+};
+
+struct store_sms {
+    sqlite3 *db;
+    sqlite3_stmt *q[Q_NQ];
+};
+
+static const char *const schema =
+    "CREATE TABLE IF NOT EXISTS sms_state ("
+    " k TEXT PRIMARY KEY, v INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS sms_counters ("
+    " name TEXT PRIMARY KEY, n INTEGER NOT NULL);"
+    /* state follows the latest event; fingerprint tells a re-sent message
+     * (same event time, same facts) from a new one. */
+    "CREATE TABLE IF NOT EXISTS sms_appointments ("
+    " facility TEXT NOT NULL, appt_id TEXT NOT NULL,"
+    " state TEXT NOT NULL CHECK (state IN ('booked', 'cancelled', 'noshow')),"
+    " event_time INTEGER NOT NULL, last_msg_id INTEGER NOT NULL, fingerprint TEXT,"
+    " start_s INTEGER NOT NULL, duration_min INTEGER NOT NULL,"
+    " location TEXT, provider TEXT, first_name TEXT, phone TEXT, consent INTEGER NOT NULL,"
+    " purge_after_s INTEGER NOT NULL, purged INTEGER NOT NULL DEFAULT 0,"
+    " PRIMARY KEY (facility, appt_id));"
+    "CREATE INDEX IF NOT EXISTS sms_appointments_purge ON sms_appointments(purge_after_s)"
+    " WHERE purged = 0;"
+    "CREATE TABLE IF NOT EXISTS sms_outbox ("
+    " id INTEGER PRIMARY KEY,"
+    " facility TEXT NOT NULL, appt_id TEXT NOT NULL,"
+    " kind TEXT NOT NULL CHECK (kind IN ('scheduled', 'updated', 'cancelled', 'reminder')),"
+    " event_key TEXT NOT NULL,"
+    " due_s INTEGER NOT NULL, start_s INTEGER NOT NULL,"
+    " text TEXT, to_e164 TEXT, segments INTEGER NOT NULL, encoding TEXT NOT NULL,"
+    " request_id TEXT NOT NULL CHECK (length(request_id) = 36),"
+    " first_sent TEXT,"
+    " state TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'failed', 'skipped')),"
+    " attempts INTEGER NOT NULL DEFAULT 0, next_ms INTEGER NOT NULL,"
+    " last_status INTEGER, last_error TEXT, message_id TEXT, done_ms INTEGER,"
+    " UNIQUE (facility, appt_id, event_key));"
+    "CREATE INDEX IF NOT EXISTS sms_outbox_due ON sms_outbox(next_ms) WHERE state = 'pending';";
+
+static const char *const sql[Q_NQ] = {
+    [Q_SCAN] = "SELECT id, received_ms, raw FROM messages WHERE id > ?1 AND msg_type = 'SIU'"
+               " AND quarantined = 0 AND ack_code IN ('AA', 'CA') ORDER BY id LIMIT ?2",
+    [Q_MAXID] = "SELECT COALESCE(MAX(id), 0) FROM messages",
+    [Q_APPT_GET] = "SELECT state, event_time, last_msg_id, fingerprint, start_s, duration_min,"
+                   " location, provider, first_name, phone, consent, purge_after_s, purged"
+                   " FROM sms_appointments WHERE facility = ?1 AND appt_id = ?2",
+    [Q_APPT_PUT] = "INSERT OR REPLACE INTO sms_appointments (facility, appt_id, state, event_time,"
+                   " last_msg_id, fingerprint, start_s, duration_min, location, provider,"
+                   " first_name, phone, consent, purge_after_s, purged)"
+                   " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+    [Q_TEXT_ADD] = "INSERT OR IGNORE INTO sms_outbox (facility, appt_id, kind, event_key, due_s,"
+                   " start_s, text, to_e164, segments, encoding, request_id, state, next_ms)"
+                   " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'pending', ?12)",
+    [Q_CLAIM_SEL] = "SELECT id, facility, appt_id, kind, event_key, due_s, start_s, text, to_e164,"
+                    " request_id, first_sent, segments, encoding, attempts, next_ms"
+                    " FROM sms_outbox WHERE state = 'pending' AND next_ms <= ?1"
+                    " ORDER BY next_ms, id LIMIT 1",
+    [Q_CLAIM_UPD] = "UPDATE sms_outbox SET attempts = attempts + 1,"
+                    " first_sent = COALESCE(first_sent, ?2) WHERE id = ?1",
+    [Q_FINISH] = "UPDATE sms_outbox SET state = ?2, last_status = ?3, last_error = ?4,"
+                 " message_id = COALESCE(?5, message_id), done_ms = ?6, text = NULL,"
+                 " to_e164 = NULL WHERE id = ?1 AND state = 'pending'",
+    [Q_RETRY] = "UPDATE sms_outbox SET last_status = ?2, last_error = ?3, next_ms = ?4"
+                " WHERE id = ?1 AND state = 'pending'",
+    [Q_COUNT_ADD] = "INSERT INTO sms_counters (name, n) VALUES (?1, ?2)"
+                    " ON CONFLICT (name) DO UPDATE SET n = n + excluded.n",
+};
+
+static const char *const appt_state_names[] = { "booked", "cancelled", "noshow" };
+static const char *const text_state_names[] = { "pending", "sent", "failed", "skipped" };
+
+static int exec_sql(sqlite3 *db, const char *s)
+{
+    return sqlite3_exec(db, s, NULL, NULL, NULL) == SQLITE_OK ? 0 : -1;
+}
+
+/* Copies a column into a fixed array, cut at a UTF-8 character boundary. */
+static void col_copy(sqlite3_stmt *st, int i, char *out, size_t cap)
+{
+    const unsigned char *p = sqlite3_column_text(st, i);
+    size_t n = p ? (size_t)sqlite3_column_bytes(st, i) : 0;
+    if (n >= cap) {
+        n = cap - 1;
+        while (n > 0 && (p[n] & 0xC0) == 0x80)
+            n--;
+    }
+    if (n)
+        memcpy(out, p, n);
+    out[n] = '\0';
+}
+
+static void bind_str(sqlite3_stmt *st, int i, const char *s)
+{
+    sqlite3_bind_text(st, i, s, -1, SQLITE_TRANSIENT);
+}
+
+/* NULL for an empty string: purged / absent personal fields are NULL. */
+static void bind_opt(sqlite3_stmt *st, int i, const char *s)
+{
+    if (s && *s)
+        sqlite3_bind_text(st, i, s, -1, SQLITE_TRANSIENT);
+    else
+        sqlite3_bind_null(st, i);
+}
+
+static int step_done(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
+static int apply_schema(sqlite3 *db)
+{
+    if (exec_sql(db, "BEGIN IMMEDIATE") < 0)
+        return -1;
+    if (exec_sql(db, schema) < 0)
+        goto fail;
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db, "SELECT v FROM sms_state WHERE k = 'schema_version'", -1, &st,
+                           NULL) != SQLITE_OK)
+        goto fail;
+    int64_t have = 0;
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        have = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        goto fail;
+    if (have > SMS_SCHEMA_VERSION)
+        goto fail; /* written by a newer build: do not guess */
+    if (have < SMS_SCHEMA_VERSION &&
+        exec_sql(db, "INSERT OR REPLACE INTO sms_state (k, v) VALUES ('schema_version', 1);"
+                     "INSERT OR IGNORE INTO sms_state (k, v) VALUES ('checkpoint', 0)") < 0)
+        goto fail;
+    return exec_sql(db, "COMMIT");
+fail:
+    exec_sql(db, "ROLLBACK");
+    return -1;
+}
+
+struct store_sms *store_sms_open(const char *path, char *errbuf, size_t errcap)
+{
+    if (errcap)
+        errbuf[0] = '\0';
+    struct store_sms *ss = calloc(1, sizeof *ss);
+    if (!ss) {
+        snprintf(errbuf, errcap, "store: out of memory");
+        return NULL;
+    }
+    if (sqlite3_open_v2(path, &ss->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK) {
+        snprintf(errbuf, errcap, "store: open %s: %s", path,
+                 ss->db ? sqlite3_errmsg(ss->db) : "out of memory");
+        goto fail;
+    }
+    sqlite3_extended_result_codes(ss->db, 1);
+    sqlite3_busy_timeout(ss->db, SMS_BUSY_MS);
+    /* FULL: a text marked sent or claimed is on disk before the next step. */
+    if (exec_sql(ss->db, "PRAGMA synchronous=FULL") < 0 || apply_schema(ss->db) < 0) {
+        snprintf(errbuf, errcap, "store: %s: SMS tables: %s", path, sqlite3_errmsg(ss->db));
+        goto fail;
+    }
+    for (int i = 0; i < Q_NQ; i++) {
+        if (sqlite3_prepare_v3(ss->db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, &ss->q[i], NULL) !=
+            SQLITE_OK) {
+            snprintf(errbuf, errcap, "store: %s: %s", path, sqlite3_errmsg(ss->db));
+            goto fail;
+        }
+    }
+    return ss;
+fail:
+    store_sms_close(ss);
+    return NULL;
+}
+
+void store_sms_close(struct store_sms *ss)
+{
+    if (!ss)
+        return;
+    for (int i = 0; i < Q_NQ; i++)
+        sqlite3_finalize(ss->q[i]);
+    sqlite3_close(ss->db);
+    free(ss);
+}
+
+const char *store_sms_errmsg(const struct store_sms *ss)
+{
+    return ss && ss->db ? sqlite3_errmsg(ss->db) : "no connection";
+}
+
+int store_sms_begin(struct store_sms *ss) { return exec_sql(ss->db, "BEGIN IMMEDIATE"); }
+int store_sms_commit(struct store_sms *ss)
+{
+    if (exec_sql(ss->db, "COMMIT") == 0)
+        return 0;
+    exec_sql(ss->db, "ROLLBACK");
+    return -1;
+}
+void store_sms_rollback(struct store_sms *ss)
+{
+    if (!sqlite3_get_autocommit(ss->db))
+        exec_sql(ss->db, "ROLLBACK");
+}
+
+int store_sms_get_checkpoint(struct store_sms *ss, int64_t *id)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(ss->db, "SELECT v FROM sms_state WHERE k = 'checkpoint'", -1, &st,
+                           NULL) != SQLITE_OK)
+        return -1;
+    int rc = sqlite3_step(st);
+    *id = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+    sqlite3_finalize(st);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : -1;
+}
+
+int store_sms_set_checkpoint(struct store_sms *ss, int64_t id)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(ss->db,
+                           "INSERT OR REPLACE INTO sms_state (k, v) VALUES ('checkpoint', ?1)", -1,
+                           &st, NULL) != SQLITE_OK)
+        return -1;
+    sqlite3_bind_int64(st, 1, id);
+    int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
+int store_sms_journal_last(struct store_sms *ss, int64_t *id)
+{
+    sqlite3_stmt *mx = ss->q[Q_MAXID];
+    int rc = sqlite3_step(mx);
+    *id = rc == SQLITE_ROW ? sqlite3_column_int64(mx, 0) : 0;
+    sqlite3_reset(mx);
+    return rc == SQLITE_ROW ? 0 : -1;
+}
+
+int store_sms_scan(struct store_sms *ss, int64_t after, unsigned max, store_sms_msg_cb cb, void *ud,
+                   int64_t *next_checkpoint)
+{
+    /* The journal's last id is read first, in the same transaction: every
+     * SIU message up to it is in the scan below, so when the scan ends early
+     * the checkpoint may jump to it and skip the other message types. */
+    sqlite3_stmt *mx = ss->q[Q_MAXID];
+    if (sqlite3_step(mx) != SQLITE_ROW) {
+        sqlite3_reset(mx);
+        return -1;
+    }
+    int64_t last_id = sqlite3_column_int64(mx, 0);
+    sqlite3_reset(mx);
+
+    sqlite3_stmt *st = ss->q[Q_SCAN];
+    sqlite3_bind_int64(st, 1, after);
+    sqlite3_bind_int64(st, 2, max);
+    unsigned n = 0;
+    int64_t last_seen = after;
+    int rc, ret = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        int64_t id = sqlite3_column_int64(st, 0);
+        const uint8_t *raw = sqlite3_column_blob(st, 2);
+        size_t len = raw ? (size_t)sqlite3_column_bytes(st, 2) : 0;
+        ret = cb(ud, id, sqlite3_column_int64(st, 1), raw, len);
+        if (ret != 0)
+            break;
+        last_seen = id;
+        n++;
+    }
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    if (ret != 0)
+        return ret;
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW)
+        return -1;
+    *next_checkpoint = n < max && last_id > last_seen ? last_id : last_seen;
+    return 0;
+}
+
+int store_sms_appt_get(struct store_sms *ss, const char *facility, const char *appt_id,
+                       struct store_sms_appt *out)
+{
+    sqlite3_stmt *st = ss->q[Q_APPT_GET];
+    bind_str(st, 1, facility);
+    bind_str(st, 2, appt_id);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        memset(out, 0, sizeof *out);
+        snprintf(out->facility, sizeof out->facility, "%s", facility);
+        snprintf(out->appt_id, sizeof out->appt_id, "%s", appt_id);
+        const char *s = (const char *)sqlite3_column_text(st, 0);
+        out->state = STORE_SMS_BOOKED;
+        for (int i = 0; s && i < 3; i++)
+            if (strcmp(s, appt_state_names[i]) == 0)
+                out->state = (enum store_sms_appt_state)i;
+        out->event_time = sqlite3_column_int64(st, 1);
+        out->last_msg_id = sqlite3_column_int64(st, 2);
+        col_copy(st, 3, out->fingerprint, sizeof out->fingerprint);
+        out->start_s = sqlite3_column_int64(st, 4);
+        out->duration_min = sqlite3_column_int64(st, 5);
+        col_copy(st, 6, out->location, sizeof out->location);
+        col_copy(st, 7, out->provider, sizeof out->provider);
+        col_copy(st, 8, out->first_name, sizeof out->first_name);
+        col_copy(st, 9, out->phone, sizeof out->phone);
+        out->consent = sqlite3_column_int(st, 10);
+        out->purge_after_s = sqlite3_column_int64(st, 11);
+        out->purged = sqlite3_column_int(st, 12);
+    }
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
+}
+
+int store_sms_appt_put(struct store_sms *ss, const struct store_sms_appt *a)
+{
+    sqlite3_stmt *st = ss->q[Q_APPT_PUT];
+    bind_str(st, 1, a->facility);
+    bind_str(st, 2, a->appt_id);
+    bind_str(st, 3, appt_state_names[a->state <= STORE_SMS_NOSHOW ? a->state : 0]);
+    sqlite3_bind_int64(st, 4, a->event_time);
+    sqlite3_bind_int64(st, 5, a->last_msg_id);
+    bind_opt(st, 6, a->fingerprint);
+    sqlite3_bind_int64(st, 7, a->start_s);
+    sqlite3_bind_int64(st, 8, a->duration_min);
+    bind_opt(st, 9, a->location);
+    bind_opt(st, 10, a->provider);
+    bind_opt(st, 11, a->first_name);
+    bind_opt(st, 12, a->phone);
+    sqlite3_bind_int(st, 13, a->consent);
+    sqlite3_bind_int64(st, 14, a->purge_after_s);
+    sqlite3_bind_int(st, 15, a->purged);
+    return step_done(st);
+}
+
+int store_sms_text_add(struct store_sms *ss, const struct store_sms_text *t)
+{
+    sqlite3_stmt *st = ss->q[Q_TEXT_ADD];
+    bind_str(st, 1, t->facility);
+    bind_str(st, 2, t->appt_id);
+    bind_str(st, 3, t->kind);
+    bind_str(st, 4, t->event_key);
+    sqlite3_bind_int64(st, 5, t->due_s);
+    sqlite3_bind_int64(st, 6, t->start_s);
+    bind_str(st, 7, t->text);
+    bind_str(st, 8, t->to);
+    sqlite3_bind_int(st, 9, (int)t->segments);
+    bind_str(st, 10, t->encoding);
+    bind_str(st, 11, t->request_id);
+    sqlite3_bind_int64(st, 12, t->due_s * 1000);
+    if (step_done(st) < 0)
+        return -1;
+    return sqlite3_changes(ss->db) > 0 ? 1 : 0;
+}
+
+int store_sms_drop_pending(struct store_sms *ss, const char *facility, const char *appt_id,
+                           unsigned what, const char *reason, unsigned *n)
+{
+    static const char *const del_rem =
+        "DELETE FROM sms_outbox WHERE facility = ?1 AND appt_id = ?2 AND state = 'pending'"
+        " AND kind = 'reminder' AND attempts = 0";
+    static const char *const skip_conf =
+        "UPDATE sms_outbox SET state = 'skipped', last_error = ?3, text = NULL, to_e164 = NULL"
+        " WHERE facility = ?1 AND appt_id = ?2 AND state = 'pending' AND kind != 'reminder'"
+        " AND attempts = 0";
+    static const char *const skip_all =
+        "UPDATE sms_outbox SET state = 'skipped', last_error = ?3, text = NULL, to_e164 = NULL"
+        " WHERE facility = ?1 AND appt_id = ?2 AND state = 'pending'";
+    const char *const stmts[3] = { del_rem, skip_conf, skip_all };
+    unsigned total = 0;
+    for (int i = 0; i < 3; i++) {
+        if (!(what & (1u << i)))
+            continue;
+        sqlite3_stmt *st;
+        if (sqlite3_prepare_v2(ss->db, stmts[i], -1, &st, NULL) != SQLITE_OK)
+            return -1;
+        bind_str(st, 1, facility);
+        bind_str(st, 2, appt_id);
+        if (i > 0)
+            bind_str(st, 3, reason ? reason : "dropped");
+        int rc = sqlite3_step(st);
+        sqlite3_finalize(st);
+        if (rc != SQLITE_DONE)
+            return -1;
+        total += (unsigned)sqlite3_changes(ss->db);
+    }
+    if (n)
+        *n = total;
+    return 0;
+}
+
+int store_sms_claim(struct store_sms *ss, int64_t now_ms, const char *first_sent_now,
+                    struct store_sms_text *out)
+{
+    if (store_sms_begin(ss) < 0)
+        return -1;
+    sqlite3_stmt *st = ss->q[Q_CLAIM_SEL];
+    sqlite3_bind_int64(st, 1, now_ms);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        memset(out, 0, sizeof *out);
+        out->id = sqlite3_column_int64(st, 0);
+        col_copy(st, 1, out->facility, sizeof out->facility);
+        col_copy(st, 2, out->appt_id, sizeof out->appt_id);
+        col_copy(st, 3, out->kind, sizeof out->kind);
+        col_copy(st, 4, out->event_key, sizeof out->event_key);
+        out->due_s = sqlite3_column_int64(st, 5);
+        out->start_s = sqlite3_column_int64(st, 6);
+        col_copy(st, 7, out->text, sizeof out->text);
+        col_copy(st, 8, out->to, sizeof out->to);
+        col_copy(st, 9, out->request_id, sizeof out->request_id);
+        col_copy(st, 10, out->first_sent, sizeof out->first_sent);
+        out->segments = (unsigned)sqlite3_column_int(st, 11);
+        col_copy(st, 12, out->encoding, sizeof out->encoding);
+        out->attempts = (unsigned)sqlite3_column_int(st, 13) + 1;
+        out->next_ms = sqlite3_column_int64(st, 14);
+        out->state = STORE_SMS_PENDING;
+        if (!out->first_sent[0])
+            snprintf(out->first_sent, sizeof out->first_sent, "%s", first_sent_now);
+    }
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    if (rc == SQLITE_DONE) {
+        store_sms_rollback(ss);
+        return 0;
+    }
+    if (rc != SQLITE_ROW)
+        goto fail;
+    st = ss->q[Q_CLAIM_UPD];
+    sqlite3_bind_int64(st, 1, out->id);
+    bind_str(st, 2, first_sent_now);
+    if (step_done(st) < 0 || store_sms_commit(ss) < 0)
+        goto fail;
+    return 1;
+fail:
+    store_sms_rollback(ss);
+    return -1;
+}
+
+int store_sms_finish(struct store_sms *ss, int64_t id, enum store_sms_text_state state, int status,
+                     const char *error, const char *message_id, int64_t now_ms)
+{
+    sqlite3_stmt *st = ss->q[Q_FINISH];
+    sqlite3_bind_int64(st, 1, id);
+    bind_str(st, 2, text_state_names[state <= STORE_SMS_SKIPPED ? state : STORE_SMS_FAILED]);
+    if (status)
+        sqlite3_bind_int(st, 3, status);
+    else
+        sqlite3_bind_null(st, 3);
+    bind_opt(st, 4, error);
+    bind_opt(st, 5, message_id);
+    sqlite3_bind_int64(st, 6, now_ms);
+    return step_done(st);
+}
+
+int store_sms_retry(struct store_sms *ss, int64_t id, int status, const char *error,
+                    int64_t next_ms)
+{
+    sqlite3_stmt *st = ss->q[Q_RETRY];
+    sqlite3_bind_int64(st, 1, id);
+    if (status)
+        sqlite3_bind_int(st, 2, status);
+    else
+        sqlite3_bind_null(st, 2);
+    bind_opt(st, 3, error);
+    sqlite3_bind_int64(st, 4, next_ms);
+    return step_done(st);
+}
+
+int store_sms_purge(struct store_sms *ss, int64_t now_s, unsigned *appts)
+{
+    static const char *const expire =
+        "UPDATE sms_outbox SET state = 'skipped', last_error = 'expired', text = NULL,"
+        " to_e164 = NULL WHERE state = 'pending' AND EXISTS (SELECT 1 FROM sms_appointments a"
+        " WHERE a.facility = sms_outbox.facility AND a.appt_id = sms_outbox.appt_id"
+        " AND a.purged = 0 AND a.purge_after_s <= ?1)";
+    /* Cancelled or no-show: kept only until the cancellation text is done. */
+    static const char *const purge =
+        "UPDATE sms_appointments SET phone = NULL, first_name = NULL, location = NULL,"
+        " provider = NULL, fingerprint = NULL, purged = 1"
+        " WHERE purged = 0 AND (purge_after_s <= ?1 OR (state != 'booked' AND NOT EXISTS"
+        " (SELECT 1 FROM sms_outbox o WHERE o.facility = sms_appointments.facility"
+        " AND o.appt_id = sms_appointments.appt_id AND o.state = 'pending')))";
+    if (store_sms_begin(ss) < 0)
+        return -1;
+    int n = 0;
+    for (int i = 0; i < 2; i++) {
+        sqlite3_stmt *st;
+        if (sqlite3_prepare_v2(ss->db, i ? purge : expire, -1, &st, NULL) != SQLITE_OK)
+            goto fail;
+        sqlite3_bind_int64(st, 1, now_s);
+        int rc = sqlite3_step(st);
+        sqlite3_finalize(st);
+        if (rc != SQLITE_DONE)
+            goto fail;
+        n = sqlite3_changes(ss->db);
+    }
+    if (store_sms_commit(ss) < 0)
+        return -1;
+    if (appts)
+        *appts = (unsigned)n;
+    return 0;
+fail:
+    store_sms_rollback(ss);
+    return -1;
+}
+
+int store_sms_count_add(struct store_sms *ss, const char *name, int64_t n)
+{
+    sqlite3_stmt *st = ss->q[Q_COUNT_ADD];
+    bind_str(st, 1, name);
+    sqlite3_bind_int64(st, 2, n);
+    return step_done(st);
+}
+
+int store_sms_counters(struct store_sms *ss, void (*cb)(void *ud, const char *name, uint64_t n),
+                       void *ud)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(ss->db, "SELECT name, n FROM sms_counters", -1, &st, NULL) != SQLITE_OK)
+        return -1;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        cb(ud, (const char *)sqlite3_column_text(st, 0), (uint64_t)sqlite3_column_int64(st, 1));
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
+int store_sms_pending(struct store_sms *ss, uint64_t *texts, uint64_t *reminders)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(ss->db,
+                           "SELECT COUNT(*), COALESCE(SUM(kind = 'reminder'), 0) FROM sms_outbox"
+                           " WHERE state = 'pending'",
+                           -1, &st, NULL) != SQLITE_OK)
+        return -1;
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *texts = (uint64_t)sqlite3_column_int64(st, 0);
+        *reminders = (uint64_t)sqlite3_column_int64(st, 1);
+    }
+    sqlite3_finalize(st);
+    return rc == SQLITE_ROW ? 0 : -1;
+}

@@ -1,0 +1,1 @@
+"""Browser tests of the status page (headless Chromium)."""
