@@ -18,6 +18,7 @@
  * The listening socket is bound here rather than by libmicrohttpd so that a
  * failure to bind gives the operator errno text at start-up. */
 #include "daemon/http.h"
+#include "sinks/sms.h"
 #include "daemon/stats.h"
 
 #include "core/clock.h"
@@ -64,7 +65,8 @@ struct http_monitor {
     pthread_cond_t cv;
     int stop;
 
-    const struct sink_audit *audit; /* guarded by mu; NULL: not reporting */
+    const struct sink_audit *audit;
+    const struct sink_sms *sms; /* guarded by mu; NULL: not reporting */
 
     /* Monitor-thread state. */
     struct { uint64_t acks, nacks; } *ring; /* one sample per tick */
@@ -83,6 +85,11 @@ struct http_monitor {
         int64_t last_success_ms;
         int64_t failing_since_ms;
     } audit_seen;
+    struct {
+        uint64_t failed, retries;
+        int64_t last_success_ms;
+        int64_t failing_since_ms;
+    } sms_seen;
 };
 
 /* ---- network thread: gauges --------------------------------------------- */
@@ -161,15 +168,52 @@ static void audit_sink(struct http_monitor *m, const struct sink_audit *a, struc
              : as.rows_pending ? "pending" : "idle");
 }
 
+/* The SMS sink: failing from the first tick at which failures or retries
+ * grew with no text sent since, or at once when halted by a 401. */
+static void sms_sink(struct http_monitor *m, const struct sink_sms *sm, struct stats_sink *k,
+                     int64_t now_ms)
+{
+    struct sink_sms_stats ss;
+    sink_sms_get_stats(sm, &ss);
+    memset(k, 0, sizeof *k);
+    snprintf(k->name, sizeof k->name, "sms");
+    snprintf(k->type, sizeof k->type, "%s",
+             m->cfg->sinks.sms.type == CONFIG_SMS_ACS ? "acs" : "file");
+    k->rows_pending = ss.texts_pending;
+    k->retries = ss.retries;
+    k->sent = ss.sent;
+    k->failed = ss.failed;
+    for (unsigned i = 0; i < SINK_SMS_SKIP_N; i++)
+        k->skipped += ss.skipped[i];
+    k->last_success_ms = ss.last_success_ms;
+    snprintf(k->last_error, sizeof k->last_error, "%s", ss.last_error);
+    __typeof__(m->sms_seen) *seen = &m->sms_seen;
+    int trouble = ss.halted || ss.failed > seen->failed || ss.retries > seen->retries;
+    if (ss.last_success_ms != seen->last_success_ms && !ss.halted)
+        seen->failing_since_ms = 0;
+    else if (trouble && !seen->failing_since_ms)
+        seen->failing_since_ms = now_ms;
+    seen->failed = ss.failed;
+    seen->retries = ss.retries;
+    seen->last_success_ms = ss.last_success_ms;
+    k->failing_since_ms = seen->failing_since_ms;
+    snprintf(k->state, sizeof k->state, "%s",
+             ss.halted ? "halted" : k->failing_since_ms ? "failing"
+             : ss.texts_pending ? "pending" : "idle");
+}
+
 static size_t collect_sinks(struct http_monitor *m, struct stats_sink *out, size_t cap,
                             int64_t now_ms)
 {
     pthread_mutex_lock(&m->mu);
     const struct sink_audit *a = m->audit;
+    const struct sink_sms *sm = m->sms;
     pthread_mutex_unlock(&m->mu);
     size_t n = 0;
     if (a && n < cap)
         audit_sink(m, a, &out[n++], now_ms);
+    if (sm && n < cap)
+        sms_sink(m, sm, &out[n++], now_ms);
     return n;
 }
 /* ---- end of SINK STATS HOOK ---------------------------------------------- */
@@ -639,6 +683,13 @@ void http_monitor_set_audit(struct http_monitor *m, const struct sink_audit *a)
 {
     pthread_mutex_lock(&m->mu);
     m->audit = a;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void http_monitor_set_sms(struct http_monitor *m, const struct sink_sms *sm)
+{
+    pthread_mutex_lock(&m->mu);
+    m->sms = sm;
     pthread_mutex_unlock(&m->mu);
 }
 

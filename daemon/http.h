@@ -39,6 +39,9 @@ struct http_monitor *http_monitor_new(struct loop *l, struct ingest *in, struct 
  * or be unset with NULL before it stops).  Any thread. */
 struct sink_audit;
 void http_monitor_set_audit(struct http_monitor *m, const struct sink_audit *a);
+struct sink_sms;
+/* The SMS sink whose figures /status, /metrics and / show (borrowed). */
+void http_monitor_set_sms(struct http_monitor *m, const struct sink_sms *sm);
 /* Stops serving, writes the last daily totals, detaches the counters from
  * the ingest pipeline and frees.  NULL is a no-op. */
 void http_monitor_free(struct http_monitor *m);

@@ -75,6 +75,9 @@ struct ingest {
     char ack_id[40];
     int draining;
     uint64_t next_hint_ms;
+    uint64_t (*backlog)(const void *ud);
+    const void *backlog_ud;
+    uint64_t backlog_max;
     struct ingest_stats st;
     struct stats *stats;  /* NULL: monitoring off (and no clock reads for it) */
     /* The frame being answered, for stats: set when it arrives, and again
@@ -564,6 +567,14 @@ static void on_frame(void *ud, struct mllp_conn *c, uint64_t seq, const uint8_t 
         answer(in, c, seq, in->msg, HL7_REJECT, NULL, "Sender not allowed", &err);
         return;
     }
+    if (in->backlog && in->backlog_max && in->backlog(in->backlog_ud) > in->backlog_max) {
+        in->st.backlog_refused++;
+        hl7_err_set(&err, HL7_E_INTERNAL, "", 0, 0, "sink backlog full");
+        log_warn("backlog_full", "listener=%s peer=%s max_pending_rows=%llu", il->name,
+                 mllp_conn_peer(c), (unsigned long long)in->backlog_max);
+        answer(in, c, seq, in->msg, HL7_ERROR, NULL, "Sink backlog full", &err);
+        return;
+    }
     struct mapped mr;
     if (map_message(in, &mr, &err) != 0) {
         log_info("mapping_rejected", "listener=%s peer=%s code=%d reason=\"%s\"", il->name,
@@ -673,6 +684,14 @@ int ingest_drained(const struct ingest *in)
 {
     return in->draining && in->ring_head == in->ring_tail &&
            mllp_server_conn_count(in->srv) == 0;
+}
+
+void ingest_set_backlog(struct ingest *in, uint64_t (*pending)(const void *ud), const void *ud,
+                        uint64_t max_rows)
+{
+    in->backlog = pending;
+    in->backlog_ud = ud;
+    in->backlog_max = max_rows;
 }
 
 struct mapping *ingest_set_mapping(struct ingest *in, struct mapping *mp)

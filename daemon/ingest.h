@@ -48,6 +48,7 @@ struct ingest_stats {
     uint64_t rows;              /* connector rows stored */
     uint64_t rows_replaced;     /* values altered to keep the file valid */
     uint64_t sender_refused;    /* AR: certificate not bound to MSH-3^MSH-4 */
+    uint64_t backlog_refused;   /* AE: sink backlog over store.max_pending_rows */
 };
 
 struct ingest *ingest_new(struct loop *l, struct store *st, const struct ingest_opts *o);
@@ -58,6 +59,13 @@ struct mllp_server *ingest_server(struct ingest *in);
 void ingest_drain(struct ingest *in);
 /* 1 once a drain has answered everything and closed every connection. */
 int ingest_drained(const struct ingest *in);
+/* Store-and-forward bound: while `pending(ud)` (rows not yet delivered by
+ * the audit sink) exceeds `max_rows`, new messages get AE "sink backlog
+ * full" instead of being accepted.  `pending` must be cheap and callable
+ * from the network thread.  max_rows 0 disables the check. */
+void ingest_set_backlog(struct ingest *in, uint64_t (*pending)(const void *ud), const void *ud,
+                        uint64_t max_rows);
+
 /* Swaps the rule set (SIGHUP); returns the previous one for the caller to
  * free.  Network thread. */
 struct mapping *ingest_set_mapping(struct ingest *in, struct mapping *mp);

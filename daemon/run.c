@@ -78,6 +78,8 @@ static void begin_shutdown(struct runner *r, const char *why)
 
 struct config *load_config_or_report(const char *path, int explicit_path, const char **used);
 
+static uint64_t backlog_rows(const void *ud) { return sink_audit_pending_rows(ud); }
+
 /* SIGHUP: re-reads the configuration and recompiles the mapping rules; on
  * any error the running rules stay and the errors are printed. Listener,
  * store and sink settings need a restart. */
@@ -302,6 +304,7 @@ int cmd_run(int argc, char **argv)
         log_error("startup_failed", "reason=\"%s\"", err);
         goto out;
     }
+    ingest_set_backlog(r.ingest, backlog_rows, audit, cfg->store.max_pending_rows);
     /* The SMS sink reads SIU messages from the store with its own rule set
      * (a SIGHUP reload frees the ingest path's one). */
     sms_rules = rules_load(cfg);
@@ -319,6 +322,7 @@ int cmd_run(int argc, char **argv)
         }
         log_info("metrics_listening", "address=%s", cfg->metrics.address);
         http_monitor_set_audit(mon, audit);
+        http_monitor_set_sms(mon, sms);
     }
     r.sigfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
     if (r.sigfd < 0 || loop_add(r.loop, r.sigfd, LOOP_READ, signal_cb, &r) != 0) {

@@ -3,7 +3,9 @@
  * Design: one pass over the bytes records where every segment starts and
  * ends and where each field separator sits, in two flat arrays owned by the
  * struct hl7_msg and kept between parses (so a warmed-up index never
- * mallocs).  Components, repetitions and subcomponents are not indexed:
+ * mallocs).  The pass takes 64 bytes at a time as bit masks of separators
+ * and line ends (scan_segment), so its cost follows the number of fields
+ * rather than the number of bytes.  Components, repetitions and subcomponents are not indexed:
  * they are split on access with memchr, which is cheaper than indexing
  * delimiters nobody asks for.  Encoding characters come from MSH-1/MSH-2
  * and are never assumed.  Every read is bounded by the length given, so no
@@ -292,6 +294,8 @@ static inline size_t span_until(const struct hl7_msg *m, struct hl7_slice s, uin
     }
     if (i >= s.len)
         return s.len;
+#else
+    (void)m; /* only the wide loads need the message's bounds */
 #endif
     while (i < s.len && s.p[i] != a && s.p[i] != b)
         i++;

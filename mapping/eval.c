@@ -10,6 +10,15 @@
  * references are resolved once per message into indices (one pass over the
  * segments), and paths on the for_each segment follow the current row.
  *
+ * Each field a rule reads has a compile-time key (load.c); the first read
+ * of a repetition splits it into components once, into the result's split
+ * table, and later paths on the same field (the six PID-11 columns, a
+ * `where` and the value it picks) only index that table.  Values that are
+ * plain ASCII without escapes, the usual case, are tested and copied
+ * sixteen bytes at a time; everything else goes through hl7_decode.  Wide
+ * loads stay inside the message bytes (e->lim), so nothing outside what
+ * the parser indexed is read.
+ *
  * Any thread; the compiled rules are only read. */
 #include "mapping/mapping_int.h"
 

@@ -7,7 +7,9 @@
  * of a set with errors is returned.  Paths are parsed with hl7_path_parse,
  * templates split into literal and field parts, regexes compiled, value maps
  * sorted, and every segment a rule reads gets a slot that evaluation
- * resolves with one pass over the message's segments.
+ * resolves with one pass over the message's segments; every field (slot
+ * and field number) gets a key under which evaluation keeps that field's
+ * component split for the rest of the message.
  *
  * Runs on whichever thread loads the rules (start-up, `check`, SIGHUP
  * reload); it touches no global state. */

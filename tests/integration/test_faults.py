@@ -130,5 +130,40 @@ class FullDisk(unittest.TestCase):
         self.assertEqual(d.stop(), 0)
 
 
+class SinkBacklog(unittest.TestCase):
+    """While the audit sink cannot deliver, intake goes on up to
+    store.max_pending_rows undelivered rows; past that, AE "sink backlog
+    full" rather than accepting what cannot be kept."""
+
+    def test_backlog_over_the_bound_gets_ae(self):
+        d = TLSDaemon(self, [])
+        blocked = d.dir / "not-a-directory"
+        blocked.write_text("the file sink cannot write its blocks here\n")
+        text = d.config_text
+        d.config_text = lambda port: text(port).replace(
+            "  min_free_disk_mb: 0", "  min_free_disk_mb: 0\n  max_pending_rows: 3").replace(
+            f"    directory: {d.dir / 'out'}", f"    directory: {blocked}")
+        port = d.start()
+        codes = []
+        with MLLPConnection(port) as c:
+            for i in range(40):
+                ack = c.request(make_message(f"BACKLOG{i:03d}"))
+                codes.append(ack.code)
+                if ack.code == "AE":
+                    self.assertEqual(ack.err_code, "207", ack.raw)
+                    self.assertIn("backlog", ack.text.lower(), ack.raw)
+                    break
+                time.sleep(0.05)  # the sink's pending count is refreshed every 100 ms
+        self.assertIn("AE", codes, f"never refused: {codes}")
+        accepted = codes.index("AE")
+        self.assertGreaterEqual(accepted, 3, codes)
+        counts = d.control_id_counts()
+        for i in range(accepted):
+            self.assertEqual(counts.get(f"BACKLOG{i:03d}".encode()), 1)
+        self.assertEqual(counts.get(f"BACKLOG{accepted:03d}".encode(), 0), 0)
+        self.assertIn("event=backlog_full", d.log())
+        self.assertEqual(d.stop(), 0)
+
+
 if __name__ == "__main__":
     unittest.main()
