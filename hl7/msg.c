@@ -5,11 +5,12 @@
  * struct hl7_msg and kept between parses (so a warmed-up index never
  * mallocs).  The pass takes 64 bytes at a time as bit masks of separators
  * and line ends (scan_segment), so its cost follows the number of fields
- * rather than the number of bytes.  Components, repetitions and subcomponents are not indexed:
- * they are split on access with memchr, which is cheaper than indexing
- * delimiters nobody asks for.  Encoding characters come from MSH-1/MSH-2
- * and are never assumed.  Every read is bounded by the length given, so no
- * input, however broken, makes the parser leave [p, p+len).
+ * rather than the number of bytes.  Components, repetitions and
+ * subcomponents are not indexed: they are split on access with memchr,
+ * which is cheaper than indexing delimiters nobody asks for.  Encoding
+ * characters come from MSH-1/MSH-2 and are never assumed.  Every read is
+ * bounded by the length given, so no input, however broken, makes the
+ * parser leave [p, p+len).
  *
  * Any thread; one struct hl7_msg belongs to one thread at a time. */
 #include "hl7/hl7_int.h"

@@ -131,7 +131,8 @@ static inline int plain(const struct ev *e, struct hl7_slice raw)
     const __m128i vesc = _mm_set1_epi8((char)e->esc);
     while (i < raw.len && (size_t)(e->lim - (raw.p + i)) >= 16) {
         __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(raw.p + i));
-        unsigned bad = (unsigned)(_mm_movemask_epi8(x) | _mm_movemask_epi8(_mm_cmpeq_epi8(x, vesc)));
+        unsigned bad =
+            (unsigned)(_mm_movemask_epi8(x) | _mm_movemask_epi8(_mm_cmpeq_epi8(x, vesc)));
         if (raw.len - i < 16)
             bad &= (1u << (raw.len - i)) - 1u;
         if (bad)
@@ -452,8 +453,8 @@ EV_HOT void put_decoded(struct ev *e, struct hl7_slice raw)
     struct buf *a = &e->r->arena;
     if (raw.len <= 16 && (size_t)(e->lim - raw.p) >= 16 && a->cap - a->off - a->len >= 16) {
         __m128i x = _mm_loadu_si128((const __m128i *)(const void *)raw.p);
-        unsigned bad = (unsigned)(_mm_movemask_epi8(x) |
-                                  _mm_movemask_epi8(_mm_cmpeq_epi8(x, _mm_set1_epi8((char)e->esc))));
+        __m128i esc = _mm_cmpeq_epi8(x, _mm_set1_epi8((char)e->esc));
+        unsigned bad = (unsigned)(_mm_movemask_epi8(x) | _mm_movemask_epi8(esc));
         if (!(bad & ((1u << raw.len) - 1u)) &&
             !(raw.len == 2 && raw.p[0] == '"' && raw.p[1] == '"')) {
             _mm_storeu_si128((__m128i *)(void *)(a->p + a->off + a->len), x);

@@ -168,8 +168,9 @@ static int needs_care(const uint8_t *p, size_t len, enum mapping_format f)
             if (i + 16 > len)
                 i = len - 16;
             __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
-            __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, vd), _mm_cmpeq_epi8(x, vq)),
-                                       _mm_or_si128(_mm_cmpeq_epi8(x, vcr), _mm_cmpeq_epi8(x, vlf)));
+            __m128i dq = _mm_or_si128(_mm_cmpeq_epi8(x, vd), _mm_cmpeq_epi8(x, vq));
+            __m128i eol = _mm_or_si128(_mm_cmpeq_epi8(x, vcr), _mm_cmpeq_epi8(x, vlf));
+            __m128i hit = _mm_or_si128(dq, eol);
             if (_mm_movemask_epi8(hit))
                 return 1;
             i += 16;

@@ -258,8 +258,11 @@ class Metrics(unittest.TestCase):
         self.assertEqual(st["connections"]["accepted"], 2)
         self.assertEqual(st["frames"]["received"], 10)
         sinks = {k["name"]: k for k in st["sinks"]}
-        self.assertEqual(set(sinks), {"audit"})
+        self.assertEqual(set(sinks), {"audit", "sms"})
         self.assertEqual(sinks["audit"]["type"], "file")
+        self.assertEqual(sinks["sms"]["type"], "file")
+        self.assertIn(sinks["sms"]["state"], ("idle", "pending"))
+        self.assertEqual(sinks["sms"]["failing_since_ms"], 0)
         self.assertIn(sinks["audit"]["state"], ("idle", "pending", "uploading"))
         self.assertEqual(sinks["audit"]["failing_since_ms"], 0)
         self.assertNotIn("DOE", json.dumps(st))
