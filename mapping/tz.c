@@ -15,6 +15,7 @@
 #include "mapping/mapping_int.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,7 +43,20 @@ struct mp_tz {
     int32_t first_off; /* before the first transition */
     int has_rule;
     struct tz_posix rule;
+    uint64_t id;       /* unique per load: keys the per-thread window cache */
 };
+
+/* The last transition window looked up by this thread: most date-times in a
+ * message stream fall in the same window (months between transitions), so
+ * this turns four binary searches per conversion into four compares.  Keyed
+ * by the zone's load id, not its address, so a zone freed on reload and
+ * another allocated at the same place never share an entry. */
+static _Atomic uint64_t tz_next_id = 1;
+static _Thread_local struct {
+    uint64_t id;
+    int64_t from, to; /* [from, to) in UTC */
+    int32_t off;
+} tz_cache;
 
 /* ---- civil calendar (proleptic Gregorian; H. Hinnant's algorithms) ---- */
 
@@ -323,6 +337,7 @@ struct mp_tz *mp_tz_load(const char *name, char *why, size_t cap)
         snprintf(why, cap, "out of memory");
         return NULL;
     }
+    tz->id = atomic_fetch_add(&tz_next_id, 1);
     if (!name || !*name || strcmp(name, "UTC") == 0 || strcmp(name, "Etc/UTC") == 0)
         return tz;
     if (name[0] == '/' || strstr(name, "..") || strlen(name) > 200) {
@@ -369,6 +384,8 @@ int32_t mp_tz_offset_at(const struct mp_tz *tz, int64_t t)
         return tz->first_off;
     if (t >= tz->times[tz->n - 1] && tz->has_rule)
         return tzp_offset_at(&tz->rule, t);
+    if (tz_cache.id == tz->id && t >= tz_cache.from && t < tz_cache.to)
+        return tz_cache.off;
     size_t lo = 0, hi = tz->n; /* last i with times[i] <= t */
     while (hi - lo > 1) {
         size_t mid = lo + (hi - lo) / 2;
@@ -377,6 +394,12 @@ int32_t mp_tz_offset_at(const struct mp_tz *tz, int64_t t)
         else
             hi = mid;
     }
+    tz_cache.id = tz->id;
+    tz_cache.from = tz->times[lo];
+    /* Past the last transition the POSIX rule (handled above) or the last
+     * offset applies; the window ends where the table ends either way. */
+    tz_cache.to = lo + 1 < tz->n ? tz->times[lo + 1] : tz->times[lo];
+    tz_cache.off = tz->offs[lo];
     return tz->offs[lo];
 }
 

@@ -621,11 +621,11 @@ static void upload_finish(struct sink_audit *s, struct xfer *x, CURLcode res)
     case OUT_AUTH:
         /* One renewal per token: several blocks answered 401 with the same
          * old token fetch one new token, not one each. */
-        if (x->token_gen == s->token_gen && s->token) {
-            log_warn("audit_token_rejected", " batch=%lld hint=\"renewing the token\"",
-                     (long long)x->b.id);
+        log_warn("audit_token_rejected", " batch=%lld hint=\"%s\"", (long long)x->b.id,
+                 x->token_gen == s->token_gen && s->token ? "renewing the token"
+                                                          : "token already renewed");
+        if (x->token_gen == s->token_gen && s->token)
             token_drop(s);
-        }
         if (auth_retried(s, x->b.id, 1)) {
             snprintf(err, sizeof err,
                      "HTTP 401 again with a new token: %s (check app_id permissions and job_id)",
