@@ -8,6 +8,8 @@
  * Threads: the sink thread; no shared state. */
 #include "sinks/sinks.h"
 
+#include "core/fsutil.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -18,46 +20,7 @@
 
 int sink_mkdirs(const char *dir, char *err, size_t errcap)
 {
-    size_t n = strlen(dir);
-    if (n == 0) {
-        snprintf(err, errcap, "empty directory name");
-        return -1;
-    }
-    char *p = malloc(n + 1);
-    if (!p) {
-        snprintf(err, errcap, "out of memory");
-        return -1;
-    }
-    memcpy(p, dir, n + 1);
-    for (size_t i = 1; i <= n; i++) {
-        if (p[i] != '/' && p[i] != '\0')
-            continue;
-        char saved = p[i];
-        p[i] = '\0';
-        /* chmod after mkdir: a permissive umask must not widen it.  Existing
-         * directories are left as they are (they may be shared). */
-        if (mkdir(p, 0700) == 0) {
-            if (chmod(p, 0700) < 0) {
-                int e = errno;
-                snprintf(err, errcap, "chmod %s: %s", p, strerror(e));
-                free(p);
-                return -1;
-            }
-        } else if (errno != EEXIST) {
-            int e = errno;
-            snprintf(err, errcap, "mkdir %s: %s", p, strerror(e));
-            free(p);
-            return -1;
-        }
-        p[i] = saved;
-    }
-    free(p);
-    struct stat st;
-    if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
-        snprintf(err, errcap, "%s is not a directory", dir);
-        return -1;
-    }
-    return 0;
+    return fs_mkdirs(dir, err, errcap);
 }
 
 static int write_all(int fd, const uint8_t *p, size_t len)

@@ -14,6 +14,7 @@
  * the write, retention and disk probe on the writer thread; ckpt_main on the
  * checkpointer thread; store_query_counts on any thread. */
 #include "store/store_int.h"
+#include "core/fsutil.h"
 
 #include "core/clock.h"
 #include "core/log.h"
@@ -29,45 +30,14 @@
 
 /* ---- files ------------------------------------------------------------- */
 
-/* Creates every missing directory of `dir` with mode 0700 (chmod after
- * mkdir so a permissive umask cannot widen it).  Existing directories are
- * left alone: they may be shared system directories. */
+/* Missing directories are created 0700 (core/fsutil.h). */
 static int mkdirs(const char *dir, char *errbuf, size_t errcap)
 {
-    size_t n = strlen(dir);
-    char *p = malloc(n + 1);
-    if (!p) {
-        snprintf(errbuf, errcap, "store: out of memory");
+    char why[512];
+    if (fs_mkdirs(dir, why, sizeof why) != 0) {
+        snprintf(errbuf, errcap, "store: %s", why);
         return -1;
     }
-    memcpy(p, dir, n + 1);
-    for (size_t i = 1; i <= n; i++) {
-        if (p[i] != '/' && p[i] != '\0')
-            continue;
-        char saved = p[i];
-        p[i] = '\0';
-        if (mkdir(p, 0700) == 0) {
-            if (chmod(p, 0700) < 0) {
-                int e = errno;
-                snprintf(errbuf, errcap, "store: chmod %s: %s", p, strerror(e));
-                free(p);
-                return -1;
-            }
-        } else if (errno != EEXIST) {
-            int e = errno;
-            snprintf(errbuf, errcap, "store: mkdir %s: %s", p, strerror(e));
-            free(p);
-            return -1;
-        }
-        p[i] = saved;
-    }
-    struct stat st;
-    if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
-        snprintf(errbuf, errcap, "store: %s is not a directory", dir);
-        free(p);
-        return -1;
-    }
-    free(p);
     return 0;
 }
 
