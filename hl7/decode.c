@@ -22,7 +22,7 @@ struct cs_name {
     enum hl7_charset cs;
 };
 
-#define CS(lit, cs) {lit, sizeof lit - 1, cs}
+#define CS(lit, cs) {(lit), sizeof(lit) - 1, (cs)}
 
 /* Converted sets first; the rest are legal names we pass through.  "8859"
  * without a part number, "UTF-8" and the DICOM-style "ISO IR100" are not in
@@ -314,7 +314,8 @@ static int escape_seq(struct emitter *e, const struct hl7_delims *d, const uint8
         if ((n - 1) % 2 || !all_hex(s + 1, n - 1))
             return 0;
         for (size_t i = 1; i < n; i += 2) {
-            uint8_t b = (uint8_t)(hexval(s[i]) << 4 | hexval(s[i + 1]));
+            /* all_hex() above: both values are 0..15 */
+            uint8_t b = (uint8_t)((unsigned)hexval(s[i]) << 4 | (unsigned)hexval(s[i + 1]));
             feed(e, &b, 1);
         }
         return 1;

@@ -483,8 +483,10 @@ static int template_compile(struct ld *ld, const yaml_node_t *n, const char *s, 
     char *lit = malloc(len + 1);
     size_t litn = 0;
     int rc = 0;
-    if (!parts || !lit)
+    if (!parts || !lit) {
+        free(parts);
         goto oom;
+    }
     v->kids = parts;
     v->n_kids = 0;
     for (size_t i = 0; i <= len; i++) {
