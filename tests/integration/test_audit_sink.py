@@ -128,7 +128,8 @@ class AuditDaemon(harness.Daemon):
         return False
 
 
-class AuditSinkTest(unittest.TestCase):
+class AuditSinkBase(unittest.TestCase):
+    """Emulator PKI, daemon + emulator pairs and row-set checks."""
     @classmethod
     def setUpClass(cls):
         cls.pki_dir = tempfile.mkdtemp(prefix="hl7bridge-pki-")
@@ -192,6 +193,8 @@ class AuditSinkTest(unittest.TestCase):
         (undelivered,), = d.query("SELECT COUNT(*) FROM messages WHERE delivered_ms IS NULL")
         self.assertEqual(undelivered, 0)
 
+
+class AuditSinkTest(AuditSinkBase):
     # ---- the tests ------------------------------------------------------------
 
     def test_20000_messages_exactly_once_with_faults(self):
