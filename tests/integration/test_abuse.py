@@ -103,6 +103,11 @@ class Abuse(DaemonTestCase):
             self.assertGreaterEqual(refused, 1000, "connections over the limit must be closed")
             self.assertLessEqual(refused, 1002)
             self.assertTrue(wait_log(self.daemon, "reason=max_connections"))
+            # Hold the listener full for a while: the well-behaved client
+            # must keep being answered meanwhile.
+            before = good.count
+            time.sleep(1.5)
+            self.assertGreater(good.count - before, 10, "well-behaved client stalled")
         finally:
             for s in socks:
                 s.close()
