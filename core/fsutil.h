@@ -10,4 +10,8 @@
  * the end, or -1 with a message in err.  Any thread. */
 int fs_mkdirs(const char *dir, char *err, size_t errcap) __attribute__((warn_unused_result));
 
+/* The directory part of `path` ("." when there is none, "/" for a file in
+ * the root), owned by the caller; NULL when out of memory. */
+char *fs_dir_of(const char *path);
+
 #endif

@@ -18,6 +18,8 @@
  * The listening socket is bound here rather than by libmicrohttpd so that a
  * failure to bind gives the operator errno text at start-up. */
 #include "daemon/http.h"
+#include "core/fsutil.h"
+#include "core/net.h"
 #include "sinks/sms.h"
 #include "daemon/stats.h"
 
@@ -541,52 +543,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 
 /* ---- lifecycle (loop thread) --------------------------------------------- */
 
-static int bind_listener(const char *host, unsigned port, int *family, char *errbuf,
-                         size_t errcap)
-{
-    struct addrinfo hints, *res = NULL;
-    memset(&hints, 0, sizeof hints);
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-    char ports[8];
-    snprintf(ports, sizeof ports, "%u", port);
-    int gai = getaddrinfo(host, ports, &hints, &res);
-    if (gai != 0) {
-        snprintf(errbuf, errcap, "cannot resolve %s: %s", host, gai_strerror(gai));
-        return -1;
-    }
-    int fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC, res->ai_protocol);
-    int one = 1;
-    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
-        bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 64) != 0) {
-        int e = errno;
-        snprintf(errbuf, errcap, "cannot listen on %s port %u: %s", host, port, strerror(e));
-        if (fd >= 0)
-            close(fd);
-        freeaddrinfo(res);
-        return -1;
-    }
-    *family = res->ai_family;
-    freeaddrinfo(res);
-    return fd;
-}
-
-static char *dir_of(const char *path)
-{
-    const char *slash = strrchr(path, '/');
-    size_t n = slash ? (size_t)(slash - path) : 0;
-    if (slash == path)
-        n = 1;
-    char *d = malloc(n ? n + 1 : 2);
-    if (!d)
-        return NULL;
-    if (n)
-        memcpy(d, path, n);
-    else
-        d[n++] = '.';
-    d[n] = '\0';
-    return d;
-}
 
 struct http_monitor *http_monitor_new(struct loop *l, struct ingest *in, struct store *st,
                                       const struct config *cfg, char *errbuf, size_t errcap)
@@ -615,7 +571,7 @@ struct http_monitor *http_monitor_new(struct loop *l, struct ingest *in, struct 
     m->flushed = calloc(STATS_MAX_SERIES, sizeof *m->flushed);
     m->rows = calloc(STATS_MAX_SERIES, sizeof *m->rows);
     m->row_of = calloc(STATS_MAX_LISTENERS, sizeof *m->row_of);
-    m->store_dir = dir_of(cfg->store.path);
+    m->store_dir = fs_dir_of(cfg->store.path);
     if (!m->stats || !m->ring || !m->flushed || !m->rows || !m->row_of || !m->store_dir) {
         snprintf(errbuf, errcap, "out of memory");
         goto fail;
@@ -627,7 +583,7 @@ struct http_monitor *http_monitor_new(struct loop *l, struct ingest *in, struct 
     m->next_flush_ms = clock_mono_ms() + HTTP_DAILY_FLUSH_MS;
 
     int family = 0;
-    m->listen_fd = bind_listener(cfg->metrics.host, cfg->metrics.port, &family, errbuf, errcap);
+    m->listen_fd = net_listen(cfg->metrics.host, cfg->metrics.port, 0, &family, errbuf, errcap);
     if (m->listen_fd < 0)
         goto fail;
 

@@ -2,12 +2,14 @@
  * thread exists except the store writer, which only writes through its open
  * descriptors). */
 #include "daemon/privs.h"
+#include "core/fsutil.h"
 #include "core/log.h"
 
 #include <errno.h>
 #include <grp.h>
 #include <pwd.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -43,12 +45,14 @@ static int give(const char *path, uid_t uid, gid_t gid, char *errbuf, size_t err
 
 static int give_dir_of(const char *path, uid_t uid, gid_t gid, char *errbuf, size_t errcap)
 {
-    char dir[4096];
-    const char *slash = strrchr(path, '/');
-    if (!slash)
-        return give(".", uid, gid, errbuf, errcap) == 0 ? 0 : -1;
-    snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
-    return give(dir, uid, gid, errbuf, errcap);
+    char *dir = fs_dir_of(path);
+    if (!dir) {
+        snprintf(errbuf, errcap, "out of memory");
+        return -1;
+    }
+    int rc = give(dir, uid, gid, errbuf, errcap);
+    free(dir);
+    return rc;
 }
 
 int privs_drop(const struct config *c, char *errbuf, size_t errcap)

@@ -9,9 +9,6 @@
 
 #define HB_MAX_LISTENERS_MLLP HB_MAX_LISTENERS
 
-/* Creates a non-blocking listening socket on host:port (SO_REUSEADDR,
- * IPv6 sockets accept only IPv6).  Returns the fd or -1 with errbuf. */
-int mllp_bind_listen(const char *host, unsigned port, char *errbuf, size_t errcap);
 
 #include <openssl/ssl.h>
 

@@ -18,6 +18,7 @@
 #include "core/buf.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "core/net.h"
 
 #include "core/num.h"
 
@@ -951,7 +952,7 @@ int mllp_server_listen(struct mllp_server *s, const struct mllp_listener_opts *o
         snprintf(errbuf, errcap, "too many listeners");
         return -1;
     }
-    int fd = mllp_bind_listen(o->host, o->port, errbuf, errcap);
+    int fd = net_listen(o->host, o->port, 1, NULL, errbuf, errcap);
     if (fd < 0)
         return -1;
     struct listener *ls = calloc(1, sizeof *ls);

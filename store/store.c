@@ -17,6 +17,7 @@
  * writer thread runs writer_main; store_open/store_close on the main
  * thread.  The checkpointer thread (store_db.c) only copies the WAL. */
 #include "store/store_int.h"
+#include "core/fsutil.h"
 
 #include "core/clock.h"
 #include "core/limits.h"
@@ -259,22 +260,6 @@ static void store_destroy(struct store *s)
     free(s);
 }
 
-static char *dir_of(const char *path)
-{
-    const char *slash = strrchr(path, '/');
-    if (!slash)
-        return strdup(".");
-    if (slash == path)
-        return strdup("/");
-    size_t n = (size_t)(slash - path);
-    char *d = malloc(n + 1);
-    if (d) {
-        memcpy(d, path, n);
-        d[n] = '\0';
-    }
-    return d;
-}
-
 struct store *store_open(const struct store_opts *o, char *errbuf, size_t errcap)
 {
     if (errcap)
@@ -306,7 +291,7 @@ struct store *store_open(const struct store_opts *o, char *errbuf, size_t errcap
     pthread_condattr_destroy(&ca);
 
     s->path_buf = strdup(o->path);
-    s->dir_buf = dir_of(o->path);
+    s->dir_buf = fs_dir_of(o->path);
     s->q = calloc(s->cap, sizeof *s->q);
     s->res = calloc(s->cap, sizeof *s->res);
     s->grp = calloc(s->opts.max_group, sizeof *s->grp);
