@@ -130,6 +130,23 @@ void sink_sms_count(const char *text, size_t len, struct sink_sms_segments *out)
     out->segments = total == 0 ? 1 : total <= single ? 1 : segs;
 }
 
+/* Writes text[0..cut) + "..." into text when that fits in max_segments;
+ * returns 1 then, 0 when it does not fit (text unchanged). */
+static int try_cut(char *text, size_t cut, unsigned max_segments)
+{
+    char tmp[SINK_SMS_TEXT_MAX];
+    struct sink_sms_segments sg;
+    if (cut + 4 > sizeof tmp)
+        return 0;
+    memcpy(tmp, text, cut);
+    memcpy(tmp + cut, "...", 4);
+    sink_sms_count(tmp, cut + 3, &sg);
+    if (sg.segments > max_segments)
+        return 0;
+    memcpy(text, tmp, cut + 4);
+    return 1;
+}
+
 int sink_sms_fit(char *text, unsigned max_segments)
 {
     struct sink_sms_segments sg;
@@ -137,7 +154,6 @@ int sink_sms_fit(char *text, unsigned max_segments)
     sink_sms_count(text, len, &sg);
     if (sg.segments <= max_segments)
         return 0;
-    char tmp[SINK_SMS_TEXT_MAX];
     size_t cut = len;
     /* Word boundaries first: the last space before the current cut. */
     for (;;) {
@@ -149,15 +165,8 @@ int sink_sms_fit(char *text, unsigned max_segments)
         cut = sp - 1; /* drop the space itself */
         while (cut > 0 && text[cut - 1] == ' ')
             cut--;
-        if (cut + 4 > sizeof tmp)
-            continue;
-        memcpy(tmp, text, cut);
-        memcpy(tmp + cut, "...", 4);
-        sink_sms_count(tmp, cut + 3, &sg);
-        if (sg.segments <= max_segments) {
-            memcpy(text, tmp, cut + 4);
+        if (try_cut(text, cut, max_segments))
             return 1;
-        }
     }
     /* One long word: cut at character boundaries. */
     cut = len;
@@ -165,15 +174,8 @@ int sink_sms_fit(char *text, unsigned max_segments)
         cut--;
         while (cut > 0 && ((unsigned char)text[cut] & 0xC0) == 0x80)
             cut--;
-        if (cut + 4 > sizeof tmp)
-            continue;
-        memcpy(tmp, text, cut);
-        memcpy(tmp + cut, "...", 4);
-        sink_sms_count(tmp, cut + 3, &sg);
-        if (sg.segments <= max_segments) {
-            memcpy(text, tmp, cut + 4);
+        if (try_cut(text, cut, max_segments))
             return 1;
-        }
     }
     memcpy(text, "...", 4);
     return 1;
