@@ -127,12 +127,25 @@ static void timer_cb(void *ud, int fd, unsigned ev)
  * retries, token_renewals, sent/failed/skipped (SMS), last_success_ms,
  * failing_since_ms (0 while not failing) and last_error (no PHI).  The
  * sink_failing threshold, /readyz and every rendering use them.  The audit
- * sink reports through sink_audit_get_stats (any thread); the SMS sink is
- * to be added here the same way.
+ * sink reports through sink_audit_get_stats, the SMS sink through
+ * sink_sms_get_stats (any thread).
  *
  * The audit sink has no "failing since" of its own: it is failing from the
  * first tick at which its retries, failed blocks or token failures grew
  * with no delivery since, until a block is delivered again. */
+/* The "failing since" rule both sinks share: a success (a new
+ * last_success_ms) clears it; trouble with no success since starts it. */
+static int64_t failing_since(int64_t *since, int64_t *seen_success, int64_t last_success_ms,
+                             int succeeded, int trouble, int64_t now_ms)
+{
+    if (succeeded && last_success_ms != *seen_success)
+        *since = 0;
+    else if (trouble && !*since)
+        *since = now_ms;
+    *seen_success = last_success_ms;
+    return *since;
+}
+
 static void audit_sink(struct http_monitor *m, const struct sink_audit *a, struct stats_sink *k,
                        int64_t now_ms)
 {
@@ -155,15 +168,11 @@ static void audit_sink(struct http_monitor *m, const struct sink_audit *a, struc
     __typeof__(m->audit_seen) *seen = &m->audit_seen;
     int trouble = as.retries > seen->retries || as.failures > seen->failures ||
                   as.token_failures > seen->token_failures;
-    if (as.last_success_ms != seen->last_success_ms)
-        seen->failing_since_ms = 0;
-    else if (trouble && !seen->failing_since_ms)
-        seen->failing_since_ms = now_ms;
+    k->failing_since_ms = failing_since(&seen->failing_since_ms, &seen->last_success_ms,
+                                       as.last_success_ms, 1, trouble, now_ms);
     seen->retries = as.retries;
     seen->failures = as.failures;
     seen->token_failures = as.token_failures;
-    seen->last_success_ms = as.last_success_ms;
-    k->failing_since_ms = seen->failing_since_ms;
     snprintf(k->state, sizeof k->state, "%s",
              k->failing_since_ms ? "failing"
              : as.blocks_uploading ? "uploading"
@@ -191,14 +200,10 @@ static void sms_sink(struct http_monitor *m, const struct sink_sms *sm, struct s
     snprintf(k->last_error, sizeof k->last_error, "%s", ss.last_error);
     __typeof__(m->sms_seen) *seen = &m->sms_seen;
     int trouble = ss.halted || ss.failed > seen->failed || ss.retries > seen->retries;
-    if (ss.last_success_ms != seen->last_success_ms && !ss.halted)
-        seen->failing_since_ms = 0;
-    else if (trouble && !seen->failing_since_ms)
-        seen->failing_since_ms = now_ms;
+    k->failing_since_ms = failing_since(&seen->failing_since_ms, &seen->last_success_ms,
+                                       ss.last_success_ms, !ss.halted, trouble, now_ms);
     seen->failed = ss.failed;
     seen->retries = ss.retries;
-    seen->last_success_ms = ss.last_success_ms;
-    k->failing_since_ms = seen->failing_since_ms;
     snprintf(k->state, sizeof k->state, "%s",
              ss.halted ? "halted" : k->failing_since_ms ? "failing"
              : ss.texts_pending ? "pending" : "idle");
