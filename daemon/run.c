@@ -293,6 +293,9 @@ int cmd_run(int argc, char **argv)
         log_info("listening", "listener=%s address=%s port=%u tls=%s", cl->name, cl->address,
                  mllp_server_port(ingest_server(r.ingest), i), cl->tls.enabled ? "on" : "off");
     }
+    /* The SMS sink's own rule set (a SIGHUP reload frees the ingest path's
+     * one), read while still privileged like the ingest rules. */
+    sms_rules = rules_load(cfg);
     /* Listeners are bound and the store is open: root is no longer needed. */
     if (privs_drop(cfg, err, sizeof err) != 0) {
         log_error("startup_failed", "reason=\"%s\"", err);
@@ -307,7 +310,6 @@ int cmd_run(int argc, char **argv)
     ingest_set_backlog(r.ingest, backlog_rows, audit, cfg->store.max_pending_rows);
     /* The SMS sink reads SIU messages from the store with its own rule set
      * (a SIGHUP reload frees the ingest path's one). */
-    sms_rules = rules_load(cfg);
     sms = sms_rules ? sink_sms_start(cfg, sms_rules, err, sizeof err) : NULL;
     if (!sms) {
         log_error("startup_failed", "reason=\"%s\"", sms_rules ? err : "sms: mapping rules");
