@@ -39,3 +39,32 @@ int num_parse_i64(const uint8_t *p, size_t len, int64_t min, int64_t max, int64_
     *out = v;
     return 0;
 }
+
+size_t num_format_u64(char *out, uint64_t v)
+{
+    char tmp[NUM_U64_DIGITS];
+    size_t n = 0, o = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n)
+        out[o++] = tmp[--n];
+    return o;
+}
+
+size_t num_format_i64(char *out, int64_t v)
+{
+    if (v >= 0)
+        return num_format_u64(out, (uint64_t)v);
+    out[0] = '-';
+    return 1 + num_format_u64(out + 1, 0u - (uint64_t)v);
+}
+
+void num_format_fixed(char *out, unsigned v, unsigned width)
+{
+    for (unsigned i = width; i > 0; i--) {
+        out[i - 1] = (char)('0' + v % 10);
+        v /= 10;
+    }
+}

@@ -87,9 +87,21 @@ int hl7_is_batch(const uint8_t *p, size_t len)
 {
     if (!p)
         return 0;
-    size_t s, e;
-    if (!next_seg(p, len, skip_bom(p, len), &s, &e))
+    size_t s, e, pos = skip_bom(p, len);
+    while (pos < len && (p[pos] == CR || p[pos] == LF))
+        pos++;
+    /* Asked of every message: when the first line starts with a non-blank
+     * byte it is the first segment, and its first four bytes decide, so
+     * the rest of MSH need not be scanned.  Otherwise next_seg skips the
+     * blank lines. */
+    if (pos + 4 <= len && !is_blank(p[pos])) {
+        s = pos;
+        e = pos + 1;
+        while (e < pos + 4 && p[e] != CR && p[e] != LF)
+            e++;
+    } else if (!next_seg(p, len, pos, &s, &e)) {
         return 0;
+    }
     uint32_t id = seg_id(p, s, e);
     return (id == ID_FHS || id == ID_BHS) && e - s >= 4 && sep_ok(p[s + 3]);
 }

@@ -4,8 +4,9 @@
  *
  * Opens N connections and keeps W messages in flight on each (W = 1 is the
  * usual send-and-wait engine; W > 1 pipelines) until M messages have been
- * acknowledged.  Each message gets a unique MSH-10 (so a storing receiver
- * does not take them for duplicates).  Checks that every ACK's MSA-2 matches
+ * acknowledged.  Each message gets a unique MSH-10, unique across runs too
+ * (a per-run tag), so a storing receiver never takes a second run against
+ * the same store for duplicates and measures real inserts.  Checks that every ACK's MSA-2 matches
  * the message it answers, in order, and prints one line of figures:
  *   messages=… seconds=… rate=… p50_us=… p99_us=… max_us=… aa=… not_aa=… errors=…
  * Single thread, epoll, non-blocking sockets. */
@@ -69,6 +70,16 @@ static int find_ctrl(void)
     return -1;
 }
 
+static unsigned run_tag; /* 16 bits from the start time and pid */
+
+/* MSH-10 of message n on connection c: "L", run tag, connection, sequence;
+ * 20 characters, the ST length of the oldest versions. */
+static void ctrl_id(const struct lconn *c, uint64_t n, char id[CTRL_WIDTH + 1])
+{
+    snprintf(id, CTRL_WIDTH + 1, "L%04x%03u%012llu", run_tag & 0xffffu, c->id % 1000u,
+             (unsigned long long)(n % 1000000000000ull));
+}
+
 static void queue_msg(struct lconn *c)
 {
     size_t need = tmpl_len - ctrl_len + CTRL_WIDTH + 3;
@@ -81,7 +92,7 @@ static void queue_msg(struct lconn *c)
     memcpy(w, tmpl, ctrl_off);
     w += ctrl_off;
     char id[CTRL_WIDTH + 1];
-    snprintf(id, sizeof id, "L%03u%016llu", c->id % 1000u, (unsigned long long)c->sent);
+    ctrl_id(c, c->sent, id);
     memcpy(w, id, CTRL_WIDTH);
     w += CTRL_WIDTH;
     memcpy(w, tmpl + ctrl_off + ctrl_len, tmpl_len - ctrl_off - ctrl_len);
@@ -136,7 +147,7 @@ static void check_ack(struct lconn *c, const uint8_t *p, size_t len)
     else
         not_aa++;
     char id[CTRL_WIDTH + 1];
-    snprintf(id, sizeof id, "L%03u%016llu", c->id % 1000u, (unsigned long long)c->acked);
+    ctrl_id(c, c->acked, id);
     if (rest < 7 + 1 + CTRL_WIDTH || memcmp(msa + 7, id, CTRL_WIDTH) != 0)
         errors++; /* wrong or out-of-order MSA-2 */
 }
@@ -152,6 +163,7 @@ int main(int argc, char **argv)
     const char *addr = NULL, *file = NULL;
     unsigned conns = 8;
     target = 100000;
+    run_tag = (unsigned)(clock_wall_ms() ^ ((uint64_t)getpid() << 8));
     for (int i = 1; i + 1 < argc; i += 2) {
         uint64_t v = 0;
         int isnum = num_parse_u64((const uint8_t *)argv[i + 1], strlen(argv[i + 1]), 100000000, &v) == 0;

@@ -1032,6 +1032,14 @@ static void test_batches(void **state)
     assert_int_equal(n, 2);
     assert_int_equal(hl7_is_batch(U("\xef\xbb\xbf\r\nBHS|^~\\&"), 10), 1);
     assert_int_equal(hl7_is_batch(U("BHSX"), 4), 0);
+    /* A blank line before the header, a header cut short by its line end,
+     * and one cut by the buffer's end: the first-four-bytes shortcut and the
+     * full scan must agree. */
+    assert_int_equal(hl7_is_batch(U("\r \t\rFHS|^~\\&"), 12), 1);
+    assert_int_equal(hl7_is_batch(U(" BHS|^~\\&"), 10), 0);
+    assert_int_equal(hl7_is_batch(U("BHS\rMSH|^~\\&"), 12), 0);
+    assert_int_equal(hl7_is_batch(U("BHS|"), 3), 0);
+    assert_int_equal(hl7_is_batch(U("\n\nBHS|"), 6), 1);
     assert_int_equal(hl7_is_batch(NULL, 0), 0);
 
     /* Two batches in one file; BTS and FTS counts each checked. */
