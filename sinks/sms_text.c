@@ -195,8 +195,8 @@ int sink_sms_e164(const char *in, const char *default_country, char *out, size_t
             if (n + 1 >= sizeof d)
                 return -1;
             d[n++] = *s;
-        } else if (*s == '+' && n == 0 && !plus) {
-            plus = 1;
+        } else if (*s == '+' && n == 0) {
+            plus = 1; /* "++44": a rule put "+" before a country code that had one */
         } else if (!strchr(" .-()/\t", *s)) {
             return -1;
         }

@@ -223,13 +223,15 @@ class Sequences(SMSBase):
                   siu("S12", "N2", s, phone="^PRN^CP^^^^555-0122"),
                   siu("S12", "N3", s, phone=""),
                   siu("S12", "N4", s, phone="(847) 555-0122^PRN^CP"),
-                  siu("S12", "N5", s, phone="^PRN^CP" + "^" * 9 + "+442079460958"))
+                  siu("S12", "N5", s, phone="^PRN^CP" + "^" * 9 + "+442079460958"),
+                  # country code in XTN-5: international, not the default country
+                  siu("S12", "N6", s, phone="^PRN^CP^^44^7700^900123"))
         self.settle(d)
         self.assertEqual(d.counter("no_consent"), 1)
         self.assertEqual(d.counter("bad_number"), 1)
         self.assertEqual(d.counter("no_number"), 1)
         got = sorted(g["to"] for g in emu.delivered())
-        self.assertEqual(got, ["+18475550122", "+442079460958"])
+        self.assertEqual(got, ["+18475550122", "+442079460958", "+447700900123"])
         self.assertNoProtocolErrors(emu)
 
 

@@ -265,7 +265,7 @@ static void test_appointment_facts(void **state)
         {"provider", "HANNAH HEART"},
         {"patient_first_name", "JOHN"},
         {"patient_last_name", "SMITH"},
-        {"phone", "18475550122"},      /* the CP repetition, not the PRN one */
+        {"phone", "+1 8475550122"},    /* the CP repetition, not the PRN one */
         {"consent", "Y"},
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
@@ -274,6 +274,33 @@ static void test_appointment_facts(void **state)
     assert_int_equal(mapping_result_appt_i64(r, MAPPING_APPT_START, &v), 0);
     assert_int_equal(v, 1710513000);
     assert_null(mapping_result_appt_named(r, "nope"));
+
+    /* A number abroad keeps its country code, a number without one stays
+     * national (the SMS sink applies default_country), and XTN-12, the
+     * unformatted number, wins over the parts. */
+    static const char *const phones[][2] = {
+        {"^ORN^CP^^44^20^79460958", "+44 2079460958"},
+        {"^ORN^CP^^^847^5550122", "8475550122"},
+        {"^PRN^PH^^^847^5550111~^ORN^CP^^33^6^12345678", "+33 612345678"},
+        {"^PRN^PH^^49^30^1234567", "+49 301234567"},
+        {"^ORN^CP^^44^20^79460958^^^^^+44 7700 900123", "+44 7700 900123"},
+    };
+    const char *pid13 = strstr(msg, "^PRN^PH^^1^847^5550111~^ORN^CP^^1^847^5550122");
+    assert_non_null(pid13);
+    size_t head = (size_t)(pid13 - msg), old13 = strlen("^PRN^PH^^1^847^5550111~^ORN^CP^^1^847^5550122");
+    for (size_t i = 0; i < sizeof phones / sizeof phones[0]; i++) {
+        size_t n13 = strlen(phones[i][0]);
+        char *alt = malloc(len - old13 + n13);
+        assert_non_null(alt);
+        memcpy(alt, msg, head);
+        memcpy(alt + head, phones[i][0], n13);
+        memcpy(alt + head + n13, msg + head + old13, len - head - old13);
+        size_t alen = len - old13 + n13;
+        assert_int_equal(hl7_msg_parse(m, (const uint8_t *)alt, alen, NULL, &e), 0);
+        assert_int_equal(mapping_eval(mp, m, r), MAPPING_ROWS);
+        assert_string_equal(mapping_result_appt_named(r, "phone"), phones[i][1]);
+        free(alt);
+    }
     mapping_result_free(r);
     hl7_msg_free(m);
     free(msg);

@@ -222,6 +222,11 @@ static void test_e164(void **state)
         { "0044 20 7946 0958", "44", "+442079460958" },
         { "020 7946 0958", "44", "+442079460958" },
         { "2079460958", "44", "+442079460958" },
+        /* what the shipped SIU rule writes from XTN-5/6/7, also when the
+         * sender put the "+" in XTN-5 itself */
+        { "+44 2079460958", "1", "+442079460958" },
+        { "++44 2079460958", "44", "+442079460958" },
+        { "+1 8475550122", "44", "+18475550122" },
     };
     for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
         assert_int_equal(sink_sms_e164(ok[i].in, ok[i].cc, out, sizeof out), 0);
@@ -229,7 +234,7 @@ static void test_e164(void **state)
     }
     const char *bad[] = { "", "555-0122", "abc", "1234567890" /* area code 123 */,
                           "847 555 0122 x12", "+0123456789", "+1234567890123456",
-                          "28475550122" };
+                          "28475550122", "+44 20+79460958", "+ +" };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         assert_int_equal(sink_sms_e164(bad[i], "1", out, sizeof out), -1);
     assert_int_equal(sink_sms_e164(NULL, "1", out, sizeof out), -1);
