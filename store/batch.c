@@ -611,11 +611,11 @@ static int mark_boundary(sqlite3 *db, int64_t self, int64_t m, int64_t now_ms, u
     if (!ok || !whole)
         return 0;
     if (run_i64(db,
-                "UPDATE messages SET delivered_ms = ?1"
-                " WHERE id = ?2 AND delivered_ms IS NULL AND quarantined = 0",
-                NULL, 2, now_ms, m) != SQLITE_DONE)
+                "INSERT INTO deliveries (first_id, last_id, delivered_ms, purged_to)"
+                " VALUES (?1, ?1, ?2, ?1 - 1)",
+                NULL, 2, m, now_ms) != SQLITE_DONE)
         return -1;
-    *marked += (uint64_t)sqlite3_changes(db);
+    *marked += 1;
     return 0;
 }
 
@@ -666,15 +666,15 @@ int store_batches_done(struct store_batches *sb, int64_t id, int status, const c
     st = NULL;
 
     /* Messages wholly inside this batch, and those without rows since the
-     * previous batch: one range update on the primary key. */
+     * previous batch: one delivery range (see schema 3 in store_db.c). */
     int64_t hi = ends_mid ? last_msg - 1 : last_msg;
     if (hi >= msg_from) {
         if (run_i64(sb->db,
-                    "UPDATE messages SET delivered_ms = ?1 WHERE id BETWEEN ?2 AND ?3"
-                    " AND delivered_ms IS NULL AND quarantined = 0",
-                    NULL, 3, now_ms, msg_from, hi) != SQLITE_DONE)
+                    "INSERT INTO deliveries (first_id, last_id, delivered_ms, purged_to)"
+                    " VALUES (?1, ?2, ?3, ?1 - 1)",
+                    NULL, 3, msg_from, hi, now_ms) != SQLITE_DONE)
             goto fail;
-        *marked += (uint64_t)sqlite3_changes(sb->db);
+        *marked += (uint64_t)(hi - msg_from + 1);
     }
     if (starts_mid && mark_boundary(sb->db, id, first_msg, now_ms, marked) < 0)
         goto fail;

@@ -140,10 +140,11 @@ static void fail_group(struct store *s, size_t n)
 
 static void housekeep(struct store *s, uint64_t now_ms)
 {
-    long purged = store_db_housekeep(s, clock_wall_ms());
-    /* A full chunk means there is a backlog: come back soon, between
-     * groups, rather than holding the write lock for one long purge. */
-    if (purged >= STORE_RETENTION_CHUNK)
+    int more = 0;
+    long purged = store_db_housekeep(s, clock_wall_ms(), &more);
+    /* Work left means a backlog: come back soon, between groups, rather
+     * than holding the write lock for one long purge. */
+    if (more)
         s->next_housekeep_ms = now_ms + STORE_DISK_CHECK_MS;
     else
         s->next_housekeep_ms = now_ms + STORE_HOUSEKEEP_MS;

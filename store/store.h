@@ -138,7 +138,9 @@ int store_query_counts(const char *path, struct store_counts *out, char *errbuf,
  *
  * A batch owns the rows with ids in [first_row_id, last_row_id] (rows are
  * append-only and their ids follow commit order).  When it is done, the
- * messages whose rows all lie in done batches get messages.delivered_ms.
+ * messages whose rows all lie in done batches are delivered: the batch
+ * records their ids as a range (table deliveries; the view message_delivery
+ * gives each message's delivered_ms).
  *
  * Threads: a struct store_batches is one SQLite connection, used by one
  * thread at a time (the sink thread).  The path-based helpers (redrive,

@@ -157,6 +157,30 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
     " response TEXT,"
     " file_name TEXT);"
     "CREATE INDEX batches_state ON batches(state, id);",
+    /* 3: deliveries.  A done batch records the message ids it completes as
+     * one range here instead of writing messages.delivered_ms into each of
+     * them: that update rewrote every message page a second time, inside
+     * the batch's transaction, holding the write lock (and so the ingest
+     * writer) for tens of milliseconds per block.  Ranges never overlap
+     * (a message shared by two batches gets its own one-id range once both
+     * are done), so the one nearest at or below an id is the only one that
+     * can hold it.  purged_to: retention's progress through the range.
+     * messages.delivered_ms stays for messages delivered before version 3;
+     * message_delivery merges both. */
+    "CREATE TABLE deliveries ("
+    " id INTEGER PRIMARY KEY,"
+    " first_id INTEGER NOT NULL,"
+    " last_id INTEGER NOT NULL,"
+    " delivered_ms INTEGER NOT NULL,"
+    " purged_to INTEGER NOT NULL);"
+    "CREATE INDEX deliveries_first ON deliveries(first_id);"
+    "CREATE INDEX deliveries_retention ON deliveries(delivered_ms) WHERE purged_to < last_id;"
+    "CREATE VIEW message_delivery AS"
+    " SELECT m.id AS id, m.quarantined AS quarantined,"
+    "  CASE WHEN m.quarantined THEN NULL ELSE COALESCE(m.delivered_ms,"
+    "   (SELECT CASE WHEN d.last_id >= m.id THEN d.delivered_ms END FROM deliveries d"
+    "    WHERE d.first_id <= m.id ORDER BY d.first_id DESC LIMIT 1)) END AS delivered_ms"
+    " FROM messages m;",
 };
 
 static int exec(sqlite3 *db, const char *sql, char *errbuf, size_t errcap)
@@ -302,7 +326,17 @@ int store_db_open(struct store *s, char *errbuf, size_t errcap)
              "UPDATE messages SET raw = NULL WHERE id IN (SELECT id FROM messages"
              " WHERE delivered_ms IS NOT NULL AND raw IS NOT NULL AND delivered_ms < ?1"
              " LIMIT ?2)",
-             &d->purge, errbuf, errcap) < 0)
+             &d->purge, errbuf, errcap) < 0 ||
+        prep(d->db,
+             "SELECT id, first_id, last_id, purged_to FROM deliveries"
+             " WHERE purged_to < last_id AND delivered_ms < ?1 ORDER BY delivered_ms LIMIT 1",
+             &d->purge_pick, errbuf, errcap) < 0 ||
+        prep(d->db,
+             "UPDATE messages SET raw = NULL WHERE id BETWEEN ?1 AND ?2"
+             " AND raw IS NOT NULL AND quarantined = 0",
+             &d->purge_range, errbuf, errcap) < 0 ||
+        prep(d->db, "UPDATE deliveries SET purged_to = ?1 WHERE id = ?2", &d->purge_mark, errbuf,
+             errcap) < 0)
         return -1;
     /* Replaces the automatic checkpoint (see the file comment). */
     sqlite3_wal_hook(d->db, wal_hook, s);
@@ -355,7 +389,11 @@ void store_db_close(struct store *s)
     sqlite3_finalize(d->commit);
     sqlite3_finalize(d->rollback);
     sqlite3_finalize(d->purge);
+    sqlite3_finalize(d->purge_pick);
+    sqlite3_finalize(d->purge_range);
+    sqlite3_finalize(d->purge_mark);
     d->ins_msg = d->sel_dup = d->ins_row = d->begin = d->commit = d->rollback = d->purge = NULL;
+    d->purge_pick = d->purge_range = d->purge_mark = NULL;
     if (d->db) {
         /* The last connection to close checkpoints and removes the WAL. */
         int rc = sqlite3_close(d->db);
@@ -624,10 +662,9 @@ void store_db_checkpoint_tail(struct store *s)
 
 /* ---- retention and disk space (writer thread) -------------------------- */
 
-long store_db_housekeep(struct store *s, int64_t now_wall_ms)
+/* Messages delivered before schema 3 carry delivered_ms themselves. */
+static long purge_legacy(struct store_db *d, int64_t cutoff)
 {
-    struct store_db *d = &s->wdb;
-    int64_t cutoff = now_wall_ms - (int64_t)s->opts.retention_days * 86400000;
     sqlite3_bind_int64(d->purge, 1, cutoff);
     sqlite3_bind_int(d->purge, 2, STORE_RETENTION_CHUNK);
     /* Autocommit: one short transaction of at most one chunk. */
@@ -638,6 +675,72 @@ long store_db_housekeep(struct store *s, int64_t now_wall_ms)
         return -1;
     }
     return (long)sqlite3_changes(d->db);
+}
+
+/* The oldest delivery range not yet purged, at most one chunk of ids of it,
+ * and its progress, in one transaction.  Sets *more when ids of age remain. */
+static long purge_ranges(struct store_db *d, int64_t cutoff, int *more)
+{
+    sqlite3_bind_int64(d->purge_pick, 1, cutoff);
+    int rc = sqlite3_step(d->purge_pick);
+    if (rc != SQLITE_ROW) {
+        sqlite3_reset(d->purge_pick);
+        if (rc == SQLITE_DONE)
+            return 0;
+        log_warn("store_retention_failed", " rc=%d error=\"%s\"", rc, sqlite3_errstr(rc));
+        return -1;
+    }
+    int64_t id = sqlite3_column_int64(d->purge_pick, 0);
+    int64_t first = sqlite3_column_int64(d->purge_pick, 1);
+    int64_t last = sqlite3_column_int64(d->purge_pick, 2);
+    int64_t done = sqlite3_column_int64(d->purge_pick, 3);
+    sqlite3_reset(d->purge_pick);
+    int64_t a = done >= first ? done + 1 : first;
+    int64_t b = last - a >= STORE_RETENTION_CHUNK ? a + STORE_RETENTION_CHUNK - 1 : last;
+    *more = 1; /* this range's rest, or the next range: look again soon */
+
+    long purged = -1;
+    rc = step_retry(d->begin);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_int64(d->purge_range, 1, a);
+        sqlite3_bind_int64(d->purge_range, 2, b);
+        rc = sqlite3_step(d->purge_range);
+        sqlite3_reset(d->purge_range);
+        purged = (long)sqlite3_changes(d->db);
+        if (rc == SQLITE_DONE) {
+            sqlite3_bind_int64(d->purge_mark, 1, b);
+            sqlite3_bind_int64(d->purge_mark, 2, id);
+            rc = sqlite3_step(d->purge_mark);
+            sqlite3_reset(d->purge_mark);
+        }
+        rc = rc == SQLITE_DONE ? step_retry(d->commit) : rc;
+    }
+    if (rc != SQLITE_OK) {
+        if (!sqlite3_get_autocommit(d->db)) {
+            sqlite3_step(d->rollback);
+            sqlite3_reset(d->rollback);
+        }
+        log_warn("store_retention_failed", " rc=%d error=\"%s\"", rc, sqlite3_errstr(rc));
+        *more = 0;
+        return -1;
+    }
+    return purged;
+}
+
+long store_db_housekeep(struct store *s, int64_t now_wall_ms, int *more)
+{
+    struct store_db *d = &s->wdb;
+    int64_t cutoff = now_wall_ms - (int64_t)s->opts.retention_days * 86400000;
+    *more = 0;
+    long legacy = purge_legacy(d, cutoff);
+    if (legacy >= STORE_RETENTION_CHUNK) {
+        *more = 1;
+        return legacy;
+    }
+    long ranges = purge_ranges(d, cutoff, more);
+    if (legacy < 0 && ranges < 0)
+        return -1;
+    return (legacy > 0 ? legacy : 0) + (ranges > 0 ? ranges : 0);
 }
 
 int store_db_disk_low(struct store *s, uint64_t now_ms)
@@ -683,7 +786,8 @@ int store_query_counts(const char *path, struct store_counts *out, char *errbuf,
     sqlite3_busy_timeout(db, STORE_BUSY_TIMEOUT_MS);
     if (sqlite3_prepare_v2(db,
                            "SELECT COUNT(*), COALESCE(SUM(quarantined), 0),"
-                           " COALESCE(SUM(quarantined = 0 AND delivered_ms IS NULL), 0),"
+                           " (SELECT COUNT(*) FROM message_delivery"
+                           "  WHERE quarantined = 0 AND delivered_ms IS NULL),"
                            " COALESCE(SUM(raw IS NULL), 0),"
                            " (SELECT COUNT(*) FROM rows) FROM messages",
                            -1, &st, NULL) != SQLITE_OK ||

@@ -11,7 +11,7 @@
 #include <stdatomic.h>
 
 /* Bumped whenever a migration is appended to store_db.c. */
-#define STORE_SCHEMA_VERSION      2
+#define STORE_SCHEMA_VERSION      3
 
 /* How long one BEGIN/COMMIT attempt waits for a lock held by another
  * connection (a CLI, a sink reader) and how long in total before the group
@@ -72,6 +72,7 @@ static inline const uint8_t *store_msg_ptr(const struct store_msg *m, enum store
 struct store_db {
     sqlite3 *db;
     sqlite3_stmt *ins_msg, *sel_dup, *ins_row, *begin, *commit, *rollback, *purge;
+    sqlite3_stmt *purge_pick, *purge_range, *purge_mark; /* retention over deliveries */
 };
 
 struct store {
@@ -138,8 +139,9 @@ void store_db_write_group(struct store *s, size_t n);
 /* Finishes a checkpoint the helper thread started (writer thread, between
  * groups). */
 void store_db_checkpoint_tail(struct store *s);
-/* One retention step; returns how many bodies were purged, -1 on error. */
-long store_db_housekeep(struct store *s, int64_t now_wall_ms);
+/* One retention step; returns how many bodies were purged, -1 on error.
+ * *more is set when work of age was left for the next step. */
+long store_db_housekeep(struct store *s, int64_t now_wall_ms, int *more);
 /* 1 when free space on the database's filesystem is below the minimum. */
 int store_db_disk_low(struct store *s, uint64_t now_ms);
 int store_db_ckpt_open(struct store *s, char *errbuf, size_t errcap);

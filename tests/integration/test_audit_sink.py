@@ -190,7 +190,7 @@ class AuditSinkBase(unittest.TestCase):
         self.assertEqual(Counter(got), Counter(want))
         ids = Counter(r.split("\t")[5] for r in got)
         self.assertEqual(len(ids), n)
-        (undelivered,), = d.query("SELECT COUNT(*) FROM messages WHERE delivered_ms IS NULL")
+        (undelivered,), = d.query("SELECT COUNT(*) FROM message_delivery WHERE delivered_ms IS NULL")
         self.assertEqual(undelivered, 0)
 
 
@@ -290,7 +290,7 @@ class AuditSinkTest(AuditSinkBase):
         self.assertIsNotNone(m, d.log()[-2000:])
         self.assertEqual(int(m.group(1)), failed[0])
         # the undelivered messages of the failed block keep their body
-        (und,), = d.query("SELECT COUNT(*) FROM messages WHERE delivered_ms IS NULL")
+        (und,), = d.query("SELECT COUNT(*) FROM message_delivery WHERE delivered_ms IS NULL")
         self.assertGreater(und, 0)
         p = subprocess.run([str(d.bin), "redrive", "-c", str(d.config_path), str(failed[0])],
                            cwd=str(ROOT), capture_output=True, timeout=30, text=True)

@@ -262,7 +262,7 @@ static void test_states_persist_across_reopen(void **state)
     assert_int_equal(g.last_status, 400);
     assert_string_equal(g.last_error, "HTTP 400: bad job");
     assert_int_equal(g.attempts, 3);
-    assert_int_equal(q_int(fx, "SELECT COUNT(*) FROM messages WHERE delivered_ms IS NULL"), 2);
+    assert_int_equal(q_int(fx, "SELECT COUNT(*) FROM message_delivery WHERE delivered_ms IS NULL"), 2);
     struct store_batch_counts c;
     assert_int_equal(store_batches_counts(sb, 1, &c), 0);
     assert_int_equal(c.batches[STORE_BATCH_FAILED], 1);
@@ -277,7 +277,7 @@ static void test_states_persist_across_reopen(void **state)
     assert_int_equal(b2.redrives, 1);
     assert_int_equal(store_batches_done(sb, b2.id, 201, NULL, NULL, 9500, &marked), 0);
     assert_int_equal(marked, 2);
-    assert_int_equal(q_int(fx, "SELECT COUNT(*) FROM messages WHERE delivered_ms IS NULL"), 0);
+    assert_int_equal(q_int(fx, "SELECT COUNT(*) FROM message_delivery WHERE delivered_ms IS NULL"), 0);
     assert_int_equal(store_batches_redrive(fx->path, b2.id, NULL, NULL, &nre, err, sizeof err), 0);
     assert_int_equal(nre, 0);
     store_batches_close(sb);
@@ -307,17 +307,17 @@ static void test_message_spanning_blocks(void **state)
     assert_int_equal(marked, 0);
     assert_int_equal(store_batches_done(sb, b[3].id, 200, NULL, NULL, 3000, &marked), 0);
     assert_int_equal(marked, 1); /* m4 */
-    snprintf(sql, sizeof sql, "SELECT delivered_ms IS NULL FROM messages WHERE id = %lld",
+    snprintf(sql, sizeof sql, "SELECT delivered_ms IS NULL FROM message_delivery WHERE id = %lld",
              (long long)m4);
     assert_int_equal(q_int(fx, sql), 0);
     assert_int_equal(store_batches_done(sb, b[0].id, 200, NULL, NULL, 3000, &marked), 0);
     assert_int_equal(marked, 2); /* m1, m2 (m3 still has rows in block 3) */
-    snprintf(sql, sizeof sql, "SELECT delivered_ms IS NULL FROM messages WHERE id = %lld",
+    snprintf(sql, sizeof sql, "SELECT delivered_ms IS NULL FROM message_delivery WHERE id = %lld",
              (long long)m3);
     assert_int_equal(q_int(fx, sql), 1);
     assert_int_equal(store_batches_done(sb, b[2].id, 200, NULL, NULL, 3000, &marked), 0);
     assert_int_equal(marked, 1); /* m3 */
-    assert_int_equal(q_int(fx, "SELECT COUNT(*) FROM messages WHERE delivered_ms IS NULL"), 0);
+    assert_int_equal(q_int(fx, "SELECT COUNT(*) FROM message_delivery WHERE delivered_ms IS NULL"), 0);
     (void)m1;
     (void)m2;
     store_batches_close(sb);

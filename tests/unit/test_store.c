@@ -239,7 +239,7 @@ static void test_store_and_read_back(void **state)
     assert_int_equal(sqlite3_step(st), SQLITE_DONE);
     sqlite3_finalize(st);
 
-    assert_int_equal(db_int(db, "SELECT MAX(version) FROM schema_version"), 2);
+    assert_int_equal(db_int(db, "SELECT MAX(version) FROM schema_version"), 3);
     sqlite3_stmt *jm = NULL;
     assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &jm, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_step(jm), SQLITE_ROW);
@@ -627,7 +627,7 @@ static void test_reopen_keeps_data(void **state)
     assert_int_equal(c.quarantined, 0);
 
     sqlite3 *db = open_db(fx);
-    assert_int_equal(db_int(db, "SELECT COUNT(*) FROM schema_version"), 2);
+    assert_int_equal(db_int(db, "SELECT COUNT(*) FROM schema_version"), 3);
     sqlite3_close(db);
 }
 
@@ -756,6 +756,77 @@ static void test_retention(void **state)
     assert_int_equal(c.undelivered, 1);
 }
 
+/* Schema 3: delivery is recorded per batch as a range of message ids, and
+ * retention purges old ranges a chunk at a time, leaving recent ranges,
+ * undelivered and quarantined messages alone.  4,600 messages: the old
+ * range needs two steps. */
+static void test_retention_ranges(void **state)
+{
+    struct fixture *fx = *state;
+    struct store *s = open_store(fx, 0, 0, 7);
+    static struct store_result r[500];
+    char ctl[32];
+    int64_t first_id = 0;
+    for (unsigned k = 0; k < 4600; k += 500) {
+        unsigned n = 4600 - k < 500 ? 4600 - k : 500;
+        for (unsigned i = 0; i < n; i++) {
+            snprintf(ctl, sizeof ctl, "R%u", k + i);
+            submit_simple(s, ctl, k + i);
+        }
+        wait_results(s, r, n);
+        if (k == 0)
+            first_id = r[0].id;
+    }
+    int64_t old_to = first_id + 2999, recent_to = first_id + 3999;
+
+    sqlite3 *db = open_db(fx);
+    char sql[256];
+    int64_t now = clock_wall_ms();
+    snprintf(sql, sizeof sql,
+             "INSERT INTO deliveries (first_id, last_id, delivered_ms, purged_to) VALUES"
+             " (%lld, %lld, %lld, %lld), (%lld, %lld, %lld, %lld)",
+             (long long)first_id, (long long)old_to, (long long)(now - 10LL * 86400000),
+             (long long)first_id - 1, (long long)old_to + 1, (long long)recent_to,
+             (long long)(now - 86400000LL), (long long)old_to);
+    db_exec(db, sql);
+    /* One quarantined message in the old range is not delivered, so keeps
+     * its body. */
+    snprintf(sql, sizeof sql, "UPDATE messages SET quarantined = 1 WHERE id = %lld",
+             (long long)first_id + 10);
+    db_exec(db, sql);
+    assert_int_equal(db_int(db, "SELECT COUNT(*) FROM message_delivery"
+                                " WHERE quarantined = 0 AND delivered_ms IS NULL"), 600);
+
+    store_request_housekeeping(s);
+    uint64_t deadline = clock_mono_ms() + 20000;
+    while (db_int(db, "SELECT COUNT(*) FROM messages WHERE raw IS NULL") < 2999) {
+        assert_true(clock_mono_ms() < deadline);
+        sleep_ms(20);
+    }
+    snprintf(sql, sizeof sql, "SELECT COUNT(*) FROM messages WHERE raw IS NULL AND id > %lld",
+             (long long)old_to);
+    assert_int_equal(db_int(db, sql), 0);
+    snprintf(sql, sizeof sql, "SELECT raw IS NULL FROM messages WHERE id = %lld",
+             (long long)first_id + 10);
+    assert_int_equal(db_int(db, sql), 0);
+    snprintf(sql, sizeof sql, "SELECT purged_to FROM deliveries WHERE first_id = %lld",
+             (long long)first_id);
+    assert_int_equal(db_int(db, sql), old_to);
+    snprintf(sql, sizeof sql, "SELECT purged_to FROM deliveries WHERE first_id = %lld",
+             (long long)old_to + 1);
+    assert_int_equal(db_int(db, sql), old_to);
+    sqlite3_close(db);
+    store_close(s);
+
+    struct store_counts c;
+    char err[128];
+    assert_int_equal(store_query_counts(fx->path, &c, err, sizeof err), 0);
+    assert_int_equal(c.messages, 4600);
+    assert_int_equal(c.quarantined, 1);
+    assert_int_equal(c.purged, 2999);
+    assert_int_equal(c.undelivered, 600);
+}
+
 static void test_close_drains(void **state)
 {
     struct fixture *fx = *state;
@@ -879,6 +950,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_file_modes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_quarantine, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retention, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_retention_ranges, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_drains, setup, teardown),
         cmocka_unit_test_setup_teardown(test_eventfd_and_partial_take, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rows_blank_lines_and_no_trailing_newline, setup,
