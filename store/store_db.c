@@ -287,8 +287,13 @@ int store_db_open(struct store *s, char *errbuf, size_t errcap)
                  d->db ? sqlite3_errmsg(d->db) : sqlite3_errstr(rc));
         return -1;
     }
-    /* page_size only takes effect on a new database, before WAL is set. */
-    if (exec(d->db, "PRAGMA page_size=4096", errbuf, errcap) < 0)
+    /* page_size only takes effect on a new database, before WAL is set.
+     * 8 KiB: a group of ~600-byte messages dirties fewer pages, so a commit
+     * writes fewer WAL frames (two system calls each).  Measured in the same
+     * runs against 4 KiB: pipelined +15% on average, window-1 ACK p99 about
+     * 0.25 ms lower, window-1 throughput unchanged; 16 KiB lost window-1
+     * throughput. */
+    if (exec(d->db, "PRAGMA page_size=8192", errbuf, errcap) < 0)
         return -1;
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(d->db, "PRAGMA journal_mode=WAL", -1, &st, NULL) != SQLITE_OK ||

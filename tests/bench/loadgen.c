@@ -70,14 +70,14 @@ static int find_ctrl(void)
     return -1;
 }
 
-static unsigned run_tag; /* 16 bits from the start time and pid */
+static unsigned run_tag; /* 24 bits from the start time and pid */
 
 /* MSH-10 of message n on connection c: "L", run tag, connection, sequence;
  * 20 characters, the ST length of the oldest versions. */
 static void ctrl_id(const struct lconn *c, uint64_t n, char id[CTRL_WIDTH + 1])
 {
-    snprintf(id, CTRL_WIDTH + 1, "L%04x%03u%012llu", run_tag & 0xffffu, c->id % 1000u,
-             (unsigned long long)(n % 1000000000000ull));
+    snprintf(id, CTRL_WIDTH + 1, "L%06x%03u%010llu", run_tag & 0xffffffu, c->id % 1000u,
+             (unsigned long long)(n % 10000000000ull));
 }
 
 static void queue_msg(struct lconn *c)
@@ -163,7 +163,7 @@ int main(int argc, char **argv)
     const char *addr = NULL, *file = NULL;
     unsigned conns = 8;
     target = 100000;
-    run_tag = (unsigned)(clock_wall_ms() ^ ((uint64_t)getpid() << 8));
+    run_tag = (unsigned)(clock_wall_ms() ^ ((uint64_t)getpid() << 12));
     for (int i = 1; i + 1 < argc; i += 2) {
         uint64_t v = 0;
         int isnum = num_parse_u64((const uint8_t *)argv[i + 1], strlen(argv[i + 1]), 100000000, &v) == 0;

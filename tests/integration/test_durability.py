@@ -206,7 +206,15 @@ class LoadGenerator(DaemonTestCase):
         ids = [r[0].decode() for r in rows]
         self.assertEqual(len(ids), n)
         self.assertEqual(len(set(ids)), n)
-        self.assertTrue(all(re.fullmatch(r"L\d{3}\d{16}", i) for i in ids), ids[:3])
+        # L, run tag, connection, sequence: 20 characters
+        self.assertTrue(all(re.fullmatch(r"L[0-9a-f]{6}\d{3}\d{10}", i) for i in ids), ids[:3])
+        # A second run against the same store is stored in full: its ids are
+        # its own, so a benchmark never measures duplicate answers by mistake.
+        r = self.run_cmd([str(lg), "--addr", self.daemon.address, "--conns", "4", "--window", "8",
+                          "--messages", str(n), "--file", str(msg)], timeout=120)
+        self.assertEqual(r.returncode, 0, r.stdout.decode() + r.stderr.decode())
+        (stored,), = self.daemon.query("SELECT COUNT(*) FROM messages WHERE send_app = 'LOADGEN'")
+        self.assertEqual(stored, 2 * n)
 
 
 if __name__ == "__main__":
