@@ -55,6 +55,7 @@ struct store_batches {
     struct sealed_batch *sealed;
     size_t n_sealed, cap_sealed;
     sqlite3_stmt *scan, *max_row;
+    struct store_busy busy;
 };
 
 static const char *const state_names[STORE_BATCH_NSTATES] = {
@@ -221,7 +222,7 @@ struct store_batches *store_batches_open(const char *path, char *errbuf, size_t 
         goto fail;
     }
     sqlite3_extended_result_codes(sb->db, 1);
-    sqlite3_busy_timeout(sb->db, BATCH_BUSY_MS);
+    store_busy_install(sb->db, &sb->busy, BATCH_BUSY_MS);
     /* synchronous=FULL: a state change that returned is on disk, which is
      * what lets a restart trust `done` and resend `uploading`. */
     if (exec_sql(sb->db, "PRAGMA synchronous=FULL") < 0 ||

@@ -13,6 +13,7 @@
  * Threads: a struct store_daily belongs to one thread (the daemon's monitor
  * thread); store_daily_query runs on any thread with its own read-only
  * connection. */
+#include "store/busy.h"
 #include "store/store.h"
 
 #include <sqlite3.h>
@@ -27,6 +28,7 @@
 struct store_daily {
     sqlite3 *db;
     sqlite3_stmt *upsert, *begin, *commit, *rollback;
+    struct store_busy busy;
 };
 
 static const char daily_schema[] =
@@ -59,7 +61,7 @@ struct store_daily *store_daily_open(const char *path, char *errbuf, size_t errc
         daily_err(errbuf, errcap, "open", d->db);
         goto fail;
     }
-    sqlite3_busy_timeout(d->db, STORE_DAILY_BUSY_MS);
+    store_busy_install(d->db, &d->busy, STORE_DAILY_BUSY_MS);
     if (sqlite3_exec(d->db, "PRAGMA synchronous=FULL", NULL, NULL, NULL) != SQLITE_OK ||
         sqlite3_exec(d->db, daily_schema, NULL, NULL, NULL) != SQLITE_OK) {
         daily_err(errbuf, errcap, "create table", d->db);

@@ -12,6 +12,7 @@
  * id and date.
  *
  * Threads: one struct store_sms belongs to the SMS worker thread. */
+#include "store/busy.h"
 #include "store/store.h"
 
 #include <sqlite3.h>
@@ -32,6 +33,7 @@ enum {
 struct store_sms {
     sqlite3 *db;
     sqlite3_stmt *q[Q_NQ];
+    struct store_busy busy;
 };
 
 static const char *const schema =
@@ -185,7 +187,7 @@ struct store_sms *store_sms_open(const char *path, char *errbuf, size_t errcap)
         goto fail;
     }
     sqlite3_extended_result_codes(ss->db, 1);
-    sqlite3_busy_timeout(ss->db, SMS_BUSY_MS);
+    store_busy_install(ss->db, &ss->busy, SMS_BUSY_MS);
     /* FULL: a text marked sent or claimed is on disk before the next step. */
     if (exec_sql(ss->db, "PRAGMA synchronous=FULL") < 0 || apply_schema(ss->db) < 0) {
         snprintf(errbuf, errcap, "store: %s: SMS tables: %s", path, sqlite3_errmsg(ss->db));

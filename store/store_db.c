@@ -14,6 +14,7 @@
  * the write, retention and disk probe on the writer thread; ckpt_main on the
  * checkpointer thread; store_query_counts on any thread. */
 #include "store/store_int.h"
+#include "store/busy.h"
 #include "core/fsutil.h"
 
 #include "core/clock.h"
@@ -26,7 +27,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
-#include <time.h>
 #include <unistd.h>
 
 /* ---- files ------------------------------------------------------------- */
@@ -277,25 +277,6 @@ static int tune(sqlite3 *db, char *errbuf, size_t errcap)
     return 0;
 }
 
-/* The writer's busy handler.  SQLite's own sleeps 1, 2, 5, 10 … ms, so a
- * write lock that a sink's connection held for a few hundred microseconds
- * (one batch state change) cost every sender waiting on this writer a
- * millisecond or more: the bulk of the window-1 ACK p99.  Polling every
- * STORE_BUSY_POLL_US gives the lock back within a poll, for the same total
- * wait of STORE_BUSY_TIMEOUT_MS. */
-static int busy_poll(void *arg, int count)
-{
-    struct store_db *d = arg;
-    uint64_t now = clock_mono_ns();
-    if (count == 0)
-        d->busy_since_ns = now;
-    else if (now - d->busy_since_ns >= (uint64_t)STORE_BUSY_TIMEOUT_MS * 1000000u)
-        return 0;
-    struct timespec ts = {0, STORE_BUSY_POLL_US * 1000L};
-    nanosleep(&ts, NULL);
-    return 1;
-}
-
 int store_db_open(struct store *s, char *errbuf, size_t errcap)
 {
     struct store_db *d = &s->wdb;
@@ -331,7 +312,7 @@ int store_db_open(struct store *s, char *errbuf, size_t errcap)
         return -1;
     if (migrate(d->db, errbuf, errcap) < 0)
         return -1;
-    sqlite3_busy_handler(d->db, busy_poll, d);
+    store_busy_install(d->db, &d->busy, STORE_BUSY_TIMEOUT_MS);
 
     if (prep(d->db,
              "INSERT INTO messages (received_ms, listener, peer, send_app, send_fac, control_id,"

@@ -4,6 +4,7 @@
 #ifndef STORE_STORE_INT_H
 #define STORE_STORE_INT_H
 
+#include "store/busy.h"
 #include "store/store.h"
 
 #include <pthread.h>
@@ -19,8 +20,6 @@
  * minute means the operator has a problem and the senders get AE. */
 #define STORE_BUSY_TIMEOUT_MS     1000
 #define STORE_BUSY_GIVE_UP_MS     30000
-/* The writer's busy handler polls the lock this often (see store_db.c). */
-#define STORE_BUSY_POLL_US        50
 
 /* Free-disk probe: statvfs at most this often. */
 #define STORE_DISK_CHECK_MS       100
@@ -75,7 +74,7 @@ struct store_db {
     sqlite3 *db;
     sqlite3_stmt *ins_msg, *sel_dup, *ins_row, *begin, *commit, *rollback, *purge;
     sqlite3_stmt *purge_pick, *purge_range, *purge_mark; /* retention over deliveries */
-    uint64_t busy_since_ns;  /* start of the current wait for a lock */
+    struct store_busy busy;  /* its lock waits (store/busy.h) */
 };
 
 struct store {
