@@ -456,10 +456,12 @@ int store_batches_scan(struct store_batches *sb, const struct store_batch_limits
         goto fail;
     out->rows_added = seen;
     out->caught_up = seen < chunk;
-    /* By age only once caught up: every row of a message is committed in
-     * one transaction, so then the open batch's last message is whole. */
+    /* By age, or full, only once caught up: every row of a message is
+     * committed in one transaction, so then the open batch's last message is
+     * whole.  A full batch is not kept waiting for one more row (which may
+     * be max_age away on a quiet feed) just to learn that it is full. */
     if (out->caught_up && sb->open.rows &&
-        now_ms - sb->open.created_ms >= (int64_t)l->max_age_ms) {
+        (sb->open.rows >= max_rows || now_ms - sb->open.created_ms >= (int64_t)l->max_age_ms)) {
         if (push_sealed(sb, &sb->open, 0) < 0)
             goto fail;
         memset(&sb->open, 0, sizeof sb->open);

@@ -166,6 +166,33 @@ static void test_seal_by_rows(void **state)
     store_batches_close(sb);
 }
 
+/* A batch that reached max_rows is sealed as soon as the scan has caught
+ * up, not when one more row (or max_age) comes: on a quiet feed that row
+ * may be minutes away. */
+static void test_full_batch_sealed_when_caught_up(void **state)
+{
+    struct fixture *fx = *state;
+    for (int i = 0; i < 6; i++)
+        put(fx, "a\tb\n", 1);
+    struct store_batches *sb = open_sb(fx);
+    struct store_batch_scan sc;
+    scan(sb, 3, 1 << 20, 600000, 1000, &sc);
+    assert_true(sc.caught_up);
+    assert_int_equal(sc.sealed, 2);
+    assert_int_equal(q_int(fx, "SELECT COUNT(*) FROM batches WHERE state = 'open'"), 0);
+    assert_int_equal(q_int(fx, "SELECT MIN(row_count) FROM batches"), 3);
+    assert_int_equal(q_int(fx, "SELECT SUM(ends_mid) FROM batches"), 0);
+    /* Rows of one message straddling the limit: the first block ends mid
+     * message, the rest (under the limit) stays open. */
+    put(fx, "m1\nm2\nm3\nm4\n", 4);
+    scan(sb, 3, 1 << 20, 600000, 2000, &sc);
+    assert_int_equal(sc.sealed, 1);
+    assert_int_equal(q_int(fx, "SELECT ends_mid FROM batches ORDER BY id DESC LIMIT 1 OFFSET 1"),
+                     1);
+    assert_int_equal(q_int(fx, "SELECT row_count FROM batches WHERE state = 'open'"), 1);
+    store_batches_close(sb);
+}
+
 static void test_seal_by_bytes(void **state)
 {
     struct fixture *fx = *state;
@@ -663,6 +690,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_seal_by_age_and_resume_open, setup, teardown),
         cmocka_unit_test_setup_teardown(test_states_persist_across_reopen, setup, teardown),
         cmocka_unit_test_setup_teardown(test_message_spanning_blocks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_full_batch_sealed_when_caught_up, setup, teardown),
         cmocka_unit_test_setup_teardown(test_file_sink_tsv, setup, teardown),
         cmocka_unit_test_setup_teardown(test_file_sink_csv_quoted_line_breaks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_file_sink_psv_lf, setup, teardown),
