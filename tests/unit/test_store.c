@@ -827,6 +827,58 @@ static void test_retention_ranges(void **state)
     assert_int_equal(c.undelivered, 600);
 }
 
+/* A store written by schema 2 (per-message delivered_ms, no deliveries
+ * table) is upgraded in place at open: its delivered messages stay
+ * delivered, retention still purges them, and new deliveries use ranges. */
+static void test_upgrade_from_schema_2(void **state)
+{
+    struct fixture *fx = *state;
+    struct store *s = open_store(fx, 0, 0, 7);
+    submit_simple(s, "V2OLD", 1);
+    submit_simple(s, "V2NEW", 2);
+    submit_simple(s, "V2OPEN", 3);
+    struct store_result r[3];
+    wait_results(s, r, 3);
+    store_close(s);
+
+    /* Turn it back into what schema 2 left on disk. */
+    sqlite3 *db = open_db(fx);
+    db_exec(db, "DROP VIEW message_delivery; DROP TABLE deliveries;"
+                " DELETE FROM schema_version WHERE version = 3");
+    char sql[256];
+    int64_t now = clock_wall_ms();
+    snprintf(sql, sizeof sql, "UPDATE messages SET delivered_ms = %lld WHERE control_id = 'V2OLD'",
+             (long long)(now - 30LL * 86400000));
+    db_exec(db, sql);
+    snprintf(sql, sizeof sql, "UPDATE messages SET delivered_ms = %lld WHERE control_id = 'V2NEW'",
+             (long long)(now - 86400000LL));
+    db_exec(db, sql);
+    sqlite3_close(db);
+
+    s = open_store(fx, 0, 0, 7);
+    store_request_housekeeping(s);
+    db = open_db(fx);
+    assert_int_equal(db_int(db, "SELECT MAX(version) FROM schema_version"), 3);
+    assert_int_equal(db_int(db, "SELECT COUNT(*) FROM message_delivery"
+                                " WHERE delivered_ms IS NOT NULL"), 2);
+    uint64_t deadline = clock_mono_ms() + 10000;
+    while (db_int(db, "SELECT raw IS NULL FROM messages WHERE control_id = 'V2OLD'") == 0) {
+        assert_true(clock_mono_ms() < deadline);
+        sleep_ms(10);
+    }
+    assert_int_equal(db_int(db, "SELECT raw IS NULL FROM messages WHERE control_id = 'V2NEW'"), 0);
+    /* A batch done after the upgrade records a range. */
+    snprintf(sql, sizeof sql,
+             "INSERT INTO deliveries (first_id, last_id, delivered_ms, purged_to)"
+             " VALUES (%lld, %lld, %lld, %lld)",
+             (long long)r[2].id, (long long)r[2].id, (long long)now, (long long)r[2].id - 1);
+    db_exec(db, sql);
+    assert_int_equal(db_int(db, "SELECT COUNT(*) FROM message_delivery"
+                                " WHERE delivered_ms IS NULL"), 0);
+    sqlite3_close(db);
+    store_close(s);
+}
+
 static void test_close_drains(void **state)
 {
     struct fixture *fx = *state;
@@ -951,6 +1003,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_quarantine, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retention, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retention_ranges, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_upgrade_from_schema_2, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_drains, setup, teardown),
         cmocka_unit_test_setup_teardown(test_eventfd_and_partial_take, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rows_blank_lines_and_no_trailing_newline, setup,
