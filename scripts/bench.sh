@@ -50,7 +50,7 @@ listen:
 store:
   path: $work/store/hl7bridge.db
 log:
-  level: warn
+  level: info
 sinks:
   audit:
     type: file
@@ -88,6 +88,9 @@ for sc in "${scenarios[@]}"; do
 done
 echo "(ratio = hl7bridge / null responder; on/off = metrics on / metrics off; each fsyncs every"
 echo " accepted message before its ACK)"
+# The writer's own account of both scenarios (metrics off run): how many
+# messages shared a commit and what a commit cost, fsync included.
+grep -o 'event=store_close.*' "$work/hl7bridge.log" | sed 's/^event=store_close/store writer:/' || true
 if [ -x "$build/bench/bench_mapping" ]; then echo; "$build/bench/bench_mapping"; fi
 echo
 /usr/bin/python3 tests/bench/audit_bench.py --messages "${BENCH_AUDIT_MESSAGES:-200000}" \
