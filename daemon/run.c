@@ -346,15 +346,6 @@ int cmd_run(int argc, char **argv)
              (unsigned long long)is.acks[HL7_ACK_AE], (unsigned long long)is.acks[HL7_ACK_AR],
              (unsigned long long)is.duplicates, (unsigned long long)is.rows,
              (unsigned long long)is.filtered, (unsigned long long)is.quarantined);
-    struct sink_audit_stats as;
-    sink_audit_get_stats(audit, &as);
-    log_info("audit_stats",
-             "pending_rows=%llu delivered_blocks=%llu delivered_rows=%llu failed_blocks=%llu "
-             "retries=%llu resends=%llu token_renewals=%llu",
-             (unsigned long long)as.rows_pending, (unsigned long long)as.blocks_delivered,
-             (unsigned long long)as.rows_delivered, (unsigned long long)as.blocks_failed,
-             (unsigned long long)as.retries, (unsigned long long)as.resends,
-             (unsigned long long)as.token_renewals);
 out:
     http_monitor_free(mon); /* before the ingest and store it reads */
     if (r.ingest)

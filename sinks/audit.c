@@ -957,14 +957,16 @@ void sink_audit_stop(struct sink_audit *s)
         pthread_join(s->thr, NULL);
         s->started = 0;
     }
+    /* The sink's final account, once, after its thread has ended. */
     struct sink_audit_stats st;
     sink_audit_get_stats(s, &st);
-    log_info("audit_sink_stop",
-             " delivered=%llu rows_delivered=%llu retries=%llu failed=%llu resends=%llu"
-             " pending_rows=%llu",
-             (unsigned long long)st.blocks_delivered, (unsigned long long)st.rows_delivered,
-             (unsigned long long)st.retries, (unsigned long long)st.failures,
-             (unsigned long long)st.resends, (unsigned long long)st.rows_pending);
+    log_info("audit_stats",
+             " pending_rows=%llu delivered_blocks=%llu delivered_rows=%llu failed_blocks=%llu"
+             " failures=%llu retries=%llu resends=%llu token_renewals=%llu",
+             (unsigned long long)st.rows_pending, (unsigned long long)st.blocks_delivered,
+             (unsigned long long)st.rows_delivered, (unsigned long long)st.blocks_failed,
+             (unsigned long long)st.failures, (unsigned long long)st.retries,
+             (unsigned long long)st.resends, (unsigned long long)st.token_renewals);
     audit_free(s);
 }
 
