@@ -82,12 +82,6 @@ const char *store_batches_errmsg(const struct store_batches *sb)
 
 /* ---- small SQL helpers --------------------------------------------------- */
 
-static int exec_sql(sqlite3 *db, const char *sql)
-{
-    int rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
-    return rc == SQLITE_OK ? 0 : -1;
-}
-
 static void rollback(sqlite3 *db)
 {
     if (!sqlite3_get_autocommit(db))
@@ -115,19 +109,6 @@ static int run_i64(sqlite3 *db, const char *sql, int64_t *out, int n, ...)
     return rc;
 }
 
-static void copy_text(char *dst, size_t cap, const unsigned char *src)
-{
-    if (!src) {
-        dst[0] = '\0';
-        return;
-    }
-    size_t n = strlen((const char *)src);
-    if (n >= cap)
-        n = cap - 1;
-    memcpy(dst, src, n);
-    dst[n] = '\0';
-}
-
 #define BATCH_COLUMNS                                                                       \
     "id, state, created_ms, COALESCE(sealed_ms, 0), COALESCE(done_ms, 0), next_ms,"        \
     " first_row_id, last_row_id, row_count, bytes, attempts, resends, redrives,"           \
@@ -150,8 +131,8 @@ static void read_batch(sqlite3_stmt *st, struct store_batch *b)
     b->resends = (unsigned)sqlite3_column_int(st, 11);
     b->redrives = (unsigned)sqlite3_column_int(st, 12);
     b->last_status = sqlite3_column_int(st, 13);
-    copy_text(b->last_error, sizeof b->last_error, sqlite3_column_text(st, 14));
-    copy_text(b->file_name, sizeof b->file_name, sqlite3_column_text(st, 15));
+    store_sql_text(st, 14, b->last_error, sizeof b->last_error);
+    store_sql_text(st, 15, b->file_name, sizeof b->file_name);
 }
 
 /* ---- open / close -------------------------------------------------------- */
@@ -225,8 +206,8 @@ struct store_batches *store_batches_open(const char *path, char *errbuf, size_t 
     store_busy_install(sb->db, &sb->busy, BATCH_BUSY_MS);
     /* synchronous=FULL: a state change that returned is on disk, which is
      * what lets a restart trust `done` and resend `uploading`. */
-    if (exec_sql(sb->db, "PRAGMA synchronous=FULL") < 0 ||
-        exec_sql(sb->db, "PRAGMA temp_store=MEMORY") < 0) {
+    if (store_sql_exec(sb->db, "PRAGMA synchronous=FULL") < 0 ||
+        store_sql_exec(sb->db, "PRAGMA temp_store=MEMORY") < 0) {
         snprintf(errbuf, errcap, "store: %s: %s", path, sqlite3_errmsg(sb->db));
         goto fail;
     }
@@ -272,7 +253,7 @@ void store_batches_close(struct store_batches *sb)
 int store_batches_recover(struct store_batches *sb, uint64_t *resent)
 {
     *resent = 0;
-    if (exec_sql(sb->db, "BEGIN IMMEDIATE") < 0)
+    if (store_sql_exec(sb->db, "BEGIN IMMEDIATE") < 0)
         return -1;
     int rc = run_i64(sb->db,
                      "UPDATE batches SET state = 'sealed', resends = resends + 1, next_ms = 0"
@@ -283,7 +264,7 @@ int store_batches_recover(struct store_batches *sb, uint64_t *resent)
         return -1;
     }
     *resent = (uint64_t)sqlite3_changes(sb->db);
-    if (exec_sql(sb->db, "COMMIT") < 0) {
+    if (store_sql_exec(sb->db, "COMMIT") < 0) {
         rollback(sb->db);
         *resent = 0;
         return -1;
@@ -376,7 +357,7 @@ static int update_batch(sqlite3 *db, const struct open_batch *o, const char *sta
  * caller restores it from its snapshot. */
 static int write_step(struct store_batches *sb, int64_t now_ms)
 {
-    if (exec_sql(sb->db, "BEGIN IMMEDIATE") < 0)
+    if (store_sql_exec(sb->db, "BEGIN IMMEDIATE") < 0)
         return -1;
     for (size_t i = 0; i < sb->n_sealed; i++) {
         struct sealed_batch *s = &sb->sealed[i];
@@ -394,7 +375,7 @@ static int write_step(struct store_batches *sb, int64_t now_ms)
         if (rc < 0)
             goto fail;
     }
-    if (exec_sql(sb->db, "COMMIT") < 0)
+    if (store_sql_exec(sb->db, "COMMIT") < 0)
         goto fail;
     return 0;
 fail:
@@ -490,7 +471,7 @@ int store_batches_claim(struct store_batches *sb, int64_t now_ms, struct store_b
 {
     sqlite3_stmt *st = NULL;
     int found = 0;
-    if (exec_sql(sb->db, "BEGIN IMMEDIATE") < 0)
+    if (store_sql_exec(sb->db, "BEGIN IMMEDIATE") < 0)
         return -1;
     if (sqlite3_prepare_v2(sb->db,
                            "SELECT " BATCH_COLUMNS " FROM batches"
@@ -516,7 +497,7 @@ int store_batches_claim(struct store_batches *sb, int64_t now_ms, struct store_b
         out->state = STORE_BATCH_UPLOADING;
         out->attempts++;
     }
-    if (exec_sql(sb->db, "COMMIT") < 0)
+    if (store_sql_exec(sb->db, "COMMIT") < 0)
         goto fail;
     return found;
 fail:
@@ -627,7 +608,7 @@ int store_batches_done(struct store_batches *sb, int64_t id, int status, const c
 {
     sqlite3_stmt *st = NULL;
     *marked = 0;
-    if (exec_sql(sb->db, "BEGIN IMMEDIATE") < 0)
+    if (store_sql_exec(sb->db, "BEGIN IMMEDIATE") < 0)
         return -1;
     int64_t first_msg = 0, last_msg = 0, msg_from = 0;
     int starts_mid = 0, ends_mid = 0;
@@ -687,7 +668,7 @@ int store_batches_done(struct store_batches *sb, int64_t id, int status, const c
     if (ends_mid && last_msg == first_msg && !starts_mid &&
         mark_boundary(sb->db, id, last_msg, now_ms, marked) < 0)
         goto fail;
-    if (exec_sql(sb->db, "COMMIT") < 0)
+    if (store_sql_exec(sb->db, "COMMIT") < 0)
         goto fail;
     return 0;
 fail:
@@ -812,7 +793,7 @@ int store_batches_redrive(const char *path, int64_t id,
         goto out;
     }
     sqlite3_busy_timeout(db, BATCH_BUSY_MS);
-    if (exec_sql(db, "PRAGMA synchronous=FULL") < 0) {
+    if (store_sql_exec(db, "PRAGMA synchronous=FULL") < 0) {
         snprintf(errbuf, errcap, "store: %s: %s", path, sqlite3_errmsg(db));
         goto out;
     }
@@ -820,7 +801,7 @@ int store_batches_redrive(const char *path, int64_t id,
         snprintf(errbuf, errcap, "store: %s has no batches (no audit batch was ever made)", path);
         goto out;
     }
-    if (exec_sql(db, "BEGIN IMMEDIATE") < 0) {
+    if (store_sql_exec(db, "BEGIN IMMEDIATE") < 0) {
         snprintf(errbuf, errcap, "store: %s: %s", path, sqlite3_errmsg(db));
         goto out;
     }
@@ -847,7 +828,7 @@ int store_batches_redrive(const char *path, int64_t id,
                 NULL, 1, id) != SQLITE_DONE)
         goto sqlfail;
     *n = (uint64_t)sqlite3_changes(db);
-    if (exec_sql(db, "COMMIT") < 0)
+    if (store_sql_exec(db, "COMMIT") < 0)
         goto sqlfail;
     ret = 0;
     goto out;

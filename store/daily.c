@@ -13,7 +13,7 @@
  * Threads: a struct store_daily belongs to one thread (the daemon's monitor
  * thread); store_daily_query runs on any thread with its own read-only
  * connection. */
-#include "store/busy.h"
+#include "store/sql.h"
 #include "store/store.h"
 
 #include <sqlite3.h>

@@ -12,7 +12,7 @@
  * id and date.
  *
  * Threads: one struct store_sms belongs to the SMS worker thread. */
-#include "store/busy.h"
+#include "store/sql.h"
 #include "store/store.h"
 
 #include <sqlite3.h>
@@ -100,26 +100,6 @@ static const char *const sql[Q_NQ] = {
 static const char *const appt_state_names[] = { "booked", "cancelled", "noshow" };
 static const char *const text_state_names[] = { "pending", "sent", "failed", "skipped" };
 
-static int exec_sql(sqlite3 *db, const char *s)
-{
-    return sqlite3_exec(db, s, NULL, NULL, NULL) == SQLITE_OK ? 0 : -1;
-}
-
-/* Copies a column into a fixed array, cut at a UTF-8 character boundary. */
-static void col_copy(sqlite3_stmt *st, int i, char *out, size_t cap)
-{
-    const unsigned char *p = sqlite3_column_text(st, i);
-    size_t n = p ? (size_t)sqlite3_column_bytes(st, i) : 0;
-    if (n >= cap) {
-        n = cap - 1;
-        while (n > 0 && (p[n] & 0xC0) == 0x80)
-            n--;
-    }
-    if (n)
-        memcpy(out, p, n);
-    out[n] = '\0';
-}
-
 static void bind_str(sqlite3_stmt *st, int i, const char *s)
 {
     sqlite3_bind_text(st, i, s, -1, SQLITE_TRANSIENT);
@@ -144,9 +124,9 @@ static int step_done(sqlite3_stmt *st)
 
 static int apply_schema(sqlite3 *db)
 {
-    if (exec_sql(db, "BEGIN IMMEDIATE") < 0)
+    if (store_sql_exec(db, "BEGIN IMMEDIATE") < 0)
         return -1;
-    if (exec_sql(db, schema) < 0)
+    if (store_sql_exec(db, schema) < 0)
         goto fail;
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(db, "SELECT v FROM sms_state WHERE k = 'schema_version'", -1, &st,
@@ -162,12 +142,12 @@ static int apply_schema(sqlite3 *db)
     if (have > SMS_SCHEMA_VERSION)
         goto fail; /* written by a newer build: do not guess */
     if (have < SMS_SCHEMA_VERSION &&
-        exec_sql(db, "INSERT OR REPLACE INTO sms_state (k, v) VALUES ('schema_version', 1);"
+        store_sql_exec(db, "INSERT OR REPLACE INTO sms_state (k, v) VALUES ('schema_version', 1);"
                      "INSERT OR IGNORE INTO sms_state (k, v) VALUES ('checkpoint', 0)") < 0)
         goto fail;
-    return exec_sql(db, "COMMIT");
+    return store_sql_exec(db, "COMMIT");
 fail:
-    exec_sql(db, "ROLLBACK");
+    store_sql_exec(db, "ROLLBACK");
     return -1;
 }
 
@@ -189,7 +169,7 @@ struct store_sms *store_sms_open(const char *path, char *errbuf, size_t errcap)
     sqlite3_extended_result_codes(ss->db, 1);
     store_busy_install(ss->db, &ss->busy, SMS_BUSY_MS);
     /* FULL: a text marked sent or claimed is on disk before the next step. */
-    if (exec_sql(ss->db, "PRAGMA synchronous=FULL") < 0 || apply_schema(ss->db) < 0) {
+    if (store_sql_exec(ss->db, "PRAGMA synchronous=FULL") < 0 || apply_schema(ss->db) < 0) {
         snprintf(errbuf, errcap, "store: %s: SMS tables: %s", path, sqlite3_errmsg(ss->db));
         goto fail;
     }
@@ -221,18 +201,18 @@ const char *store_sms_errmsg(const struct store_sms *ss)
     return ss && ss->db ? sqlite3_errmsg(ss->db) : "no connection";
 }
 
-int store_sms_begin(struct store_sms *ss) { return exec_sql(ss->db, "BEGIN IMMEDIATE"); }
+int store_sms_begin(struct store_sms *ss) { return store_sql_exec(ss->db, "BEGIN IMMEDIATE"); }
 int store_sms_commit(struct store_sms *ss)
 {
-    if (exec_sql(ss->db, "COMMIT") == 0)
+    if (store_sql_exec(ss->db, "COMMIT") == 0)
         return 0;
-    exec_sql(ss->db, "ROLLBACK");
+    store_sql_exec(ss->db, "ROLLBACK");
     return -1;
 }
 void store_sms_rollback(struct store_sms *ss)
 {
     if (!sqlite3_get_autocommit(ss->db))
-        exec_sql(ss->db, "ROLLBACK");
+        store_sql_exec(ss->db, "ROLLBACK");
 }
 
 int store_sms_get_checkpoint(struct store_sms *ss, int64_t *id)
@@ -327,13 +307,13 @@ int store_sms_appt_get(struct store_sms *ss, const char *facility, const char *a
                 out->state = (enum store_sms_appt_state)i;
         out->event_time = sqlite3_column_int64(st, 1);
         out->last_msg_id = sqlite3_column_int64(st, 2);
-        col_copy(st, 3, out->fingerprint, sizeof out->fingerprint);
+        store_sql_text(st, 3, out->fingerprint, sizeof out->fingerprint);
         out->start_s = sqlite3_column_int64(st, 4);
         out->duration_min = sqlite3_column_int64(st, 5);
-        col_copy(st, 6, out->location, sizeof out->location);
-        col_copy(st, 7, out->provider, sizeof out->provider);
-        col_copy(st, 8, out->first_name, sizeof out->first_name);
-        col_copy(st, 9, out->phone, sizeof out->phone);
+        store_sql_text(st, 6, out->location, sizeof out->location);
+        store_sql_text(st, 7, out->provider, sizeof out->provider);
+        store_sql_text(st, 8, out->first_name, sizeof out->first_name);
+        store_sql_text(st, 9, out->phone, sizeof out->phone);
         out->consent = sqlite3_column_int(st, 10);
         out->purge_after_s = sqlite3_column_int64(st, 11);
         out->purged = sqlite3_column_int(st, 12);
@@ -431,18 +411,18 @@ int store_sms_claim(struct store_sms *ss, int64_t now_ms, const char *first_sent
     if (rc == SQLITE_ROW) {
         memset(out, 0, sizeof *out);
         out->id = sqlite3_column_int64(st, 0);
-        col_copy(st, 1, out->facility, sizeof out->facility);
-        col_copy(st, 2, out->appt_id, sizeof out->appt_id);
-        col_copy(st, 3, out->kind, sizeof out->kind);
-        col_copy(st, 4, out->event_key, sizeof out->event_key);
+        store_sql_text(st, 1, out->facility, sizeof out->facility);
+        store_sql_text(st, 2, out->appt_id, sizeof out->appt_id);
+        store_sql_text(st, 3, out->kind, sizeof out->kind);
+        store_sql_text(st, 4, out->event_key, sizeof out->event_key);
         out->due_s = sqlite3_column_int64(st, 5);
         out->start_s = sqlite3_column_int64(st, 6);
-        col_copy(st, 7, out->text, sizeof out->text);
-        col_copy(st, 8, out->to, sizeof out->to);
-        col_copy(st, 9, out->request_id, sizeof out->request_id);
-        col_copy(st, 10, out->first_sent, sizeof out->first_sent);
+        store_sql_text(st, 7, out->text, sizeof out->text);
+        store_sql_text(st, 8, out->to, sizeof out->to);
+        store_sql_text(st, 9, out->request_id, sizeof out->request_id);
+        store_sql_text(st, 10, out->first_sent, sizeof out->first_sent);
         out->segments = (unsigned)sqlite3_column_int(st, 11);
-        col_copy(st, 12, out->encoding, sizeof out->encoding);
+        store_sql_text(st, 12, out->encoding, sizeof out->encoding);
         out->attempts = (unsigned)sqlite3_column_int(st, 13) + 1;
         out->next_ms = sqlite3_column_int64(st, 14);
         out->state = STORE_SMS_PENDING;

@@ -1,9 +1,29 @@
-/* store/busy — a short-poll busy handler (see busy.h for why). */
-#include "store/busy.h"
+/* store/sql — helpers shared by the store's connections (see sql.h). */
+#include "store/sql.h"
 
 #include "core/clock.h"
 
+#include <string.h>
 #include <time.h>
+
+int store_sql_exec(sqlite3 *db, const char *sql)
+{
+    return sqlite3_exec(db, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : -1;
+}
+
+void store_sql_text(sqlite3_stmt *st, int i, char *out, size_t cap)
+{
+    const unsigned char *p = sqlite3_column_text(st, i);
+    size_t n = p ? (size_t)sqlite3_column_bytes(st, i) : 0;
+    if (n >= cap) {
+        n = cap - 1;
+        while (n > 0 && (p[n] & 0xC0) == 0x80)
+            n--;
+    }
+    if (n)
+        memcpy(out, p, n);
+    out[n] = '\0';
+}
 
 static int busy_poll(void *arg, int count)
 {

@@ -14,7 +14,7 @@
  * the write, retention and disk probe on the writer thread; ckpt_main on the
  * checkpointer thread; store_query_counts on any thread. */
 #include "store/store_int.h"
-#include "store/busy.h"
+#include "store/sql.h"
 #include "core/fsutil.h"
 
 #include "core/clock.h"

@@ -4,7 +4,7 @@
 #ifndef STORE_STORE_INT_H
 #define STORE_STORE_INT_H
 
-#include "store/busy.h"
+#include "store/sql.h"
 #include "store/store.h"
 
 #include <pthread.h>
@@ -74,7 +74,7 @@ struct store_db {
     sqlite3 *db;
     sqlite3_stmt *ins_msg, *sel_dup, *ins_row, *begin, *commit, *rollback, *purge;
     sqlite3_stmt *purge_pick, *purge_range, *purge_mark; /* retention over deliveries */
-    struct store_busy busy;  /* its lock waits (store/busy.h) */
+    struct store_busy busy;  /* its lock waits (store/sql.h) */
 };
 
 struct store {
