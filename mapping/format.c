@@ -96,23 +96,27 @@ static const char *eol_of(enum mapping_format f, const char *eol)
     return eol ? eol : f == MAPPING_FMT_CSV ? "\r\n" : "\n";
 }
 
-/* Appends one value; returns 1 when it had to be altered (tsv/psv), 0, or
- * -1 when out is full. */
-static int put_value(struct buf *out, enum mapping_format f, const uint8_t *p, size_t len)
+static inline int special(uint8_t c, uint8_t d, uint8_t q)
 {
-    uint8_t d = delim_of(f);
-    size_t i;
-    for (i = 0; i < len; i++) {
-        uint8_t c = p[i];
-        if (c == d || c == '\r' || c == '\n' || (c == '"' && f == MAPPING_FMT_CSV))
-            break;
+    return c == d || c == q || c == '\r' || c == '\n';
+}
+
+/* Writes one value at w (room for 2 * len + 2 bytes) as format f needs it:
+ * as it is; quoted with doubled quotes in csv when it holds the delimiter,
+ * a quote or a line break; in tsv/psv with those bytes made spaces, counted
+ * in *replaced (may be NULL).  Returns the bytes written. */
+static size_t write_value(uint8_t *w, enum mapping_format f, const uint8_t *p, size_t len,
+                          unsigned *replaced)
+{
+    const uint8_t d = delim_of(f), q = f == MAPPING_FMT_CSV ? '"' : d;
+    size_t i = 0;
+    while (i < len && !special(p[i], d, q))
+        i++;
+    if (i == len) { /* the common case: nothing to escape */
+        memcpy(w, p, len);
+        return len;
     }
-    if (i == len) /* the common case: nothing to escape */
-        return buf_append(out, p, len);
     if (f == MAPPING_FMT_CSV) {
-        uint8_t *w = buf_reserve(out, 2 * len + 2);
-        if (!w)
-            return -1;
         size_t o = 0;
         w[o++] = '"';
         for (i = 0; i < len; i++) {
@@ -121,18 +125,13 @@ static int put_value(struct buf *out, enum mapping_format f, const uint8_t *p, s
             w[o++] = p[i];
         }
         w[o++] = '"';
-        buf_commit(out, o);
-        return 0;
+        return o;
     }
-    uint8_t *w = buf_reserve(out, len);
-    if (!w)
-        return -1;
-    for (i = 0; i < len; i++) {
-        uint8_t c = p[i];
-        w[i] = c == d || c == '\r' || c == '\n' ? ' ' : c;
-    }
-    buf_commit(out, len);
-    return 1;
+    for (i = 0; i < len; i++)
+        w[i] = special(p[i], d, d) ? ' ' : p[i];
+    if (replaced)
+        (*replaced)++;
+    return len;
 }
 
 int mapping_format_header(const struct mapping *mp, enum mapping_format fmt, const char *eol,
@@ -142,15 +141,13 @@ int mapping_format_header(const struct mapping *mp, enum mapping_format fmt, con
     for (unsigned k = 0; k < mp->ncols; k++) {
         if (k && buf_append(out, &d, 1) != 0)
             return -1;
-        if (put_value(out, fmt, (const uint8_t *)mp->headers[k], strlen(mp->headers[k])) < 0)
+        size_t len = strlen(mp->headers[k]);
+        uint8_t *w = buf_reserve(out, 2 * len + 2);
+        if (!w)
             return -1;
+        buf_commit(out, write_value(w, fmt, (const uint8_t *)mp->headers[k], len, NULL));
     }
     return buf_append_str(out, eol_of(fmt, eol));
-}
-
-static inline int special(uint8_t c, uint8_t d, uint8_t q)
-{
-    return c == d || c == q || c == '\r' || c == '\n';
 }
 
 /* 1 when p[0..len) holds a byte that format `f` alters: its delimiter, CR,
@@ -240,32 +237,7 @@ int mapping_format_rows(const struct mapping *mp, const struct mapping_result *r
         for (unsigned k = 0; k < r->ncols; k++) {
             if (k)
                 w[o++] = d;
-            const uint8_t *p = base + c[k].off;
-            size_t len = c[k].len, i;
-            for (i = 0; i < len; i++) {
-                uint8_t ch = p[i];
-                if (ch == d || ch == '\r' || ch == '\n' || (ch == '"' && fmt == MAPPING_FMT_CSV))
-                    break;
-            }
-            if (i == len) { /* the common case: nothing to escape */
-                memcpy(w + o, p, len);
-                o += len;
-            } else if (fmt == MAPPING_FMT_CSV) {
-                w[o++] = '"';
-                for (i = 0; i < len; i++) {
-                    if (p[i] == '"')
-                        w[o++] = '"';
-                    w[o++] = p[i];
-                }
-                w[o++] = '"';
-            } else {
-                for (i = 0; i < len; i++) {
-                    uint8_t ch = p[i];
-                    w[o++] = ch == d || ch == '\r' || ch == '\n' ? ' ' : ch;
-                }
-                if (replaced)
-                    (*replaced)++;
-            }
+            o += write_value(w + o, fmt, base + c[k].off, c[k].len, replaced);
         }
         memcpy(w + o, e, elen);
         buf_commit(out, o + elen);
