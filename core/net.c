@@ -1,4 +1,4 @@
-/* Listening sockets (main thread, at start-up). */
+/* Name resolution and listening sockets. */
 #include "core/net.h"
 
 #include <errno.h>
@@ -9,21 +9,31 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-int net_listen(const char *host, unsigned port, int nonblock, int *family, char *errbuf,
-               size_t errcap)
+int net_resolve(const char *host, unsigned port, int passive, struct addrinfo **res,
+                char *errbuf, size_t errcap)
 {
-    struct addrinfo hints, *res = NULL;
+    struct addrinfo hints;
     memset(&hints, 0, sizeof hints);
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    hints.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
     char ps[8];
     snprintf(ps, sizeof ps, "%u", port);
-    int rc = getaddrinfo(host, ps, &hints, &res);
+    *res = NULL;
+    int rc = getaddrinfo(host, ps, &hints, res);
     if (rc != 0) {
         snprintf(errbuf, errcap, "cannot resolve %s: %s", host, gai_strerror(rc));
         return -1;
     }
+    return 0;
+}
+
+int net_listen(const char *host, unsigned port, int nonblock, int *family, char *errbuf,
+               size_t errcap)
+{
+    struct addrinfo *res;
+    if (net_resolve(host, port, 1, &res, errbuf, errcap) != 0)
+        return -1;
     int fd = -1;
     for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
         fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | (nonblock ? SOCK_NONBLOCK : 0),

@@ -1,6 +1,7 @@
 /* Address parsing and socket set-up shared by the listener and the client. */
 #include "mllp/mllp.h"
 #include "mllp/mllp_int.h"
+#include "core/net.h"
 #include "core/num.h"
 
 #include <errno.h>
@@ -54,17 +55,9 @@ int mllp_client_connect(const char *addr, int timeout_ms, char *errbuf, size_t e
         snprintf(errbuf, errcap, "bad address '%s' (want host:port)", addr);
         return -1;
     }
-    struct addrinfo hints, *res = NULL;
-    memset(&hints, 0, sizeof hints);
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    char ps[8];
-    snprintf(ps, sizeof ps, "%u", port);
-    int rc = getaddrinfo(host, ps, &hints, &res);
-    if (rc != 0) {
-        snprintf(errbuf, errcap, "cannot resolve %s: %s", host, gai_strerror(rc));
+    struct addrinfo *res;
+    if (net_resolve(host, port, 0, &res, errbuf, errcap) != 0)
         return -1;
-    }
     int fd = -1;
     for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
         fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
