@@ -13,7 +13,6 @@
 #include "core/log.h"
 
 #include <dirent.h>
-#include <ftw.h>
 #include <poll.h>
 #include <setjmp.h>
 #include <sqlite3.h>
@@ -27,6 +26,8 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "tests/unit/tmpdir.h"
+
 struct fixture {
     char dir[64];
     char path[160];
@@ -34,21 +35,12 @@ struct fixture {
     unsigned next_ctl;
 };
 
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(p);
-}
-
 static int setup(void **state)
 {
     struct fixture *fx = calloc(1, sizeof *fx);
     if (!fx)
         return -1;
-    snprintf(fx->dir, sizeof fx->dir, "/tmp/hb-sinks-XXXXXX");
-    if (!mkdtemp(fx->dir)) {
+    if (tmpdir_make(fx->dir, sizeof fx->dir, "sinks") != 0) {
         free(fx);
         return -1;
     }
@@ -68,7 +60,7 @@ static int teardown(void **state)
 {
     struct fixture *fx = *state;
     store_close(fx->st);
-    nftw(fx->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    tmpdir_remove(fx->dir);
     free(fx);
     return 0;
 }

@@ -15,7 +15,6 @@
 #include "mapping/mapping.h"
 #include "store/store.h"
 
-#include <ftw.h>
 #include <setjmp.h>
 #include <sqlite3.h>
 #include <stdarg.h>
@@ -27,6 +26,8 @@
 #include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
+
+#include "tests/unit/tmpdir.h"
 
 /* ---- templates ------------------------------------------------------------ */
 
@@ -420,19 +421,12 @@ struct env {
     int ctl;
 };
 
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb, (void)flag, (void)ftw;
-    return remove(p);
-}
-
 static const char *extra_yaml = "";
 
 static int env_setup(void **state)
 {
     struct env *e = calloc(1, sizeof *e);
-    snprintf(e->dir, sizeof e->dir, "/tmp/hl7bridge-sms-XXXXXX");
-    if (!mkdtemp(e->dir))
+    if (!e || tmpdir_make(e->dir, sizeof e->dir, "sms") != 0)
         return -1;
     snprintf(e->db, sizeof e->db, "%s/store.db", e->dir);
     snprintf(e->jsonl, sizeof e->jsonl, "%s/sms.jsonl", e->dir);
@@ -480,7 +474,7 @@ static int env_teardown(void **state)
     sqlite3_close(e->con);
     mapping_free(e->mp);
     config_free(e->cfg);
-    nftw(e->dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+    tmpdir_remove(e->dir);
     free(e);
     return 0;
 }

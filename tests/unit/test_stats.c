@@ -6,7 +6,6 @@
  * parser so the sender/type keys come out as they do in the daemon. */
 #include "daemon/stats.c"
 
-#include <ftw.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,6 +14,8 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+
+#include "tests/unit/tmpdir.h"
 
 /* ---- helpers ----------------------------------------------------------- */
 
@@ -470,14 +471,6 @@ static void test_prometheus_format(void **state)
 
 /* ---- daily totals (store/daily.c) ------------------------------------- */
 
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(p);
-}
-
 struct collected {
     size_t n;
     struct store_daily_row rows[8];
@@ -499,8 +492,8 @@ static void collect(void *ud, const struct store_daily_row *r)
 static void test_daily_totals_survive(void **state)
 {
     (void)state;
-    char dir[] = "/tmp/hb-daily-XXXXXX";
-    assert_non_null(mkdtemp(dir));
+    char dir[32];
+    assert_int_equal(tmpdir_make(dir, sizeof dir, "daily"), 0);
     char path[64];
     snprintf(path, sizeof path, "%s/s.db", dir);
     struct store_opts o = { .path = path, .retention_days = 7 };
@@ -554,7 +547,7 @@ static void test_daily_totals_survive(void **state)
     assert_int_equal(c.n, 1);
     assert_int_equal(store_daily_query("/nonexistent/x.db", NULL, collect, &c, err, sizeof err),
                      -1);
-    nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    tmpdir_remove(dir);
 }
 
 int main(void)
