@@ -186,14 +186,10 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
 
 static int exec(sqlite3 *db, const char *sql, char *errbuf, size_t errcap)
 {
-    char *msg = NULL;
-    int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
-    if (rc != SQLITE_OK) {
-        snprintf(errbuf, errcap, "store: %s: %s", sql, msg ? msg : sqlite3_errstr(rc));
-        sqlite3_free(msg);
-        return -1;
-    }
-    return 0;
+    if (store_sql_exec(db, sql) == 0)
+        return 0;
+    snprintf(errbuf, errcap, "store: %s: %s", sql, sqlite3_errmsg(db));
+    return -1;
 }
 
 static int migrate(sqlite3 *db, char *errbuf, size_t errcap)
@@ -458,6 +454,18 @@ static int group_wide(int rc)
     }
 }
 
+/* Rolls back the writer's transaction if one is still open: after an I/O
+ * error or a full disk SQLite may already have rolled it back itself. */
+static void rollback_open(struct store_db *d)
+{
+    if (sqlite3_get_autocommit(d->db))
+        return;
+    int rc = sqlite3_step(d->rollback);
+    sqlite3_reset(d->rollback);
+    if (rc != SQLITE_DONE)
+        log_error("store_rollback_failed", " rc=%d", rc);
+}
+
 /* Steps a one-shot statement (BEGIN, COMMIT), retrying SQLITE_BUSY — each
  * attempt already waited STORE_BUSY_TIMEOUT_MS in the busy handler — until
  * STORE_BUSY_GIVE_UP_MS.  A short lock from another connection therefore
@@ -590,13 +598,7 @@ static int write_range(struct store *s, size_t first, size_t n)
     if (rc == SQLITE_OK)
         rc = step_retry(d->commit);
     if (rc != SQLITE_OK) {
-        /* SQLite may already have rolled back (I/O error, disk full). */
-        if (!sqlite3_get_autocommit(d->db)) {
-            int rrc = sqlite3_step(d->rollback);
-            sqlite3_reset(d->rollback);
-            if (rrc != SQLITE_DONE)
-                log_error("store_rollback_failed", " rc=%d", rrc);
-        }
+        rollback_open(d);
         return rc;
     }
     uint64_t ns = clock_mono_ns() - t0;
@@ -723,10 +725,7 @@ static long purge_ranges(struct store_db *d, int64_t cutoff, int *more)
         rc = rc == SQLITE_DONE ? step_retry(d->commit) : rc;
     }
     if (rc != SQLITE_OK) {
-        if (!sqlite3_get_autocommit(d->db)) {
-            sqlite3_step(d->rollback);
-            sqlite3_reset(d->rollback);
-        }
+        rollback_open(d);
         log_warn("store_retention_failed", " rc=%d error=\"%s\"", rc, sqlite3_errstr(rc));
         *more = 0;
         return -1;
