@@ -21,7 +21,6 @@
 
 #include "core/num.h"
 
-#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
