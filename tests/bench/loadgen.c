@@ -6,8 +6,9 @@
  * usual send-and-wait engine; W > 1 pipelines) until M messages have been
  * acknowledged.  Each message gets a unique MSH-10, unique across runs too
  * (a per-run tag), so a storing receiver never takes a second run against
- * the same store for duplicates and measures real inserts.  Checks that every ACK's MSA-2 matches
- * the message it answers, in order, and prints one line of figures:
+ * the same store for duplicates and measures real inserts.  Checks that
+ * every ACK's MSA-2 matches the message it answers, in order, and prints
+ * one line of figures:
  *   messages=… seconds=… rate=… p50_us=… p99_us=… max_us=… aa=… not_aa=… errors=…
  * Single thread, epoll, non-blocking sockets. */
 #include "core/clock.h"
