@@ -13,8 +13,14 @@ int store_sql_exec(sqlite3 *db, const char *sql)
 
 void store_sql_text(sqlite3_stmt *st, int i, char *out, size_t cap)
 {
+    if (cap == 0)
+        return;
     const unsigned char *p = sqlite3_column_text(st, i);
-    size_t n = p ? (size_t)sqlite3_column_bytes(st, i) : 0;
+    if (!p) {
+        out[0] = '\0';
+        return;
+    }
+    size_t n = (size_t)sqlite3_column_bytes(st, i);
     if (n >= cap) {
         n = cap - 1;
         while (n > 0 && (p[n] & 0xC0) == 0x80)
