@@ -80,15 +80,16 @@ static int check_readable(const char *v, char *why, size_t len)
     return -1;
 }
 
+/* Endpoint URLs carry the client secret, a bearer token or a signed SMS
+ * body: HTTPS only, also on loopback, so no setting sends them in clear. */
 static int check_url(const char *v, char *why, size_t len)
 {
-    const char *rest = strncmp(v, "https://", 8) == 0 ? v + 8
-                     : strncmp(v, "http://", 7) == 0  ? v + 7 : NULL;
-    int ok = rest && *rest && *rest != '/';
+    int ok = strncmp(v, "https://", 8) == 0 && v[8] && v[8] != '/';
     for (const char *p = v; ok && *p; p++)
         ok = (unsigned char)*p > ' ' && *p != 0x7f;
     if (!ok) {
-        snprintf(why, len, "expected an https:// or http:// URL, got \"%.64s\"", v);
+        snprintf(why, len, "expected an https:// URL (secrets never go out in clear), got \"%.64s\"",
+                 v);
         return -1;
     }
     return 0;

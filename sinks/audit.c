@@ -336,16 +336,6 @@ static void xfer_free(struct xfer *x)
     free(x);
 }
 
-static int loopback_http(const char *url)
-{
-    static const char *const ok[] = { "http://127.", "http://localhost:", "http://localhost/",
-                                      "http://[::1]" };
-    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++)
-        if (strncmp(url, ok[i], strlen(ok[i])) == 0)
-            return 1;
-    return 0;
-}
-
 static int xfer_setup(struct sink_audit *s, struct xfer *x, const char *url, unsigned timeout_s)
 {
     CURL *e = curl_easy_init();
@@ -366,9 +356,9 @@ static int xfer_setup(struct sink_audit *s, struct xfer *x, const char *url, uns
     curl_easy_setopt(e, CURLOPT_TIMEOUT, (long)timeout_s);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, (long)AUDIT_CONNECT_TIMEOUT_S);
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
-    /* Plain HTTP only to loopback (tests, a local proxy); everything else
-     * is HTTPS with TLS 1.2 or newer and full verification. */
-    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, loopback_http(url) ? "http,https" : "https");
+    /* HTTPS with TLS 1.2 or newer and full verification, loopback included:
+     * the token request carries the client secret. */
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https");
     curl_easy_setopt(e, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
@@ -802,11 +792,11 @@ static int purview_setup(struct sink_audit *s, const struct sink_audit_opts *o, 
     }
     const char *tu = present(o->token_url) ? o->token_url : tok;
     const char *uu = present(o->upload_url) ? o->upload_url : up;
-    if (strncmp(tu, "https://", 8) != 0 && !loopback_http(tu)) {
+    if (strncmp(tu, "https://", 8) != 0) {
         snprintf(err, errcap, "audit sink: token_url must be https:// (got %s)", tu);
         return -1;
     }
-    if (strncmp(uu, "https://", 8) != 0 && !loopback_http(uu)) {
+    if (strncmp(uu, "https://", 8) != 0) {
         snprintf(err, errcap, "audit sink: upload_url must be https:// (got %s)", uu);
         return -1;
     }

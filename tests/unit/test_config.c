@@ -478,6 +478,27 @@ static void test_lists_and_maps(void **state)
                   "t.yaml:4:5: mapping.headers.A: duplicate key (first at line 3)", NULL);
 }
 
+/* The token request carries the client secret, the upload a bearer token,
+ * the SMS request a signed body: plain http:// is refused for every
+ * endpoint, loopback included. */
+static void test_endpoints_https_only(void **state)
+{
+    (void)state;
+    expect_errors("sinks:\n"
+                  "  audit: {token_url: \"http://login.example/t\", upload_url: \"http://127.0.0.1:1/u\"}\n"
+                  "  sms: {endpoint: \"http://localhost:8443\"}\n",
+                  "t.yaml:2:22: sinks.audit.token_url: expected an https:// URL (secrets never go "
+                  "out in clear), got \"http://login.example/t\"",
+                  "t.yaml:2:60: sinks.audit.upload_url: expected an https:// URL (secrets never go "
+                  "out in clear), got \"http://127.0.0.1:1/u\"",
+                  "t.yaml:3:19: sinks.sms.endpoint: expected an https:// URL (secrets never go "
+                  "out in clear), got \"http://localhost:8443\"", NULL);
+    struct config *c = load_ok("sinks:\n  audit: {token_url: \"https://127.0.0.1:1/t\"}\n"
+                               "  sms: {endpoint: \"https://x.test\"}\n");
+    assert_string_equal(c->sinks.audit.token_url, "https://127.0.0.1:1/t");
+    config_free(c);
+}
+
 static void test_string_checks(void **state)
 {
     (void)state;
@@ -496,8 +517,8 @@ static void test_string_checks(void **state)
     expect_errors("sinks: {sms: {from: \"18005550100\", endpoint: ftp://x, default_country: \"01\"}}\n",
                   "t.yaml:1:21: sinks.sms.from: expected an E.164 number: \"+\" then up to 15 "
                   "digits, like +14155550100",
-                  "t.yaml:1:46: sinks.sms.endpoint: expected an https:// or http:// URL, got "
-                  "\"ftp://x\"",
+                  "t.yaml:1:46: sinks.sms.endpoint: expected an https:// URL (secrets never go "
+                  "out in clear), got \"ftp://x\"",
                   "t.yaml:1:72: sinks.sms.default_country: expected a country calling code of 1 "
                   "to 3 digits, like 1 or 44", NULL);
     expect_errors("sinks: {sms: {consent: {field: ZCN2}}}\n",
@@ -714,7 +735,7 @@ static void test_secret_from_env(void **state)
     assert_int_equal(c->sinks.audit.type, CONFIG_AUDIT_PURVIEW);
     assert_string_equal(c->sinks.audit.app_secret, SECRET);
     assert_null(c->sinks.audit.app_secret_file);
-    assert_string_equal(c->sinks.audit.upload_url, "http://127.0.0.1:18443/upload");
+    assert_string_equal(c->sinks.audit.upload_url, "https://127.0.0.1:18443/upload");
     assert_int_equal(c->sinks.audit.cloud, CONFIG_CLOUD_GCC);
     assert_int_equal(c->sinks.audit.line_ending, CONFIG_EOL_LF);
     assert_int_equal(c->sinks.audit.batch.max_rows, 100);
@@ -867,6 +888,7 @@ int main(void)
         cmocka_unit_test(test_address),
         cmocka_unit_test(test_lists_and_maps),
         cmocka_unit_test(test_string_checks),
+        cmocka_unit_test(test_endpoints_https_only),
         cmocka_unit_test(test_time_zone),
         cmocka_unit_test(test_unknown_key_location),
         cmocka_unit_test(test_many_errors_all_reported),

@@ -459,6 +459,12 @@ static void test_start_names_missing_setting(void **state)
     o.upload_url = "http://example.org/api/signals";
     assert_null(sink_audit_start(&o, err, sizeof err));
     assert_non_null(strstr(err, "https"));
+    /* Loopback is no exception: the token request carries the secret. */
+    o.upload_url = "https://127.0.0.1:1/api/signals";
+    o.token_url = "http://127.0.0.1:1/token";
+    assert_null(sink_audit_start(&o, err, sizeof err));
+    assert_non_null(strstr(err, "token_url must be https"));
+    assert_null(strstr(err, "TOPSECRET"));
 }
 
 /* ---- wire helpers ----------------------------------------------------------- */
