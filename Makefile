@@ -45,7 +45,9 @@ MODULES  := core mllp hl7 mapping store sinks config
 LIB_SRCS := $(foreach m,$(MODULES),$(wildcard $(m)/*.c))
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/%.o)
 BIN_SRCS := $(wildcard daemon/*.c)
-BIN_OBJS := $(BIN_SRCS:%.c=$(BUILD)/%.o) $(BUILD)/gen/default_config.o
+BIN_OBJS := $(BIN_SRCS:%.c=$(BUILD)/%.o) $(BUILD)/gen/default_config.o $(BUILD)/gen/default_rules.o
+# The shipped rules, in the order they apply (compiled into the binary too).
+RULE_FILES := config/mappings/adt.yaml config/mappings/siu.yaml config/mappings/access-audit.yaml
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 BENCH_SRCS := $(wildcard tests/bench/*.c)
@@ -65,11 +67,20 @@ $(BUILD)/hl7bridge: $(BIN_OBJS) $(BUILD)/libhl7bridge.a
 
 # The shipped configuration is compiled in: `hl7bridge run` falls back to it
 # when no -c is given and config/hl7bridge.yaml is not there.
+# Its state paths are written relative to config/ (../var/…); the compiled-in
+# copy keeps them in the working directory (var/…).
 $(BUILD)/gen/default_config.c: config/hl7bridge.yaml scripts/embed.sh
 	@mkdir -p $(@D)
-	scripts/embed.sh $< $@ hb_default_config
+	sed 's|\.\./var/|var/|' $< > $(BUILD)/gen/default_config.yaml
+	scripts/embed.sh $(BUILD)/gen/default_config.yaml $@ hb_default_config
 
-$(BUILD)/gen/default_config.o: $(BUILD)/gen/default_config.c
+# The shipped rules likewise: a configuration without mapping.rules uses
+# these, from any working directory.
+$(BUILD)/gen/default_rules.c: $(RULE_FILES) scripts/embed.sh
+	@mkdir -p $(@D)
+	scripts/embed.sh --rules $@ hb_default_rules $(RULE_FILES)
+
+$(BUILD)/gen/%.o: $(BUILD)/gen/%.c
 	$(CC) $(filter-out -MMD -MP,$(CFLAGS)) -Wno-missing-prototypes -c -o $@ $<
 
 $(BUILD)/%.o: %.c

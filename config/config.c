@@ -40,6 +40,8 @@
 
 struct cfg_walk {
     const char *file;
+    const char *base_dir;       /* relative written paths resolve here; NULL: kept */
+    struct config *cfg;         /* gets the written form of each resolved path */
     yaml_document_t *doc;
     struct config_errors *errs;
     size_t n_errors;            /* counted even past CONFIG_MAX_ERRORS */
@@ -678,6 +680,38 @@ out:
     close(fd);
 }
 
+/* ---- paths ------------------------------------------------------------ */
+
+/* Where a written path leads: `text` itself when absolute, empty or when
+ * there is no base directory (a string configuration), else base/text.  The
+ * written form is recorded against `field` (the char * that will hold the
+ * result) for config_dump.  Returns an owned string, NULL when out of memory. */
+static char *resolve_path(struct cfg_walk *w, const yaml_node_t *at, const void *field,
+                          const char *text)
+{
+    if (!w->base_dir || !w->cfg || text[0] == '/' || text[0] == '\0')
+        return dup_or_fail(w, at, text);
+    size_t lb = strlen(w->base_dir), lt = strlen(text);
+    char *out = malloc(lb + 1 + lt + 1);
+    struct config *c = w->cfg;
+    struct config_written_path *n =
+        realloc(c->written_paths, (c->n_written_paths + 1) * sizeof *n);
+    if (n)
+        c->written_paths = n;
+    char *written = n ? strdup(text) : NULL;
+    if (!out || !written) {
+        free(out);
+        free(written);
+        cfg_error(w, at, "out of memory");
+        return NULL;
+    }
+    memcpy(out, w->base_dir, lb);
+    out[lb] = '/';
+    memcpy(out + lb + 1, text, lt + 1);
+    c->written_paths[c->n_written_paths++] = (struct config_written_path){field, written};
+    return out;
+}
+
 /* ---- lists and maps ---------------------------------------------------- */
 
 static int list_count_ok(struct cfg_walk *w, const struct cfg_key *k, const yaml_node_t *at,
@@ -755,6 +789,11 @@ static void set_list(struct cfg_walk *w, const struct cfg_key *k, const yaml_nod
         if (get_scalar(w, item, ipath, k->type == CT_STRLIST ? "a string" : "a duration", &raw) != 0)
             continue;
         char *text = expand(w, item, ipath, raw);
+        if (text && (k->flags & CK_PATH)) {
+            char *p = resolve_path(w, item, &(*CFG_AT(base, k->off, char **))[i], text);
+            free(text);
+            text = p;
+        }
         if (!text)
             continue;
         list_item(w, k, item, text, base, i, ipath);
@@ -917,6 +956,13 @@ static void set_value(struct cfg_walk *w, const struct cfg_key *k, const yaml_no
     }
     if (get_scalar(w, v, path, "a single value", &raw) != 0 || !(text = expand(w, v, path, raw)))
         return;
+    if (k->flags & CK_PATH) {
+        size_t off = k->type == CT_SECRET_FILE ? k->off2 : k->off;
+        char *p = resolve_path(w, v, CFG_AT(base, off, char *), text);
+        free(text);
+        if (!(text = p))
+            return;
+    }
     if (k->type == CT_SECRET_FILE)
         set_secret_file(w, k, v, text, base, path);
     else
@@ -1077,6 +1123,10 @@ void config_free(struct config *c)
     if (!c)
         return;
     release_section(&cfg_root, c);
+    for (size_t i = 0; i < c->n_written_paths; i++)
+        free(c->written_paths[i].written);
+    free(c->written_paths);
+    free(c->base_dir);
     free(c->path);
     free(c);
 }
@@ -1095,11 +1145,12 @@ static void syntax_error(struct cfg_walk *w, const yaml_parser_t *p)
         error_at_mark(w, p->problem_mark, "YAML syntax error: %s", problem);
 }
 
-struct config *config_load_string(const char *name, const char *text, size_t len,
-                                  struct config_errors *errs)
+/* `base_dir` (borrowed, may be NULL): where relative written paths lead. */
+static struct config *load_text(const char *name, const char *text, size_t len,
+                                const char *base_dir, struct config_errors *errs)
 {
     struct config_errors local = {0};
-    struct cfg_walk w = { .file = name, .errs = errs ? errs : &local };
+    struct cfg_walk w = { .file = name, .base_dir = base_dir, .errs = errs ? errs : &local };
     struct config *c = NULL;
     yaml_parser_t parser;
     yaml_document_t doc;
@@ -1134,10 +1185,11 @@ struct config *config_load_string(const char *name, const char *text, size_t len
     }
 
     c = calloc(1, sizeof *c);
-    if (!c || !(c->path = strdup(name))) {
+    if (!c || !(c->path = strdup(name)) || (base_dir && !(c->base_dir = strdup(base_dir)))) {
         cfg_error(&w, NULL, "out of memory");
         goto out_parser;
     }
+    w.cfg = c;
     walk_section(&w, &cfg_root, yaml_document_get_root_node(&doc), c, "");
 
 out_parser:
@@ -1151,6 +1203,22 @@ out:
     }
     config_errors_release(&local);
     return c;
+}
+
+struct config *config_load_string(const char *name, const char *text, size_t len,
+                                  struct config_errors *errs)
+{
+    return load_text(name, text, len, NULL, errs);
+}
+
+/* The absolute directory of `path` (owned), or NULL with errno set. */
+static char *dir_of(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
+    char *abs = dir ? realpath(dir, NULL) : NULL;
+    free(dir);
+    return abs;
 }
 
 struct config *config_load(const char *path, struct config_errors *errs)
@@ -1187,7 +1255,14 @@ struct config *config_load(const char *path, struct config_errors *errs)
             break;
         }
     }
-    c = config_load_string(path, b.len ? (const char *)buf_data(&b) : "", b.len, e);
+    char *base = dir_of(path);
+    if (!base) {
+        int en = errno;
+        cfg_error(&w, NULL, "cannot resolve its directory: %s", strerror(en));
+        goto out;
+    }
+    c = load_text(path, b.len ? (const char *)buf_data(&b) : "", b.len, base, e);
+    free(base);
 out:
     buf_release(&b);
     fclose(f);

@@ -10,8 +10,12 @@
  * `${ENV}` or from a `*_file` readable by its owner alone; they are never put
  * in an error message and config_dump() shows them as "(set)".
  *
- * Relative paths are kept as written: they are relative to the working
- * directory of the process, not to the configuration file. */
+ * A relative path written in a configuration file (store.path, rule files,
+ * sink files and directories, TLS and secret files) resolves against that
+ * file's directory, so the daemon reads the same files from any working
+ * directory; a default that was not written, and any path in a configuration
+ * given as a string (config_load_string: the built-in one), stays relative to
+ * the working directory.  The written text is kept for config_dump. */
 #ifndef CONFIG_CONFIG_H
 #define CONFIG_CONFIG_H
 
@@ -76,8 +80,19 @@ enum config_cloud {
 };
 enum config_sms_type { CONFIG_SMS_FILE = 0, CONFIG_SMS_ACS, CONFIG_SMS_NONE };
 
+/* A relative path as written, and the field (a char * inside the struct
+ * config) that holds where it led. */
+struct config_written_path {
+    const void *field;
+    char *written;
+};
+
 struct config {
     char *path;                         /* the file it was read from */
+    char *base_dir;                     /* absolute directory of `path` that relative
+                                           paths resolved against; NULL for a string */
+    struct config_written_path *written_paths;
+    size_t n_written_paths;
     char *user;                         /* drop root to this user after binding, or NULL */
     struct config_listener *listeners;  /* at least one, at most HB_MAX_LISTENERS */
     size_t n_listeners;
@@ -100,7 +115,7 @@ struct config {
         enum config_schema schema;      /* default healthcare */
         struct config_pair *headers;    /* schema column → header name */
         size_t n_headers;
-        char **rules;                   /* rule files, at least one */
+        char **rules;                   /* rule files; none: the built-in rules */
         size_t n_rules;
         char *time_zone;                /* IANA name, default "UTC" */
         enum config_unmatched unmatched; /* default accept */

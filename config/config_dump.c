@@ -50,10 +50,37 @@ static void put_duration(FILE *out, unsigned s)
         fprintf(out, "%us", s);
 }
 
-static void dump_section(const struct cfg_section *sec, const void *base, int ind, FILE *out,
-                         int list_item);
+static void dump_section(const struct config *c, const struct cfg_section *sec,
+                         const void *base, int ind, FILE *out, int list_item);
 
-static void dump_key(const struct cfg_key *k, const void *base, int ind, FILE *out)
+/* The written form of a resolved path held in `field`, or NULL. */
+static const char *written_as(const struct config *c, const void *field)
+{
+    for (size_t i = 0; i < c->n_written_paths; i++)
+        if (c->written_paths[i].field == field)
+            return c->written_paths[i].written;
+    return NULL;
+}
+
+/* After a path: "# written: x" when a relative written one led to it, or
+ * a note that a relative default stays in the working directory. */
+static void put_written(const struct config *c, const struct cfg_key *k, const void *field,
+                        FILE *out)
+{
+    if (!(k->flags & CK_PATH))
+        return;
+    const char *w = written_as(c, field);
+    const char *v = *(char *const *)field;
+    if (w) {
+        fputs("  # written: ", out);
+        put_str(out, w);
+    } else if (v && *v && *v != '/') {
+        fputs("  # relative to the working directory", out);
+    }
+}
+
+static void dump_key(const struct config *c, const struct cfg_key *k, const void *base, int ind,
+                     FILE *out)
 {
     const char *b = base;
     switch (k->type) {
@@ -63,7 +90,7 @@ static void dump_key(const struct cfg_key *k, const void *base, int ind, FILE *o
             return;
         }
         fprintf(out, "%s:\n", k->name);
-        dump_section(k->sub, base, ind + 2, out, 0);
+        dump_section(c, k->sub, base, ind + 2, out, 0);
         return;
     case CT_SECTIONS: {
         const char *arr = *(const char *const *)(const void *)(b + k->off);
@@ -72,7 +99,7 @@ static void dump_key(const struct cfg_key *k, const void *base, int ind, FILE *o
         for (size_t i = 0; i < n; i++) {
             indent(out, ind + 2);
             fputs("- ", out);
-            dump_section(k->sub, arr + i * k->sub->elem_size, ind + 4, out, 1);
+            dump_section(c, k->sub, arr + i * k->sub->elem_size, ind + 4, out, 1);
         }
         return;
     }
@@ -86,12 +113,14 @@ static void dump_key(const struct cfg_key *k, const void *base, int ind, FILE *o
     case CT_CHOICE:
     case CT_ADDR:
         put_str(out, *(char *const *)(const void *)(b + k->off));
+        put_written(c, k, b + k->off, out);
         break;
     case CT_SECRET:
         fputs(*(char *const *)(const void *)(b + k->off) ? "(set)" : "~", out);
         break;
     case CT_SECRET_FILE:
         put_str(out, *(char *const *)(const void *)(b + k->off2));
+        put_written(c, k, b + k->off2, out);
         break;
     case CT_ENUM: {
         int e;
@@ -126,6 +155,15 @@ static void dump_key(const struct cfg_key *k, const void *base, int ind, FILE *o
             put_str(out, items[i]);
         }
         fputc(']', out);
+        if (n == 0 && (k->flags & CK_PATH))
+            fputs("  # none: the built-in ones", out);
+        for (size_t i = 0; i < n; i++) {
+            const char *w = written_as(c, &items[i]);
+            if (w) {
+                fprintf(out, "%s", i == 0 || !written_as(c, &items[i - 1]) ? "  # written: " : ", ");
+                put_str(out, w);
+            }
+        }
         break;
     }
     case CT_DURLIST: {
@@ -182,18 +220,22 @@ static void dump_key(const struct cfg_key *k, const void *base, int ind, FILE *o
 }
 
 /* list_item: the "- " is already written, so the first key gets no indent. */
-static void dump_section(const struct cfg_section *sec, const void *base, int ind, FILE *out,
-                         int list_item)
+static void dump_section(const struct config *c, const struct cfg_section *sec,
+                         const void *base, int ind, FILE *out, int list_item)
 {
     for (size_t i = 0; i < sec->n_keys; i++) {
         if (!(list_item && i == 0))
             indent(out, ind);
-        dump_key(&sec->keys[i], base, ind, out);
+        dump_key(c, &sec->keys[i], base, ind, out);
     }
 }
 
 void config_dump(const struct config *c, FILE *out)
 {
     fprintf(out, "# effective configuration from %s\n", c->path ? c->path : "(string)");
-    dump_section(&cfg_root, c, 0, out, 0);
+    if (c->base_dir)
+        fprintf(out, "# relative paths written in it resolve against %s\n", c->base_dir);
+    else
+        fputs("# relative paths resolve against the working directory\n", out);
+    dump_section(c, &cfg_root, c, 0, out, 0);
 }

@@ -38,6 +38,9 @@ enum cfg_type {
 
 #define CK_REQUIRED 1u  /* must be written when its section is written */
 #define CK_MAP_LIST 2u  /* CT_MAP whose values may be lists: items joined by '\n' */
+/* A file or directory name (CT_STR, CT_STRLIST items, CT_SECRET_FILE): a
+ * relative one written in a file resolves against that file's directory. */
+#define CK_PATH 4u
 
 struct cfg_walk;
 struct cfg_section;

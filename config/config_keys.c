@@ -206,11 +206,11 @@ bad:
 
 enum { TK_CERT, TK_KEY, TK_CA, TK_VERIFY, TK_MINVER, TK_NAMES };
 static const struct cfg_key tls_keys[] = {
-    [TK_CERT] = {.name = "cert_file", .type = CT_STR, .off = LOFF(tls.cert_file),
+    [TK_CERT] = {.name = "cert_file", .type = CT_STR, .off = LOFF(tls.cert_file), .flags = CK_PATH,
                  .check = check_readable},
-    [TK_KEY] = {.name = "key_file", .type = CT_STR, .off = LOFF(tls.key_file),
+    [TK_KEY] = {.name = "key_file", .type = CT_STR, .off = LOFF(tls.key_file), .flags = CK_PATH,
                 .check = check_readable},
-    [TK_CA] = {.name = "client_ca_file", .type = CT_STR, .off = LOFF(tls.client_ca_file),
+    [TK_CA] = {.name = "client_ca_file", .type = CT_STR, .off = LOFF(tls.client_ca_file), .flags = CK_PATH,
                .check = check_readable},
     [TK_VERIFY] = {.name = "verify_client", .type = CT_BOOL, .off = LOFF(tls.verify_client),
                    .def = "false"},
@@ -288,7 +288,7 @@ static const struct cfg_key ack_keys[] = {
 static const struct cfg_section ack_sec = {ack_keys, NKEYS(ack_keys), 0, NULL, NULL};
 
 static const struct cfg_key store_keys[] = {
-    {.name = "path", .type = CT_STR, .off = OFF(store.path), .def = "var/hl7bridge.db",
+    {.name = "path", .type = CT_STR, .off = OFF(store.path), .flags = CK_PATH, .def = "var/hl7bridge.db",
      .check = check_nonempty},
     {.name = "retention_days", .type = CT_UINT, .off = OFF(store.retention_days),
      .min = 0, .max = 3650, .def = "7"},
@@ -308,17 +308,12 @@ static const struct cfg_section log_sec = {log_keys, NKEYS(log_keys), 0, NULL, N
 
 /* ---- mapping ----------------------------------------------------------- */
 
-static const char *const default_rules[] = {
-    "config/mappings/adt.yaml", "config/mappings/siu.yaml", "config/mappings/access-audit.yaml",
-    NULL,
-};
-
 static const struct cfg_key mapping_keys[] = {
     {.name = "schema", .type = CT_ENUM, .off = OFF(mapping.schema), .words = w_schema,
      .def = "healthcare"},
     {.name = "headers", .type = CT_MAP, .off = OFF(mapping.headers), .off2 = OFF(mapping.n_headers)},
     {.name = "rules", .type = CT_STRLIST, .off = OFF(mapping.rules), .off2 = OFF(mapping.n_rules),
-     .min_n = 1, .max_n = 256, .defs = default_rules},
+     .flags = CK_PATH, .min_n = 1, .max_n = 256}, /* not written: the built-in rules */
     {.name = "time_zone", .type = CT_STR, .off = OFF(mapping.time_zone), .def = "UTC",
      .check = check_tz},
     {.name = "unmatched", .type = CT_ENUM, .off = OFF(mapping.unmatched), .words = w_unmatched,
@@ -353,6 +348,7 @@ static const struct cfg_key audit_keys[] = {
                 .check = check_nonempty},
     [AK_SECRET] = {.name = "app_secret", .type = CT_SECRET, .off = OFF(sinks.audit.app_secret)},
     [AK_SECRET_FILE] = {.name = "app_secret_file", .type = CT_SECRET_FILE,
+                        .flags = CK_PATH,
                         .off = OFF(sinks.audit.app_secret), .off2 = OFF(sinks.audit.app_secret_file)},
     [AK_JOB] = {.name = "job_id", .type = CT_STR, .off = OFF(sinks.audit.job_id),
                 .check = check_nonempty},
@@ -360,7 +356,7 @@ static const struct cfg_key audit_keys[] = {
                       .check = check_url},
     [AK_UPLOAD_URL] = {.name = "upload_url", .type = CT_STR, .off = OFF(sinks.audit.upload_url),
                        .check = check_url},
-    [AK_CA] = {.name = "ca_file", .type = CT_STR, .off = OFF(sinks.audit.ca_file),
+    [AK_CA] = {.name = "ca_file", .type = CT_STR, .off = OFF(sinks.audit.ca_file), .flags = CK_PATH,
                .check = check_readable},
     [AK_FORMAT] = {.name = "format", .type = CT_ENUM, .off = OFF(sinks.audit.format),
                    .words = w_format, .def = "tsv"},
@@ -374,7 +370,7 @@ static const struct cfg_key audit_keys[] = {
     [AK_BATCH] = {.name = "batch", .type = CT_SECTION, .sub = &batch_sec},
     [AK_PARALLEL] = {.name = "max_parallel_uploads", .type = CT_UINT,
                      .off = OFF(sinks.audit.max_parallel_uploads), .min = 1, .max = 16, .def = "2"},
-    [AK_DIR] = {.name = "directory", .type = CT_STR, .off = OFF(sinks.audit.directory),
+    [AK_DIR] = {.name = "directory", .type = CT_STR, .off = OFF(sinks.audit.directory), .flags = CK_PATH,
                 .def = "var/out", .check = check_nonempty},
     [AK_TIMEOUT] = {.name = "timeout_s", .type = CT_UINT, .off = OFF(sinks.audit.timeout_s),
                     .min = 1, .max = 86400, .def = "400"},
@@ -506,13 +502,14 @@ static const struct cfg_key sms_keys[] = {
                      .check = check_url},
     [SK_KEY] = {.name = "access_key", .type = CT_SECRET, .off = OFF(sinks.sms.access_key)},
     [SK_KEY_FILE] = {.name = "access_key_file", .type = CT_SECRET_FILE,
+                     .flags = CK_PATH,
                      .off = OFF(sinks.sms.access_key), .off2 = OFF(sinks.sms.access_key_file)},
     [SK_FROM] = {.name = "from", .type = CT_STR, .off = OFF(sinks.sms.from), .check = check_e164},
     [SK_COUNTRY] = {.name = "default_country", .type = CT_STR, .off = OFF(sinks.sms.default_country),
                     .def = "1", .check = check_country},
     [SK_TZ] = {.name = "time_zone", .type = CT_STR, .off = OFF(sinks.sms.time_zone), .def = "UTC",
                .check = check_tz},
-    [SK_CA] = {.name = "ca_file", .type = CT_STR, .off = OFF(sinks.sms.ca_file),
+    [SK_CA] = {.name = "ca_file", .type = CT_STR, .off = OFF(sinks.sms.ca_file), .flags = CK_PATH,
                .check = check_readable},
     [SK_CONSENT] = {.name = "consent", .type = CT_SECTION, .sub = &consent_sec},
     [SK_REMINDERS] = {.name = "reminders", .type = CT_DURLIST, .off = OFF(sinks.sms.reminders_s),
@@ -525,7 +522,7 @@ static const struct cfg_key sms_keys[] = {
                      .min = 1, .max = 10, .def = "3"},
     [SK_GRACE] = {.name = "grace_period", .type = CT_DURATION, .off = OFF(sinks.sms.grace_period_s),
                   .min = 0, .max = 7 * 86400, .def = "2h"},
-    [SK_PATH] = {.name = "path", .type = CT_STR, .off = OFF(sinks.sms.path),
+    [SK_PATH] = {.name = "path", .type = CT_STR, .off = OFF(sinks.sms.path), .flags = CK_PATH,
                  .def = "var/sms.jsonl", .check = check_nonempty},
 };
 

@@ -24,7 +24,8 @@ int cmd_check(int argc, char **argv)
                    "Validates the configuration (default %s) and the files it names\n"
                    "(mapping rules).  Prints each problem as file:line:column: message;\n"
                    "exit status 1 if any.  --dump prints the effective configuration\n"
-                   "(secrets shown as (set)).\n",
+                   "(secrets shown as (set)) and where each relative path led: a path\n"
+                   "written in the file is relative to the file's directory.\n",
                    CONFIG_DEFAULT_PATH);
             return 0;
         }
@@ -45,8 +46,17 @@ int cmd_check(int argc, char **argv)
     printf("%s: configuration OK (%zu listener%s, %zu mapping rule%s)\n", path, c->n_listeners,
            c->n_listeners == 1 ? "" : "s", mapping_rule_count(mp),
            mapping_rule_count(mp) == 1 ? "" : "s");
-    if (dump)
+    if (dump) {
         config_dump(c, stdout);
+        if (c->mapping.n_rules == 0) {
+            const struct mapping_source *src;
+            size_t n = rules_builtin(&src);
+            fputs("# mapping rules compiled into the binary:", stdout);
+            for (size_t i = 0; i < n; i++)
+                printf(" %s", src[i].name);
+            fputc('\n', stdout);
+        }
+    }
     mapping_free(mp);
     config_free(c);
     return 0;

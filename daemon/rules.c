@@ -5,6 +5,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+/* The shipped rule files compiled into the binary (scripts/embed.sh). */
+extern const struct mapping_source hb_default_rules[];
+extern const size_t hb_default_rules_count;
+
+size_t rules_builtin(const struct mapping_source **out)
+{
+    *out = hb_default_rules;
+    return hb_default_rules_count;
+}
+
 struct mapping *rules_load(const struct config *c)
 {
     struct mapping_header *hs = NULL;
@@ -24,6 +34,8 @@ struct mapping *rules_load(const struct config *c)
         .n_headers = c->mapping.n_headers,
         .rules = (const char *const *)c->mapping.rules,
         .n_rules = c->mapping.n_rules,
+        .sources = hb_default_rules,
+        .n_sources = hb_default_rules_count,
         .time_zone = c->mapping.time_zone,
         .unmatched = c->mapping.unmatched == CONFIG_UNMATCHED_REJECT ? MAPPING_UNMATCHED_REJECT
                                                                      : MAPPING_UNMATCHED_ACCEPT,

@@ -1065,9 +1065,37 @@ static int file_compile(struct ld *ld, yaml_node_t *root)
     return rc;
 }
 
+/* Parses and compiles one rule document from an initialised parser; `name`
+ * is used in messages. */
+static int load_parser(struct mapping *mp, const char *name, yaml_parser_t *parser,
+                       struct mapping_errors *errs)
+{
+    struct ld ld = {.file = name, .errs = errs, .mp = mp};
+    yaml_document_t doc;
+    int rc = -1;
+    if (!yaml_parser_load(parser, &doc)) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s:%lu:%lu: YAML: %s%s%s", name,
+                 (unsigned long)parser->problem_mark.line + 1,
+                 (unsigned long)parser->problem_mark.column + 1,
+                 parser->problem ? parser->problem : "syntax error", parser->context ? " " : "",
+                 parser->context ? parser->context : "");
+        errs_add(errs, msg);
+        return -1;
+    }
+    ld.doc = &doc;
+    rc = file_compile(&ld, yaml_document_get_root_node(&doc));
+    if (ld.nerr)
+        rc = -1;
+    yaml_document_delete(&doc);
+    for (size_t i = 0; i < ld.n_named; i++)
+        free(ld.named[i].name);
+    free(ld.named);
+    return rc;
+}
+
 static int load_file(struct mapping *mp, const char *path, struct mapping_errors *errs)
 {
-    struct ld ld = {.file = path, .errs = errs, .mp = mp};
     FILE *f = fopen(path, "rb");
     if (!f) {
         char msg[512];
@@ -1076,34 +1104,26 @@ static int load_file(struct mapping *mp, const char *path, struct mapping_errors
         return -1;
     }
     yaml_parser_t parser;
-    yaml_document_t doc;
-    int rc = -1;
     if (!yaml_parser_initialize(&parser)) {
         fclose(f);
         return -1;
     }
     yaml_parser_set_input_file(&parser, f);
-    if (!yaml_parser_load(&parser, &doc)) {
-        char msg[512];
-        snprintf(msg, sizeof msg, "%s:%lu:%lu: YAML: %s%s%s", path,
-                 (unsigned long)parser.problem_mark.line + 1,
-                 (unsigned long)parser.problem_mark.column + 1,
-                 parser.problem ? parser.problem : "syntax error", parser.context ? " " : "",
-                 parser.context ? parser.context : "");
-        errs_add(errs, msg);
-        goto out_parser;
-    }
-    ld.doc = &doc;
-    rc = file_compile(&ld, yaml_document_get_root_node(&doc));
-    if (ld.nerr)
-        rc = -1;
-    yaml_document_delete(&doc);
-out_parser:
-    for (size_t i = 0; i < ld.n_named; i++)
-        free(ld.named[i].name);
-    free(ld.named);
+    int rc = load_parser(mp, path, &parser, errs);
     yaml_parser_delete(&parser);
     fclose(f);
+    return rc;
+}
+
+static int load_source(struct mapping *mp, const struct mapping_source *src,
+                       struct mapping_errors *errs)
+{
+    yaml_parser_t parser;
+    if (!yaml_parser_initialize(&parser))
+        return -1;
+    yaml_parser_set_input_string(&parser, (const unsigned char *)src->text, src->len);
+    int rc = load_parser(mp, src->name, &parser, errs);
+    yaml_parser_delete(&parser);
     return rc;
 }
 
@@ -1187,20 +1207,23 @@ struct mapping *mapping_load(const struct mapping_opts *o, struct mapping_errors
             rc = -1;
         }
     }
+    int in_memory = !(o->rules && o->n_rules) && o->sources && o->n_sources;
     const char *const *files = o->rules && o->n_rules ? o->rules : defaults;
-    size_t nf = o->rules && o->n_rules ? o->n_rules : 3;
+    size_t nf = in_memory ? o->n_sources : o->rules && o->n_rules ? o->n_rules : 3;
     mp->files = calloc(nf, sizeof *mp->files);
     if (!mp->files) {
         mapping_free(mp);
         return NULL;
     }
     for (size_t i = 0; i < nf; i++) {
-        if (!(mp->files[i] = strdup(files[i] ? files[i] : ""))) {
+        const char *name = in_memory ? o->sources[i].name : files[i];
+        if (!(mp->files[i] = strdup(name ? name : ""))) {
             rc = -1;
             break;
         }
         mp->n_files++;
-        if (load_file(mp, mp->files[i], errs) != 0)
+        if ((in_memory ? load_source(mp, &o->sources[i], errs)
+                       : load_file(mp, mp->files[i], errs)) != 0)
             rc = -1;
     }
     if (rc != 0) {

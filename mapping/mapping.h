@@ -24,7 +24,8 @@
 #include "core/buf.h"
 #include "hl7/hl7.h"
 
-/* The shipped rule files, used when mapping_opts.rules is NULL. */
+/* The shipped rule files, read from the working directory when
+ * mapping_opts names neither rule files nor sources (tests, benchmarks). */
 #define MAPPING_DEFAULT_RULES_ADT   "config/mappings/adt.yaml"
 #define MAPPING_DEFAULT_RULES_SIU   "config/mappings/siu.yaml"
 #define MAPPING_DEFAULT_RULES_AUDIT "config/mappings/access-audit.yaml"
@@ -43,14 +44,24 @@ struct mapping_header {
     const char *header;
 };
 
+/* A rule file's text held in memory (the rules compiled into the binary);
+ * `name` stands for the file in messages. */
+struct mapping_source {
+    const char *name;
+    const char *text;
+    size_t len;
+};
+
 /* Plain values; the daemon converts its configuration into this.  Every
  * pointer is borrowed for the duration of mapping_load only. */
 struct mapping_opts {
     enum mapping_schema schema;
     const struct mapping_header *headers; /* may be NULL */
     size_t n_headers;
-    const char *const *rules;             /* NULL or n_rules == 0: the shipped defaults */
+    const char *const *rules;             /* rule files, in order */
     size_t n_rules;
+    const struct mapping_source *sources; /* used when there are no rule files */
+    size_t n_sources;                     /* neither: MAPPING_DEFAULT_RULES_* */
     const char *time_zone;                /* IANA name for values without offset; NULL = UTC */
     enum mapping_unmatched unmatched;
     const char *date_format;              /* strftime format in UTC; NULL = MAPPING_DEFAULT_DATE_FORMAT */

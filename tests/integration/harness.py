@@ -329,6 +329,8 @@ class Daemon:
         self.log_path = None
         self.db_path = self.dir / "store.db"
         self.config_path = self.dir / "hl7bridge.yaml"
+        # The daemon's working directory (a test may run it from elsewhere).
+        self.cwd = ROOT
         self._runs = 0
         testcase.addCleanup(self._cleanup)
 
@@ -379,10 +381,8 @@ class Daemon:
             self.log_path = self.dir / f"daemon-{self._runs}.log"
             logf = open(self.log_path, "wb")
             try:
-                # cwd = project root: the default mapping rule files
-                # (config/mappings/*.yaml) are found relative to it.
                 self.proc = subprocess.Popen([str(self.bin), "run", "-c", str(self.config_path)],
-                                             cwd=str(ROOT), stdin=subprocess.DEVNULL,
+                                             cwd=str(self.cwd), stdin=subprocess.DEVNULL,
                                              stdout=logf, stderr=logf,
                                              preexec_fn=_die_with_parent)
             finally:
