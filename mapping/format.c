@@ -8,11 +8,14 @@
  * and `hl7bridge map` both call it, so what `map` prints is what is
  * uploaded.
  *
+ * Rows never carry control characters (see write_value()).
+ *
  * Evaluation leaves a row's values back to back in the result's arena, each
  * followed by its NUL.  A row in which no value holds a byte the format must
- * alter (checked sixteen bytes at a time) is therefore written with one copy
- * of that span and a delimiter stored over each NUL; other rows go value by
- * value.  Any thread. */
+ * alter (checked sixteen bytes at a time; the NULs are counted, so one
+ * inside a value is told from the separators) is therefore written with one
+ * copy of that span and a delimiter stored over each NUL; other rows go
+ * value by value.  Any thread. */
 #include "mapping/mapping_int.h"
 
 #include <string.h>
@@ -96,19 +99,31 @@ static const char *eol_of(enum mapping_format f, const char *eol)
     return eol ? eol : f == MAPPING_FMT_CSV ? "\r\n" : "\n";
 }
 
-static inline int special(uint8_t c, uint8_t d, uint8_t q)
+/* A C1 control (U+0080..U+009F, NEL among them) is C2 80..C2 9F in UTF-8. */
+static inline int c1_at(const uint8_t *p, size_t i, size_t len)
 {
-    return c == d || c == q || c == '\r' || c == '\n';
+    return p[i] == 0xc2 && i + 1 < len && p[i + 1] >= 0x80 && p[i + 1] <= 0x9f;
 }
 
-/* Writes one value at w (room for 2 * len + 2 bytes) as format f needs it:
- * as it is; quoted with doubled quotes in csv when it holds the delimiter,
- * a quote or a line break; in tsv/psv with those bytes made spaces, counted
- * in *replaced (may be NULL).  Returns the bytes written. */
+/* A byte that sends a value down the careful path: the delimiter, the quote,
+ * a C0 control (NUL, tab, CR, LF …), DEL, or 0xC2, the lead byte of a C1
+ * control (the careful path looks at the byte after it). */
+static inline int special(uint8_t c, uint8_t d, uint8_t q)
+{
+    return c == d || c == q || c < 0x20 || c == 0x7f || c == 0xc2;
+}
+
+/* Writes one value at w (room for 2 * len + 2 bytes) as format f needs it.
+ * Rows never carry control characters: every C0 control (NUL, tab, CR, LF
+ * …), DEL and C1 control becomes one space, in every format.  Then csv
+ * quotes a value holding a comma or a quote (quotes doubled); tsv/psv make
+ * their delimiter a space.  A value so altered is counted in *replaced (may
+ * be NULL).  Returns the bytes written. */
 static size_t write_value(uint8_t *w, enum mapping_format f, const uint8_t *p, size_t len,
                           unsigned *replaced)
 {
-    const uint8_t d = delim_of(f), q = f == MAPPING_FMT_CSV ? '"' : d;
+    const int csv = f == MAPPING_FMT_CSV;
+    const uint8_t d = delim_of(f), q = csv ? '"' : d;
     size_t i = 0;
     while (i < len && !special(p[i], d, q))
         i++;
@@ -116,22 +131,29 @@ static size_t write_value(uint8_t *w, enum mapping_format f, const uint8_t *p, s
         memcpy(w, p, len);
         return len;
     }
-    if (f == MAPPING_FMT_CSV) {
-        size_t o = 0;
+    int quote = 0, changed = 0;
+    for (size_t k = i; csv && k < len && !quote; k++)
+        quote = p[k] == d || p[k] == q;
+    size_t o = 0;
+    if (quote)
         w[o++] = '"';
-        for (i = 0; i < len; i++) {
-            if (p[i] == '"')
-                w[o++] = '"';
-            w[o++] = p[i];
+    for (i = 0; i < len; i++) {
+        uint8_t c = p[i];
+        if (c < 0x20 || c == 0x7f || c1_at(p, i, len) || (!csv && c == d)) {
+            i += c == 0xc2; /* a C1 control is two bytes */
+            w[o++] = ' ';
+            changed = 1;
+            continue;
         }
-        w[o++] = '"';
-        return o;
+        if (quote && c == '"')
+            w[o++] = '"';
+        w[o++] = c;
     }
-    for (i = 0; i < len; i++)
-        w[i] = special(p[i], d, d) ? ' ' : p[i];
-    if (replaced)
+    if (quote)
+        w[o++] = '"';
+    if (changed && replaced)
         (*replaced)++;
-    return len;
+    return o;
 }
 
 int mapping_format_header(const struct mapping *mp, enum mapping_format fmt, const char *eol,
@@ -150,35 +172,50 @@ int mapping_format_header(const struct mapping *mp, enum mapping_format fmt, con
     return buf_append_str(out, eol_of(fmt, eol));
 }
 
-/* 1 when p[0..len) holds a byte that format `f` alters: its delimiter, CR,
- * LF, or a quote in csv.  Reads nothing outside [p, p+len). */
-static int needs_care(const uint8_t *p, size_t len, enum mapping_format f)
+/* 1 when p[0..len) holds a byte that format `f` may alter (see special())
+ * other than NUL; the NULs are counted in *nuls, so the caller can tell its
+ * own separators from a NUL inside a value.  Reads nothing outside
+ * [p, p+len). */
+static int needs_care(const uint8_t *p, size_t len, enum mapping_format f, size_t *nuls)
 {
     const uint8_t d = delim_of(f), q = f == MAPPING_FMT_CSV ? '"' : d;
     size_t i = 0;
+    *nuls = 0;
 #if defined(__SSE2__)
     if (len >= 16) {
         const __m128i vd = _mm_set1_epi8((char)d), vq = _mm_set1_epi8((char)q);
-        const __m128i vcr = _mm_set1_epi8('\r'), vlf = _mm_set1_epi8('\n');
+        const __m128i vdel = _mm_set1_epi8(0x7f), vc2 = _mm_set1_epi8((char)0xc2);
+        const __m128i v1f = _mm_set1_epi8(0x1f), zero = _mm_setzero_si128();
+        unsigned seen = 0; /* bytes of this block already looked at */
         for (;;) {
             /* the last block overlaps the one before rather than reading on */
-            if (i + 16 > len)
+            if (i + 16 > len) {
+                seen = (unsigned)(i - (len - 16));
                 i = len - 16;
+            }
             __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
             __m128i dq = _mm_or_si128(_mm_cmpeq_epi8(x, vd), _mm_cmpeq_epi8(x, vq));
-            __m128i eol = _mm_or_si128(_mm_cmpeq_epi8(x, vcr), _mm_cmpeq_epi8(x, vlf));
-            __m128i hit = _mm_or_si128(dq, eol);
-            if (_mm_movemask_epi8(hit))
+            __m128i hi = _mm_or_si128(_mm_cmpeq_epi8(x, vdel), _mm_cmpeq_epi8(x, vc2));
+            /* x <= 0x1f unsigned: saturating x - 0x1f is zero */
+            __m128i ctl = _mm_cmpeq_epi8(_mm_subs_epu8(x, v1f), zero);
+            unsigned nul = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(x, zero)) >> seen;
+            unsigned hit = ((unsigned)_mm_movemask_epi8(_mm_or_si128(_mm_or_si128(dq, hi), ctl))
+                            >> seen) & ~nul;
+            if (hit)
                 return 1;
+            *nuls += (size_t)__builtin_popcount(nul);
             i += 16;
             if (i >= len)
                 return 0;
         }
     }
 #endif
-    for (; i < len; i++)
-        if (special(p[i], d, q))
+    for (; i < len; i++) {
+        if (p[i] == 0)
+            (*nuls)++;
+        else if (special(p[i], d, q))
             return 1;
+    }
     return 0;
 }
 
@@ -195,8 +232,9 @@ static int put_row_span(const uint8_t *base, const struct mp_cell *c, size_t nco
         if (c[k].off != (size_t)c[k - 1].off + c[k - 1].len + 1)
             return 0;
     size_t from = c[0].off, span = (size_t)c[ncols - 1].off + c[ncols - 1].len - from;
-    if (needs_care(base + from, span, f))
-        return 0;
+    size_t nuls;
+    if (needs_care(base + from, span, f, &nuls) || nuls != ncols - 1)
+        return 0; /* a byte to alter, or a NUL inside a value */
     uint8_t *w = buf_reserve(out, span + elen);
     if (!w)
         return -1;

@@ -164,10 +164,12 @@ const char *mapping_appt_field_name(enum mapping_appt_field f);
  * "\r\n" for csv, "\n" otherwise).  Returns 0, or -1 when `out` is full. */
 int mapping_format_header(const struct mapping *mp, enum mapping_format fmt, const char *eol,
                           struct buf *out) __attribute__((warn_unused_result));
-/* Appends every row of `r`, each ended by `eol`.  csv quotes (RFC 4180) a
- * value holding a comma, quote, CR or LF; tsv/psv replace a tab/pipe, CR or
- * LF by a space, and *replaced (optional) is increased by the number of
- * values so altered.  Returns 0, or -1 when `out` is full. */
+/* Appends every row of `r`, each ended by `eol`.  Rows never carry control
+ * characters: each C0 control (NUL, tab, CR, LF …), DEL and C1 control in a
+ * value becomes a space, in every format.  csv quotes (RFC 4180) a value
+ * holding a comma or quote; tsv/psv replace their delimiter by a space.
+ * *replaced (optional) is increased by the number of values so altered.
+ * Returns 0, or -1 when `out` is full. */
 int mapping_format_rows(const struct mapping *mp, const struct mapping_result *r,
                         enum mapping_format fmt, const char *eol, struct buf *out,
                         unsigned *replaced) __attribute__((warn_unused_result));

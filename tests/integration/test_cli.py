@@ -96,6 +96,31 @@ class CommandLine(unittest.TestCase):
         self.assertRegex(r.stderr, re.escape(str(path)) + r":4:5: ")
         self.assertNotIn("event=listening", r.stderr)
 
+    def test_map_row_never_carries_control_bytes(self):
+        """NUL, ESC, DEL, a C1 control and a tab inside PID-5.1, raw and as
+        \\Xhh\\: `map` (what the audit sink writes) prints them as spaces."""
+        msg = (ROOT / "tests/fixtures/messages/adt-a01.hl7").read_bytes()
+        msg = msg.replace(b"|DOE^JANE^", b"|DO\x00E\x01\x1b\x7f\xc2\x85\\X00\\\\X0A\\X\tY^JANE^", 1)
+        path = self.tmp / "ctl.hl7"
+        path.write_bytes(msg)
+        for fmt in ("tsv", "csv", "psv"):
+            with self.subTest(format=fmt):
+                cfg = self.tmp / f"{fmt}.yaml"
+                cfg.write_text(f"sinks:\n  audit:\n    format: {fmt}\n    line_ending: lf\n"
+                               f"store:\n  path: {self.tmp}/s.db\nmetrics:\n  enabled: false\n")
+                r = subprocess.run([self.bin, "map", "-c", str(cfg), str(path)], cwd=str(ROOT),
+                                   stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                lines = r.stdout.split(b"\n")
+                self.assertEqual(lines[-1], b"")
+                self.assertEqual(len(lines), 3, r.stdout)   # header, one row
+                row = lines[1]
+                allowed = b"\t" if fmt == "tsv" else b""
+                bad = [c for c in row if (c < 0x20 and bytes([c]) not in allowed) or c == 0x7f]
+                self.assertEqual(bad, [], row)
+                self.assertNotIn(b"\xc2\x85", row)
+                self.assertIn(b"DO E" + b" " * 6 + b"X Y", row)
+
     def test_help_exits_0(self):
         for args in (["--help"], ["help"], ["run", "--help"], ["check", "--help"], ["send", "--help"]):
             with self.subTest(args=args):

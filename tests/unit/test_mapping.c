@@ -1091,9 +1091,9 @@ static void test_escaping(void **state)
         const char *want;
         unsigned replaced;
     } cases[] = {
-        {MAPPING_FMT_CSV, "\"a,b \"\"q\"\"|p\tt\nn\rr\",plain,,,,,,,,,,,,,,,,,,,,,\r\n", 0},
+        {MAPPING_FMT_CSV, "\"a,b \"\"q\"\"|p t n r\",plain,,,,,,,,,,,,,,,,,,,,,\r\n", 1},
         {MAPPING_FMT_TSV, "a,b \"q\"|p t n r\tplain\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\n", 1},
-        {MAPPING_FMT_PSV, "a,b \"q\" p\tt n r|plain|||||||||||||||||||||\n", 1},
+        {MAPPING_FMT_PSV, "a,b \"q\" p t n r|plain|||||||||||||||||||||\n", 1},
     };
     for (size_t i = 0; i < 3; i++) {
         unsigned rep = 0;
@@ -1110,6 +1110,48 @@ static void test_escaping(void **state)
     assert_int_equal(mapping_format_parse("psv", &f), 0);
     assert_int_equal(f, MAPPING_FMT_PSV);
     assert_int_equal(mapping_format_parse("xls", &f), -1);
+    mapping_free(mp);
+}
+
+/* Rows never carry control characters: NUL, other C0 controls, DEL and C1
+ * controls inside a value become spaces in every format, wherever they sit
+ * (the row fast path reads sixteen bytes at a time, so every offset of a
+ * long value is tried). */
+static void test_control_bytes(void **state)
+{
+    (void)state;
+    struct mapping *mp = load_text(esc_rules, MAPPING_SCHEMA_HEALTHCARE, NULL, 0);
+    static const char *const ctl[] = {"\\X00\\", "\\X01\\", "\\X1B\\", "\\X7F\\", "\\X85\\"};
+    const char *plain = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGH"; /* 44 bytes */
+    const enum mapping_format fmts[] = {MAPPING_FMT_TSV, MAPPING_FMT_CSV, MAPPING_FMT_PSV};
+    char msg[512], want[128];
+    for (size_t c = 0; c < sizeof ctl / sizeof ctl[0]; c++) {
+        for (size_t at = 0; at <= strlen(plain); at++) {
+            snprintf(msg, sizeof msg,
+                     "MSH|^~\\&|A|B|C|D|20240101||ADT^A01|1|P|2.5|||||||8859/1\n"
+                     "PID|1||||%.*s%s%s^%s\n", (int)at, plain, ctl[c], plain + at, plain);
+            snprintf(want, sizeof want, "%.*s %s", (int)at, plain, plain + at);
+            for (size_t f = 0; f < 3; f++) {
+                unsigned rep = 0;
+                int oc;
+                char *rows = map_rows(mp, msg, fmts[f], &oc, &rep);
+                assert_int_equal(oc, MAPPING_ROWS);
+                size_t n = strlen(rows); /* a NUL would end the row early */
+                assert_true(n > 2 * strlen(plain));
+                for (size_t i = 0; i + 2 < n; i++)
+                    if ((uint8_t)rows[i] < 0x20 && rows[i] != '\t')
+                        fail_msg("control byte 0x%02x at %zu (%s at %zu)", (uint8_t)rows[i], i,
+                                 ctl[c], at);
+                if (fmts[f] != MAPPING_FMT_TSV)
+                    assert_null(strchr(rows, '\t'));
+                assert_memory_equal(rows, want, strlen(want));
+                assert_null(strstr(rows, "\x7f"));
+                assert_null(strstr(rows, "\xc2\x85"));
+                assert_int_equal(rep, 1);
+                free(rows);
+            }
+        }
+    }
     mapping_free(mp);
 }
 
@@ -1209,6 +1251,7 @@ int main(void)
         cmocka_unit_test(test_unmatched),
         cmocka_unit_test(test_bad_rules),
         cmocka_unit_test(test_escaping),
+        cmocka_unit_test(test_control_bytes),
         cmocka_unit_test(test_headers),
         cmocka_unit_test(test_defaults_and_reload),
     };

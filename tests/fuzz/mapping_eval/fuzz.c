@@ -33,6 +33,22 @@ static void setup(void)
         abort(); /* run from the project root so config/mappings/ is found */
 }
 
+/* Rows never carry control characters: the only bytes below 0x20 are the
+ * line ends (CRLF in csv, LF otherwise) and the tsv delimiter. */
+static void no_control_bytes(const uint8_t *p, size_t len, enum mapping_format f)
+{
+    for (size_t i = 0; i < len; i++) {
+        uint8_t c = p[i];
+        if (c == 0x7f || (c == 0xc2 && i + 1 < len && p[i + 1] >= 0x80 && p[i + 1] <= 0x9f))
+            abort();
+        if (c >= 0x20 || c == '\n' || (c == '\t' && f == MAPPING_FMT_TSV))
+            continue;
+        if (c == '\r' && f == MAPPING_FMT_CSV && i + 1 < len && p[i + 1] == '\n')
+            continue;
+        abort();
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (!g_res)
@@ -46,8 +62,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         buf_init(&out, 64u << 20);
         for (int f = MAPPING_FMT_TSV; f <= MAPPING_FMT_PSV; f++) {
             unsigned rep = 0;
+            size_t from = out.len;
             if (mapping_format_rows(g_rules[k], g_res, (enum mapping_format)f, NULL, &out, &rep) != 0)
                 abort();
+            if (out.len > from)
+                no_control_bytes(buf_data(&out) + from, out.len - from, (enum mapping_format)f);
         }
         if (oc == MAPPING_REJECT && mapping_result_err(g_res)->code == 0)
             abort();
