@@ -93,6 +93,7 @@ $(BUILD)/%.o: %.c
 MODS_test_hl7     := core hl7
 MODS_test_mllp    := core mllp
 MODS_test_store   := core store
+MODS_test_powerloss := core store
 MODS_test_config  := core config
 MODS_test_mapping := core hl7 mapping
 MODS_test_core    := core
