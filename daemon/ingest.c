@@ -442,6 +442,15 @@ static int sender_allowed(const struct ingest_listener *il, const struct mllp_co
     return 0;
 }
 
+/* 1 when the audit sink's undelivered rows, plus `extra` rows this frame
+ * has already queued (a batch's earlier members, not yet in the sink's
+ * count), are past store.max_pending_rows. */
+static int backlog_full(const struct ingest *in, uint64_t extra)
+{
+    return in->backlog && in->backlog_max &&
+           in->backlog(in->backlog_ud) + extra > in->backlog_max;
+}
+
 static void handle_batch(struct ingest *in, struct mllp_conn *c, uint64_t seq,
                          const struct ingest_listener *il, const uint8_t *p, size_t len)
 {
@@ -467,6 +476,8 @@ static void handle_batch(struct ingest *in, struct mllp_conn *c, uint64_t seq,
     int r;
     size_t env_end = len;
     int first = 1;
+    uint64_t batch_rows = 0; /* rows of the members queued so far */
+    unsigned backlog_refused = 0;
     while ((r = hl7_batch_next(&it, &msg, &err)) == 1) {
         if (first) {
             env_end = (size_t)(msg.p - p);
@@ -495,6 +506,19 @@ static void handle_batch(struct ingest *in, struct mllp_conn *c, uint64_t seq,
             }
             continue;
         }
+        /* The sink's backlog bounds a batch member by member, as it bounds
+         * single messages: a batch is no way around store.max_pending_rows. */
+        if (backlog_full(in, batch_rows)) {
+            in->st.backlog_refused++;
+            backlog_refused++;
+            hl7_err_set(&e, HL7_E_INTERNAL, "", 0, 0, "sink backlog full");
+            b->failed++;
+            if (!b->have_err) {
+                b->first_err = e;
+                b->have_err = 1;
+            }
+            continue;
+        }
         struct mapped mr;
         if (map_message(in, &mr, &e) != 0) {
             b->failed++;
@@ -505,12 +529,17 @@ static void handle_batch(struct ingest *in, struct mllp_conn *c, uint64_t seq,
             continue;
         }
         b->outstanding++;
+        batch_rows += mr.row_count;
         if (submit(in, c, seq, in->msg, il, b, &mr) != 0) {
             struct hl7_err f;
             hl7_err_set(&f, HL7_E_INTERNAL, "", 0, 0, "store queue full");
             batch_member_done(in, b, 1, &f);
         }
     }
+    if (backlog_refused)
+        log_warn("backlog_full", "listener=%s peer=%s max_pending_rows=%llu batch_refused=%u",
+                 il->name, mllp_conn_peer(c), (unsigned long long)in->backlog_max,
+                 backlog_refused);
     if (r < 0) {
         b->failed++;
         if (!b->have_err) {
@@ -574,7 +603,7 @@ static void on_frame(void *ud, struct mllp_conn *c, uint64_t seq, const uint8_t 
         answer(in, c, seq, in->msg, HL7_REJECT, NULL, "Sender not allowed", &err);
         return;
     }
-    if (in->backlog && in->backlog_max && in->backlog(in->backlog_ud) > in->backlog_max) {
+    if (backlog_full(in, 0)) {
         in->st.backlog_refused++;
         hl7_err_set(&err, HL7_E_INTERNAL, "", 0, 0, "sink backlog full");
         log_warn("backlog_full", "listener=%s peer=%s max_pending_rows=%llu", il->name,

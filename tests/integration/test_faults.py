@@ -12,7 +12,7 @@ import threading
 import time
 import unittest
 
-from harness import Daemon, MLLPConnection, make_message, frame
+from harness import Daemon, MLLPConnection, make_message, frame, _yaml_str
 from test_tls import TLSDaemon
 
 
@@ -133,34 +133,95 @@ class FullDisk(unittest.TestCase):
 class SinkBacklog(unittest.TestCase):
     """While the audit sink cannot deliver, intake goes on up to
     store.max_pending_rows undelivered rows; past that, AE "sink backlog
-    full" rather than accepting what cannot be kept."""
+    full" rather than accepting what cannot be kept; once the sink delivers
+    again, intake resumes by itself.  A batch is bounded member by member."""
 
-    def test_backlog_over_the_bound_gets_ae(self):
-        d = TLSDaemon(self, [])
-        blocked = d.dir / "not-a-directory"
-        blocked.write_text("the file sink cannot write its blocks here\n")
+    MAX_ROWS = 3
+
+    def blocked_daemon(self):
+        """A daemon whose file sink really cannot write: once it has
+        started, its directory is replaced by a regular file (a permission
+        would not stop root).  Returns (daemon, port, the sink directory)."""
+        d = Daemon(self)
+        out = d.dir / "out"
         text = d.config_text
-        d.config_text = lambda port: text(port).replace(
-            "  min_free_disk_mb: 0", "  min_free_disk_mb: 0\n  max_pending_rows: 3").replace(
-            f"    directory: {d.dir / 'out'}", f"    directory: {blocked}")
+        store_line = "  min_free_disk_mb: 0"
+        sink_line = f"    directory: {_yaml_str(out)}"
+
+        def config(port):
+            t = text(port)
+            # Both lines must be there, or the sink is not blocked at all.
+            self.assertIn(store_line, t)
+            self.assertIn(sink_line, t)
+            return t.replace(store_line, f"{store_line}\n  max_pending_rows: {self.MAX_ROWS}").replace(
+                "    type: file\n" + sink_line,
+                "    type: file\n" + sink_line + "\n    batch: {max_rows: 1, max_age_s: 1}")
+
+        d.config_text = config
         port = d.start()
+        self.assertIn(f"max_pending_rows: {self.MAX_ROWS}", d.config_path.read_text())
+        self.assertEqual(list(out.iterdir()), [])
+        out.rmdir()
+        out.write_text("the file sink cannot write its blocks here\n")
+        return d, port, out
+
+    def test_backlog_over_the_bound_gets_ae_then_recovers(self):
+        d, port, out = self.blocked_daemon()
         codes = []
         with MLLPConnection(port) as c:
-            for i in range(40):
+            for i in range(100):
                 ack = c.request(make_message(f"BACKLOG{i:03d}"))
                 codes.append(ack.code)
                 if ack.code == "AE":
                     self.assertEqual(ack.err_code, "207", ack.raw)
-                    self.assertIn("backlog", ack.text.lower(), ack.raw)
+                    self.assertIn("sink backlog full", ack.text.lower(), ack.raw)
                     break
+                self.assertEqual(ack.code, "AA", ack)
                 time.sleep(0.05)  # the sink's pending count is refreshed every 100 ms
-        self.assertIn("AE", codes, f"never refused: {codes}")
-        accepted = codes.index("AE")
-        self.assertGreaterEqual(accepted, 3, codes)
+            self.assertIn("AE", codes, f"never refused: {codes}\n{d.log()}")
+            accepted = codes.index("AE")
+            self.assertGreaterEqual(accepted, self.MAX_ROWS, codes)
+            counts = d.control_id_counts()
+            for i in range(accepted):
+                self.assertEqual(counts.get(f"BACKLOG{i:03d}".encode()), 1)
+            self.assertEqual(counts.get(f"BACKLOG{accepted:03d}".encode(), 0), 0)
+            self.assertIn("event=backlog_full", d.log())
+            self.assertTrue(out.is_file(), "the sink was not blocked")
+
+            # The cause goes away: the sink delivers the backlog, intake resumes.
+            out.unlink()
+            out.mkdir()
+            deadline = time.monotonic() + 60
+            n = 0
+            while True:
+                n += 1
+                ack = c.request(make_message(f"RECOVER{n:03d}"))
+                if ack.code == "AA":
+                    break
+                self.assertEqual((ack.code, ack.err_code), ("AE", "207"), ack.raw)
+                self.assertLess(time.monotonic(), deadline, f"no recovery\n{d.log()}")
+                time.sleep(0.2)
+        delivered = b"".join(p.read_bytes() for p in out.iterdir() if p.is_file())
+        self.assertTrue(delivered, "nothing delivered after recovery")
+        self.assertEqual(d.stop(), 0)
+
+    def test_a_batch_does_not_pass_the_bound(self):
+        d, port, _ = self.blocked_daemon()
+        members = [make_message(f"BATCH{i:03d}") for i in range(50)]
+        batch = (b"FHS|^~\\&|TESTAPP|TESTFAC|HL7BRIDGE|HL7BRIDGE|20260301120000||||FILE1\r"
+                 b"BHS|^~\\&|TESTAPP|TESTFAC|HL7BRIDGE|HL7BRIDGE|20260301120000||||BATCH1\r"
+                 + b"".join(members) + b"BTS|50\rFTS|1\r")
+        with MLLPConnection(port) as c:
+            ack = c.request(batch)
+        self.assertEqual(ack.code, "AE", ack.raw)
+        self.assertEqual(ack.control_id, b"BATCH1", ack.raw)
+        self.assertEqual(ack.err_code, "207", ack.raw)
         counts = d.control_id_counts()
-        for i in range(accepted):
-            self.assertEqual(counts.get(f"BACKLOG{i:03d}".encode()), 1)
-        self.assertEqual(counts.get(f"BACKLOG{accepted:03d}".encode(), 0), 0)
+        stored = sum(counts.get(f"BATCH{i:03d}".encode(), 0) for i in range(50))
+        # Each member sees the rows of the ones before it: at most the bound
+        # plus one get in, as for single messages.
+        self.assertGreaterEqual(stored, 1, ack.raw)
+        self.assertLessEqual(stored, self.MAX_ROWS + 1, f"{stored} of 50 batch members stored")
         self.assertIn("event=backlog_full", d.log())
         self.assertEqual(d.stop(), 0)
 
