@@ -103,7 +103,19 @@ struct config {
     } ack;
     struct {
         char *path;                     /* default var/hl7bridge.db */
-        unsigned retention_days;        /* default 7, 0..3650 */
+        unsigned retention_days;        /* default 7, 0..3650; caps retention.raw */
+        /* How long each kind of PHI-bearing record is kept (seconds; the
+         * housekeeping runs every minute, so a minute is the finest step
+         * that means anything).  Purged by the store writer's housekeeping. */
+        struct config_retention {
+            unsigned raw_s;             /* raw body after delivery, default 7d */
+            unsigned delivered_s;       /* delivered message + its rows, default 7d */
+            unsigned quarantined_s;     /* quarantined message from receipt, default 30d */
+            unsigned rejected_s;        /* rejected message kept for review, default 7d */
+            unsigned sms_s;             /* SMS appointment/text rows once over, default 30d */
+            unsigned sms_file_s;        /* SMS file sink lines (rotated files), default 30d */
+            unsigned audit_files_s;     /* audit file sink output files, default 7d */
+        } retention;
         uint64_t min_free_disk_mb;      /* default 64 */
         uint64_t max_pending_rows;      /* default 10000000 */
     } store;
@@ -177,6 +189,7 @@ struct config {
             unsigned max_segments;          /* default 3 */
             unsigned grace_period_s;        /* default 2h */
             char *path;                     /* file sink output, default var/sms.jsonl */
+            bool mask_numbers;              /* file sink writes +*******0100, default true */
         } sms;
     } sinks;
     struct {

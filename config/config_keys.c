@@ -287,11 +287,32 @@ static const struct cfg_key ack_keys[] = {
 };
 static const struct cfg_section ack_sec = {ack_keys, NKEYS(ack_keys), 0, NULL, NULL};
 
+#define RETENTION_MAX_S 315360000u /* 3650 days */
+static const struct cfg_key retention_keys[] = {
+    {.name = "raw", .type = CT_DURATION, .off = OFF(store.retention.raw_s),
+     .min = 0, .max = RETENTION_MAX_S, .def = "7d"},
+    {.name = "delivered", .type = CT_DURATION, .off = OFF(store.retention.delivered_s),
+     .min = 0, .max = RETENTION_MAX_S, .def = "7d"},
+    {.name = "quarantined", .type = CT_DURATION, .off = OFF(store.retention.quarantined_s),
+     .min = 0, .max = RETENTION_MAX_S, .def = "30d"},
+    {.name = "rejected", .type = CT_DURATION, .off = OFF(store.retention.rejected_s),
+     .min = 0, .max = RETENTION_MAX_S, .def = "7d"},
+    {.name = "sms", .type = CT_DURATION, .off = OFF(store.retention.sms_s),
+     .min = 0, .max = RETENTION_MAX_S, .def = "30d"},
+    {.name = "sms_file", .type = CT_DURATION, .off = OFF(store.retention.sms_file_s),
+     .min = 60, .max = RETENTION_MAX_S, .def = "30d"},
+    {.name = "audit_files", .type = CT_DURATION, .off = OFF(store.retention.audit_files_s),
+     .min = 60, .max = RETENTION_MAX_S, .def = "7d"},
+};
+static const struct cfg_section retention_sec = {retention_keys, NKEYS(retention_keys), 0, NULL,
+                                                 NULL};
+
 static const struct cfg_key store_keys[] = {
     {.name = "path", .type = CT_STR, .off = OFF(store.path), .flags = CK_PATH, .def = "var/hl7bridge.db",
      .check = check_nonempty},
     {.name = "retention_days", .type = CT_UINT, .off = OFF(store.retention_days),
      .min = 0, .max = 3650, .def = "7"},
+    {.name = "retention", .type = CT_SECTION, .sub = &retention_sec},
     {.name = "min_free_disk_mb", .type = CT_U64, .off = OFF(store.min_free_disk_mb),
      .min = 0, .max = 1ull << 30, .def = "64"},
     {.name = "max_pending_rows", .type = CT_U64, .off = OFF(store.max_pending_rows),
@@ -493,7 +514,8 @@ static const struct cfg_key template_keys[] = {
 static const struct cfg_section template_sec = {template_keys, NKEYS(template_keys), 0, NULL, NULL};
 
 enum { SK_TYPE, SK_ENDPOINT, SK_KEY, SK_KEY_FILE, SK_FROM, SK_COUNTRY, SK_TZ, SK_CA, SK_CONSENT,
-       SK_REMINDERS, SK_QUIET, SK_TEMPLATES, SK_LINK, SK_SEGMENTS, SK_GRACE, SK_PATH };
+       SK_REMINDERS, SK_QUIET, SK_TEMPLATES, SK_LINK, SK_SEGMENTS, SK_GRACE, SK_PATH,
+       SK_MASK };
 
 static const struct cfg_key sms_keys[] = {
     [SK_TYPE] = {.name = "type", .type = CT_ENUM, .off = OFF(sinks.sms.type),
@@ -524,6 +546,8 @@ static const struct cfg_key sms_keys[] = {
                   .min = 0, .max = 7 * 86400, .def = "2h"},
     [SK_PATH] = {.name = "path", .type = CT_STR, .off = OFF(sinks.sms.path), .flags = CK_PATH,
                  .def = "var/sms.jsonl", .check = check_nonempty},
+    [SK_MASK] = {.name = "mask_numbers", .type = CT_BOOL, .off = OFF(sinks.sms.mask_numbers),
+                 .def = "true"},
 };
 
 static void validate_sms(struct cfg_walk *w, void *base, const char *path,

@@ -177,6 +177,31 @@ struct config *load_config_or_report(const char *path, int explicit_path, const 
     return c;
 }
 
+/* store.retention → what the store's housekeeping purges (seconds → ms).
+ * The sinks' output files are purged only when that sink writes files. */
+static void run_retention_opts(const struct config *cfg, struct store_opts *so)
+{
+    const struct config_retention *r = &cfg->store.retention;
+    so->use_keep = 1;
+    so->keep_ms[STORE_KIND_RAW] = (uint64_t)r->raw_s * 1000u;
+    so->keep_ms[STORE_KIND_DELIVERED] = (uint64_t)r->delivered_s * 1000u;
+    so->keep_ms[STORE_KIND_ROWS] = (uint64_t)r->delivered_s * 1000u;
+    so->keep_ms[STORE_KIND_QUARANTINED] = (uint64_t)r->quarantined_s * 1000u;
+    so->keep_ms[STORE_KIND_REJECTED] = (uint64_t)r->rejected_s * 1000u;
+    so->keep_ms[STORE_KIND_SMS] = (uint64_t)r->sms_s * 1000u;
+    so->keep_ms[STORE_KIND_SMS_FILE] = (uint64_t)r->sms_file_s * 1000u;
+    so->keep_ms[STORE_KIND_AUDIT_FILES] = (uint64_t)r->audit_files_s * 1000u;
+    so->n_files = 0;
+    if (cfg->sinks.sms.type == CONFIG_SMS_FILE)
+        so->files[so->n_files++] = (struct store_file_keep){
+            .path = cfg->sinks.sms.path, .rotate = 1, .kind = STORE_KIND_SMS_FILE,
+            .keep_ms = so->keep_ms[STORE_KIND_SMS_FILE] };
+    if (cfg->sinks.audit.type == CONFIG_AUDIT_FILE)
+        so->files[so->n_files++] = (struct store_file_keep){
+            .path = cfg->sinks.audit.directory, .prefix = SINK_AUDIT_FILE_PREFIX,
+            .kind = STORE_KIND_AUDIT_FILES, .keep_ms = so->keep_ms[STORE_KIND_AUDIT_FILES] };
+}
+
 int cmd_run(int argc, char **argv)
 {
     const char *path = CONFIG_DEFAULT_PATH;
@@ -231,6 +256,7 @@ int cmd_run(int argc, char **argv)
         .retention_days = cfg->store.retention_days,
         .min_free_disk_mb = cfg->store.min_free_disk_mb,
     };
+    run_retention_opts(cfg, &so);
     st = store_open(&so, err, sizeof err);
     if (!st) {
         log_error("store_open_failed", "path=%s error=\"%s\"", cfg->store.path, err);

@@ -988,6 +988,20 @@ int stats_render_json(const struct stats_snapshot *s, struct buf *out)
                   g->store.failures, g->store.max_group_seen,
                   g->store.commits ? g->store.commit_ns_total / g->store.commits / 1000 : 0,
                   g->ingest.rows, g->ingest.quarantined, g->ingest.filtered);
+    /* Retention: how long each PHI-bearing kind is kept and the age of the
+     * oldest record of it the store still holds (keep_s -1: kept). */
+    const struct store_retention_report *rr = &g->store.retention;
+    rc |= bprintf(out, "\"retention\": {\"checked_ms\": %" PRId64 ", \"kinds\": [", rr->checked_ms);
+    for (int k = 0; k < STORE_KIND_N; k++) {
+        int64_t keep = rr->keep_ms[k] == STORE_KEEP_FOREVER ? -1 : (int64_t)(rr->keep_ms[k] / 1000);
+        int64_t age = rr->oldest_ms[k] && s->now_ms > rr->oldest_ms[k]
+                          ? (s->now_ms - rr->oldest_ms[k]) / 1000 : 0;
+        rc |= bprintf(out, "%s{\"kind\": \"%s\", \"keep_s\": %" PRId64 ", \"oldest_ms\": %" PRId64
+                           ", \"oldest_age_s\": %" PRId64 ", \"purged\": %" PRIu64 "}",
+                      k ? ", " : "", store_kind_name((enum store_kind)k), keep, rr->oldest_ms[k],
+                      age, rr->purged[k]);
+    }
+    rc |= buf_append_str(out, "]}, ");
     rc |= bprintf(out, "\"connections\": {\"current\": %" PRIu64 ", \"accepted\": %" PRIu64
                        ", \"refused_limit\": %" PRIu64 ", \"closed_idle\": %" PRIu64 "}, "
                        "\"frames\": {\"received\": %" PRIu64 ", \"oversize\": %" PRIu64

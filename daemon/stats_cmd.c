@@ -209,6 +209,45 @@ static void print_table(yaml_document_t *d, yaml_node_t *root, const char *list,
     }
 }
 
+/* "7d", "3h05m", "12m", "40s". */
+static void fmt_age(int64_t s, char *out, size_t cap)
+{
+    if (s >= 86400)
+        snprintf(out, cap, "%" PRId64 "d%02" PRId64 "h", s / 86400, s / 3600 % 24);
+    else if (s >= 3600)
+        snprintf(out, cap, "%" PRId64 "h%02" PRId64 "m", s / 3600, s / 60 % 60);
+    else if (s >= 60)
+        snprintf(out, cap, "%" PRId64 "m", s / 60);
+    else
+        snprintf(out, cap, "%" PRId64 "s", s);
+}
+
+/* Per PHI-bearing kind: how long it is kept and the oldest record held. */
+static void print_retention(yaml_document_t *d, yaml_node_t *r)
+{
+    yaml_node_t *kinds = get(d, r, "kinds");
+    if (!seq_len(kinds))
+        return;
+    printf("\n%-12s %10s %10s %10s\n", "RETENTION", "KEEP", "OLDEST", "PURGED");
+    for (size_t i = 0; i < seq_len(kinds); i++) {
+        yaml_node_t *k = seq_at(d, kinds, i);
+        char keep[32], age[32];
+        int64_t ks = snum(get(d, k, "keep_s"));
+        if (ks < 0)
+            snprintf(keep, sizeof keep, "kept");
+        else
+            fmt_age(ks, keep, sizeof keep);
+        if (snum(get(d, k, "oldest_ms")) == 0)
+            snprintf(age, sizeof age, "none");
+        else
+            fmt_age(snum(get(d, k, "oldest_age_s")), age, sizeof age);
+        printf("%-12s %10s %10s %10" PRIu64 "\n", str(get(d, k, "kind")), keep, age,
+               num(get(d, k, "purged")));
+    }
+    if (snum(get(d, r, "checked_ms")) == 0)
+        printf("(retention not checked yet: the first housekeeping runs seconds after start)\n");
+}
+
 static int print_status(const struct config *c, const struct buf *body)
 {
     yaml_parser_t p;
@@ -260,6 +299,8 @@ static int print_status(const struct config *c, const struct buf *body)
     print_table(&d, root, "listeners", "name", "LISTENER");
     print_table(&d, root, "senders", "sender", "SENDER");
     print_table(&d, root, "types", "type", "TYPE");
+
+    print_retention(&d, get(&d, root, "retention"));
 
     yaml_node_t *sinks = get(&d, root, "sinks");
     printf("\n");

@@ -9,7 +9,7 @@ mode=${1:-build}
 build_pkgs=(gcc make pkg-config libssl-dev libcurl4-openssl-dev libsqlite3-dev libyaml-dev
             libmicrohttpd-dev libjansson-dev tzdata)
 test_pkgs=(libcmocka-dev python3 python3-hl7 openssl sqlite3 clang libclang-rt-14-dev
-           cppcheck clang-tidy valgrind prometheus chromium)
+           cppcheck clang-tidy valgrind prometheus chromium libfaketime)
 
 want=("${build_pkgs[@]}")
 if [ "$mode" = test ]; then want+=("${test_pkgs[@]}"); fi

@@ -276,7 +276,7 @@ static void block_fail(struct sink_audit *s, const struct store_batch *b, int st
 static void file_name_of(const struct sink_audit *s, const struct store_batch *b, char *out,
                          size_t cap)
 {
-    snprintf(out, cap, "hl7bridge-audit-%010lld.%s", (long long)b->id, s->file_ext);
+    snprintf(out, cap, SINK_AUDIT_FILE_PREFIX "%010lld.%s", (long long)b->id, s->file_ext);
 }
 
 /* ---- file sink ----------------------------------------------------------- */

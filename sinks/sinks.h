@@ -31,6 +31,8 @@
 #define SINK_MAX_BLOCK_ROWS      100000u
 #define SINK_MAX_IMPORT_ROWS     5000000u
 #define SINK_MAX_IMPORT_BYTES    3000000000ull
+/* Name prefix of the file sink's block files (retention purges only these). */
+#define SINK_AUDIT_FILE_PREFIX   "hl7bridge-audit-"
 
 /* Retry policy defaults: the delay doubles from the base to the maximum;
  * a Retry-After longer than SINK_RETRY_AFTER_MAX_MS is cut to it. */

@@ -612,9 +612,52 @@ static int write_all(int fd, const uint8_t *p, size_t n)
     return 0;
 }
 
+/* "+14155550100" → "+*******0100": the last four digits tell an operator
+ * which patient's text it was without the file holding the number. */
+static void mask_number(const char *in, char *out, size_t cap)
+{
+    size_t n = strlen(in);
+    if (n >= cap)
+        n = cap - 1;
+    for (size_t i = 0; i < n; i++)
+        out[i] = (in[i] >= '0' && in[i] <= '9' && i + 4 < n) ? '*' : in[i];
+    out[n] = '\0';
+}
+
+static int open_file_sink(struct sink_sms *s, const char *path, char *err, size_t errcap);
+
+/* The store's housekeeping renames the file when it rotates it (its
+ * retention): the next line goes to a new file under the configured name. */
+static int reopen_if_rotated(struct sink_sms *s)
+{
+    struct stat a, b;
+    const char *path = s->cfg->sinks.sms.path;
+    if (s->fd >= 0 && fstat(s->fd, &a) == 0 && stat(path, &b) == 0 && a.st_ino == b.st_ino &&
+        a.st_dev == b.st_dev)
+        return 0;
+    if (s->fd >= 0)
+        close(s->fd);
+    s->fd = -1;
+    char err[300];
+    if (open_file_sink(s, path, err, sizeof err) < 0) {
+        set_error(s, "file sink: %s", err);
+        return -1;
+    }
+    return 0;
+}
+
 static void deliver_file(struct sink_sms *s, const struct store_sms_text *t)
 {
     const struct config *c = s->cfg;
+    if (reopen_if_rotated(s) < 0) {
+        retry(s, t, 0, "file open failed", NULL);
+        return;
+    }
+    char to[STORE_SMS_PHONE_MAX];
+    if (c->sinks.sms.mask_numbers)
+        mask_number(t->to, to, sizeof to);
+    else
+        snprintf(to, sizeof to, "%s", t->to);
     char now[32];
     sink_sms_rfc1123(clock_wall_ms() / 1000, now);
     struct buf *b = &s->scratch;
@@ -627,7 +670,7 @@ static void deliver_file(struct sink_sms *s, const struct store_sms_text *t)
         buf_append_str(b, "\",\"from\":\"") ||
         sink_sms_json_escape(b, c->sinks.sms.from ? c->sinks.sms.from : "",
                              c->sinks.sms.from ? strlen(c->sinks.sms.from) : 0) ||
-        buf_append_str(b, "\",\"to\":\"") || sink_sms_json_escape(b, t->to, strlen(t->to)) ||
+        buf_append_str(b, "\",\"to\":\"") || sink_sms_json_escape(b, to, strlen(to)) ||
         buf_append_str(b, "\",\"message\":\"") ||
         sink_sms_json_escape(b, t->text, strlen(t->text)) ||
         buf_append_str(b, "\",\"repeatabilityRequestId\":\"") ||

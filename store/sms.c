@@ -14,6 +14,9 @@
  * Threads: one struct store_sms belongs to the SMS worker thread. */
 #include "store/sql.h"
 #include "store/store.h"
+#include "store/store_int.h"
+
+#include "core/log.h"
 
 #include <sqlite3.h>
 #include <stdio.h>
@@ -552,4 +555,51 @@ int store_sms_pending(struct store_sms *ss, uint64_t *texts, uint64_t *reminders
     }
     sqlite3_finalize(st);
     return rc == SQLITE_ROW ? 0 : -1;
+}
+
+/* ---- retention (writer thread, store/retention.c) ------------------------ */
+
+/* Runs with the store writer's connection: texts that are finished, and
+ * appointments that are over with their personal fields already purged
+ * and nothing pending, go once their time (done_ms; the later of the purge
+ * time and the last event) is before cutoff_s.  Each DELETE is one short
+ * autocommit transaction of at most `chunk` rows. */
+int store_sms_retention(sqlite3 *db, int64_t cutoff_s, int chunk, long *n, int64_t *oldest_ms)
+{
+    static const char *const del[2] = {
+        "DELETE FROM sms_outbox WHERE id IN (SELECT id FROM sms_outbox"
+        " WHERE state != 'pending' AND done_ms < ?1 * 1000 LIMIT ?2)",
+        "DELETE FROM sms_appointments WHERE rowid IN (SELECT rowid FROM sms_appointments a"
+        " WHERE purged = 1 AND MAX(purge_after_s, event_time) < ?1 AND NOT EXISTS"
+        " (SELECT 1 FROM sms_outbox o WHERE o.facility = a.facility AND o.appt_id = a.appt_id"
+        " AND o.state = 'pending') LIMIT ?2)",
+    };
+    static const char *const oldest =
+        "SELECT MIN(t) FROM (SELECT MIN(event_time) * 1000 AS t FROM sms_appointments"
+        " UNION ALL SELECT MIN(COALESCE(done_ms, due_s * 1000)) FROM sms_outbox)";
+    *n = 0;
+    *oldest_ms = 0;
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db, oldest, -1, &st, NULL) != SQLITE_OK)
+        return 0; /* no SMS tables: the SMS sink never ran */
+    for (int i = 0; cutoff_s != INT64_MIN && i < 2; i++) {
+        sqlite3_stmt *d = NULL;
+        if (sqlite3_prepare_v2(db, del[i], -1, &d, NULL) != SQLITE_OK)
+            goto fail;
+        sqlite3_bind_int64(d, 1, cutoff_s);
+        sqlite3_bind_int(d, 2, chunk);
+        int rc = sqlite3_step(d);
+        sqlite3_finalize(d);
+        if (rc != SQLITE_DONE)
+            goto fail;
+        *n += sqlite3_changes(db);
+    }
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
+        *oldest_ms = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return 0;
+fail:
+    log_warn("store_retention_failed", " kind=sms error=\"%s\"", sqlite3_errmsg(db));
+    sqlite3_finalize(st);
+    return -1;
 }

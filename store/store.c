@@ -252,6 +252,11 @@ static void store_destroy(struct store *s)
     pthread_mutex_destroy(&s->ckpt_mu);
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->rt_mu_storage);
+    for (size_t i = 0; i < s->n_files; i++) {
+        free(s->files[i].path_own);
+        free(s->files[i].prefix_own);
+    }
     free(s->grp_res);
     free(s->grp);
     free(s->res);
@@ -289,7 +294,22 @@ struct store *store_open(const struct store_opts *o, char *errbuf, size_t errcap
     pthread_cond_init(&s->cv, &ca);
     pthread_mutex_init(&s->ckpt_mu, NULL);
     pthread_cond_init(&s->ckpt_cv, NULL);
+    s->rt_mu = &s->rt_mu_storage;
+    pthread_mutex_init(s->rt_mu, NULL);
     pthread_condattr_destroy(&ca);
+
+    s->n_files = o->n_files < STORE_MAX_FILE_KEEPS ? o->n_files : STORE_MAX_FILE_KEEPS;
+    for (size_t i = 0; i < s->n_files; i++) {
+        struct store_file_state *f = &s->files[i];
+        f->k = o->files[i];
+        f->k.path = f->path_own = o->files[i].path ? strdup(o->files[i].path) : NULL;
+        f->k.prefix = f->prefix_own = o->files[i].prefix ? strdup(o->files[i].prefix) : NULL;
+        if (!f->path_own || (o->files[i].prefix && !f->prefix_own)) {
+            snprintf(errbuf, errcap, "store: out of memory");
+            goto fail;
+        }
+    }
+    s->opts.n_files = 0; /* the copies above are the ones used */
 
     s->path_buf = strdup(o->path);
     s->dir_buf = fs_dir_of(o->path);
@@ -316,8 +336,8 @@ struct store *store_open(const struct store_opts *o, char *errbuf, size_t errcap
     if (store_db_ckpt_open(s, errbuf, errcap) < 0)
         goto fail;
 
-    /* Retention first runs a minute after start, not during start-up. */
-    s->next_housekeep_ms = clock_mono_ms() + STORE_HOUSEKEEP_MS;
+    /* Retention first runs shortly after start, not during start-up. */
+    s->next_housekeep_ms = clock_mono_ms() + STORE_HOUSEKEEP_FIRST_MS;
     int rc = pthread_create(&s->writer, NULL, writer_main, s);
     if (rc) {
         snprintf(errbuf, errcap, "store: writer thread: %s", strerror(rc));
@@ -453,4 +473,7 @@ void store_get_stats(const struct store *s, struct store_stats *out)
     out->failures = atomic_load_explicit(&s->st.failures, memory_order_relaxed);
     out->max_group_seen = atomic_load_explicit(&s->st.max_group_seen, memory_order_relaxed);
     out->commit_ns_total = atomic_load_explicit(&s->st.commit_ns_total, memory_order_relaxed);
+    pthread_mutex_lock(s->rt_mu);
+    out->retention = s->rt_report;
+    pthread_mutex_unlock(s->rt_mu);
 }

@@ -24,9 +24,49 @@
 
 struct store; /* opaque */
 
+/* Retention: what kinds of PHI-bearing record the housekeeping purges,
+ * and how each is reported (oldest record still held). */
+enum store_kind {
+    STORE_KIND_RAW = 0,      /* raw message bodies (messages.raw) */
+    STORE_KIND_DELIVERED,    /* delivered messages: their metadata row */
+    STORE_KIND_ROWS,         /* connector rows (names, addresses, MRNs) */
+    STORE_KIND_QUARANTINED,  /* quarantined messages, raw body included */
+    STORE_KIND_REJECTED,     /* rejected messages kept for review */
+    STORE_KIND_SMS,          /* SMS appointments and texts */
+    STORE_KIND_SMS_FILE,     /* the SMS file sink's output (rotated files) */
+    STORE_KIND_AUDIT_FILES,  /* the audit file sink's output directory */
+    STORE_KIND_N
+};
+/* "raw", "delivered", … (the config key under store.retention); NULL when
+ * out of range. */
+const char *store_kind_name(enum store_kind k);
+
+#define STORE_KEEP_FOREVER UINT64_MAX
+
+/* A file the housekeeping purges: `rotate` set — one file (the SMS file
+ * sink's) renamed to PATH.YYYYmmddTHHMMSSZ every rotate_ms while not empty
+ * and whose rotated copies go once keep_ms past their last write; otherwise
+ * a directory whose regular files named `prefix`* go once keep_ms past their
+ * last write.  Strings are copied by store_open. */
+struct store_file_keep {
+    const char *path;
+    const char *prefix;
+    int rotate;
+    enum store_kind kind;      /* STORE_KIND_SMS_FILE or STORE_KIND_AUDIT_FILES */
+    uint64_t keep_ms;
+};
+#define STORE_MAX_FILE_KEEPS 4
+
 struct store_opts {
     const char *path;          /* database file; its directory is created 0700 */
-    unsigned retention_days;   /* raw messages kept after delivery */
+    unsigned retention_days;   /* raw messages kept after delivery (caps keep_ms[RAW]) */
+    /* Non-zero: keep_ms[] below says how long each kind is kept (ms, or
+     * STORE_KEEP_FOREVER).  Zero: only raw bodies are purged, after
+     * retention_days; every other kind is kept. */
+    int use_keep;
+    uint64_t keep_ms[STORE_KIND_N];
+    struct store_file_keep files[STORE_MAX_FILE_KEEPS];
+    size_t n_files;
     size_t queue_capacity;     /* 0 → STORE_QUEUE_CAPACITY */
     unsigned max_group;        /* most messages per transaction; 0 → STORE_MAX_GROUP */
     uint64_t min_free_disk_mb; /* below it, submissions fail with STORE_FAILED ("cannot store") */
@@ -99,11 +139,20 @@ int store_event_fd(const struct store *s);
  * how many; clears the eventfd. */
 size_t store_take_results(struct store *s, struct store_result *out, size_t max);
 
+/* Retention as the last housekeeping step found it. */
+struct store_retention_report {
+    int64_t checked_ms;                  /* wall clock of that step; 0: not run yet */
+    uint64_t keep_ms[STORE_KIND_N];      /* configured, STORE_KEEP_FOREVER: kept */
+    int64_t oldest_ms[STORE_KIND_N];     /* oldest record still held, 0: none */
+    uint64_t purged[STORE_KIND_N];       /* records (files) purged since open */
+};
+
 /* Writer figures since open (any thread; approximate). */
 struct store_stats {
     uint64_t commits, messages, duplicates, failures;
     uint64_t max_group_seen;
     uint64_t commit_ns_total;
+    struct store_retention_report retention;
 };
 void store_get_stats(const struct store *s, struct store_stats *out);
 

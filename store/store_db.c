@@ -182,6 +182,20 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
     "   (SELECT CASE WHEN d.last_id >= m.id THEN d.delivered_ms END FROM deliveries d"
     "    WHERE d.first_id <= m.id ORDER BY d.first_id DESC LIMIT 1)) END AS delivered_ms"
     " FROM messages m;",
+    /* 4: retention of every PHI-bearing kind (store/retention.c).
+     * deleted_to: how far the deletion of delivered messages went through
+     * a delivery range (purged_to is the raw bodies' progress); rows_purged:
+     * the connector rows of a done block are gone.  The partial indexes
+     * hold only what retention still has to look at, so they cost nothing
+     * at insert time (delivered_ms is never set on insert since version 3,
+     * and quarantined messages are few). */
+    "ALTER TABLE deliveries ADD COLUMN deleted_to INTEGER NOT NULL DEFAULT 0;"
+    "CREATE INDEX deliveries_delete ON deliveries(delivered_ms) WHERE deleted_to < last_id;"
+    "ALTER TABLE batches ADD COLUMN rows_purged INTEGER NOT NULL DEFAULT 0;"
+    "CREATE INDEX batches_rows_purge ON batches(done_ms)"
+    " WHERE state = 'done' AND rows_purged = 0;"
+    "CREATE INDEX messages_quarantined ON messages(received_ms) WHERE quarantined = 1;"
+    "CREATE INDEX messages_delivered ON messages(delivered_ms) WHERE delivered_ms IS NOT NULL;",
 };
 
 static int exec(sqlite3 *db, const char *sql, char *errbuf, size_t errcap)
@@ -395,6 +409,7 @@ void store_db_close(struct store *s)
     sqlite3_finalize(d->purge_pick);
     sqlite3_finalize(d->purge_range);
     sqlite3_finalize(d->purge_mark);
+    store_rt_release(s);
     d->ins_msg = d->sel_dup = d->ins_row = d->begin = d->commit = d->rollback = d->purge = NULL;
     d->purge_pick = d->purge_range = d->purge_mark = NULL;
     if (d->db) {
@@ -733,11 +748,16 @@ static long purge_ranges(struct store_db *d, int64_t cutoff, int *more)
     return purged;
 }
 
-long store_db_housekeep(struct store *s, int64_t now_wall_ms, int *more)
+/* Raw bodies: the shorter of retention_days and keep_ms[RAW]. */
+static long purge_raw(struct store *s, int64_t now_wall_ms, int *more)
 {
     struct store_db *d = &s->wdb;
-    int64_t cutoff = now_wall_ms - (int64_t)s->opts.retention_days * 86400000;
-    *more = 0;
+    uint64_t keep = (uint64_t)s->opts.retention_days * 86400000u;
+    if (s->opts.use_keep && s->opts.keep_ms[STORE_KIND_RAW] < keep)
+        keep = s->opts.keep_ms[STORE_KIND_RAW];
+    if (keep > (uint64_t)now_wall_ms)
+        return 0;
+    int64_t cutoff = now_wall_ms - (int64_t)keep;
     long legacy = purge_legacy(d, cutoff);
     if (legacy >= STORE_RETENTION_CHUNK) {
         *more = 1;
@@ -747,6 +767,23 @@ long store_db_housekeep(struct store *s, int64_t now_wall_ms, int *more)
     if (legacy < 0 && ranges < 0)
         return -1;
     return (legacy > 0 ? legacy : 0) + (ranges > 0 ? ranges : 0);
+}
+
+long store_db_housekeep(struct store *s, int64_t now_wall_ms, int *more)
+{
+    *more = 0;
+    int more_raw = 0, more_rt = 0;
+    long raw = purge_raw(s, now_wall_ms, &more_raw);
+    if (raw > 0) {
+        pthread_mutex_lock(s->rt_mu);
+        s->rt_report.purged[STORE_KIND_RAW] += (uint64_t)raw;
+        pthread_mutex_unlock(s->rt_mu);
+    }
+    long rest = store_rt_step(s, now_wall_ms, &more_rt);
+    *more = more_raw || more_rt;
+    if (raw < 0 && rest < 0)
+        return -1;
+    return (raw > 0 ? raw : 0) + (rest > 0 ? rest : 0);
 }
 
 int store_db_disk_low(struct store *s, uint64_t now_ms)

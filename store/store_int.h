@@ -12,7 +12,7 @@
 #include <stdatomic.h>
 
 /* Bumped whenever a migration is appended to store_db.c. */
-#define STORE_SCHEMA_VERSION      3
+#define STORE_SCHEMA_VERSION      4
 
 /* How long one BEGIN/COMMIT attempt waits for a lock held by another
  * connection (a CLI, a sink reader) and how long in total before the group
@@ -27,6 +27,7 @@
 /* Housekeeping (retention) cadence, and how many bodies one step purges so
  * that a large backlog never holds the write lock for long. */
 #define STORE_HOUSEKEEP_MS        60000
+#define STORE_HOUSEKEEP_FIRST_MS  5000
 #define STORE_RETENTION_CHUNK     2000
 
 /* Checkpoint policy.  Above STORE_WAL_CKPT_PAGES the checkpointer thread
@@ -75,6 +76,14 @@ struct store_db {
     sqlite3_stmt *ins_msg, *sel_dup, *ins_row, *begin, *commit, *rollback, *purge;
     sqlite3_stmt *purge_pick, *purge_range, *purge_mark; /* retention over deliveries */
     struct store_busy busy;  /* its lock waits (store/sql.h) */
+    sqlite3_stmt *rt[16];    /* store/retention.c's statements, prepared at first use */
+};
+
+/* Writer-thread state of the file retention (store/retention.c). */
+struct store_file_state {
+    struct store_file_keep k;    /* path and prefix point into the copies below */
+    char *path_own, *prefix_own;
+    int64_t last_rotate_ms;      /* wall clock; 0 until the first look */
 };
 
 struct store {
@@ -112,6 +121,11 @@ struct store {
     uint64_t next_disk_check_ms;
     int disk_low;
     uint64_t next_housekeep_ms;
+    struct store_file_state files[STORE_MAX_FILE_KEEPS];
+    size_t n_files;
+    pthread_mutex_t *rt_mu;      /* → rt_mu_storage: lockable through a const store */
+    pthread_mutex_t rt_mu_storage; /* guards rt_report (writer writes, any thread reads) */
+    struct store_retention_report rt_report;
     uint64_t last_fail_log_ms;
     uint64_t gather_waits;       /* times the writer waited for a fuller group */
     uint64_t fail_log_suppressed;
@@ -144,6 +158,18 @@ void store_db_checkpoint_tail(struct store *s);
 /* One retention step; returns how many bodies were purged, -1 on error.
  * *more is set when work of age was left for the next step. */
 long store_db_housekeep(struct store *s, int64_t now_wall_ms, int *more);
+/* store/retention.c (writer thread): one retention step over every kind —
+ * at most one chunk of each, each chunk its own short transaction — then
+ * the oldest record per kind for the report.  Returns how many records
+ * were purged (-1 when every kind failed); *more when a kind had a full
+ * chunk.  store_rt_release finalizes its statements. */
+long store_rt_step(struct store *s, int64_t now_wall_ms, int *more);
+void store_rt_release(struct store *s);
+/* The SMS tables' part (store/sms.c): texts finished and appointments over
+ * (personal fields already purged) before cutoff_s are deleted, at most
+ * `chunk` rows of each; *n gets how many; *oldest_ms the oldest SMS record
+ * left (0 none).  Tables that do not exist yet hold nothing.  0 / -1. */
+int store_sms_retention(sqlite3 *db, int64_t cutoff_s, int chunk, long *n, int64_t *oldest_ms);
 /* 1 when free space on the database's filesystem is below the minimum. */
 int store_db_disk_low(struct store *s, uint64_t now_ms);
 int store_db_ckpt_open(struct store *s, char *errbuf, size_t errcap);

@@ -332,6 +332,7 @@ class Daemon:
         # The daemon's working directory (a test may run it from elsewhere).
         self.cwd = ROOT
         self._runs = 0
+        self.env = None    # extra environment variables for the next start (None: inherited)
         testcase.addCleanup(self._cleanup)
 
     # configuration
@@ -384,6 +385,7 @@ class Daemon:
                 self.proc = subprocess.Popen([str(self.bin), "run", "-c", str(self.config_path)],
                                              cwd=str(self.cwd), stdin=subprocess.DEVNULL,
                                              stdout=logf, stderr=logf,
+                                             env=dict(os.environ, **self.env) if self.env else None,
                                              preexec_fn=_die_with_parent)
             finally:
                 logf.close()

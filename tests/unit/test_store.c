@@ -231,7 +231,7 @@ static void test_store_and_read_back(void **state)
     assert_int_equal(sqlite3_step(st), SQLITE_DONE);
     sqlite3_finalize(st);
 
-    assert_int_equal(db_int(db, "SELECT MAX(version) FROM schema_version"), 3);
+    assert_int_equal(db_int(db, "SELECT MAX(version) FROM schema_version"), 4);
     sqlite3_stmt *jm = NULL;
     assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &jm, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_step(jm), SQLITE_ROW);
@@ -619,7 +619,7 @@ static void test_reopen_keeps_data(void **state)
     assert_int_equal(c.quarantined, 0);
 
     sqlite3 *db = open_db(fx);
-    assert_int_equal(db_int(db, "SELECT COUNT(*) FROM schema_version"), 3);
+    assert_int_equal(db_int(db, "SELECT COUNT(*) FROM schema_version"), 4);
     sqlite3_close(db);
 }
 
@@ -819,6 +819,106 @@ static void test_retention_ranges(void **state)
     assert_int_equal(c.undelivered, 600);
 }
 
+/* Retention per kind (store.retention): delivered messages and the rows of
+ * done blocks past their time are deleted, a chunk per step (3,000 need
+ * two steps of each), quarantined messages by their own time; undelivered
+ * messages, recent ranges and recent blocks stay.  The report counts what
+ * went. */
+static void test_retention_kinds(void **state)
+{
+    struct fixture *fx = *state;
+    struct store_opts o = { .path = fx->path, .retention_days = 3650, .use_keep = 1 };
+    for (int k = 0; k < STORE_KIND_N; k++)
+        o.keep_ms[k] = STORE_KEEP_FOREVER;
+    o.keep_ms[STORE_KIND_DELIVERED] = o.keep_ms[STORE_KIND_ROWS] = 7LL * 86400000;
+    o.keep_ms[STORE_KIND_QUARANTINED] = 30LL * 86400000;
+    char err[256];
+    struct store *s = store_open(&o, err, sizeof err);
+    assert_non_null(s);
+    static struct store_result r[500];
+    char ctl[32];
+    int64_t first_id = 0;
+    for (unsigned k = 0; k < 4600; k += 500) {
+        unsigned n = 4600 - k < 500 ? 4600 - k : 500;
+        for (unsigned i = 0; i < n; i++) {
+            snprintf(ctl, sizeof ctl, "K%u", k + i);
+            submit_simple(s, ctl, k + i);
+        }
+        wait_results(s, r, n);
+        if (k == 0)
+            first_id = r[0].id;
+    }
+    int64_t old_to = first_id + 4499, recent_to = first_id + 4549;
+    int64_t now = clock_wall_ms();
+    sqlite3 *db = open_db(fx);
+    char sql[512];
+    /* One transaction: the first housekeeping step (seconds after open)
+     * must see all of it or none. */
+    db_exec(db, "BEGIN IMMEDIATE");
+    db_exec(db, "INSERT INTO rows (msg_id, seq, data) SELECT id, 0, 'DOE^JANE' FROM messages"
+                " ORDER BY id");
+    int64_t row0 = db_int(db, "SELECT MIN(id) FROM rows");
+    snprintf(sql, sizeof sql,
+             "INSERT INTO deliveries (first_id, last_id, delivered_ms, purged_to) VALUES"
+             " (%lld, %lld, %lld, %lld), (%lld, %lld, %lld, %lld)",
+             (long long)first_id, (long long)old_to, (long long)(now - 10LL * 86400000),
+             (long long)first_id - 1, (long long)old_to + 1, (long long)recent_to,
+             (long long)(now - 86400000LL), (long long)old_to);
+    db_exec(db, sql);
+    snprintf(sql, sizeof sql,
+             "INSERT INTO batches (state, created_ms, done_ms, first_row_id, last_row_id,"
+             " first_msg_id, last_msg_id, msg_from, row_count, bytes) VALUES"
+             " ('done', 0, %lld, %lld, %lld, 0, 0, 0, 4500, 0),"
+             " ('done', 0, %lld, %lld, %lld, 0, 0, 0, 50, 0)",
+             (long long)(now - 10LL * 86400000), (long long)row0, (long long)row0 + 4499,
+             (long long)(now - 86400000LL), (long long)row0 + 4500, (long long)row0 + 4549);
+    db_exec(db, sql);
+    /* Two quarantined messages inside the old range: one received 40 days
+     * ago (past its 30), one just now. */
+    snprintf(sql, sizeof sql,
+             "UPDATE messages SET quarantined = 1, received_ms = %lld WHERE id = %lld;"
+             "UPDATE messages SET quarantined = 1, received_ms = %lld WHERE id = %lld",
+             (long long)(now - 40LL * 86400000), (long long)first_id + 10, (long long)now,
+             (long long)first_id + 20);
+    db_exec(db, sql);
+    db_exec(db, "COMMIT");
+
+    store_request_housekeeping(s);
+    uint64_t deadline = clock_mono_ms() + 20000;
+    while (db_int(db, "SELECT COUNT(*) FROM messages") > 101 ||
+           db_int(db, "SELECT COUNT(*) FROM rows") > 100) {
+        assert_true(clock_mono_ms() < deadline);
+        sleep_ms(20);
+    }
+    assert_int_equal(db_int(db, "SELECT COUNT(*) FROM messages"), 101);
+    snprintf(sql, sizeof sql, "SELECT COUNT(*) FROM messages WHERE id <= %lld", (long long)old_to);
+    assert_int_equal(db_int(db, sql), 1); /* the recent quarantined one */
+    snprintf(sql, sizeof sql, "SELECT quarantined FROM messages WHERE id = %lld",
+             (long long)first_id + 20);
+    assert_int_equal(db_int(db, sql), 1);
+    snprintf(sql, sizeof sql, "SELECT MIN(id) FROM rows");
+    assert_int_equal(db_int(db, sql), row0 + 4500);
+    assert_int_equal(db_int(db, "SELECT COUNT(*) FROM batches WHERE rows_purged = 1"), 1);
+    sqlite3_close(db);
+
+    struct store_stats st;
+    deadline = clock_mono_ms() + 20000;
+    do {
+        store_get_stats(s, &st);
+        if (st.retention.purged[STORE_KIND_DELIVERED] == 4498)
+            break;
+        assert_true(clock_mono_ms() < deadline);
+        sleep_ms(20);
+    } while (1);
+    assert_int_equal(st.retention.purged[STORE_KIND_ROWS], 4500);
+    assert_int_equal(st.retention.purged[STORE_KIND_QUARANTINED], 1);
+    assert_true(st.retention.checked_ms > 0);
+    assert_int_equal(st.retention.keep_ms[STORE_KIND_QUARANTINED], 30LL * 86400000);
+    assert_int_equal(st.retention.keep_ms[STORE_KIND_SMS], STORE_KEEP_FOREVER);
+    assert_true(st.retention.oldest_ms[STORE_KIND_DELIVERED] > 0);
+    store_close(s);
+}
+
 /* A store written by schema 2 (per-message delivered_ms, no deliveries
  * table) is upgraded in place at open: its delivered messages stay
  * delivered, retention still purges them, and new deliveries use ranges. */
@@ -836,7 +936,9 @@ static void test_upgrade_from_schema_2(void **state)
     /* Turn it back into what schema 2 left on disk. */
     sqlite3 *db = open_db(fx);
     db_exec(db, "DROP VIEW message_delivery; DROP TABLE deliveries;"
-                " DELETE FROM schema_version WHERE version = 3");
+                " DROP INDEX batches_rows_purge; ALTER TABLE batches DROP COLUMN rows_purged;"
+                " DROP INDEX messages_quarantined; DROP INDEX messages_delivered;"
+                " DELETE FROM schema_version WHERE version >= 3");
     char sql[256];
     int64_t now = clock_wall_ms();
     snprintf(sql, sizeof sql, "UPDATE messages SET delivered_ms = %lld WHERE control_id = 'V2OLD'",
@@ -850,7 +952,7 @@ static void test_upgrade_from_schema_2(void **state)
     s = open_store(fx, 0, 0, 7);
     store_request_housekeeping(s);
     db = open_db(fx);
-    assert_int_equal(db_int(db, "SELECT MAX(version) FROM schema_version"), 3);
+    assert_int_equal(db_int(db, "SELECT MAX(version) FROM schema_version"), 4);
     assert_int_equal(db_int(db, "SELECT COUNT(*) FROM message_delivery"
                                 " WHERE delivered_ms IS NOT NULL"), 2);
     uint64_t deadline = clock_mono_ms() + 10000;
@@ -994,6 +1096,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_file_modes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_quarantine, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retention, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_retention_kinds, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retention_ranges, setup, teardown),
         cmocka_unit_test_setup_teardown(test_upgrade_from_schema_2, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_drains, setup, teardown),
