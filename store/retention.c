@@ -377,9 +377,9 @@ static long purge_file(struct store_file_state *f, int64_t now, int64_t *oldest,
 
     struct stat st;
     int have = stat(k->path, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0;
-    /* The first look after start rotates what a previous run wrote: the age
-     * of its lines is unknown, so they start their time now. */
-    if (have && (f->last_rotate_ms == 0 || now - f->last_rotate_ms >= rotate_every(k->keep_ms))) {
+    /* The first look after start rotates what a previous run left: the age
+     * of its lines is unknown, so their time starts now. */
+    if (have && (f->rotate_first || now - f->last_rotate_ms >= rotate_every(k->keep_ms))) {
         char to[PATH_MAX], stamp[32];
         time_t t = (time_t)(now / 1000);
         struct tm tm;
@@ -396,9 +396,8 @@ static long purge_file(struct store_file_state *f, int64_t now, int64_t *oldest,
             }
         }
         f->last_rotate_ms = now;
-    } else if (f->last_rotate_ms == 0) {
-        f->last_rotate_ms = now;
     }
+    f->rotate_first = 0;
     char prefix[NAME_MAX + 2];
     snprintf(prefix, sizeof prefix, "%s.", base);
     long n = purge_dir(dir, prefix, cutoff, oldest, more);

@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -308,6 +309,10 @@ struct store *store_open(const struct store_opts *o, char *errbuf, size_t errcap
             snprintf(errbuf, errcap, "store: out of memory");
             goto fail;
         }
+        struct stat st;
+        f->last_rotate_ms = clock_wall_ms();
+        f->rotate_first = f->k.rotate && stat(f->k.path, &st) == 0 && S_ISREG(st.st_mode) &&
+                          st.st_size > 0;
     }
     s->opts.n_files = 0; /* the copies above are the ones used */
 

@@ -83,7 +83,8 @@ struct store_db {
 struct store_file_state {
     struct store_file_keep k;    /* path and prefix point into the copies below */
     char *path_own, *prefix_own;
-    int64_t last_rotate_ms;      /* wall clock; 0 until the first look */
+    int64_t last_rotate_ms;      /* wall clock: the last rotation, or the open */
+    int rotate_first;            /* non-empty at open: a previous run's lines, age unknown */
 };
 
 struct store {
