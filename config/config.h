@@ -32,6 +32,7 @@
 #define CONFIG_MAX_ERRORS 100
 
 enum config_tls_version { CONFIG_TLS_1_2 = 0, CONFIG_TLS_1_3 };
+enum config_frame_end { CONFIG_FRAME_END_STRICT = 0, CONFIG_FRAME_END_LENIENT };
 
 struct config_listener {
     char *name;               /* required, unique; "main" for the default listener */
@@ -61,6 +62,7 @@ struct config_listener {
     unsigned max_connections_per_ip; /* default 64; 0 = no limit */
     unsigned handshake_timeout_s;    /* TLS handshake, default 10 */
     unsigned frame_timeout_s;        /* a started frame must end within, default 60 */
+    enum config_frame_end frame_end; /* strict (0x1C 0x0D only, default) | lenient */
 };
 
 /* One `key: value` of a string→string map, in file order. */

@@ -159,6 +159,7 @@ static int check_name(const char *v, char *why, size_t len)
 /* ---- word lists (index = enum value) ----------------------------------- */
 
 static const char *const w_ack_mode[] = {"original", "enhanced", NULL};
+static const char *const w_frame_end[] = {"strict", "lenient", NULL};
 static const char *const w_log_level[] = {"debug", "info", "warn", "error", NULL};
 static const char *const w_log_format[] = {"logfmt", "json", NULL};
 static const char *const w_schema[] = {"healthcare", "epic", NULL};
@@ -271,6 +272,8 @@ static const struct cfg_key listener_keys[] = {
      .min = 1, .max = 3600, .def = "10"},
     {.name = "frame_timeout_s", .type = CT_UINT, .off = LOFF(frame_timeout_s),
      .min = 1, .max = 86400, .def = "60"},
+    {.name = "frame_end", .type = CT_ENUM, .off = LOFF(frame_end), .words = w_frame_end,
+     .def = "strict"},
 };
 static const struct cfg_section listener_sec = {
     listener_keys, NKEYS(listener_keys), sizeof(struct config_listener), NULL, NULL,

@@ -303,6 +303,7 @@ int cmd_run(int argc, char **argv)
             .max_connections_per_ip = cl->max_connections_per_ip,
             .handshake_timeout_s = cl->handshake_timeout_s,
             .frame_timeout_s = cl->frame_timeout_s,
+            .frame_end_lenient = cl->frame_end == CONFIG_FRAME_END_LENIENT,
             .name = cl->name,
             .host = cl->host,
             .port = cl->port,

@@ -30,6 +30,7 @@ struct mllp_framer {
     size_t scan;      /* next byte to look at, relative to the buffer start */
     size_t start;     /* offset of the message (after 0x0B) when in_frame */
     int in_frame;
+    int lenient;      /* frame_end: lenient (see mllp_framer_set_lenient) */
     uint64_t garbage; /* bytes skipped outside frames, total */
     uint64_t restarts;/* frames abandoned by a new 0x0B, total */
 };
@@ -40,6 +41,10 @@ struct mllp_frame {
 };
 
 void mllp_framer_init(struct mllp_framer *f, size_t max_message_bytes);
+/* Lenient end (for engines that end frames with 0x1C alone): 0x1C followed
+ * by 0x0B also ends a frame, and mllp_framer_end_lone may end one at a
+ * trailing 0x1C.  Strict (the default): only 0x1C 0x0D ends a frame. */
+void mllp_framer_set_lenient(struct mllp_framer *f, int lenient);
 
 enum { MLLP_FRAME = 1, MLLP_MORE = 0, MLLP_OVERSIZE = -1 };
 
@@ -52,6 +57,12 @@ enum { MLLP_FRAME = 1, MLLP_MORE = 0, MLLP_OVERSIZE = -1 };
  * and out->len give its start, so an AR can echo its control id; the caller
  * closes the connection). */
 int mllp_framer_next(struct mllp_framer *f, const uint8_t *buf, size_t len, struct mllp_frame *out);
+/* Lenient framers only, after the peer paused with no further byte: when the
+ * last byte of buf[0..len) is a 0x1C that ends the frame in progress, returns
+ * MLLP_FRAME (or MLLP_OVERSIZE) as mllp_framer_next would; otherwise
+ * MLLP_MORE with nothing consumed.  Same buffer contract. */
+int mllp_framer_end_lone(struct mllp_framer *f, const uint8_t *buf, size_t len,
+                         struct mllp_frame *out);
 
 /* ---- server ----------------------------------------------------------- */
 
@@ -75,6 +86,7 @@ struct mllp_listener_opts {
     unsigned max_connections_per_ip;  /* 0: no limit */
     unsigned handshake_timeout_s;     /* 0 → 10 */
     unsigned frame_timeout_s;         /* a started frame must end within; 0 → 60 */
+    int frame_end_lenient;            /* 0x1C alone ends a frame (after a pause) */
     const char *name;
     const char *host;          /* numeric IPv4/IPv6 or a host name */
     unsigned port;             /* 0 → ephemeral (tests) */

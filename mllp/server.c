@@ -43,6 +43,9 @@
 #define SLOT_BITS         20u
 #define SLOT_MASK         ((1u << SLOT_BITS) - 1u)
 #define ACCEPTS_PER_TURN  64
+/* frame_end: lenient — a trailing lone 0x1C ends the frame once the peer
+ * has sent nothing for this long (checked by the one-second tick). */
+#define LONE_END_PAUSE_MS 500u
 
 struct cidr {
     int family;
@@ -61,6 +64,7 @@ struct listener {
     unsigned idle_timeout_s;
     unsigned handshake_timeout_s;
     unsigned frame_timeout_s;
+    int frame_end_lenient;
     void *user;
     unsigned nconns;
     struct cidr *allow;
@@ -99,6 +103,7 @@ struct mllp_conn {
     char cn[128];
     uint64_t accepted_ms;
     uint64_t frame_started_ms; /* 0 when no frame is in progress */
+    int lone_end_due;       /* lenient: the peer paused after a trailing 0x1C */
     struct buf rbuf, wbuf;
     struct mllp_framer framer;
     uint64_t next_seq;      /* assigned to the next frame */
@@ -347,6 +352,11 @@ static void conn_process(struct mllp_conn *c)
             }
             struct mllp_frame fr;
             int r = mllp_framer_next(&c->framer, buf_data(&c->rbuf), c->rbuf.len, &fr);
+            if (r == MLLP_MORE && c->lone_end_due) {
+                c->lone_end_due = 0;
+                buf_consume(&c->rbuf, fr.consumed);
+                r = mllp_framer_end_lone(&c->framer, buf_data(&c->rbuf), c->rbuf.len, &fr);
+            }
             if (r == MLLP_FRAME) {
                 uint64_t seq = c->next_seq++;
                 s->inflight++;
@@ -590,6 +600,12 @@ static void tick(void *ud)
             conn_kill(c);
             continue;
         }
+        if (c->framer.lenient && c->framer.in_frame && c->rbuf.len &&
+            buf_data(&c->rbuf)[c->rbuf.len - 1] == MLLP_EB &&
+            now - c->last_active_ms >= LONE_END_PAUSE_MS) {
+            c->lone_end_due = 1;
+            mark_ready(c);
+        }
         if (c->next_seq != c->send_seq)
             continue; /* waiting on us, not on the peer */
         /* Idle means no complete frame: bytes that never make one (a
@@ -802,6 +818,7 @@ static void listener_cb(void *ud, int lfd, unsigned ev)
         buf_init(&c->rbuf, ls->max_message_bytes + READ_CHUNK + 16u);
         buf_init(&c->wbuf, WBUF_MAX);
         mllp_framer_init(&c->framer, ls->max_message_bytes);
+        mllp_framer_set_lenient(&c->framer, ls->frame_end_lenient);
         c->last_active_ms = clock_mono_ms();
         if (loop_add(s->loop, fd, LOOP_READ | LOOP_WRITE | LOOP_EDGE, conn_fd_cb, c) != 0) {
             SSL_free(c->ssl);
@@ -971,6 +988,7 @@ int mllp_server_listen(struct mllp_server *s, const struct mllp_listener_opts *o
     ls->max_per_ip = o->max_connections_per_ip;
     ls->handshake_timeout_s = o->handshake_timeout_s ? o->handshake_timeout_s : 10;
     ls->frame_timeout_s = o->frame_timeout_s ? o->frame_timeout_s : 60;
+    ls->frame_end_lenient = o->frame_end_lenient;
     if (o->n_allow) {
         ls->allow = calloc(o->n_allow, sizeof *ls->allow);
         for (size_t i = 0; ls->allow && i < o->n_allow; i++) {

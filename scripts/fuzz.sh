@@ -3,7 +3,8 @@
 #   scripts/fuzz.sh SECONDS TARGET...
 # A target is tests/fuzz/<name>/ with fuzz.c, a `modules` file (the project
 # modules it links, e.g. "core hl7"), seeds/ and, when the file
-# use-shared-corpus exists, every .hl7 of ../shared/corpus as extra seeds.
+# use-shared-corpus exists, every .hl7 of ../shared/corpus as extra seeds;
+# a `max_len` file overrides the longest input tried (default 65536).
 # Fails on any crash, leak or timeout.
 set -u
 cd "$(dirname "$0")/.."
@@ -36,7 +37,9 @@ for t in "$@"; do
             echo "fuzz $t: ../shared/corpus absent, seeding from the project's own fixtures only"
         fi
     fi
-    if "$bin" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
+    maxlen=65536
+    [ -f "$dir/max_len" ] && maxlen=$(cat "$dir/max_len")
+    if "$bin" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len="$maxlen" \
             -artifact_prefix="$out/${t}-" -print_final_stats=1 "${seeds[@]}" > "$work/log" 2>&1; then
         runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$work/log" | grep -o '[0-9]*$')
         echo "fuzz $t: ${secs}s, ${runs:-?} runs, no finding"; pass=$((pass + 1))

@@ -345,6 +345,7 @@ class Daemon:
             f"    max_connections: {o.get('max_connections', 64)}",
             f"    max_message_bytes: {o.get('max_message_bytes', 16 * 1024 * 1024)}",
             f"    idle_timeout_s: {o.get('idle_timeout_s', 600)}",
+            f"    frame_end: {o.get('frame_end', 'strict')}",
             "ack:",
             f"  mode: {o.get('ack_mode', 'original')}",
             "  application: HL7BRIDGE",

@@ -319,6 +319,93 @@ static void test_fixtures_every_split(void **state)
     sweep("tests/fixtures");
 }
 
+/* Any number of consecutive start bytes, in one call: the framer walks
+ * them in a loop (a recursion per start byte overflowed the stack at about
+ * 131,072 of them). */
+static void test_many_start_bytes(void **state)
+{
+    (void)state;
+    const size_t nsb = 4u << 20;
+    const char *msg = "MSH|^~\\&|A|B|C|D|20240101||ADT^A01|1|P|2.5\r";
+    size_t ml = strlen(msg);
+    uint8_t *b = malloc(nsb + ml + 2);
+    assert_non_null(b);
+    memset(b, MLLP_SB, nsb);
+    memcpy(b + nsb, msg, ml);
+    b[nsb + ml] = MLLP_EB;
+    b[nsb + ml + 1] = MLLP_CR;
+    struct mllp_framer f;
+    mllp_framer_init(&f, 1 << 20);
+    struct mllp_frame fr;
+    assert_int_equal(mllp_framer_next(&f, b, nsb + ml + 2, &fr), MLLP_FRAME);
+    assert_int_equal(fr.off, nsb);
+    assert_int_equal(fr.len, ml);
+    assert_int_equal(fr.consumed, nsb + ml + 2);
+    assert_memory_equal(b + fr.off, msg, ml);
+    assert_int_equal(f.restarts, nsb - 1);
+    /* Start bytes only: nothing to hand out, the last one kept as a start. */
+    mllp_framer_init(&f, 1 << 20);
+    assert_int_equal(mllp_framer_next(&f, b, nsb, &fr), MLLP_MORE);
+    assert_int_equal(fr.consumed, nsb - 1);
+    assert_int_equal(f.in_frame, 1);
+    free(b);
+}
+
+/* frame_end: lenient — 0x1C alone ends a frame when the next frame starts
+ * or (mllp_framer_end_lone) after a pause; strict keeps waiting. */
+static void test_lenient_end(void **state)
+{
+    (void)state;
+    const uint8_t two[] = "\x0bMSH|1\x1c\x0bMSH|2\x1c\r";
+    struct harness h;
+    h_init(&h, 1 << 20);
+    h_feed(&h, two, sizeof two - 1);
+    assert_int_equal(h.n, 1); /* strict: the first frame was abandoned */
+    assert_memory_equal(h.frames[0], "MSH|2", 5);
+    h_release(&h);
+
+    h_init(&h, 1 << 20);
+    mllp_framer_set_lenient(&h.f, 1);
+    h_feed(&h, two, sizeof two - 1);
+    assert_int_equal(h.n, 2);
+    assert_int_equal(h.lens[0], 5);
+    assert_memory_equal(h.frames[0], "MSH|1", 5);
+    assert_memory_equal(h.frames[1], "MSH|2", 5);
+    assert_int_equal(h.f.restarts, 0);
+    h_release(&h);
+
+    /* A lone trailing 0x1C: no frame until the caller says the peer paused. */
+    const uint8_t lone[] = "xx\x0bMSH|3\x1c";
+    struct mllp_framer f;
+    struct mllp_frame fr;
+    for (int lenient = 0; lenient <= 1; lenient++) {
+        mllp_framer_init(&f, 1 << 20);
+        mllp_framer_set_lenient(&f, lenient);
+        assert_int_equal(mllp_framer_next(&f, lone, sizeof lone - 1, &fr), MLLP_MORE);
+        assert_int_equal(fr.consumed, 2);
+        const uint8_t *rest = lone + 2;
+        size_t rl = sizeof lone - 1 - 2;
+        int r = mllp_framer_end_lone(&f, rest, rl, &fr);
+        if (!lenient) {
+            assert_int_equal(r, MLLP_MORE);
+            assert_int_equal(fr.consumed, 0);
+            continue;
+        }
+        assert_int_equal(r, MLLP_FRAME);
+        assert_int_equal(fr.off, 1);
+        assert_int_equal(fr.len, 5);
+        assert_memory_equal(rest + fr.off, "MSH|3", 5);
+        assert_int_equal(fr.consumed, rl);
+        assert_int_equal(f.in_frame, 0);
+    }
+    /* A 0x1C inside the data is no lone end. */
+    mllp_framer_init(&f, 1 << 20);
+    mllp_framer_set_lenient(&f, 1);
+    const uint8_t mid[] = "\x0bMSH|\x1cx";
+    assert_int_equal(mllp_framer_next(&f, mid, sizeof mid - 1, &fr), MLLP_MORE);
+    assert_int_equal(mllp_framer_end_lone(&f, mid, sizeof mid - 1, &fr), MLLP_MORE);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -326,6 +413,8 @@ int main(void)
         cmocka_unit_test(test_garbage_and_restart),
         cmocka_unit_test(test_stray_eb_kept),
         cmocka_unit_test(test_oversize),
+        cmocka_unit_test(test_many_start_bytes),
+        cmocka_unit_test(test_lenient_end),
         cmocka_unit_test(test_fixtures_every_split),
         cmocka_unit_test(test_corpus_every_split),
     };

@@ -1,7 +1,14 @@
 /* libFuzzer target for the MLLP framer.  Property: feeding the input in one
  * piece and feeding it in chunks whose sizes come from the input itself
  * yield the same frames, every frame lies inside the buffer, consumed never
- * exceeds what was given, and no frame contains a start byte. */
+ * exceeds what was given, and no frame contains a start byte.
+ *
+ * Inputs are tried up to max_len (1 MiB, more than the daemon's 64 KiB
+ * read), and an input whose first byte is EXPAND is stretched: every byte
+ * after it is repeated, up to 1 MiB in all, so small seeds give the long
+ * runs of one byte (start bytes, end bytes) that a per-byte recursion or
+ * an unbounded rescan would choke on.  Lenient and strict framing are
+ * both run. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,7 +48,9 @@ static void feed(struct run *r, const uint8_t *p, size_t len)
         if (fr.consumed > r->b.len)
             abort();
         if (rc == MLLP_FRAME) {
-            if (fr.off + fr.len > r->b.len || fr.off + fr.len + 2 > fr.consumed)
+            /* the end marker follows the message: 0x1C 0x0D, or (lenient)
+             * 0x1C before the next 0x0B */
+            if (fr.off + fr.len > r->b.len || fr.off + fr.len + 2 - (size_t)r->f.lenient > fr.consumed)
                 abort();
             if (memchr(buf_data(&r->b) + fr.off, MLLP_SB, fr.len))
                 abort();
@@ -60,17 +69,45 @@ static void feed(struct run *r, const uint8_t *p, size_t len)
     }
 }
 
+#define EXPAND      0xA5
+#define EXPAND_MAX  (1u << 20)
+
+static int check(const uint8_t *data, size_t size);
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    if (size < 2 || data[0] != EXPAND)
+        return check(data, size);
+    /* data[1]: the framer's ceiling byte; each later byte repeated. */
+    size_t reps = EXPAND_MAX / (size - 1);
+    uint8_t *big = malloc(1 + (size - 2) * reps);
+    if (!big)
+        abort();
+    big[0] = data[1];
+    size_t n = 1;
+    for (size_t i = 2; i < size; i++) {
+        memset(big + n, data[i], reps);
+        n += reps;
+    }
+    int rc = check(big, n);
+    free(big);
+    return rc;
+}
+
+static int check(const uint8_t *data, size_t size)
+{
     if (size < 1)
         return 0;
-    size_t max = 64 + data[0] * 16u;
+    size_t max = 64 + (data[0] & 0x7f) * 16u;
+    int lenient = data[0] >> 7;
     struct run a, b;
     memset(&a, 0, sizeof a);
     memset(&b, 0, sizeof b);
     mllp_framer_init(&a.f, max);
     mllp_framer_init(&b.f, max);
+    mllp_framer_set_lenient(&a.f, lenient);
+    mllp_framer_set_lenient(&b.f, lenient);
     buf_init(&a.b, max + 65536 + size);
     buf_init(&b.b, max + 65536 + size);
     feed(&a, data + 1, size - 1);
