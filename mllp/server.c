@@ -9,7 +9,8 @@
  * reply that is ready before its predecessors (an AR for garbage while the
  * previous message waits for the store) is parked in a per-connection ring.
  * The ring's size bounds the frames in flight per connection; a full ring
- * stops reading that connection.
+ * stops reading that connection, and so do replies the peer has not read
+ * (WBUF_HIGH): an answer is never dropped.
  *
  * A connection is never freed inside its own callback: it is marked and
  * freed by the before-sleep hook.  All of this runs on the network thread. */
@@ -39,6 +40,12 @@
 #define READ_BUDGET       (256u * 1024u)
 #define READ_CHUNK        (64u * 1024u)
 #define RING_CAP          256u            /* frames in flight per connection */
+/* A connection whose unsent replies pass WBUF_HIGH takes no new frame until
+ * its peer has read some: a sender that pipelines faster than it reads its
+ * ACKs is slowed down, never cut off.  Past the mark at most RING_CAP more
+ * replies (each at most HL7_ACK_MAX_BYTES) can join, so WBUF_MAX is never
+ * reached by ACKs. */
+#define WBUF_HIGH         (256u * 1024u)
 #define WBUF_MAX          (8u * 1024u * 1024u)
 #define SLOT_BITS         20u
 #define SLOT_MASK         ((1u << SLOT_BITS) - 1u)
@@ -330,6 +337,8 @@ static int conn_can_take(struct mllp_conn *c)
 {
     if (c->next_seq - c->send_seq >= RING_CAP)
         return 0;
+    if (c->wbuf.len >= WBUF_HIGH)
+        return 0; /* the peer is not reading its ACKs: wait for it */
     if (c->srv->h.can_take && !c->srv->h.can_take(c->srv->h.ud))
         return 0;
     return 1;
@@ -430,8 +439,20 @@ static void conn_process(struct mllp_conn *c)
     }
 }
 
+/* The peer read some replies: if it was paused for a full write buffer,
+ * it may take frames again (this may run after the before-sleep hook has
+ * walked the ready list, hence the no-sleep). */
+static void conn_resume_reading(struct mllp_conn *c)
+{
+    if (c->state == CONN_OPEN && (c->readable || c->rbuf.len) && conn_can_take(c)) {
+        mark_ready(c);
+        loop_no_sleep(c->srv->loop);
+    }
+}
+
 static void conn_flush(struct mllp_conn *c)
 {
+    int was_full = c->wbuf.len >= WBUF_HIGH;
     while (c->wbuf.len) {
         ssize_t n = conn_send(c, buf_data(&c->wbuf), c->wbuf.len);
         if (n > 0) {
@@ -441,11 +462,16 @@ static void conn_flush(struct mllp_conn *c)
         }
         if (n < 0 && errno == EINTR)
             continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (was_full)
+                conn_resume_reading(c);
             return; /* EPOLLOUT edge will call us again */
+        }
         conn_kill(c);
         return;
     }
+    if (was_full)
+        conn_resume_reading(c);
     if (c->state == CONN_DRAINING && c->send_seq == c->next_seq)
         conn_kill(c);
 }

@@ -1,6 +1,7 @@
 """MLLP behaviour of the daemon: duplicates, pipelining, framing edge cases,
 size and connection limits, idle timeout."""
 
+import re
 import socket
 import threading
 import time
@@ -157,6 +158,68 @@ class Pipelining(DaemonTestCase):
         self.assertEqual((ack.code, ack.control_id_text), ("AA", "BOM00001"))
         raw = self.daemon.query("SELECT raw FROM messages WHERE control_id = 'BOM00001'")
         self.assertTrue(bytes(raw[0][0]).startswith(b"MSH|"), raw)
+
+
+class SenderThatDoesNotRead(DaemonTestCase):
+    """A sender that pipelines faster than it reads its ACKs is paused (the
+    listener stops reading it while its replies wait), never cut off: every
+    frame still gets its ACK, in order, once it reads."""
+
+    N = 12000
+
+    def test_large_pipelined_write_while_not_reading_then_reading_everything(self):
+        # Long MSH-3/MSH-4, echoed in each ACK: the unread replies outgrow any
+        # fixed write buffer long before the sender has sent everything.
+        app, fac = "A" * 1000, "F" * 1000
+        ids = [f"SLOW{i:06d}" for i in range(self.N)]
+        payload = b"".join(frame(make_message(i, send_app=app, send_fac=fac)) for i in ids)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(sock.close)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.settimeout(120)  # hang guard
+        sock.connect(("127.0.0.1", self.daemon.port))
+        sent, failed = [0], []
+
+        def writer():
+            view = memoryview(payload)
+            try:
+                while sent[0] < len(payload):
+                    sent[0] += sock.send(view[sent[0]:sent[0] + 65536])
+            except OSError as e:
+                failed.append(e)
+
+        t = threading.Thread(target=writer, daemon=True)
+        t.start()
+        # Not reading: until the writer is done or has been stuck for 2 s.
+        last, last_change = -1, time.monotonic()
+        deadline = time.monotonic() + 120
+        while t.is_alive() and time.monotonic() - last_change < 2:
+            self.assertLess(time.monotonic(), deadline)
+            if sent[0] != last:
+                last, last_change = sent[0], time.monotonic()
+            time.sleep(0.05)
+        stalled_at = sent[0]
+        # Now read everything.
+        data = bytearray()
+        count = 0
+        while count < self.N:
+            self.assertLess(time.monotonic(), deadline, f"{count} of {self.N} ACKs")
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            count += chunk.count(b"\x1c\r")
+            data += chunk
+        t.join(60)
+        self.assertEqual(failed, [], "the writer was cut off")
+        self.assertEqual(sent[0], len(payload))
+        self.assertLess(stalled_at, len(payload), "the sender was never paused")
+        acks = re.findall(rb"\rMSA\|([A-Z]{2})\|([^|\r]*)", bytes(data))
+        self.assertEqual(len(acks), self.N, f"{len(acks)} ACKs of {self.N}")
+        self.assertEqual([a[1].decode() for a in acks], ids)
+        self.assertEqual({a[0] for a in acks}, {b"AA"})
+        self.assertNotIn("mllp_reply_overflow", self.daemon.log())
+        rows = self.daemon.query("SELECT COUNT(*) FROM messages WHERE control_id LIKE 'SLOW%'")
+        self.assertEqual(rows[0][0], self.N)
 
 
 class Oversize(DaemonTestCase):
