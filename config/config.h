@@ -118,6 +118,8 @@ struct config {
             unsigned sms_file_s;        /* SMS file sink lines (rotated files), default 30d */
             unsigned audit_files_s;     /* audit file sink output files, default 7d */
         } retention;
+        unsigned rejected_retention_days; /* older form of retention.rejected (days); the
+                                          * shorter applies, default 7 */
         uint64_t min_free_disk_mb;      /* default 64 */
         uint64_t max_pending_rows;      /* default 10000000 */
     } store;

@@ -316,6 +316,8 @@ static const struct cfg_key store_keys[] = {
     {.name = "retention_days", .type = CT_UINT, .off = OFF(store.retention_days),
      .min = 0, .max = 3650, .def = "7"},
     {.name = "retention", .type = CT_SECTION, .sub = &retention_sec},
+    {.name = "rejected_retention_days", .type = CT_UINT, .off = OFF(store.rejected_retention_days),
+     .min = 0, .max = 3650, .def = "7"},
     {.name = "min_free_disk_mb", .type = CT_U64, .off = OFF(store.min_free_disk_mb),
      .min = 0, .max = 1ull << 30, .def = "64"},
     {.name = "max_pending_rows", .type = CT_U64, .off = OFF(store.max_pending_rows),

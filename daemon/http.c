@@ -18,6 +18,7 @@
  * The listening socket is bound here rather than by libmicrohttpd so that a
  * failure to bind gives the operator errno text at start-up. */
 #include "daemon/http.h"
+#include "daemon/browse.h"
 #include "core/fsutil.h"
 #include "core/net.h"
 #include "sinks/sms.h"
@@ -25,6 +26,7 @@
 
 #include "core/clock.h"
 #include "core/log.h"
+#include "core/num.h"
 #include "mllp/mllp.h"
 #include "sinks/sinks.h"
 
@@ -520,6 +522,127 @@ static enum MHD_Result reply_ready(struct http_monitor *m, struct MHD_Connection
     return reply_text(conn, status, text);
 }
 
+/* ---- /messages: the message browser's search, metadata only ------------- */
+
+#define HTTP_MESSAGES_MAX 1000
+
+struct msg_page {
+    struct buf *out;
+    int json;
+    int rc;
+};
+
+static int html_cell(struct buf *out, const char *s)
+{
+    return buf_append_str(out, "<td>") | stats_html_escape(s, strlen(s), out) |
+           buf_append_str(out, "</td>");
+}
+
+static int page_entry(void *ud, const struct store_browse_entry *e)
+{
+    struct msg_page *mp = ud;
+    if (mp->json) {
+        json_t *o = browse_entry_json(e);
+        char *t = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        mp->rc |= !t || buf_append_str(mp->out, t) || buf_append_str(mp->out, "\n");
+        free(t);
+        json_decref(o);
+        return mp->rc ? -1 : 0;
+    }
+    char recv[32], dlv[32], sender[260], type[40], rows[24], err[64];
+    browse_time(e->received_ms, recv, sizeof recv);
+    browse_time(e->delivered_ms, dlv, sizeof dlv);
+    browse_sender(e, sender, sizeof sender);
+    browse_type(e, type, sizeof type);
+    snprintf(rows, sizeof rows, e->rows >= 0 ? "%lld" : "-", (long long)e->rows);
+    if (e->err_code)
+        snprintf(err, sizeof err, "ERR %d %s: ", e->err_code, e->err_where);
+    else
+        err[0] = '\0';
+    char reason[400];
+    snprintf(reason, sizeof reason, "%s%s%s%s", err, e->reason,
+             e->reprocessed[0] ? " (reprocessed as " : "", e->reprocessed[0] ? e->reprocessed : "");
+    if (e->reprocessed[0])
+        snprintf(reason + strlen(reason), sizeof reason - strlen(reason), ")");
+    const char *cells[] = { e->id, recv, e->listener, e->peer, sender, type,
+                            e->control_id[0] ? e->control_id : "-", e->ack[0] ? e->ack : "-",
+                            e->status, rows, dlv, reason };
+    int rc = buf_append_str(mp->out, "<tr>");
+    for (size_t i = 0; i < sizeof cells / sizeof cells[0]; i++)
+        rc |= html_cell(mp->out, cells[i]);
+    rc |= buf_append_str(mp->out, "</tr>\n");
+    mp->rc |= rc;
+    return rc ? -1 : 0;
+}
+
+static enum MHD_Result reply_messages(struct http_monitor *m, struct MHD_Connection *conn)
+{
+    struct browse_filter_args fa;
+    memset(&fa, 0, sizeof fa);
+    fa.f.limit = 100;
+    static const char *const crit[] = { "control_id", "sender", "type", "since", "until" };
+    for (size_t i = 0; i < sizeof crit / sizeof crit[0]; i++) {
+        const char *v = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, crit[i]);
+        if (v && v[0] && browse_filter_set(&fa, crit[i], v) < 0)
+            return reply_text(conn, MHD_HTTP_BAD_REQUEST, "bad search value\n");
+    }
+    const char *st = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "status");
+    if (st && st[0]) {
+        int sv = store_browse_status_parse(st);
+        if (sv < 0)
+            return reply_text(conn, MHD_HTTP_BAD_REQUEST, "unknown status\n");
+        fa.f.status = (enum store_browse_status)sv;
+    }
+    const char *lim = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "limit");
+    if (lim && lim[0] &&
+        (num_parse_u64((const uint8_t *)lim, strlen(lim), HTTP_MESSAGES_MAX, &fa.f.limit) != 0 ||
+         fa.f.limit == 0))
+        return reply_text(conn, MHD_HTTP_BAD_REQUEST, "limit is 1..1000\n");
+    const char *fmt = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "format");
+    int json = fmt && strcmp(fmt, "json") == 0;
+
+    char err[512];
+    struct store_browser *b = store_browser_open(m->cfg->store.path, 0, err, sizeof err);
+    if (!b)
+        return reply_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "store not readable\n");
+    struct buf out;
+    buf_init(&out, HTTP_BODY_MAX);
+    struct msg_page mp = { &out, json, 0 };
+    if (!json) {
+        mp.rc |= buf_append_str(&out,
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>hl7bridge messages"
+            "</title><style>body{font-family:sans-serif;font-size:13px}table{border-collapse:"
+            "collapse}td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}</style>"
+            "</head><body><h1>Messages</h1><p><a href=\"/\">status</a> &middot; metadata "
+            "only; <code>hl7bridge show ID</code> for one message</p>"
+            "<form method=\"get\" action=\"/messages\">"
+            "control id <input name=\"control_id\" size=\"12\"> "
+            "sender <input name=\"sender\" size=\"14\" placeholder=\"APP^FAC\"> "
+            "type <input name=\"type\" size=\"8\" placeholder=\"ADT^A01\"> "
+            "since <input name=\"since\" size=\"16\" placeholder=\"2h\"> "
+            "until <input name=\"until\" size=\"16\"> "
+            "status <select name=\"status\"><option value=\"\">any</option>"
+            "<option>accepted</option><option>undelivered</option><option>filtered</option>"
+            "<option>quarantined</option><option>rejected</option><option>duplicate</option>"
+            "</select> <input type=\"submit\" value=\"search\"></form><table><tr><th>id</th>"
+            "<th>received</th><th>listener</th><th>peer</th><th>sender</th><th>type</th>"
+            "<th>control id</th><th>ack</th><th>status</th><th>rows</th><th>delivered</th>"
+            "<th>reason</th></tr>\n");
+    }
+    int lr = store_browser_list(b, &fa.f, page_entry, &mp, err, sizeof err);
+    store_browser_close(b);
+    if (!json)
+        mp.rc |= buf_append_str(&out, "</table></body></html>\n");
+    enum MHD_Result r;
+    if (lr < 0 || mp.rc)
+        r = reply_text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "cannot search\n");
+    else
+        r = reply(conn, MHD_HTTP_OK, json ? "application/x-ndjson" : "text/html; charset=utf-8",
+                  buf_data(&out), out.len);
+    buf_release(&out);
+    return r;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version,
                                   const char *upload_data, size_t *upload_data_size,
@@ -539,6 +662,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return reply_page(m, conn, PAGE_STATUS);
     if (strcmp(url, "/") == 0 || strcmp(url, "/index.html") == 0)
         return reply_page(m, conn, PAGE_HTML);
+    if (strcmp(url, "/messages") == 0)
+        return reply_messages(m, conn);
     if (strcmp(url, "/healthz") == 0)
         return reply_text(conn, MHD_HTTP_OK, "ok\n");
     if (strcmp(url, "/readyz") == 0)

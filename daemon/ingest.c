@@ -56,6 +56,7 @@ struct pending {
     struct batch *batch;  /* non-NULL for a batch member */
     const struct ingest_listener *il;
     uint64_t rx_ns;       /* frame arrival (clock_mono_ns), for stats */
+    int kept;             /* a rejected message kept for the browser: already answered */
 };
 
 struct ingest {
@@ -122,10 +123,12 @@ static void note_ack(struct ingest *in, const struct hl7_msg *m, enum hl7_ack_co
                      err ? err->code : HL7_E_INTERNAL, in->cur_dup, lat);
 }
 
-/* Builds and sends the acknowledgement for message `m` with outcome `o`. */
-static void answer(struct ingest *in, struct mllp_conn *c, uint64_t seq, const struct hl7_msg *m,
-                   enum hl7_outcome o, const char *code_override, const char *text,
-                   const struct hl7_err *err)
+/* Builds and sends the acknowledgement for message `m` with outcome `o`;
+ * returns the code it chose. */
+static enum hl7_ack_code answer(struct ingest *in, struct mllp_conn *c, uint64_t seq,
+                                const struct hl7_msg *m, enum hl7_outcome o,
+                                const char *code_override, const char *text,
+                                const struct hl7_err *err)
 {
     int send = 1;
     enum hl7_ack_code code = hl7_ack_choose(m, in->o.enhanced, o, &send);
@@ -138,10 +141,10 @@ static void answer(struct ingest *in, struct mllp_conn *c, uint64_t seq, const s
     if (in->stats)
         note_ack(in, m, code, err);
     if (!c)
-        return; /* the connection went away; the count still stands */
+        return code; /* the connection went away; the count still stands */
     if (!send) {
         (void)mllp_conn_reply(c, seq, NULL, 0);
-        return;
+        return code;
     }
     struct hl7_ack_ctx ctx;
     ack_ctx(in, &ctx);
@@ -151,9 +154,10 @@ static void answer(struct ingest *in, struct mllp_conn *c, uint64_t seq, const s
          * answer without the echoed fields rather than not at all. */
         buf_reset(&in->ack);
         if (hl7_ack_build(NULL, code, text, err, &ctx, &in->ack) != 0)
-            return;
+            return code;
     }
     (void)mllp_conn_reply(c, seq, buf_data(&in->ack), in->ack.len);
+    return code;
 }
 
 static const char *outcome_text(enum hl7_outcome o)
@@ -244,6 +248,7 @@ struct mapped {
     size_t rows_len;
     unsigned row_count;
     int quarantined;
+    int filtered;
     const char *reason;
 };
 
@@ -287,6 +292,8 @@ static int map_message(struct ingest *in, struct mapped *out, struct hl7_err *er
         return -1;
     }
     default:
+        out->filtered = 1;
+        out->reason = mapping_result_reason(in->mres);
         in->st.filtered++;
         return 0;
     }
@@ -317,7 +324,7 @@ static int submit(struct ingest *in, struct mllp_conn *c, uint64_t seq, const st
         .ack_code = hl7_ack_code_name(code),
         .received_ms = clock_wall_ms(),
         .rows = mp->rows, .rows_len = mp->rows_len, .row_count = mp->row_count,
-        .quarantined = mp->quarantined, .reason = mp->reason,
+        .quarantined = mp->quarantined, .reason = mp->reason, .filtered = mp->filtered,
     };
     struct store_msg *sm = store_msg_new(&f);
     if (!sm)
@@ -343,6 +350,70 @@ static int submit(struct ingest *in, struct mllp_conn *c, uint64_t seq, const st
     return 0;
 }
 
+/* ERR-2 style location of an error ("PID^1^5"), "" when it has none. */
+static void err_where(const struct hl7_err *e, char *out, size_t cap)
+{
+    out[0] = '\0';
+    if (!e || !e->seg[0])
+        return;
+    if (e->field)
+        snprintf(out, cap, "%s^%u^%u", e->seg, e->seg_seq ? e->seg_seq : 1, e->field);
+    else
+        snprintf(out, cap, "%s^%u", e->seg, e->seg_seq ? e->seg_seq : 1);
+}
+
+/* Keeps a message answered AE/AR (code) in the store for the browser,
+ * with the reason and ERR it got.  `m` is the message index when the
+ * header could be read (an empty header otherwise), `raw` the frame as
+ * received.  The answer has already gone out and does not wait for this:
+ * the store's result only frees the entry.  Best effort: with the queue
+ * full nothing is kept (counted). */
+static void keep_rejected(struct ingest *in, struct mllp_conn *c, const struct ingest_listener *il,
+                          const uint8_t *raw, size_t raw_len, const struct hl7_msg *m,
+                          enum hl7_ack_code code, const char *reason, const struct hl7_err *err)
+{
+    if (code != HL7_ACK_AE && code != HL7_ACK_AR && code != HL7_ACK_CE && code != HL7_ACK_CR)
+        return;
+    if (in->ring_head - in->ring_tail >= in->ring_cap || store_space(in->store) == 0) {
+        in->st.rejected_not_kept++;
+        return;
+    }
+    static const struct hl7_header none;
+    const struct hl7_header *h = m ? hl7_msg_header(m) : &none;
+    char where[32];
+    err_where(err, where, sizeof where);
+    struct store_msg_fields f = {
+        .raw = raw, .raw_len = raw_len,
+        .listener = il ? il->name : "",
+        .peer = c ? mllp_conn_peer(c) : "",
+        .send_app = h->send_app.p, .send_app_len = h->send_app.len,
+        .send_fac = h->send_fac.p, .send_fac_len = h->send_fac.len,
+        .control_id = h->control_id.p, .control_id_len = h->control_id.len,
+        .msg_type = h->msg_type.p, .msg_type_len = h->msg_type.len,
+        .trigger = h->trigger.p, .trigger_len = h->trigger.len,
+        .version = h->version_id.p, .version_len = h->version_id.len,
+        .ack_code = hl7_ack_code_name(code),
+        .received_ms = clock_wall_ms(),
+        .rejected = 1,
+        .reason = reason && reason[0] ? reason : (err && err->text[0] ? err->text : "rejected"),
+        .err_code = err ? err->code : 0,
+        .err_where = where,
+    };
+    struct store_msg *sm = store_msg_new(&f);
+    if (!sm) {
+        in->st.rejected_not_kept++;
+        return;
+    }
+    struct pending *p = &in->ring[in->ring_head % in->ring_cap];
+    memset(p, 0, sizeof *p);
+    p->kept = 1;
+    if (store_submit(in->store, sm, in->ring_head) != 0) {
+        in->st.rejected_not_kept++;
+        return;
+    }
+    in->ring_head++;
+}
+
 static void on_result(struct ingest *in, const struct store_result *r)
 {
     if (r->tag != in->ring_tail) {
@@ -353,6 +424,13 @@ static void on_result(struct ingest *in, const struct store_result *r)
     }
     struct pending *p = &in->ring[in->ring_tail % in->ring_cap];
     in->ring_tail++;
+    if (p->kept) {
+        if (r->status == STORE_STORED)
+            in->st.rejected_kept++;
+        else
+            in->st.rejected_not_kept++;
+        return;
+    }
     in->cur_il = p->il;
     in->cur_rx_ns = p->rx_ns;
     in->cur_dup = r->status == STORE_DUPLICATE;
@@ -486,6 +564,8 @@ static void handle_batch(struct ingest *in, struct mllp_conn *c, uint64_t seq,
         in->st.received++;
         b->total++;
         struct hl7_err e;
+        enum hl7_ack_code rej = b->enhanced ? HL7_ACK_CR : HL7_ACK_AR;
+        enum hl7_ack_code err_code = b->enhanced ? HL7_ACK_CE : HL7_ACK_AE;
         if (hl7_msg_parse(in->msg, msg.p, msg.len, &il->parse, &e) != 0 ||
             hl7_msg_validate(in->msg, &e) != 0) {
             b->failed++;
@@ -493,6 +573,7 @@ static void handle_batch(struct ingest *in, struct mllp_conn *c, uint64_t seq,
                 b->first_err = e;
                 b->have_err = 1;
             }
+            keep_rejected(in, c, il, msg.p, msg.len, in->msg, rej, e.text, &e);
             continue;
         }
         if (!sender_allowed(il, c, in->msg, hl7_msg_delims(in->msg))) {
@@ -504,6 +585,7 @@ static void handle_batch(struct ingest *in, struct mllp_conn *c, uint64_t seq,
                 b->first_err = e;
                 b->have_err = 1;
             }
+            keep_rejected(in, c, il, msg.p, msg.len, in->msg, rej, e.text, &e);
             continue;
         }
         /* The sink's backlog bounds a batch member by member, as it bounds
@@ -526,6 +608,8 @@ static void handle_batch(struct ingest *in, struct mllp_conn *c, uint64_t seq,
                 b->first_err = e;
                 b->have_err = 1;
             }
+            keep_rejected(in, c, il, msg.p, msg.len, in->msg, err_code,
+                          mapping_result_reason(in->mres), &e);
             continue;
         }
         b->outstanding++;
@@ -582,16 +666,19 @@ static void on_frame(void *ud, struct mllp_conn *c, uint64_t seq, const uint8_t 
     }
     in->st.received++;
     struct hl7_err err;
+    enum hl7_ack_code code;
     if (hl7_msg_parse(in->msg, p, len, &il->parse, &err) != 0) {
         log_info("hl7_rejected", "listener=%s peer=%s code=%d reason=\"%s\"", il->name,
                  mllp_conn_peer(c), err.code, err.text);
-        answer(in, c, seq, in->msg, HL7_REJECT, NULL, "Message cannot be parsed", &err);
+        code = answer(in, c, seq, in->msg, HL7_REJECT, NULL, "Message cannot be parsed", &err);
+        keep_rejected(in, c, il, p, len, in->msg, code, err.text, &err);
         return;
     }
     if (hl7_msg_validate(in->msg, &err) != 0) {
         log_info("hl7_rejected", "listener=%s peer=%s code=%d reason=\"%s\"", il->name,
                  mllp_conn_peer(c), err.code, err.text);
-        answer(in, c, seq, in->msg, HL7_REJECT, NULL, outcome_text(HL7_REJECT), &err);
+        code = answer(in, c, seq, in->msg, HL7_REJECT, NULL, outcome_text(HL7_REJECT), &err);
+        keep_rejected(in, c, il, p, len, in->msg, code, err.text, &err);
         return;
     }
     if (!sender_allowed(il, c, in->msg, hl7_msg_delims(in->msg))) {
@@ -600,7 +687,8 @@ static void on_frame(void *ud, struct mllp_conn *c, uint64_t seq, const uint8_t 
                     "sender not allowed for this client certificate");
         log_warn("sender_refused", "listener=%s peer=%s cn=\"%s\"", il->name, mllp_conn_peer(c),
                  mllp_conn_tls_name(c) ? mllp_conn_tls_name(c) : "");
-        answer(in, c, seq, in->msg, HL7_REJECT, NULL, "Sender not allowed", &err);
+        code = answer(in, c, seq, in->msg, HL7_REJECT, NULL, "Sender not allowed", &err);
+        keep_rejected(in, c, il, p, len, in->msg, code, err.text, &err);
         return;
     }
     if (backlog_full(in, 0)) {
@@ -608,15 +696,17 @@ static void on_frame(void *ud, struct mllp_conn *c, uint64_t seq, const uint8_t 
         hl7_err_set(&err, HL7_E_INTERNAL, "", 0, 0, "sink backlog full");
         log_warn("backlog_full", "listener=%s peer=%s max_pending_rows=%llu", il->name,
                  mllp_conn_peer(c), (unsigned long long)in->backlog_max);
-        answer(in, c, seq, in->msg, HL7_ERROR, NULL, "Sink backlog full", &err);
+        code = answer(in, c, seq, in->msg, HL7_ERROR, NULL, "Sink backlog full", &err);
+        keep_rejected(in, c, il, p, len, in->msg, code, err.text, &err);
         return;
     }
     struct mapped mr;
     if (map_message(in, &mr, &err) != 0) {
         log_info("mapping_rejected", "listener=%s peer=%s code=%d reason=\"%s\"", il->name,
                  mllp_conn_peer(c), err.code, mapping_result_reason(in->mres));
-        answer(in, c, seq, in->msg, HL7_ERROR, NULL, "Message not accepted by the mapping rules",
-               &err);
+        code = answer(in, c, seq, in->msg, HL7_ERROR, NULL,
+                      "Message not accepted by the mapping rules", &err);
+        keep_rejected(in, c, il, p, len, in->msg, code, mapping_result_reason(in->mres), &err);
         return;
     }
     if (submit(in, c, seq, in->msg, il, NULL, &mr) != 0) {
@@ -641,7 +731,10 @@ static void on_oversize(void *ud, struct mllp_conn *c, uint64_t seq, const uint8
     if (hl7_msg_parse(in->msg, p, n, &il->parse, &err) != 0)
         log_debug("oversize_prefix_unparsed", "code=%d", err.code);
     hl7_err_set(&err, HL7_E_INTERNAL, "", 0, 0, "message exceeds max_message_bytes");
-    answer(in, c, seq, in->msg, HL7_REJECT, NULL, "Message too large", &err);
+    enum hl7_ack_code code = answer(in, c, seq, in->msg, HL7_REJECT, NULL, "Message too large",
+                                    &err);
+    /* Kept without its body: it is larger than anything we store. */
+    keep_rejected(in, c, il, NULL, 0, in->msg, code, err.text, &err);
 }
 
 static int can_take(void *ud)

@@ -49,6 +49,8 @@ struct ingest_stats {
     uint64_t rows_replaced;     /* values altered to keep the file valid */
     uint64_t sender_refused;    /* AR: certificate not bound to MSH-3^MSH-4 */
     uint64_t backlog_refused;   /* AE: sink backlog over store.max_pending_rows */
+    uint64_t rejected_kept;     /* AE/AR messages kept in the store for the browser */
+    uint64_t rejected_not_kept; /* AE/AR messages the store could not keep (queue full, error) */
 };
 
 struct ingest *ingest_new(struct loop *l, struct store *st, const struct ingest_opts *o);

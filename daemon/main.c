@@ -20,6 +20,13 @@ static void usage(FILE *out)
             "                          re-queue failed audit blocks for upload\n"
             "  stats [-c FILE]         ACK statistics of the running daemon (or the store's\n"
             "                          daily totals when it is not running)\n"
+            "  messages [-c FILE] [--status S] [--control-id ID] ...\n"
+            "                          search stored messages (metadata only, no PHI)\n"
+            "  show [-c FILE] ID [--reveal --reason TEXT]\n"
+            "                          one message's metadata; --reveal prints it and\n"
+            "                          writes the access to the audit feed\n"
+            "  reprocess [-c FILE] (--id ID... | --status S | --since T) [--dry-run]\n"
+            "                          run the current rules again on stored messages\n"
             "  version                 print the version\n"
             "  help                    this text\n"
             "\n"
@@ -61,6 +68,12 @@ int main(int argc, char **argv)
         return cmd_stats(argc - 1, argv + 1);
     if (strcmp(cmd, "redrive") == 0)
         return cmd_redrive(argc - 1, argv + 1);
+    if (strcmp(cmd, "messages") == 0)
+        return cmd_messages(argc - 1, argv + 1);
+    if (strcmp(cmd, "show") == 0)
+        return cmd_show(argc - 1, argv + 1);
+    if (strcmp(cmd, "reprocess") == 0)
+        return cmd_reprocess(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         printf("hl7bridge %s\n", HL7BRIDGE_VERSION);
         return 0;

@@ -2,6 +2,7 @@
  * stand side by side), so the daemon translates. */
 #include "daemon/rules.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -66,4 +67,94 @@ enum mapping_format rules_format(const struct config *c)
 const char *rules_eol(const struct config *c)
 {
     return c->sinks.audit.line_ending == CONFIG_EOL_LF ? "\n" : "\r\n";
+}
+
+/* ---- the live rule set --------------------------------------------------- */
+
+struct rules_ref {
+    struct mapping *mp;
+    unsigned refs;          /* under rules_live.mu */
+};
+
+struct rules_live {
+    pthread_mutex_t mu;
+    struct rules_ref *cur;  /* the holder's own reference counts in refs */
+};
+
+static struct rules_ref *ref_new(struct mapping *mp)
+{
+    struct rules_ref *r = calloc(1, sizeof *r);
+    if (!r) {
+        mapping_free(mp);
+        return NULL;
+    }
+    r->mp = mp;
+    r->refs = 1;
+    return r;
+}
+
+struct rules_live *rules_live_new(struct mapping *mp)
+{
+    struct rules_live *l = calloc(1, sizeof *l);
+    if (!l || !(l->cur = ref_new(mp))) {
+        if (!l)
+            mapping_free(mp);
+        free(l);
+        return NULL;
+    }
+    pthread_mutex_init(&l->mu, NULL);
+    return l;
+}
+
+struct rules_ref *rules_live_get(struct rules_live *l)
+{
+    pthread_mutex_lock(&l->mu);
+    struct rules_ref *r = l->cur;
+    if (r)
+        r->refs++;
+    pthread_mutex_unlock(&l->mu);
+    return r;
+}
+
+const struct mapping *rules_ref_mapping(const struct rules_ref *r) { return r ? r->mp : NULL; }
+
+void rules_ref_put(struct rules_live *l, struct rules_ref *r)
+{
+    if (!r)
+        return;
+    pthread_mutex_lock(&l->mu);
+    int last = --r->refs == 0;
+    pthread_mutex_unlock(&l->mu);
+    if (last) {
+        mapping_free(r->mp);
+        free(r);
+    }
+}
+
+int rules_live_set(struct rules_live *l, struct mapping *mp)
+{
+    struct rules_ref *n = calloc(1, sizeof *n);
+    if (!n)
+        return -1;
+    n->mp = mp;
+    n->refs = 1;
+    pthread_mutex_lock(&l->mu);
+    struct rules_ref *old = l->cur;
+    l->cur = n;
+    pthread_mutex_unlock(&l->mu);
+    rules_ref_put(l, old);
+    return 0;
+}
+
+void rules_live_free(struct rules_live *l)
+{
+    if (!l)
+        return;
+    pthread_mutex_lock(&l->mu);
+    struct rules_ref *r = l->cur;
+    l->cur = NULL;
+    pthread_mutex_unlock(&l->mu);
+    rules_ref_put(l, r);
+    pthread_mutex_destroy(&l->mu);
+    free(l);
 }

@@ -16,4 +16,22 @@ size_t rules_builtin(const struct mapping_source **out);
 enum mapping_format rules_format(const struct config *c);
 const char *rules_eol(const struct config *c);
 
+/* The rule set the daemon has loaded, shared with threads other than the
+ * network loop (the control socket's reprocess).  A SIGHUP swaps it; a
+ * thread that took a reference keeps its set until it puts it back, and
+ * the last one to let go frees it.  get/put from any thread; set from the
+ * thread that swaps the ingest pipeline's rules. */
+struct rules_ref;
+struct rules_live;
+/* Takes ownership of mp (the first set).  NULL on no memory (mp freed). */
+struct rules_live *rules_live_new(struct mapping *mp);
+/* Drops the holder's reference (the set is freed when no thread holds it). */
+void rules_live_free(struct rules_live *l);
+/* Replaces the current set by mp (ownership taken on success; on -1 the
+ * caller still owns mp and the current set stays). */
+int rules_live_set(struct rules_live *l, struct mapping *mp);
+struct rules_ref *rules_live_get(struct rules_live *l);
+const struct mapping *rules_ref_mapping(const struct rules_ref *r);
+void rules_ref_put(struct rules_live *l, struct rules_ref *r);
+
 #endif

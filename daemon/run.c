@@ -6,6 +6,7 @@
  * A second signal, or DRAIN_DEADLINE_MS, cuts the drain short (nothing is
  * lost: unanswered messages were not acknowledged). */
 #include "daemon/cli.h"
+#include "daemon/ctl.h"
 #include "daemon/http.h"
 #include "daemon/ingest.h"
 #include "daemon/privs.h"
@@ -35,6 +36,7 @@ struct runner {
     int explicit_path;
     struct loop *loop;
     struct ingest *ingest;
+    struct rules_live *live;  /* the loaded rules, shared with the control socket */
     int sigfd, timerfd;
     int stopping;
     uint64_t drain_deadline;
@@ -93,8 +95,18 @@ static void reload(struct runner *r)
         config_free(c);
         return;
     }
-    mapping_free(ingest_set_mapping(r->ingest, mp));
-    log_info("reload", "config=%s rules=%zu", used, mapping_rule_count(mp));
+    size_t n_rules = mapping_rule_count(mp);
+    /* The holder owns the sets: the old one is freed once the control
+     * socket no longer uses it (at once, mostly). */
+    struct mapping *old = ingest_set_mapping(r->ingest, mp);
+    if (rules_live_set(r->live, mp) != 0) {
+        (void)ingest_set_mapping(r->ingest, old);
+        mapping_free(mp);
+        log_error("reload_failed", "config=%s reason=out_of_memory keeping=previous_rules", used);
+        config_free(c);
+        return;
+    }
+    log_info("reload", "config=%s rules=%zu", used, n_rules);
     config_free(c);
     char err[512];
     if (mllp_server_reload_tls(ingest_server(r->ingest), err, sizeof err) != 0)
@@ -188,6 +200,10 @@ static void run_retention_opts(const struct config *cfg, struct store_opts *so)
     so->keep_ms[STORE_KIND_ROWS] = (uint64_t)r->delivered_s * 1000u;
     so->keep_ms[STORE_KIND_QUARANTINED] = (uint64_t)r->quarantined_s * 1000u;
     so->keep_ms[STORE_KIND_REJECTED] = (uint64_t)r->rejected_s * 1000u;
+    /* store.rejected_retention_days, the older form: the shorter applies. */
+    uint64_t rej_days_ms = (uint64_t)cfg->store.rejected_retention_days * 86400000u;
+    if (rej_days_ms < so->keep_ms[STORE_KIND_REJECTED])
+        so->keep_ms[STORE_KIND_REJECTED] = rej_days_ms;
     so->keep_ms[STORE_KIND_SMS] = (uint64_t)r->sms_s * 1000u;
     so->keep_ms[STORE_KIND_SMS_FILE] = (uint64_t)r->sms_file_s * 1000u;
     so->keep_ms[STORE_KIND_AUDIT_FILES] = (uint64_t)r->audit_files_s * 1000u;
@@ -237,6 +253,8 @@ int cmd_run(int argc, char **argv)
     struct sink_sms *sms = NULL;
     struct mapping *sms_rules = NULL;
     struct http_monitor *mon = NULL;
+    struct ctl_server *ctl = NULL;
+    struct mapping *mp_own = mp; /* until the live holder takes it */
     struct ingest_listener *ils = calloc(cfg->n_listeners, sizeof *ils);
     struct mllp_tls_opts tlsopts[HB_MAX_LISTENERS];
     memset(tlsopts, 0, sizeof tlsopts);
@@ -271,9 +289,10 @@ int cmd_run(int argc, char **argv)
         .format = rules_format(cfg),
         .eol = rules_eol(cfg),
     };
-    r.ingest = r.loop && ils ? ingest_new(r.loop, st, &io) : NULL;
+    r.live = rules_live_new(mp); /* owns mp from here on (frees it on failure) */
+    mp_own = NULL;
+    r.ingest = r.loop && ils && r.live ? ingest_new(r.loop, st, &io) : NULL;
     if (!r.ingest) {
-        mapping_free(mp);
         log_error("startup_failed", "reason=out_of_memory");
         goto out;
     }
@@ -353,6 +372,12 @@ int cmd_run(int argc, char **argv)
         http_monitor_set_audit(mon, audit);
         http_monitor_set_sms(mon, sms);
     }
+    /* After the privilege drop, so the socket belongs to the run user. */
+    ctl = ctl_server_start(cfg, r.live, err, sizeof err);
+    if (!ctl) {
+        log_error("startup_failed", "reason=\"control socket: %s\"", err);
+        goto out;
+    }
     r.sigfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
     if (r.sigfd < 0 || loop_add(r.loop, r.sigfd, LOOP_READ, signal_cb, &r) != 0) {
         log_error("startup_failed", "reason=signalfd errno=%d", errno);
@@ -375,9 +400,12 @@ int cmd_run(int argc, char **argv)
              (unsigned long long)is.filtered, (unsigned long long)is.quarantined);
 out:
     http_monitor_free(mon); /* before the ingest and store it reads */
+    ctl_server_stop(ctl);   /* before the rules it borrows */
     if (r.ingest)
-        mapping_free(ingest_set_mapping(r.ingest, NULL));
+        (void)ingest_set_mapping(r.ingest, NULL);
     ingest_free(r.ingest);
+    rules_live_free(r.live);
+    mapping_free(mp_own);
     sink_audit_stop(audit);
     sink_sms_stop(sms);
     mapping_free(sms_rules);

@@ -76,6 +76,11 @@ int mapping_column_mandatory(const struct mapping *mp, size_t i)
     return i < mp->ncols ? mp_cols[mp->colmap[i]].mandatory : 0;
 }
 
+const char *mapping_column_key(const struct mapping *mp, size_t i)
+{
+    return i < mp->ncols ? mp_cols[mp->colmap[i]].key : NULL;
+}
+
 int mapping_format_parse(const char *s, enum mapping_format *out)
 {
     if (strcmp(s, "tsv") == 0)
@@ -281,4 +286,22 @@ int mapping_format_rows(const struct mapping *mp, const struct mapping_result *r
         buf_commit(out, o + elen);
     }
     return 0;
+}
+
+int mapping_format_values(const struct mapping *mp, const char *const *values,
+                          enum mapping_format fmt, const char *eol, struct buf *out,
+                          unsigned *replaced)
+{
+    uint8_t d = delim_of(fmt);
+    for (unsigned k = 0; k < mp->ncols; k++) {
+        if (k && buf_append(out, &d, 1) != 0)
+            return -1;
+        const char *v = values[k] ? values[k] : "";
+        size_t len = strlen(v);
+        uint8_t *w = buf_reserve(out, 2 * len + 2);
+        if (!w)
+            return -1;
+        buf_commit(out, write_value(w, fmt, (const uint8_t *)v, len, replaced));
+    }
+    return buf_append_str(out, eol_of(fmt, eol));
 }

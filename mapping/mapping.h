@@ -89,6 +89,8 @@ void mapping_free(struct mapping *mp);
 size_t mapping_column_count(const struct mapping *mp);
 const char *mapping_column_header(const struct mapping *mp, size_t i);
 int mapping_column_mandatory(const struct mapping *mp, size_t i);
+/* The rule key of column i ("patient_reg_id"), NULL past the end. */
+const char *mapping_column_key(const struct mapping *mp, size_t i);
 /* Number of rules loaded (for `hl7bridge check`). */
 size_t mapping_rule_count(const struct mapping *mp);
 
@@ -173,6 +175,13 @@ int mapping_format_header(const struct mapping *mp, enum mapping_format fmt, con
 int mapping_format_rows(const struct mapping *mp, const struct mapping_result *r,
                         enum mapping_format fmt, const char *eol, struct buf *out,
                         unsigned *replaced) __attribute__((warn_unused_result));
+/* Appends one row made of `values` (one NUL-terminated UTF-8 string per
+ * column in mapping_column_header order; NULL is empty), escaped exactly as
+ * mapping_format_rows does, ended by `eol`.  For rows the daemon writes
+ * itself (the access record of a reveal).  0, or -1 when `out` is full. */
+int mapping_format_values(const struct mapping *mp, const char *const *values,
+                          enum mapping_format fmt, const char *eol, struct buf *out,
+                          unsigned *replaced) __attribute__((warn_unused_result));
 /* Parses "tsv" | "csv" | "psv"; -1 for anything else. */
 int mapping_format_parse(const char *s, enum mapping_format *out);
 
@@ -184,6 +193,10 @@ int mapping_format_parse(const char *s, enum mapping_format *out);
  * fall-back time takes the earlier instant).  Returns 0 or -1 when the
  * value is not a date-time. */
 int mapping_dtm_to_utc(const struct mapping *mp, const uint8_t *p, size_t len, int64_t *out);
+
+/* Formats UTC epoch seconds `t` as the rules write date-time columns
+ * (mapping.date_format).  Returns the length, 0 when `out` is too small. */
+size_t mapping_format_time(const struct mapping *mp, int64_t t, char *out, size_t cap);
 
 /* ---- time zones (the system tz database, read without touching TZ) ----- */
 

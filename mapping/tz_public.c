@@ -19,3 +19,8 @@ int64_t mapping_tz_local_to_utc(const struct mapping_tz *tz, int64_t local)
 {
     return mp_tz_local_to_utc((const struct mp_tz *)tz, local);
 }
+
+size_t mapping_format_time(const struct mapping *mp, int64_t t, char *out, size_t cap)
+{
+    return mp_time_format(t, mp->date_format, mp->iso_default, out, cap);
+}

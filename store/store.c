@@ -56,7 +56,9 @@ struct store_msg *store_msg_new(const struct store_msg_fields *f)
     src[SF_TRIGGER] = f->trigger;       len[SF_TRIGGER] = f->trigger_len;
     src[SF_VERSION] = f->version;       len[SF_VERSION] = f->version_len;
     src[SF_ROWS] = f->rows;             len[SF_ROWS] = f->rows_len;
-    src[SF_REASON] = f->reason;         len[SF_REASON] = f->quarantined ? cstr_len(f->reason) : 0;
+    int why = f->quarantined || f->filtered || f->rejected;
+    src[SF_REASON] = f->reason;         len[SF_REASON] = why ? cstr_len(f->reason) : 0;
+    src[SF_ERR_WHERE] = f->err_where;   len[SF_ERR_WHERE] = f->rejected ? cstr_len(f->err_where) : 0;
 
     size_t total = 0;
     for (int i = 0; i < SF_COUNT; i++) {
@@ -74,6 +76,9 @@ struct store_msg *store_msg_new(const struct store_msg_fields *f)
     m->received_ms = f->received_ms;
     m->row_count = f->row_count;
     m->quarantined = f->quarantined != 0;
+    m->filtered = f->filtered != 0;
+    m->rejected = f->rejected != 0;
+    m->err_code = f->err_code;
     memcpy(m->ack_code, f->ack_code, 3);
     size_t off = 0;
     for (int i = 0; i < SF_COUNT; i++) {

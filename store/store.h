@@ -95,6 +95,15 @@ struct store_msg_fields {
     /* Non-zero: the message is kept aside (quarantined) instead of queued
      * for the sinks; `reason` says why (no PHI). */
     int quarantined; const char *reason;
+    /* Non-zero: accepted, but no rule selected it (`reason` says so). */
+    int filtered;
+    /* Non-zero: the message was answered AE/AR (ack_code says which).  It
+     * is kept in the table `rejected` for the analyst, with `reason` and
+     * the ERR content (err_code, table 0357, and err_where, e.g.
+     * "PID^1^5"): never a claim, never seen by the sinks, never the
+     * original of a duplicate.  Its result is STORE_STORED (kept) or
+     * STORE_FAILED (not kept); the answer does not wait for it. */
+    int rejected; int err_code; const char *err_where;
 };
 
 /* Returns a new message (owned by the caller until submitted) or NULL. */
@@ -109,7 +118,7 @@ enum store_status {
 
 struct store_result {
     uint64_t tag;          /* the producer's cookie from store_submit */
-    enum store_status status;
+    enum store_status status; /* for a rejected message: STORED = kept */
     char ack_code[3];      /* original ACK code for STORE_DUPLICATE, else the submitted one */
     int64_t id;            /* row id of the stored (or original) message, 0 on failure */
 };
@@ -176,6 +185,115 @@ struct store_counts {
 };
 int store_query_counts(const char *path, struct store_counts *out, char *errbuf, size_t errcap)
     __attribute__((warn_unused_result));
+
+/* ==== the message browser (store/browse.c) ================================
+ *
+ * Metadata searches over the journal (`messages`) and the rejected messages
+ * (`rejected`, see migration 4), one message with its body, and journal
+ * entries the daemon or the CLI adds itself (reprocessed rows, reveal
+ * access records).  Browser ids are text: "17" for journal message 17,
+ * "R3" for rejected message 3.
+ *
+ * Status of a message (one of):
+ *   accepted     answered AA/CA, rows delivered (or none were due)
+ *   undelivered  answered AA/CA, rows not yet delivered
+ *   filtered     answered AA/CA, no rule selected it
+ *   quarantined  answered AA/CA, kept aside by a `quarantine` rule
+ *   rejected     answered AE/AR (or CE/CR), kept with reason and ERR
+ * The filter `duplicate` selects accepted messages that were re-sent and
+ * answered as duplicates (dup_count > 0).
+ *
+ * Threads: a struct store_browser is one connection used by one thread;
+ * read-only ones may run in another process beside the daemon (WAL). */
+struct store_browser; /* opaque */
+
+enum store_browse_status {
+    STORE_BROWSE_ANY = 0, STORE_BROWSE_ACCEPTED, STORE_BROWSE_DUPLICATE, STORE_BROWSE_REJECTED,
+    STORE_BROWSE_QUARANTINED, STORE_BROWSE_FILTERED, STORE_BROWSE_UNDELIVERED
+};
+/* "accepted", … → the enum; -1 for an unknown word. */
+int store_browse_status_parse(const char *s);
+
+struct store_browse_filter {
+    const char *control_id;          /* MSH-10 exactly; NULL: any */
+    const char *send_app, *send_fac; /* first component of MSH-3 / MSH-4; NULL: any */
+    const char *msg_type, *trigger;  /* MSH-9.1 / MSH-9.2; NULL: any */
+    int64_t since_ms, until_ms;      /* received in [since, until); 0: open */
+    enum store_browse_status status;
+    int received_only;               /* skip entries made by reprocess / reveal */
+    uint64_t limit;                  /* newest first; 0: no limit */
+};
+
+#define STORE_BROWSE_ID_MAX 24
+
+/* One message's metadata.  Never the body; `reason` and `err_where` never
+ * hold message content (the ingest writes names of columns and paths). */
+struct store_browse_entry {
+    char id[STORE_BROWSE_ID_MAX];
+    int64_t received_ms;
+    char listener[64], peer[64];
+    char send_app[128], send_fac[128]; /* as received (all components) */
+    char control_id[200];
+    char msg_type[16], trigger[16], version[16];
+    char ack[3];
+    const char *status;            /* static: "accepted", "rejected", … */
+    char reason[256];
+    int err_code;                  /* table 0357, rejected only */
+    char err_where[32];            /* "PID^1^5", rejected only */
+    int64_t rows;                  /* connector rows stored with it, -1 unknown */
+    int64_t delivered_ms;          /* 0: not (yet) delivered */
+    uint64_t dup_count;
+    int64_t last_dup_ms;
+    char made_by[16];              /* "" received; "reprocess" | "reveal" */
+    char origin[STORE_BROWSE_ID_MAX];      /* for made_by: the message it came from */
+    char reprocessed[STORE_BROWSE_ID_MAX]; /* newest reprocess entry made of it, "" none */
+    int has_raw;                   /* its body is still stored */
+};
+
+/* Opens a connection (read-only unless `writable`) to a store that
+ * store_open has created and migrated.  NULL with a message in errbuf. */
+struct store_browser *store_browser_open(const char *path, int writable, char *errbuf,
+                                         size_t errcap);
+void store_browser_close(struct store_browser *b); /* NULL is a no-op */
+
+/* Calls cb for each message matching f, newest first (received time), up to
+ * f->limit.  A non-zero return from cb stops and is returned.  0 / -1 with
+ * errbuf. */
+int store_browser_list(struct store_browser *b, const struct store_browse_filter *f,
+                       int (*cb)(void *ud, const struct store_browse_entry *e), void *ud,
+                       char *errbuf, size_t errcap) __attribute__((warn_unused_result));
+
+/* One message by browser id; with `raw` non-NULL its body is appended
+ * (nothing when purged).  1 found, 0 not found (or a malformed id),
+ * -1 error with errbuf. */
+int store_browser_get(struct store_browser *b, const char *id, struct store_browse_entry *out,
+                      struct buf *raw, char *errbuf, size_t errcap)
+    __attribute__((warn_unused_result));
+
+/* The id of an accepted journal message with this sender and control id
+ * (received, not made by the daemon), or 0.  -1 on error. */
+int64_t store_browser_accepted_key(struct store_browser *b, const char *send_app,
+                                   const char *send_fac, const char *control_id)
+    __attribute__((warn_unused_result));
+
+/* A journal entry made by the daemon or the CLI (writable connection):
+ * made_by "reprocess" or "reveal", origin the browser id it comes from,
+ * the given type/trigger, no body, ack "" (so it is never taken for a
+ * received message, by the SMS worker either), and `rows` (formatted, one
+ * per line) appended after every row already committed, in one durable
+ * transaction: the audit sink delivers them like any other rows.
+ * Returns the new message id, or -1 with errbuf. */
+struct store_journal_entry {
+    const char *made_by, *origin;
+    const char *listener, *peer;   /* who made it ("reprocess", "local") */
+    const char *send_app, *send_fac, *msg_type, *trigger, *version;
+    const char *reason;            /* no PHI */
+    const uint8_t *rows; size_t rows_len; unsigned row_count;
+    int64_t now_ms;
+};
+int64_t store_browser_add(struct store_browser *b, const struct store_journal_entry *e,
+                          char *errbuf, size_t errcap) __attribute__((warn_unused_result));
+/* ==== end of the message browser ========================================= */
 
 /* ==== audit batches (store/batch.c) ======================================
  *

@@ -196,6 +196,50 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
     " WHERE state = 'done' AND rows_purged = 0;"
     "CREATE INDEX messages_quarantined ON messages(received_ms) WHERE quarantined = 1;"
     "CREATE INDEX messages_delivered ON messages(delivered_ms) WHERE delivered_ms IS NOT NULL;",
+    /* 5: the message browser, rejected messages and reprocessing.
+     * `rejected` keeps what was answered AE/AR (reason and ERR) for
+     * store.rejected_retention_days; it is a table of its own so that a
+     * rejected message is never a claim, never reaches a sink (nothing
+     * reads it but the browser and reprocess) and never makes a corrected
+     * re-send with the same control id a duplicate.  New columns of
+     * messages: row_count (rows written with it; NULL before 4),
+     * filtered (accepted, no rule selected it), dup_count/last_dup_ms
+     * (re-sends answered as duplicates), made_by/origin (NULL for a
+     * received message; 'reprocess' or 'reveal' for an entry the daemon
+     * or the CLI journals itself, with the browser id of the message it
+     * comes from: rows are appended only with a new journal entry, which
+     * keeps message ids growing with row ids, as the audit batches need).
+     * The indexes serve the browser's searches; received_ms and (type,
+     * trigger) grow at their ends, control ids per sender. */
+    "CREATE TABLE rejected ("
+    " id INTEGER PRIMARY KEY,"
+    " received_ms INTEGER NOT NULL,"
+    " listener TEXT NOT NULL,"
+    " peer TEXT NOT NULL,"
+    " send_app TEXT NOT NULL,"
+    " send_fac TEXT NOT NULL,"
+    " control_id TEXT,"
+    " msg_type TEXT NOT NULL,"
+    " \"trigger\" TEXT NOT NULL,"
+    " version TEXT NOT NULL,"
+    " ack_code TEXT NOT NULL,"
+    " raw BLOB,"
+    " reason TEXT NOT NULL,"
+    " err_code INTEGER NOT NULL,"
+    " err_where TEXT NOT NULL);"
+    "CREATE INDEX rejected_received ON rejected(received_ms);"
+    "CREATE INDEX rejected_key ON rejected(send_app, send_fac, control_id);"
+    "CREATE INDEX rejected_control_id ON rejected(control_id);"
+    "ALTER TABLE messages ADD COLUMN row_count INTEGER;"
+    "ALTER TABLE messages ADD COLUMN filtered INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE messages ADD COLUMN dup_count INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE messages ADD COLUMN last_dup_ms INTEGER;"
+    "ALTER TABLE messages ADD COLUMN made_by TEXT;"
+    "ALTER TABLE messages ADD COLUMN origin TEXT;"
+    "CREATE INDEX messages_received ON messages(received_ms);"
+    "CREATE INDEX messages_control_id ON messages(control_id);"
+    "CREATE INDEX messages_type ON messages(msg_type, \"trigger\");"
+    "CREATE INDEX messages_origin ON messages(origin) WHERE origin IS NOT NULL;",
 };
 
 static int exec(sqlite3 *db, const char *sql, char *errbuf, size_t errcap)
@@ -326,10 +370,19 @@ int store_db_open(struct store *s, char *errbuf, size_t errcap)
 
     if (prep(d->db,
              "INSERT INTO messages (received_ms, listener, peer, send_app, send_fac, control_id,"
-             " msg_type, \"trigger\", version, ack_code, raw, quarantined, reason)"
-             " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+             " msg_type, \"trigger\", version, ack_code, raw, quarantined, reason, row_count,"
+             " filtered)"
+             " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
              " ON CONFLICT DO NOTHING",
              &d->ins_msg, errbuf, errcap) < 0 ||
+        prep(d->db,
+             "INSERT INTO rejected (received_ms, listener, peer, send_app, send_fac, control_id,"
+             " msg_type, \"trigger\", version, ack_code, raw, reason, err_code, err_where)"
+             " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+             &d->ins_rej, errbuf, errcap) < 0 ||
+        prep(d->db,
+             "UPDATE messages SET dup_count = dup_count + 1, last_dup_ms = ?1 WHERE id = ?2",
+             &d->upd_dup, errbuf, errcap) < 0 ||
         prep(d->db,
              "SELECT id, ack_code FROM messages"
              " WHERE send_app = ?1 AND send_fac = ?2 AND control_id = ?3",
@@ -410,6 +463,9 @@ void store_db_close(struct store *s)
     sqlite3_finalize(d->purge_range);
     sqlite3_finalize(d->purge_mark);
     store_rt_release(s);
+    sqlite3_finalize(d->ins_rej);
+    sqlite3_finalize(d->upd_dup);
+    d->ins_rej = d->upd_dup = NULL;
     d->ins_msg = d->sel_dup = d->ins_row = d->begin = d->commit = d->rollback = d->purge = NULL;
     d->purge_pick = d->purge_range = d->purge_mark = NULL;
     if (d->db) {
@@ -532,6 +588,42 @@ static int insert_rows(struct store *s, const struct store_msg *m, int64_t msg_i
     return SQLITE_OK;
 }
 
+/* Keeps a message answered AE/AR in `rejected` (see migration 4). */
+static int insert_rejected(struct store *s, const struct store_msg *m, struct store_result *r)
+{
+    struct store_db *d = &s->wdb;
+    sqlite3_stmt *st = d->ins_rej;
+    sqlite3_bind_int64(st, 1, m->received_ms);
+    bind_text(st, 2, m, SF_LISTENER);
+    bind_text(st, 3, m, SF_PEER);
+    bind_text(st, 4, m, SF_SEND_APP);
+    bind_text(st, 5, m, SF_SEND_FAC);
+    if (m->span[SF_CONTROL_ID].len)
+        bind_text(st, 6, m, SF_CONTROL_ID);
+    else
+        sqlite3_bind_null(st, 6);
+    bind_text(st, 7, m, SF_MSG_TYPE);
+    bind_text(st, 8, m, SF_TRIGGER);
+    bind_text(st, 9, m, SF_VERSION);
+    sqlite3_bind_text(st, 10, m->ack_code, 2, SQLITE_STATIC);
+    if (m->span[SF_RAW].len)
+        sqlite3_bind_blob64(st, 11, store_msg_ptr(m, SF_RAW), m->span[SF_RAW].len,
+                            SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 11);
+    bind_text(st, 12, m, SF_REASON);
+    sqlite3_bind_int(st, 13, m->err_code);
+    bind_text(st, 14, m, SF_ERR_WHERE);
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE)
+        return rc;
+    r->status = STORE_STORED;
+    r->id = sqlite3_last_insert_rowid(d->db);
+    memcpy(r->ack_code, m->ack_code, 3);
+    return SQLITE_OK;
+}
+
 /* Inserts one message inside the open transaction.  A conflict on (app,
  * facility, control id) — with a committed message or one earlier in this
  * same transaction, which this connection already sees — makes it a
@@ -540,6 +632,9 @@ static int insert_one(struct store *s, const struct store_msg *m, struct store_r
                       int *dup)
 {
     struct store_db *d = &s->wdb;
+    *dup = 0;
+    if (m->rejected)
+        return insert_rejected(s, m, r);
     sqlite3_stmt *st = d->ins_msg;
     sqlite3_bind_int64(st, 1, m->received_ms);
     bind_text(st, 2, m, SF_LISTENER);
@@ -557,10 +652,12 @@ static int insert_one(struct store *s, const struct store_msg *m, struct store_r
     sqlite3_bind_blob64(st, 11, m->span[SF_RAW].len ? store_msg_ptr(m, SF_RAW) : (const void *)"",
                         m->span[SF_RAW].len, SQLITE_STATIC);
     sqlite3_bind_int(st, 12, m->quarantined);
-    if (m->quarantined)
+    if (m->quarantined || m->filtered)
         bind_text(st, 13, m, SF_REASON);
     else
         sqlite3_bind_null(st, 13);
+    sqlite3_bind_int64(st, 14, m->row_count);
+    sqlite3_bind_int(st, 15, m->filtered);
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc != SQLITE_DONE)
@@ -592,6 +689,14 @@ static int insert_one(struct store *s, const struct store_msg *m, struct store_r
         rc = SQLITE_INTERNAL; /* a conflict without the row it conflicted with */
     }
     sqlite3_reset(st);
+    if (rc == SQLITE_OK) {
+        /* For the browser's "duplicate" status: how often it was re-sent. */
+        sqlite3_bind_int64(d->upd_dup, 1, m->received_ms);
+        sqlite3_bind_int64(d->upd_dup, 2, r->id);
+        rc = sqlite3_step(d->upd_dup);
+        sqlite3_reset(d->upd_dup);
+        rc = rc == SQLITE_DONE ? SQLITE_OK : rc;
+    }
     return rc;
 }
 

@@ -12,7 +12,7 @@
 #include <stdatomic.h>
 
 /* Bumped whenever a migration is appended to store_db.c. */
-#define STORE_SCHEMA_VERSION      4
+#define STORE_SCHEMA_VERSION      5
 
 /* How long one BEGIN/COMMIT attempt waits for a lock held by another
  * connection (a CLI, a sink reader) and how long in total before the group
@@ -49,7 +49,7 @@ enum store_ckpt_state {
 /* Indexes into store_msg.span; each names a byte range of store_msg.data. */
 enum store_field {
     SF_RAW = 0, SF_LISTENER, SF_PEER, SF_SEND_APP, SF_SEND_FAC, SF_CONTROL_ID,
-    SF_MSG_TYPE, SF_TRIGGER, SF_VERSION, SF_ROWS, SF_REASON, SF_COUNT
+    SF_MSG_TYPE, SF_TRIGGER, SF_VERSION, SF_ROWS, SF_REASON, SF_ERR_WHERE, SF_COUNT
 };
 
 /* One allocation per message: the header followed by every byte it carries,
@@ -59,6 +59,9 @@ struct store_msg {
     int64_t received_ms;
     unsigned row_count;
     int quarantined;
+    int filtered;
+    int rejected;
+    int err_code;
     char ack_code[3];
     struct { size_t off, len; } span[SF_COUNT];
     uint8_t data[];
@@ -74,6 +77,7 @@ static inline const uint8_t *store_msg_ptr(const struct store_msg *m, enum store
 struct store_db {
     sqlite3 *db;
     sqlite3_stmt *ins_msg, *sel_dup, *ins_row, *begin, *commit, *rollback, *purge;
+    sqlite3_stmt *ins_rej, *upd_dup; /* rejected messages, duplicate counts */
     sqlite3_stmt *purge_pick, *purge_range, *purge_mark; /* retention over deliveries */
     struct store_busy busy;  /* its lock waits (store/sql.h) */
     sqlite3_stmt *rt[16];    /* store/retention.c's statements, prepared at first use */

@@ -231,7 +231,7 @@ static void test_store_and_read_back(void **state)
     assert_int_equal(sqlite3_step(st), SQLITE_DONE);
     sqlite3_finalize(st);
 
-    assert_int_equal(db_int(db, "SELECT MAX(version) FROM schema_version"), 4);
+    assert_int_equal(db_int(db, "SELECT MAX(version) FROM schema_version"), 5);
     sqlite3_stmt *jm = NULL;
     assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &jm, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_step(jm), SQLITE_ROW);
@@ -619,7 +619,7 @@ static void test_reopen_keeps_data(void **state)
     assert_int_equal(c.quarantined, 0);
 
     sqlite3 *db = open_db(fx);
-    assert_int_equal(db_int(db, "SELECT COUNT(*) FROM schema_version"), 4);
+    assert_int_equal(db_int(db, "SELECT COUNT(*) FROM schema_version"), 5);
     sqlite3_close(db);
 }
 
@@ -919,6 +919,77 @@ static void test_retention_kinds(void **state)
     store_close(s);
 }
 
+/* A message answered AE/AR is kept in `rejected` with its reason and ERR,
+ * never in `messages`: a corrected re-send with the same key is stored as
+ * new (not a duplicate), and re-sending the rejected one is kept again.
+ * Re-sends of an accepted message are counted on it.  Rejected messages
+ * older than their retention (store.retention.rejected) are purged whole. */
+static void test_rejected_kept_apart(void **state)
+{
+    struct fixture *fx = *state;
+    struct store_opts o = { .path = fx->path, .retention_days = 7, .use_keep = 1 };
+    for (int k = 0; k < STORE_KIND_N; k++)
+        o.keep_ms[k] = STORE_KEEP_FOREVER;
+    o.keep_ms[STORE_KIND_REJECTED] = 86400000;
+    char err[256];
+    struct store *s = store_open(&o, err, sizeof err);
+    assert_non_null(s);
+    const char *raw = "MSH|^~\\&|APP|FAC|HB|HB|20240101120000||ADT^A01|K1|P|2.5\r";
+    struct store_msg_fields f = {
+        .raw = (const uint8_t *)raw, .raw_len = strlen(raw),
+        .listener = "main", .peer = "10.0.0.7:40001",
+        .send_app = (const uint8_t *)"APP", .send_app_len = 3,
+        .send_fac = (const uint8_t *)"FAC", .send_fac_len = 3,
+        .control_id = (const uint8_t *)"K1", .control_id_len = 2,
+        .msg_type = (const uint8_t *)"ADT", .msg_type_len = 3,
+        .trigger = (const uint8_t *)"A01", .trigger_len = 3,
+        .version = (const uint8_t *)"2.5", .version_len = 3,
+        .ack_code = "AE", .received_ms = clock_wall_ms(),
+        .rejected = 1, .reason = "mandatory column 'patient_last_name' is empty",
+        .err_code = 101, .err_where = "PID^1^5",
+    };
+    struct store_msg *m = store_msg_new(&f);
+    assert_non_null(m);
+    assert_int_equal(store_submit(s, m, 1), 0);
+    m = store_msg_new(&f); /* the same rejected message again */
+    assert_non_null(m);
+    assert_int_equal(store_submit(s, m, 2), 0);
+    struct store_result r[4];
+    wait_results(s, r, 2);
+    assert_int_equal(r[0].status, STORE_STORED);
+    assert_int_equal(r[1].status, STORE_STORED);
+    /* The corrected re-send: stored, then re-sent once more (a duplicate). */
+    submit_simple(s, "K1", 3);
+    submit_simple(s, "K1", 4);
+    wait_results(s, r + 2, 2);
+    assert_int_equal(r[2].status, STORE_STORED);
+    assert_int_equal(r[3].status, STORE_DUPLICATE);
+
+    sqlite3 *db = open_db(fx);
+    assert_int_equal(db_int(db, "SELECT COUNT(*) FROM rejected WHERE control_id = 'K1'"
+                                " AND ack_code = 'AE' AND err_code = 101"
+                                " AND err_where = 'PID^1^5' AND raw IS NOT NULL"
+                                " AND reason LIKE 'mandatory column%'"), 2);
+    assert_int_equal(db_int(db, "SELECT COUNT(*) FROM messages WHERE control_id = 'K1'"), 1);
+    assert_int_equal(db_int(db, "SELECT dup_count FROM messages WHERE control_id = 'K1'"), 1);
+
+    /* Age one of them past the retention: only that one goes. */
+    char sql[160];
+    snprintf(sql, sizeof sql, "UPDATE rejected SET received_ms = %lld WHERE id = %lld",
+             (long long)(clock_wall_ms() - 2 * 86400000LL), (long long)r[0].id);
+    db_exec(db, sql);
+    store_request_housekeeping(s);
+    uint64_t deadline = clock_mono_ms() + 10000;
+    while (db_int(db, "SELECT COUNT(*) FROM rejected") != 1) {
+        assert_true(clock_mono_ms() < deadline);
+        sleep_ms(10);
+    }
+    snprintf(sql, sizeof sql, "SELECT COUNT(*) FROM rejected WHERE id = %lld", (long long)r[1].id);
+    assert_int_equal(db_int(db, sql), 1);
+    sqlite3_close(db);
+    store_close(s);
+}
+
 /* A store written by schema 2 (per-message delivered_ms, no deliveries
  * table) is upgraded in place at open: its delivered messages stay
  * delivered, retention still purges them, and new deliveries use ranges. */
@@ -935,6 +1006,16 @@ static void test_upgrade_from_schema_2(void **state)
 
     /* Turn it back into what schema 2 left on disk. */
     sqlite3 *db = open_db(fx);
+    db_exec(db, "DROP TABLE rejected; DROP INDEX messages_received;"
+                " DROP INDEX messages_control_id; DROP INDEX messages_type;"
+                " DROP INDEX messages_origin;"
+                " ALTER TABLE messages DROP COLUMN row_count;"
+                " ALTER TABLE messages DROP COLUMN filtered;"
+                " ALTER TABLE messages DROP COLUMN dup_count;"
+                " ALTER TABLE messages DROP COLUMN last_dup_ms;"
+                " ALTER TABLE messages DROP COLUMN made_by;"
+                " ALTER TABLE messages DROP COLUMN origin;"
+                " DELETE FROM schema_version WHERE version = 5");
     db_exec(db, "DROP VIEW message_delivery; DROP TABLE deliveries;"
                 " DROP INDEX batches_rows_purge; ALTER TABLE batches DROP COLUMN rows_purged;"
                 " DROP INDEX messages_quarantined; DROP INDEX messages_delivered;"
@@ -952,7 +1033,7 @@ static void test_upgrade_from_schema_2(void **state)
     s = open_store(fx, 0, 0, 7);
     store_request_housekeeping(s);
     db = open_db(fx);
-    assert_int_equal(db_int(db, "SELECT MAX(version) FROM schema_version"), 4);
+    assert_int_equal(db_int(db, "SELECT MAX(version) FROM schema_version"), 5);
     assert_int_equal(db_int(db, "SELECT COUNT(*) FROM message_delivery"
                                 " WHERE delivered_ms IS NOT NULL"), 2);
     uint64_t deadline = clock_mono_ms() + 10000;
@@ -1099,6 +1180,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_retention_kinds, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retention_ranges, setup, teardown),
         cmocka_unit_test_setup_teardown(test_upgrade_from_schema_2, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rejected_kept_apart, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_drains, setup, teardown),
         cmocka_unit_test_setup_teardown(test_eventfd_and_partial_take, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rows_blank_lines_and_no_trailing_newline, setup,
