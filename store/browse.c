@@ -187,17 +187,21 @@ static int where_clause(struct buf *q, const struct store_browse_filter *f, int 
     rc |= buf_append_str(q, " WHERE 1");
     if (f->control_id)
         rc |= buf_append_str(q, " AND m.control_id = ?1");
-    /* First component: "APP" itself or "APP^…" — two index ranges. */
+    /* First component: "APP" itself or "APP^…".  The unary + keeps the
+     * planner off the sender key: walking received_ms backwards and
+     * filtering stops at the LIMIT, where the key would find every
+     * message of the sender and sort them all (seconds on millions).
+     * Type alone likewise; type with trigger has its ordered index. */
     if (f->send_app)
-        rc |= buf_append_str(q, " AND (m.send_app = ?2 OR (m.send_app >= ?2 || '^'"
-                                " AND m.send_app < ?2 || '_'))");
+        rc |= buf_append_str(q, " AND (+m.send_app = ?2 OR (+m.send_app >= ?2 || '^'"
+                                " AND +m.send_app < ?2 || '_'))");
     if (f->send_fac)
-        rc |= buf_append_str(q, " AND (m.send_fac = ?3 OR (m.send_fac >= ?3 || '^'"
-                                " AND m.send_fac < ?3 || '_'))");
-    if (f->msg_type)
-        rc |= buf_append_str(q, " AND m.msg_type = ?4");
-    if (f->trigger)
-        rc |= buf_append_str(q, " AND m.\"trigger\" = ?5");
+        rc |= buf_append_str(q, " AND (+m.send_fac = ?3 OR (+m.send_fac >= ?3 || '^'"
+                                " AND +m.send_fac < ?3 || '_'))");
+    if (f->msg_type && f->trigger)
+        rc |= buf_append_str(q, " AND m.msg_type = ?4 AND m.\"trigger\" = ?5");
+    else if (f->msg_type)
+        rc |= buf_append_str(q, " AND +m.msg_type = ?4");
     if (f->since_ms)
         rc |= buf_append_str(q, " AND m.received_ms >= ?6");
     if (f->until_ms)
