@@ -193,11 +193,11 @@ static int where_clause(struct buf *q, const struct store_browse_filter *f, int 
      * message of the sender and sort them all (seconds on millions).
      * Type alone likewise; type with trigger has its ordered index. */
     if (f->send_app)
-        rc |= buf_append_str(q, " AND (+m.send_app = ?2 OR (+m.send_app >= ?2 || '^'"
-                                " AND +m.send_app < ?2 || '_'))");
+        rc |= buf_append_str(q, " AND (+m.send_app = ?2 OR (+m.send_app >= ?9"
+                                " AND +m.send_app < ?10))");
     if (f->send_fac)
-        rc |= buf_append_str(q, " AND (+m.send_fac = ?3 OR (+m.send_fac >= ?3 || '^'"
-                                " AND +m.send_fac < ?3 || '_'))");
+        rc |= buf_append_str(q, " AND (+m.send_fac = ?3 OR (+m.send_fac >= ?11"
+                                " AND +m.send_fac < ?12))");
     if (f->msg_type && f->trigger)
         rc |= buf_append_str(q, " AND m.msg_type = ?4 AND m.\"trigger\" = ?5");
     else if (f->msg_type)
@@ -237,14 +237,33 @@ static int where_clause(struct buf *q, const struct store_browse_filter *f, int 
     return rc ? -1 : 0;
 }
 
+/* Binds `s` followed by one byte: the bounds of "s^…" ('^' then '_'). */
+static void bind_suffixed(sqlite3_stmt *st, int i, const char *s, char c)
+{
+    size_t n = strlen(s);
+    char *p = sqlite3_malloc64(n + 2);
+    if (!p)
+        return; /* unbound is NULL: the range matches nothing, equality still works */
+    memcpy(p, s, n);
+    p[n] = c;
+    p[n + 1] = '\0';
+    sqlite3_bind_text(st, i, p, (int)(n + 1), sqlite3_free);
+}
+
 static void bind_filter(sqlite3_stmt *st, const struct store_browse_filter *f)
 {
     if (f->control_id)
         sqlite3_bind_text(st, 1, f->control_id, -1, SQLITE_STATIC);
-    if (f->send_app)
+    if (f->send_app) {
         sqlite3_bind_text(st, 2, f->send_app, -1, SQLITE_STATIC);
-    if (f->send_fac)
+        bind_suffixed(st, 9, f->send_app, '^');
+        bind_suffixed(st, 10, f->send_app, '_');
+    }
+    if (f->send_fac) {
         sqlite3_bind_text(st, 3, f->send_fac, -1, SQLITE_STATIC);
+        bind_suffixed(st, 11, f->send_fac, '^');
+        bind_suffixed(st, 12, f->send_fac, '_');
+    }
     if (f->msg_type)
         sqlite3_bind_text(st, 4, f->msg_type, -1, SQLITE_STATIC);
     if (f->trigger)
@@ -276,11 +295,60 @@ static sqlite3_stmt *prepare_search(struct store_browser *b, const struct store_
     return st;
 }
 
+/* 1 when some journal message has the filter's sender and type, 0 when
+ * none, -1 error: through the sender key (exact MSH-3/MSH-4 first, then
+ * MSH-3 values with components) and the type index, never a walk.  A search
+ * for a sender or type the store has never seen then answers at once
+ * instead of walking every message. */
+static int probe(struct store_browser *b, const struct store_browse_filter *f, const char *sql)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(b->db, sql, -1, &st, NULL) != SQLITE_OK)
+        return -1;
+    struct store_browse_filter g = *f;
+    g.control_id = NULL;
+    g.since_ms = g.until_ms = 0;
+    g.limit = 0;
+    g.trigger = NULL;
+    bind_filter(st, &g);
+    int s = sqlite3_step(st);
+    sqlite3_finalize(st);
+    return s == SQLITE_ROW ? 1 : s == SQLITE_DONE ? 0 : -1;
+}
+
+static int may_match(struct store_browser *b, const struct store_browse_filter *f)
+{
+    if (f->send_app) {
+        int r = probe(b, f, f->send_fac ? "SELECT 1 FROM messages WHERE send_app = ?2"
+                                          " AND send_fac = ?3 LIMIT 1"
+                                        : "SELECT 1 FROM messages WHERE send_app = ?2 LIMIT 1");
+        if (r == 0)
+            r = probe(b, f, f->send_fac ? "SELECT 1 FROM messages WHERE send_app >= ?9"
+                                          " AND send_app < ?10 AND (+send_fac = ?3 OR"
+                                          " (+send_fac >= ?11 AND +send_fac < ?12)) LIMIT 1"
+                                        : "SELECT 1 FROM messages WHERE send_app >= ?9"
+                                          " AND send_app < ?10 LIMIT 1");
+        if (r <= 0)
+            return r;
+    }
+    if (f->msg_type)
+        return probe(b, f, "SELECT 1 FROM messages WHERE msg_type = ?4 LIMIT 1");
+    return 1;
+}
+
 int store_browser_list(struct store_browser *b, const struct store_browse_filter *f,
                        int (*cb)(void *ud, const struct store_browse_entry *e), void *ud,
                        char *errbuf, size_t errcap)
 {
     int want_msg = f->status != STORE_BROWSE_REJECTED;
+    if (want_msg && !f->control_id) {
+        int mm = may_match(b, f);
+        if (mm < 0) {
+            snprintf(errbuf, errcap, "store: search: %s", sqlite3_errmsg(b->db));
+            return -1;
+        }
+        want_msg = mm;
+    }
     int want_rej = f->status == STORE_BROWSE_ANY || f->status == STORE_BROWSE_REJECTED;
     sqlite3_stmt *ms = NULL, *rs = NULL;
     int ret = -1;

@@ -242,7 +242,6 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
     "CREATE INDEX messages_received ON messages(received_ms);"
     "CREATE INDEX messages_control_id ON messages(control_id);"
     "CREATE INDEX messages_type ON messages(msg_type, \"trigger\", received_ms);"
-    "CREATE INDEX messages_quarantined ON messages(received_ms) WHERE quarantined = 1;"
     "CREATE INDEX messages_filtered ON messages(received_ms) WHERE filtered = 1;"
     "CREATE INDEX messages_duplicates ON messages(received_ms) WHERE dup_count > 0;"
     "CREATE INDEX messages_origin ON messages(origin) WHERE origin IS NOT NULL;",

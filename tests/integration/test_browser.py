@@ -31,7 +31,7 @@ def patient_msg(control_id, last="MARKERLAST", street="MARKERSTREET", app="TESTA
     pid = (f"PID|1||MARKERMRN^^^HOSP^MR||{last}^MARKERFIRST||19800101|F|||"
            f"{street}^^SPRINGFIELD^IL^62701")
     segs = [f"MSH|^~\\&|{app}|TESTFAC|HL7BRIDGE|HL7BRIDGE|20260301120000||ADT^A01|"
-            f"{control_id}|P|2.5", "EVN|A01|20260301120000", pid, "PV1|1|I"]
+            f"{control_id}|P|2.5", "EVN|A01|20260301120000|||HB01^CLERK^CARL", pid, "PV1|1|I"]
     return ("\r".join(segs) + "\r").encode("ascii")
 
 
