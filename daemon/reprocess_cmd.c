@@ -84,8 +84,15 @@ static int print_line(void *ud, const char *text)
 static int through_daemon(const char *sock, const struct reprocess_req *rq)
 {
     int fd = ctl_connect(sock);
-    if (fd < 0)
-        return errno == ENOENT || errno == ECONNREFUSED ? -2 : 1;
+    if (fd < 0) {
+        if (errno == ENOENT || errno == ECONNREFUSED)
+            return -2;
+        /* A daemon may run (EACCES: another user's socket): doing the
+         * work here could use other rules than it has loaded. */
+        fprintf(stderr, "hl7bridge reprocess: cannot reach the daemon on %s: %s\n", sock,
+                strerror(errno));
+        return 1;
+    }
     json_t *o = json_object();
     json_object_set_new(o, "cmd", json_string("reprocess"));
     if (rq->n_ids) {
