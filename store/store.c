@@ -483,6 +483,7 @@ void store_get_stats(const struct store *s, struct store_stats *out)
     out->failures = atomic_load_explicit(&s->st.failures, memory_order_relaxed);
     out->max_group_seen = atomic_load_explicit(&s->st.max_group_seen, memory_order_relaxed);
     out->commit_ns_total = atomic_load_explicit(&s->st.commit_ns_total, memory_order_relaxed);
+    out->rejected = atomic_load_explicit(&s->st.rejected, memory_order_relaxed);
     pthread_mutex_lock(s->rt_mu);
     out->retention = s->rt_report;
     pthread_mutex_unlock(s->rt_mu);

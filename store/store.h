@@ -159,6 +159,7 @@ struct store_retention_report {
 /* Writer figures since open (any thread; approximate). */
 struct store_stats {
     uint64_t commits, messages, duplicates, failures;
+    uint64_t rejected;           /* AE/AR messages kept (not counted in messages) */
     uint64_t max_group_seen;
     uint64_t commit_ns_total;
     struct store_retention_report retention;

@@ -714,11 +714,12 @@ static int write_range(struct store *s, size_t first, size_t n)
     int rc = step_retry(d->begin);
     if (rc != SQLITE_OK)
         return rc;
-    uint64_t dups = 0;
+    uint64_t dups = 0, rejected = 0;
     for (size_t i = first; i < first + n && rc == SQLITE_OK; i++) {
         int dup = 0;
         rc = insert_one(s, s->grp[i], &s->grp_res[i], &dup);
         dups += (uint64_t)dup;
+        rejected += (uint64_t)s->grp[i]->rejected;
     }
     if (rc == SQLITE_OK)
         rc = step_retry(d->commit);
@@ -728,7 +729,9 @@ static int write_range(struct store *s, size_t first, size_t n)
     }
     uint64_t ns = clock_mono_ns() - t0;
     atomic_fetch_add_explicit(&s->st.commits, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&s->st.messages, n - dups, memory_order_relaxed);
+    /* Kept rejected messages are not messages of the journal. */
+    atomic_fetch_add_explicit(&s->st.messages, n - dups - rejected, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->st.rejected, rejected, memory_order_relaxed);
     atomic_fetch_add_explicit(&s->st.duplicates, dups, memory_order_relaxed);
     atomic_fetch_add_explicit(&s->st.commit_ns_total, ns, memory_order_relaxed);
     if (n > atomic_load_explicit(&s->st.max_group_seen, memory_order_relaxed))

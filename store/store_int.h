@@ -147,6 +147,7 @@ struct store {
     struct {
         _Atomic uint64_t commits, messages, duplicates, failures;
         _Atomic uint64_t max_group_seen, commit_ns_total;
+        _Atomic uint64_t rejected;
     } st;
 };
 
