@@ -299,6 +299,23 @@ static int map_message(struct ingest *in, struct mapped *out, struct hl7_err *er
     }
 }
 
+/* The MSH facts of a store message, views into the frame. */
+static void header_fields(struct store_msg_fields *f, const struct hl7_header *h)
+{
+    f->send_app = h->send_app.p;
+    f->send_app_len = h->send_app.len;
+    f->send_fac = h->send_fac.p;
+    f->send_fac_len = h->send_fac.len;
+    f->control_id = h->control_id.p;
+    f->control_id_len = h->control_id.len;
+    f->msg_type = h->msg_type.p;
+    f->msg_type_len = h->msg_type.len;
+    f->trigger = h->trigger.p;
+    f->trigger_len = h->trigger.len;
+    f->version = h->version_id.p;
+    f->version_len = h->version_id.len;
+}
+
 /* Queues a parsed, valid message.  Returns 0, or -1 (nothing queued; the
  * caller answers AE). */
 static int submit(struct ingest *in, struct mllp_conn *c, uint64_t seq, const struct hl7_msg *m,
@@ -315,17 +332,12 @@ static int submit(struct ingest *in, struct mllp_conn *c, uint64_t seq, const st
         .raw = raw.p, .raw_len = raw.len,
         .listener = il->name,
         .peer = mllp_conn_peer(c),
-        .send_app = h->send_app.p, .send_app_len = h->send_app.len,
-        .send_fac = h->send_fac.p, .send_fac_len = h->send_fac.len,
-        .control_id = h->control_id.p, .control_id_len = h->control_id.len,
-        .msg_type = h->msg_type.p, .msg_type_len = h->msg_type.len,
-        .trigger = h->trigger.p, .trigger_len = h->trigger.len,
-        .version = h->version_id.p, .version_len = h->version_id.len,
         .ack_code = hl7_ack_code_name(code),
         .received_ms = clock_wall_ms(),
         .rows = mp->rows, .rows_len = mp->rows_len, .row_count = mp->row_count,
         .quarantined = mp->quarantined, .reason = mp->reason, .filtered = mp->filtered,
     };
+    header_fields(&f, h);
     struct store_msg *sm = store_msg_new(&f);
     if (!sm)
         return -1;
@@ -386,12 +398,6 @@ static void keep_rejected(struct ingest *in, struct mllp_conn *c, const struct i
         .raw = raw, .raw_len = raw_len,
         .listener = il ? il->name : "",
         .peer = c ? mllp_conn_peer(c) : "",
-        .send_app = h->send_app.p, .send_app_len = h->send_app.len,
-        .send_fac = h->send_fac.p, .send_fac_len = h->send_fac.len,
-        .control_id = h->control_id.p, .control_id_len = h->control_id.len,
-        .msg_type = h->msg_type.p, .msg_type_len = h->msg_type.len,
-        .trigger = h->trigger.p, .trigger_len = h->trigger.len,
-        .version = h->version_id.p, .version_len = h->version_id.len,
         .ack_code = hl7_ack_code_name(code),
         .received_ms = clock_wall_ms(),
         .rejected = 1,
@@ -399,6 +405,7 @@ static void keep_rejected(struct ingest *in, struct mllp_conn *c, const struct i
         .err_code = err ? err->code : 0,
         .err_where = where,
     };
+    header_fields(&f, h);
     struct store_msg *sm = store_msg_new(&f);
     if (!sm) {
         in->st.rejected_not_kept++;

@@ -71,10 +71,9 @@ int store_browse_status_parse(const char *s)
     " (SELECT MAX(r.id) FROM messages r WHERE r.origin = 'R' || m.id"                         \
     "  AND r.made_by = 'reprocess')"
 
-static void read_msg(sqlite3_stmt *st, struct store_browse_entry *e)
+/* Columns 1..10, the same in MSG_COLUMNS and REJ_COLUMNS. */
+static void read_common(sqlite3_stmt *st, struct store_browse_entry *e)
 {
-    memset(e, 0, sizeof *e);
-    snprintf(e->id, sizeof e->id, "%lld", (long long)sqlite3_column_int64(st, 0));
     e->received_ms = sqlite3_column_int64(st, 1);
     store_sql_text(st, 2, e->listener, sizeof e->listener);
     store_sql_text(st, 3, e->peer, sizeof e->peer);
@@ -85,6 +84,13 @@ static void read_msg(sqlite3_stmt *st, struct store_browse_entry *e)
     store_sql_text(st, 8, e->trigger, sizeof e->trigger);
     store_sql_text(st, 9, e->version, sizeof e->version);
     store_sql_text(st, 10, e->ack, sizeof e->ack);
+}
+
+static void read_msg(sqlite3_stmt *st, struct store_browse_entry *e)
+{
+    memset(e, 0, sizeof *e);
+    snprintf(e->id, sizeof e->id, "%lld", (long long)sqlite3_column_int64(st, 0));
+    read_common(st, e);
     int quarantined = sqlite3_column_int(st, 11);
     int filtered = sqlite3_column_int(st, 12);
     store_sql_text(st, 13, e->reason, sizeof e->reason);
@@ -107,16 +113,7 @@ static void read_rej(sqlite3_stmt *st, struct store_browse_entry *e)
 {
     memset(e, 0, sizeof *e);
     snprintf(e->id, sizeof e->id, "R%lld", (long long)sqlite3_column_int64(st, 0));
-    e->received_ms = sqlite3_column_int64(st, 1);
-    store_sql_text(st, 2, e->listener, sizeof e->listener);
-    store_sql_text(st, 3, e->peer, sizeof e->peer);
-    store_sql_text(st, 4, e->send_app, sizeof e->send_app);
-    store_sql_text(st, 5, e->send_fac, sizeof e->send_fac);
-    store_sql_text(st, 6, e->control_id, sizeof e->control_id);
-    store_sql_text(st, 7, e->msg_type, sizeof e->msg_type);
-    store_sql_text(st, 8, e->trigger, sizeof e->trigger);
-    store_sql_text(st, 9, e->version, sizeof e->version);
-    store_sql_text(st, 10, e->ack, sizeof e->ack);
+    read_common(st, e);
     store_sql_text(st, 11, e->reason, sizeof e->reason);
     e->err_code = sqlite3_column_int(st, 12);
     store_sql_text(st, 13, e->err_where, sizeof e->err_where);

@@ -593,11 +593,10 @@ static int insert_rows(struct store *s, const struct store_msg *m, int64_t msg_i
     return SQLITE_OK;
 }
 
-/* Keeps a message answered AE/AR in `rejected` (see migration 4). */
-static int insert_rejected(struct store *s, const struct store_msg *m, struct store_result *r)
+/* Parameters 1..10 of both message inserts: received, listener, peer,
+ * sender, control id (NULL when empty), type, trigger, version, ACK. */
+static void bind_meta(sqlite3_stmt *st, const struct store_msg *m)
 {
-    struct store_db *d = &s->wdb;
-    sqlite3_stmt *st = d->ins_rej;
     sqlite3_bind_int64(st, 1, m->received_ms);
     bind_text(st, 2, m, SF_LISTENER);
     bind_text(st, 3, m, SF_PEER);
@@ -611,6 +610,14 @@ static int insert_rejected(struct store *s, const struct store_msg *m, struct st
     bind_text(st, 8, m, SF_TRIGGER);
     bind_text(st, 9, m, SF_VERSION);
     sqlite3_bind_text(st, 10, m->ack_code, 2, SQLITE_STATIC);
+}
+
+/* Keeps a message answered AE/AR in `rejected` (see migration 5). */
+static int insert_rejected(struct store *s, const struct store_msg *m, struct store_result *r)
+{
+    struct store_db *d = &s->wdb;
+    sqlite3_stmt *st = d->ins_rej;
+    bind_meta(st, m);
     if (m->span[SF_RAW].len)
         sqlite3_bind_blob64(st, 11, store_msg_ptr(m, SF_RAW), m->span[SF_RAW].len,
                             SQLITE_STATIC);
@@ -641,19 +648,7 @@ static int insert_one(struct store *s, const struct store_msg *m, struct store_r
     if (m->rejected)
         return insert_rejected(s, m, r);
     sqlite3_stmt *st = d->ins_msg;
-    sqlite3_bind_int64(st, 1, m->received_ms);
-    bind_text(st, 2, m, SF_LISTENER);
-    bind_text(st, 3, m, SF_PEER);
-    bind_text(st, 4, m, SF_SEND_APP);
-    bind_text(st, 5, m, SF_SEND_FAC);
-    if (m->span[SF_CONTROL_ID].len)
-        bind_text(st, 6, m, SF_CONTROL_ID);
-    else
-        sqlite3_bind_null(st, 6);
-    bind_text(st, 7, m, SF_MSG_TYPE);
-    bind_text(st, 8, m, SF_TRIGGER);
-    bind_text(st, 9, m, SF_VERSION);
-    sqlite3_bind_text(st, 10, m->ack_code, 2, SQLITE_STATIC);
+    bind_meta(st, m);
     sqlite3_bind_blob64(st, 11, m->span[SF_RAW].len ? store_msg_ptr(m, SF_RAW) : (const void *)"",
                         m->span[SF_RAW].len, SQLITE_STATIC);
     sqlite3_bind_int(st, 12, m->quarantined);
