@@ -152,7 +152,7 @@ struct store_browser *store_browser_open(const char *path, int writable, char *e
     int ok = sqlite3_prepare_v2(b->db,
                                 "SELECT COALESCE(MAX(version), 0) FROM schema_version", -1, &st,
                                 NULL) == SQLITE_OK &&
-             sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 0) >= 4;
+             sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 0) >= 5;
     sqlite3_finalize(st);
     if (!ok) {
         snprintf(errbuf, errcap,
@@ -178,27 +178,34 @@ void store_browser_close(struct store_browser *b)
 
 /* Appends the filter's conditions; parameters are numbered ?1.. in the
  * fixed order bind_filter uses. */
-static int where_clause(struct buf *q, const struct store_browse_filter *f, int rejected)
+static int where_clause(struct buf *q, const struct store_browse_filter *f, int rejected,
+                        const char *ids, int64_t id_lo, int64_t id_hi)
 {
     int rc = 0;
     rc |= buf_append_str(q, " WHERE 1");
     if (f->control_id)
         rc |= buf_append_str(q, " AND m.control_id = ?1");
+    if (!rejected && ids && ids[0])
+        rc |= buf_append_str(q, " AND m.id IN (") | buf_append_str(q, ids) |
+              buf_append_str(q, ")");
+    if (!rejected && id_lo)
+        rc |= buf_append_str(q, " AND m.id >= ?13");
+    if (!rejected && id_hi)
+        rc |= buf_append_str(q, " AND m.id < ?14");
     /* First component: "APP" itself or "APP^…".  The unary + keeps the
-     * planner off the sender key: walking received_ms backwards and
+     * planner off the sender key: walking the journal backwards and
      * filtering stops at the LIMIT, where the key would find every
-     * message of the sender and sort them all (seconds on millions).
-     * Type alone likewise; type with trigger has its ordered index. */
+     * message of the sender and sort them all (seconds on millions). */
     if (f->send_app)
         rc |= buf_append_str(q, " AND (+m.send_app = ?2 OR (+m.send_app >= ?9"
                                 " AND +m.send_app < ?10))");
     if (f->send_fac)
         rc |= buf_append_str(q, " AND (+m.send_fac = ?3 OR (+m.send_fac >= ?11"
                                 " AND +m.send_fac < ?12))");
-    if (f->msg_type && f->trigger)
-        rc |= buf_append_str(q, " AND m.msg_type = ?4 AND m.\"trigger\" = ?5");
-    else if (f->msg_type)
+    if (f->msg_type)
         rc |= buf_append_str(q, " AND +m.msg_type = ?4");
+    if (f->msg_type && f->trigger)
+        rc |= buf_append_str(q, " AND +m.\"trigger\" = ?5");
     if (f->since_ms)
         rc |= buf_append_str(q, " AND m.received_ms >= ?6");
     if (f->until_ms)
@@ -228,7 +235,13 @@ static int where_clause(struct buf *q, const struct store_browse_filter *f, int 
             break;
         }
     }
-    rc |= buf_append_str(q, " ORDER BY m.received_ms DESC, m.id DESC");
+    /* Journal ids follow arrival, so newest first is the rowid order (no
+     * index on the hot path); the rare statuses have partial indexes in
+     * received order, and `rejected` its received_ms index. */
+    int by_time = rejected || f->status == STORE_BROWSE_QUARANTINED ||
+                  f->status == STORE_BROWSE_FILTERED || f->status == STORE_BROWSE_DUPLICATE;
+    rc |= buf_append_str(q, by_time ? " ORDER BY m.received_ms DESC, m.id DESC"
+                                    : " ORDER BY m.id DESC");
     if (f->limit)
         rc |= buf_append_str(q, " LIMIT ?8");
     return rc ? -1 : 0;
@@ -274,17 +287,21 @@ static void bind_filter(sqlite3_stmt *st, const struct store_browse_filter *f)
 }
 
 static sqlite3_stmt *prepare_search(struct store_browser *b, const struct store_browse_filter *f,
-                                    int rejected)
+                                    int rejected, const char *ids, int64_t id_lo, int64_t id_hi)
 {
     struct buf q;
-    buf_init(&q, 8192);
+    buf_init(&q, 64 * 1024);
     sqlite3_stmt *st = NULL;
     if (buf_append_str(&q, rejected ? "SELECT " REJ_COLUMNS " FROM rejected m"
                                     : "SELECT " MSG_COLUMNS " FROM messages m") == 0 &&
-        where_clause(&q, f, rejected) == 0 && buf_append(&q, "", 1) == 0 &&
-        sqlite3_prepare_v2(b->db, (const char *)buf_data(&q), -1, &st, NULL) == SQLITE_OK)
+        where_clause(&q, f, rejected, ids, id_lo, id_hi) == 0 && buf_append(&q, "", 1) == 0 &&
+        sqlite3_prepare_v2(b->db, (const char *)buf_data(&q), -1, &st, NULL) == SQLITE_OK) {
         bind_filter(st, f);
-    else {
+        if (!rejected && id_lo)
+            sqlite3_bind_int64(st, 13, id_lo);
+        if (!rejected && id_hi)
+            sqlite3_bind_int64(st, 14, id_hi);
+    } else {
         sqlite3_finalize(st);
         st = NULL;
     }
@@ -292,11 +309,122 @@ static sqlite3_stmt *prepare_search(struct store_browser *b, const struct store_
     return st;
 }
 
-/* 1 when some journal message has the filter's sender and type, 0 when
- * none, -1 error: through the sender key (exact MSH-3/MSH-4 first, then
- * MSH-3 values with components) and the type index, never a walk.  A search
- * for a sender or type the store has never seen then answers at once
- * instead of walking every message. */
+/* ---- searches without an index on the hot path ---------------------------
+ * The journal has no index of its own for control ids or times (each would
+ * cost every ingest commit): a control id is found through the sender key
+ * (send_app, send_fac, control_id), one lookup per sender, the senders
+ * enumerated on the same key by skipping from one to the next; a time
+ * bound becomes an id bound by bisection, since ids follow arrival (the
+ * exact received_ms condition stays in the query, so a wall-clock step
+ * back can only cost a message at the boundary, never add a wrong one). */
+
+#define BROWSE_MAX_SENDERS 10000
+#define BROWSE_MAX_IDS     1000
+
+/* Ids of journal messages with this control id, as "1,2,3" in `out`
+ * (empty: none).  0 / -1. */
+static int control_id_ids(struct store_browser *b, const char *cid, struct buf *out)
+{
+    sqlite3_stmt *first = NULL, *next_fac = NULL, *next_app = NULL, *look = NULL;
+    int ret = -1;
+    /* The next sender after (a, f): the next facility of a, else the first
+     * of the next application — two seeks on the key (a row-value range
+     * seeks on the application only and scans its facilities). */
+    if (sqlite3_prepare_v2(b->db, "SELECT send_app, send_fac FROM messages"
+                                  " ORDER BY send_app, send_fac LIMIT 1", -1, &first, NULL) ||
+        sqlite3_prepare_v2(b->db, "SELECT send_app, send_fac FROM messages WHERE send_app = ?1"
+                                  " AND send_fac > ?2 ORDER BY send_fac LIMIT 1", -1, &next_fac,
+                           NULL) ||
+        sqlite3_prepare_v2(b->db, "SELECT send_app, send_fac FROM messages WHERE send_app > ?1"
+                                  " ORDER BY send_app, send_fac LIMIT 1", -1, &next_app, NULL) ||
+        sqlite3_prepare_v2(b->db, "SELECT id FROM messages WHERE send_app = ?1"
+                                  " AND send_fac = ?2 AND control_id = ?3", -1, &look, NULL))
+        goto out;
+    sqlite3_stmt *cur = first;
+    size_t n_ids = 0;
+    for (unsigned k = 0; k < BROWSE_MAX_SENDERS; k++) {
+        int rc = sqlite3_step(cur);
+        if (rc == SQLITE_DONE && cur == next_fac) {
+            sqlite3_reset(cur);
+            cur = next_app;
+            rc = sqlite3_step(cur);
+        }
+        if (rc == SQLITE_DONE)
+            break;
+        if (rc != SQLITE_ROW)
+            goto out;
+        /* Copies: the next step of `cur` invalidates its columns. */
+        char app[512], fac[512];
+        store_sql_text(cur, 0, app, sizeof app);
+        store_sql_text(cur, 1, fac, sizeof fac);
+        sqlite3_reset(cur);
+        sqlite3_bind_text(look, 1, app, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(look, 2, fac, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(look, 3, cid, -1, SQLITE_STATIC);
+        while ((rc = sqlite3_step(look)) == SQLITE_ROW && n_ids < BROWSE_MAX_IDS) {
+            char num[24];
+            snprintf(num, sizeof num, "%s%lld", n_ids ? "," : "",
+                     (long long)sqlite3_column_int64(look, 0));
+            if (buf_append_str(out, num) != 0)
+                goto out;
+            n_ids++;
+        }
+        sqlite3_reset(look);
+        sqlite3_bind_text(next_fac, 1, app, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(next_fac, 2, fac, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(next_app, 1, app, -1, SQLITE_TRANSIENT);
+        cur = next_fac;
+    }
+    ret = buf_append(out, "", 1); /* terminate */
+out:
+    sqlite3_finalize(first);
+    sqlite3_finalize(next_fac);
+    sqlite3_finalize(next_app);
+    sqlite3_finalize(look);
+    return ret;
+}
+
+/* The smallest journal id whose received_ms is >= t (one past the last id
+ * when none): bisection over ids.  -1 on error. */
+static int64_t id_at_time(struct store_browser *b, int64_t t)
+{
+    sqlite3_stmt *st = NULL, *mx = NULL;
+    int64_t lo = 1, hi = 0, ret = -1;
+    if (sqlite3_prepare_v2(b->db, "SELECT COALESCE(MAX(id), 0) FROM messages", -1, &mx, NULL) ||
+        sqlite3_step(mx) != SQLITE_ROW)
+        goto out;
+    hi = sqlite3_column_int64(mx, 0) + 1; /* answer in [lo, hi] */
+    if (sqlite3_prepare_v2(b->db, "SELECT id, received_ms FROM messages WHERE id >= ?1"
+                                  " ORDER BY id LIMIT 1", -1, &st, NULL))
+        goto out;
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        sqlite3_bind_int64(st, 1, mid);
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_DONE) {
+            hi = mid;
+        } else if (rc == SQLITE_ROW) {
+            int64_t id = sqlite3_column_int64(st, 0);
+            if (sqlite3_column_int64(st, 1) >= t)
+                hi = mid;           /* the first one at or after t is at or before id */
+            else
+                lo = id + 1;
+        } else {
+            goto out;
+        }
+        sqlite3_reset(st);
+    }
+    ret = lo;
+out:
+    sqlite3_finalize(st);
+    sqlite3_finalize(mx);
+    return ret;
+}
+
+/* 1 when some journal message has the filter's sender, 0 when none, -1
+ * error: through the sender key (exact MSH-3/MSH-4 first, then MSH-3
+ * values with components), never a walk.  A search for a sender the store
+ * has never seen then answers at once instead of walking every message. */
 static int probe(struct store_browser *b, const struct store_browse_filter *f, const char *sql)
 {
     sqlite3_stmt *st = NULL;
@@ -328,8 +456,6 @@ static int may_match(struct store_browser *b, const struct store_browse_filter *
         if (r <= 0)
             return r;
     }
-    if (f->msg_type)
-        return probe(b, f, "SELECT 1 FROM messages WHERE msg_type = ?4 LIMIT 1");
     return 1;
 }
 
@@ -349,8 +475,27 @@ int store_browser_list(struct store_browser *b, const struct store_browse_filter
     int want_rej = f->status == STORE_BROWSE_ANY || f->status == STORE_BROWSE_REJECTED;
     sqlite3_stmt *ms = NULL, *rs = NULL;
     int ret = -1;
-    if ((want_msg && !(ms = prepare_search(b, f, 0))) ||
-        (want_rej && !(rs = prepare_search(b, f, 1)))) {
+    struct buf ids;
+    buf_init(&ids, 32 * 1024);
+    int64_t id_lo = 0, id_hi = 0;
+    if (want_msg && f->control_id) {
+        if (control_id_ids(b, f->control_id, &ids) != 0) {
+            snprintf(errbuf, errcap, "store: search: %s", sqlite3_errmsg(b->db));
+            goto out;
+        }
+        want_msg = ids.len > 1;
+    }
+    if (want_msg && f->since_ms && (id_lo = id_at_time(b, f->since_ms)) < 0) {
+        snprintf(errbuf, errcap, "store: search: %s", sqlite3_errmsg(b->db));
+        goto out;
+    }
+    if (want_msg && f->until_ms && (id_hi = id_at_time(b, f->until_ms)) < 0) {
+        snprintf(errbuf, errcap, "store: search: %s", sqlite3_errmsg(b->db));
+        goto out;
+    }
+    if ((want_msg && !(ms = prepare_search(b, f, 0, ids.len ? (const char *)buf_data(&ids) : NULL,
+                                           id_lo, id_hi))) ||
+        (want_rej && !(rs = prepare_search(b, f, 1, NULL, 0, 0)))) {
         snprintf(errbuf, errcap, "store: search: %s", sqlite3_errmsg(b->db));
         goto out;
     }
@@ -387,6 +532,7 @@ int store_browser_list(struct store_browser *b, const struct store_browse_filter
 out:
     sqlite3_finalize(ms);
     sqlite3_finalize(rs);
+    buf_release(&ids);
     return ret;
 }
 
