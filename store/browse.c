@@ -370,6 +370,8 @@ static int control_id_ids(struct store_browser *b, const char *cid, struct buf *
             n_ids++;
         }
         sqlite3_reset(look);
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+            goto out;
         sqlite3_bind_text(next_fac, 1, app, -1, SQLITE_TRANSIENT);
         sqlite3_bind_text(next_fac, 2, fac, -1, SQLITE_TRANSIENT);
         sqlite3_bind_text(next_app, 1, app, -1, SQLITE_TRANSIENT);
