@@ -18,6 +18,9 @@ static void usage(FILE *out)
             "  map [-c FILE] FILE...   print the connector rows the rules make of messages\n"
             "  redrive [-c FILE] BATCH-ID|--all-failed\n"
             "                          re-queue failed audit blocks for upload\n"
+            "  upload [-c FILE] DATAFILE...\n"
+            "                          check prepared connector files and send them in blocks\n"
+            "                          (a rerun sends only blocks not yet delivered)\n"
             "  stats [-c FILE]         ACK statistics of the running daemon (or the store's\n"
             "                          daily totals when it is not running)\n"
             "  messages [-c FILE] [--status S] [--control-id ID] ...\n"
@@ -74,6 +77,8 @@ int main(int argc, char **argv)
         return cmd_show(argc - 1, argv + 1);
     if (strcmp(cmd, "reprocess") == 0)
         return cmd_reprocess(argc - 1, argv + 1);
+    if (strcmp(cmd, "upload") == 0)
+        return cmd_upload(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         printf("hl7bridge %s\n", HL7BRIDGE_VERSION);
         return 0;

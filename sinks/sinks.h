@@ -104,6 +104,32 @@ void sink_audit_get_stats(const struct sink_audit *s, struct sink_audit_stats *o
  * thread.  The daemon answers AE ("sink backlog full") above its limit. */
 uint64_t sink_audit_pending_rows(const struct sink_audit *s);
 
+/* ---- push: one block at a time, waiting for the answer (sinks/push.c) ----
+ * `hl7bridge upload` and the inputs.files watcher send prepared connector
+ * files with it: the same token, request and answer handling as the sink
+ * thread, but blocking, for one caller thread. */
+#define SINK_PUSH_ATTEMPTS 8   /* attempts of one block before giving up (for now) */
+
+struct sink_push; /* opaque */
+enum push_result {
+    SINK_PUSH_DELIVERED = 0,   /* 2xx (or the file written) */
+    SINK_PUSH_REFUSED,         /* a 4xx other than 401/408/429: failed, until fixed */
+    SINK_PUSH_GAVE_UP,         /* transport errors, 5xx, 429 … still after every attempt */
+};
+/* Copies what it keeps of `o` (kind, directory, credentials, URLs, ca_file,
+ * timeout, retry tuning).  attempts 0 → SINK_PUSH_ATTEMPTS.  NULL with err. */
+struct sink_push *sink_push_new(const struct sink_audit_opts *o, unsigned attempts, char *err,
+                                size_t errcap);
+void sink_push_free(struct sink_push *p); /* NULL is a no-op; wipes the secret and token */
+/* Sends `content` (the whole file text: header and rows) as one block
+ * named file_name.  *status gets the last HTTP status (0: none); err the
+ * reason when not delivered (never the secret). */
+enum push_result sink_push_block(struct sink_push *p, const char *file_name,
+                                 const uint8_t *content, size_t len, int *status, char *err,
+                                 size_t errcap) __attribute__((warn_unused_result));
+/* Tokens obtained so far (the cache at work). */
+uint64_t sink_push_tokens(const struct sink_push *p);
+
 /* ---- helpers (exposed for tests) ---------------------------------------- */
 
 /* The default token and upload URLs of a cloud (token URL with the tenant

@@ -457,6 +457,37 @@ int store_daily_query(const char *path, const char *from_day,
                       char *errbuf, size_t errcap) __attribute__((warn_unused_result));
 /* ==== end of daily totals ================================================= */
 
+/* ==== upload checkpoints (store/upload.c) =================================
+ * Which blocks of a prepared connector file (`hl7bridge upload`, the
+ * inputs.files watcher) the connector accepted: a file is known by the
+ * SHA-256 of its content, its block size fixed at the first run.  Own
+ * tables, own connection; one thread at a time.  No row content is kept. */
+struct store_upload; /* opaque */
+struct store_upload_file {
+    int64_t id;
+    uint64_t block_rows, blocks; /* as fixed at the first run */
+    uint64_t blocks_done;
+    int64_t done_ms;             /* every block delivered; 0: not yet */
+};
+/* Opens (creating the file and tables if needed).  NULL with err. */
+struct store_upload *store_upload_open(const char *path, char *err, size_t errcap);
+void store_upload_close(struct store_upload *u); /* NULL is a no-op */
+const char *store_upload_errmsg(const struct store_upload *u);
+/* Finds the file's checkpoint by digest or creates it.  0 / -1. */
+int store_upload_begin(struct store_upload *u, const char *digest, const char *name,
+                       uint64_t bytes, uint64_t rows, uint64_t block_rows, int64_t now_ms,
+                       struct store_upload_file *out) __attribute__((warn_unused_result));
+/* 1 when block `seq` (0-based) was delivered, 0 when not, -1 on error. */
+int store_upload_block_done(struct store_upload *u, int64_t id, uint64_t seq)
+    __attribute__((warn_unused_result));
+/* Records a block's outcome durably (done, or failed with status/error). */
+int store_upload_block_set(struct store_upload *u, int64_t id, uint64_t seq, int done, int status,
+                           const char *error, int64_t now_ms) __attribute__((warn_unused_result));
+/* Every block delivered. */
+int store_upload_finish(struct store_upload *u, int64_t id, int64_t now_ms)
+    __attribute__((warn_unused_result));
+/* ==== end of upload checkpoints =========================================== */
+
 /* ==== SMS schedule (store/sms.c) ==========================================
  *
  * The SMS sink's own tables, created with CREATE TABLE IF NOT EXISTS on its

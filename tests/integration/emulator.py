@@ -96,6 +96,8 @@ class Emulator:
         self.token_faults = []          # consumed one per token request
         self.sticky_fault = None        # applied to every upload while set
         self.slow_s = 0.0               # delay before answering every upload
+        self.hanging = threading.Event()  # set while an upload is held by a "hang" fault
+        self.release = threading.Event()  # lets the held upload go (closed, never accepted)
         self.server = None
         self.thread = None
         self.first_accept = None
@@ -384,6 +386,12 @@ def _make_handler(emu):
             fault = emu.next_fault("token" if is_token else "upload")
             if fault:
                 if fault == "reset":
+                    return self._reset()
+                if fault == "hang":
+                    # Read, never accepted: held until released (the
+                    # client is killed meanwhile), then cut.
+                    emu.hanging.set()
+                    emu.release.wait(60)
                     return self._reset()
                 if fault.startswith("slow:"):
                     time.sleep(float(fault[5:]))
