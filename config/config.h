@@ -89,6 +89,15 @@ struct config_written_path {
     char *written;
 };
 
+/* One watched directory of inputs.files: prepared connector files dropped
+ * there are checked and sent like `hl7bridge upload`, then moved. */
+struct config_input_file {
+    char *directory;          /* required; watched (not recursively) */
+    char *pattern;            /* file names to take (fnmatch), default "*.txt" */
+    char *done_directory;     /* required; delivered files are moved here */
+    unsigned min_age_s;       /* untouched this long before it is taken, default 10 */
+};
+
 struct config {
     char *path;                         /* the file it was read from */
     char *base_dir;                     /* absolute directory of `path` that relative
@@ -211,6 +220,11 @@ struct config {
             unsigned sink_failing_s;    /* a sink failing this long, default 10m */
         } thresholds;
     } metrics;
+    struct {
+        struct config_input_file *files; /* none by default */
+        size_t n_files;
+        unsigned poll_s;                 /* how often the directories are looked at, default 5 */
+    } inputs;
 };
 
 /* Collected errors, each "file:line:column: message" (owned strings). */

@@ -668,6 +668,30 @@ static void validate_root(struct cfg_walk *w, void *base, const char *path,
     }
 }
 
+/* ---- inputs ------------------------------------------------------------- */
+
+#define IOFF(f) offsetof(struct config_input_file, f)
+static const struct cfg_key input_file_keys[] = {
+    {.name = "directory", .type = CT_STR, .off = IOFF(directory), .flags = CK_REQUIRED | CK_PATH,
+     .check = check_nonempty},
+    {.name = "pattern", .type = CT_STR, .off = IOFF(pattern), .def = "*.txt",
+     .check = check_nonempty},
+    {.name = "done_directory", .type = CT_STR, .off = IOFF(done_directory),
+     .flags = CK_REQUIRED | CK_PATH, .check = check_nonempty},
+    {.name = "min_age_s", .type = CT_UINT, .off = IOFF(min_age_s), .min = 0, .max = 86400,
+     .def = "10"},
+};
+static const struct cfg_section input_file_sec = {
+    input_file_keys, NKEYS(input_file_keys), sizeof(struct config_input_file), NULL, NULL,
+};
+static const struct cfg_key inputs_keys[] = {
+    {.name = "files", .type = CT_SECTIONS, .off = OFF(inputs.files), .off2 = OFF(inputs.n_files),
+     .min_n = 0, .max_n = 16, .sub = &input_file_sec},
+    {.name = "poll_s", .type = CT_UINT, .off = OFF(inputs.poll_s), .min = 1, .max = 3600,
+     .def = "5"},
+};
+static const struct cfg_section inputs_sec = {inputs_keys, NKEYS(inputs_keys), 0, NULL, NULL};
+
 static const struct cfg_key root_keys[] = {
     {.name = "user", .type = CT_STR, .off = OFF(user), .check = check_nonempty},
     {.name = "listen", .type = CT_SECTIONS, .off = OFF(listeners), .off2 = OFF(n_listeners),
@@ -678,6 +702,7 @@ static const struct cfg_key root_keys[] = {
     {.name = "mapping", .type = CT_SECTION, .sub = &mapping_sec},
     {.name = "sinks", .type = CT_SECTION, .sub = &sinks_sec},
     {.name = "metrics", .type = CT_SECTION, .sub = &metrics_sec},
+    {.name = "inputs", .type = CT_SECTION, .sub = &inputs_sec},
 };
 
 const struct cfg_section cfg_root = {root_keys, NKEYS(root_keys), 0, validate_root, NULL};

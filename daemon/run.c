@@ -12,6 +12,7 @@
 #include "daemon/privs.h"
 #include "daemon/rules.h"
 #include "daemon/sink_glue.h"
+#include "daemon/watch.h"
 #include "config/config.h"
 #include "core/clock.h"
 #include "core/limits.h"
@@ -255,6 +256,7 @@ int cmd_run(int argc, char **argv)
     struct http_monitor *mon = NULL;
     struct ctl_server *ctl = NULL;
     struct mapping *mp_own = mp; /* until the live holder takes it */
+    struct input_watch *inputs = NULL;
     struct ingest_listener *ils = calloc(cfg->n_listeners, sizeof *ils);
     struct mllp_tls_opts tlsopts[HB_MAX_LISTENERS];
     memset(tlsopts, 0, sizeof tlsopts);
@@ -361,6 +363,12 @@ int cmd_run(int argc, char **argv)
         log_error("startup_failed", "reason=\"%s\"", sms_rules ? err : "sms: mapping rules");
         goto out;
     }
+    /* inputs.files: prepared connector files dropped into a directory. */
+    inputs = input_watch_start(cfg, err, sizeof err);
+    if (!inputs && err[0]) {
+        log_error("startup_failed", "reason=\"%s\"", err);
+        goto out;
+    }
     /* Metrics, /status and the page; metrics.enabled false: no counting. */
     if (cfg->metrics.enabled) {
         mon = http_monitor_new(r.loop, r.ingest, st, cfg, err, sizeof err);
@@ -406,6 +414,7 @@ out:
     ingest_free(r.ingest);
     rules_live_free(r.live);
     mapping_free(mp_own);
+    input_watch_stop(inputs);
     sink_audit_stop(audit);
     sink_sms_stop(sms);
     mapping_free(sms_rules);

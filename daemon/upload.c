@@ -516,6 +516,11 @@ struct upload *upload_new(const struct config *cfg, const struct mapping *mp, FI
     return u;
 }
 
+void upload_set_stop(struct upload *u, const atomic_int *stop)
+{
+    sink_push_set_stop(u->push, stop);
+}
+
 void upload_free(struct upload *u)
 {
     if (!u)

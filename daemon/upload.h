@@ -4,6 +4,7 @@
 #ifndef DAEMON_UPLOAD_H
 #define DAEMON_UPLOAD_H
 
+#include <stdatomic.h>
 #include <stdio.h>
 
 #include "config/config.h"
@@ -23,6 +24,8 @@ enum upload_result {
 struct upload *upload_new(const struct config *cfg, const struct mapping *mp, FILE *out, FILE *err,
                           char *why, size_t whycap);
 void upload_free(struct upload *u); /* NULL is a no-op */
+/* Stops a running upload_file from another thread (see sink_push_set_stop). */
+void upload_set_stop(struct upload *u, const atomic_int *stop);
 /* Checks and sends one file (enum upload_result). */
 int upload_file(struct upload *u, const char *path);
 

@@ -18,6 +18,7 @@
 #include "core/log.h"
 
 #include <curl/curl.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +36,7 @@ struct sink_push {
     unsigned timeout_s, retry_base_ms, retry_max_ms, attempts;
     char *token;
     int64_t token_renew_ms;          /* wall clock */
+    const atomic_int *stop;          /* non-zero: abandon the transfer and the waits */
     uint64_t tokens;                 /* obtained */
     struct buf body, form, resp;  /* block request, token request, answer */
 };
@@ -175,6 +177,21 @@ static size_t on_header(char *d, size_t size, size_t n, void *ud)
     return len;
 }
 
+static int on_progress(void *ud, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
+{
+    (void)dt;
+    (void)dn;
+    (void)ut;
+    (void)un;
+    const struct sink_push *p = ud;
+    return p->stop && atomic_load(p->stop) ? 1 : 0;
+}
+
+void sink_push_set_stop(struct sink_push *p, const atomic_int *stop)
+{
+    p->stop = stop;
+}
+
 static void post(struct sink_push *p, const char *url, const struct buf *body,
                  struct curl_slist *hdrs, unsigned timeout_s, struct answer *a)
 {
@@ -206,6 +223,9 @@ static void post(struct sink_push *p, const char *url, const struct buf *body,
     if (p->ca_file)
         curl_easy_setopt(e, CURLOPT_CAINFO, p->ca_file);
     curl_easy_setopt(e, CURLOPT_USERAGENT, "hl7bridge");
+    curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, on_progress);
+    curl_easy_setopt(e, CURLOPT_XFERINFODATA, p);
+    curl_easy_setopt(e, CURLOPT_NOPROGRESS, 0L);
     a->res = curl_easy_perform(e);
     curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &a->status);
     curl_easy_cleanup(e);
@@ -368,9 +388,18 @@ enum push_result sink_push_block(struct sink_push *p, const char *file_name,
             return SINK_PUSH_GAVE_UP;
         log_warn("push_retry", " attempt=%u retry_in_ms=%llu error=\"%s\"", attempt,
                  (unsigned long long)wait_ms, err);
-        struct timespec ts = { (time_t)(wait_ms / 1000), (long)(wait_ms % 1000) * 1000000L };
-        while (nanosleep(&ts, &ts) != 0)
-            ;
+        /* In slices, so a stopping daemon does not wait out a backoff. */
+        for (uint64_t left = wait_ms; left > 0;) {
+            if (p->stop && atomic_load(p->stop))
+                return SINK_PUSH_GAVE_UP;
+            uint64_t step = left < 100 ? left : 100;
+            struct timespec ts = { 0, (long)step * 1000000L };
+            while (nanosleep(&ts, &ts) != 0)
+                ;
+            left -= step;
+        }
+        if (p->stop && atomic_load(p->stop))
+            return SINK_PUSH_GAVE_UP;
     }
 }
 

@@ -21,6 +21,7 @@
 #ifndef SINKS_SINKS_H
 #define SINKS_SINKS_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -129,6 +130,9 @@ enum push_result sink_push_block(struct sink_push *p, const char *file_name,
                                  size_t errcap) __attribute__((warn_unused_result));
 /* Tokens obtained so far (the cache at work). */
 uint64_t sink_push_tokens(const struct sink_push *p);
+/* A flag another thread sets to stop: the transfer in progress is aborted
+ * and no retry waited for (the block is reported given up). */
+void sink_push_set_stop(struct sink_push *p, const atomic_int *stop);
 
 /* ---- helpers (exposed for tests) ---------------------------------------- */
 

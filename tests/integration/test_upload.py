@@ -9,6 +9,8 @@ emulator (tests/integration/emulator.py), with a per-file checkpoint.
 - A block the connector refuses (400) is kept as failed; the other blocks go;
   the rerun sends only that block.
 - Problems are reported as file:line: message and nothing is sent.
+- inputs.files: the daemon takes a file dropped into its directory, sends
+  it and moves it to done_directory; an invalid one stays, logged.
 """
 
 import os
@@ -131,6 +133,42 @@ class UploadTest(AuditSinkBase):
         self.assertIn(f"{bom}:1: starts with a byte order mark", err)
         self.assertEqual(emu.uploads, [])
         self.assertEqual(emu.token_requests, 0)
+
+    def test_inputs_files_watcher_delivers_and_moves(self):
+        emu, d, data, lines = self.prepare(rows=3000)
+        inbox, done = d.dir / "in", d.dir / "done"
+        inbox.mkdir()
+        base = d.config_text
+
+        def config_text(port):
+            return base(port) + (f"inputs:\n  poll_s: 1\n  files:\n"
+                                 f"    - directory: {harness._yaml_str(inbox)}\n"
+                                 f"      pattern: \"*.txt\"\n"
+                                 f"      done_directory: {harness._yaml_str(done)}\n"
+                                 f"      min_age_s: 0\n")
+        d.config_text = config_text
+        d.start()
+        bad = inbox / "bad.txt"
+        bad.write_bytes(data.read_bytes().replace(b"Creation Time", b"Created", 1))
+        tmp = inbox / ".export.tmp"          # written aside, then renamed in
+        tmp.write_bytes(data.read_bytes())
+        tmp.rename(inbox / "export.txt")
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while time.monotonic() < deadline and not (done / "export.txt").exists():
+            time.sleep(0.1)
+        self.assertTrue((done / "export.txt").exists(), d.log())
+        self.assertFalse((inbox / "export.txt").exists())
+        self.assertEqual(Counter(emu.accepted_rows()), Counter(lines[1:]))
+        self.assertEqual(len(emu.uploads), 3)
+        log = d.log()
+        self.assertIn("event=input_file_delivered", log)
+        self.assertRegex(log, r'event=upload_invalid file="[^"]*bad\.txt" line=1 ')
+        self.assertIn("event=input_file_invalid", log)
+        self.assertTrue(bad.exists(), "an invalid file stays where it is")
+        time.sleep(2.5)                       # two more looks: not taken again
+        self.assertEqual(d.log().count("event=input_file_invalid"), 1)
+        self.assertEqual(len(emu.uploads), 3)
+        d.assert_stops_cleanly()
 
 
 if __name__ == "__main__":
