@@ -352,19 +352,7 @@ static int xfer_setup(struct sink_audit *s, struct xfer *x, const char *url, uns
     curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
     curl_easy_setopt(e, CURLOPT_PRIVATE, x);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT, (long)timeout_s);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, (long)AUDIT_CONNECT_TIMEOUT_S);
-    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
-    /* HTTPS with TLS 1.2 or newer and full verification, loopback included:
-     * the token request carries the client secret. */
-    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https");
-    curl_easy_setopt(e, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
-    if (s->ca_file)
-        curl_easy_setopt(e, CURLOPT_CAINFO, s->ca_file);
-    curl_easy_setopt(e, CURLOPT_USERAGENT, "hl7bridge");
+    sink_curl_connector(e, s->ca_file, timeout_s, AUDIT_CONNECT_TIMEOUT_S);
     x->started_ms = clock_mono_ms();
     if (curl_multi_add_handle(s->multi, e) != CURLM_OK)
         return -1;

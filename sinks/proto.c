@@ -306,3 +306,22 @@ int sink_multipart_ok(const uint8_t *content, size_t len, const char *boundary)
     }
     return 1;
 }
+
+void sink_curl_connector(void *easy, const char *ca_file, unsigned timeout_s,
+                         unsigned connect_timeout_s)
+{
+    CURL *e = easy;
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT, (long)timeout_s);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, (long)connect_timeout_s);
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+    /* HTTPS with TLS 1.2 or newer and full verification, loopback included:
+     * the token request carries the client secret. */
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https");
+    curl_easy_setopt(e, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+    if (ca_file)
+        curl_easy_setopt(e, CURLOPT_CAINFO, ca_file);
+    curl_easy_setopt(e, CURLOPT_USERAGENT, "hl7bridge");
+}

@@ -212,17 +212,7 @@ static void post(struct sink_push *p, const char *url, const struct buf *body,
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, a);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, a->error);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT, (long)timeout_s);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, (long)PUSH_CONNECT_TIMEOUT_S);
-    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
-    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https");
-    curl_easy_setopt(e, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
-    if (p->ca_file)
-        curl_easy_setopt(e, CURLOPT_CAINFO, p->ca_file);
-    curl_easy_setopt(e, CURLOPT_USERAGENT, "hl7bridge");
+    sink_curl_connector(e, p->ca_file, timeout_s, PUSH_CONNECT_TIMEOUT_S);
     curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, on_progress);
     curl_easy_setopt(e, CURLOPT_XFERINFODATA, p);
     curl_easy_setopt(e, CURLOPT_NOPROGRESS, 0L);

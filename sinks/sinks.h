@@ -173,6 +173,13 @@ int sink_retry_after_parse(const char *value, int64_t now_s, uint64_t *delay_ms)
  * capped at max, then "equal jitter": a value in [d/2, d] picked by `rnd`. */
 uint64_t sink_backoff_ms(unsigned attempt, unsigned base_ms, unsigned max_ms, uint32_t rnd);
 
+/* The connection settings every request to the identity platform and the
+ * connector gets (a CURL * easy handle): https only, TLS 1.2+, full
+ * verification against ca_file (NULL: the system store), no redirects, the
+ * timeouts, no signals, our user agent. */
+void sink_curl_connector(void *easy, const char *ca_file, unsigned timeout_s,
+                         unsigned connect_timeout_s);
+
 /* multipart/form-data framing of one part named "file":
  * begin writes the opening boundary and part headers, end the closing
  * boundary (the CRLF before it belongs to the delimiter).  The content in
