@@ -919,6 +919,198 @@ static void test_retention_kinds(void **state)
     store_close(s);
 }
 
+/* ---- the browser (store/browse.c) ---------------------------------------- */
+
+struct bmsg {
+    const char *app, *fac, *ctl;
+    int64_t t;
+    int quarantined, filtered, rejected;
+};
+
+static void submit_b(struct store *s, const struct bmsg *b, uint64_t tag)
+{
+    const char *raw = "MSH|^~\\&|A|F|HB|HB|20240101120000||ADT^A01|X|P|2.5\rPID|1\r";
+    struct store_msg_fields f = {
+        .raw = (const uint8_t *)raw, .raw_len = strlen(raw),
+        .listener = "main", .peer = "10.0.0.7:40001",
+        .send_app = (const uint8_t *)b->app, .send_app_len = strlen(b->app),
+        .send_fac = (const uint8_t *)b->fac, .send_fac_len = strlen(b->fac),
+        .control_id = (const uint8_t *)b->ctl, .control_id_len = strlen(b->ctl),
+        .msg_type = (const uint8_t *)"ADT", .msg_type_len = 3,
+        .trigger = (const uint8_t *)(b->filtered ? "A08" : "A01"), .trigger_len = 3,
+        .version = (const uint8_t *)"2.5", .version_len = 3,
+        .ack_code = b->rejected ? "AE" : "AA", .received_ms = b->t,
+        .quarantined = b->quarantined, .filtered = b->filtered, .rejected = b->rejected,
+        .reason = b->quarantined || b->filtered || b->rejected ? "why" : NULL,
+        .err_code = b->rejected ? 101 : 0, .err_where = b->rejected ? "PID^1^5" : NULL,
+        .rows = (const uint8_t *)(b->quarantined || b->filtered || b->rejected ? NULL : "r\n"),
+        .rows_len = b->quarantined || b->filtered || b->rejected ? 0 : 2,
+        .row_count = b->quarantined || b->filtered || b->rejected ? 0 : 1,
+    };
+    struct store_msg *m = store_msg_new(&f);
+    assert_non_null(m);
+    assert_int_equal(store_submit(s, m, tag), 0);
+}
+
+struct seen {
+    char ids[16][STORE_BROWSE_ID_MAX];
+    char ctl[16][256];
+    size_t n;
+};
+
+static int note(void *ud, const struct store_browse_entry *e)
+{
+    struct seen *sn = ud;
+    if (sn->n < 16) {
+        snprintf(sn->ids[sn->n], sizeof sn->ids[0], "%s", e->id);
+        snprintf(sn->ctl[sn->n], sizeof sn->ctl[0], "%s:%s", e->control_id, e->status);
+        sn->n++;
+    }
+    return 0;
+}
+
+/* Lists control_id:status of a search, newest first, as one string. */
+static const char *search(struct store_browser *b, const struct store_browse_filter *f)
+{
+    static char out[512];
+    struct seen sn;
+    memset(&sn, 0, sizeof sn);
+    char err[256];
+    assert_int_equal(store_browser_list(b, f, note, &sn, err, sizeof err), 0);
+    size_t o = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < sn.n; i++)
+        o += (size_t)snprintf(out + o, sizeof out - o, "%s%s", i ? " " : "", sn.ctl[i]);
+    return out;
+}
+
+/* Every filter of the browser against a known store: senders by first
+ * component, control ids through the sender key (several senders, and the
+ * rejected table), time bounds by bisection over ids, the statuses, the
+ * merge of both tables newest first; one message by id; a journal entry
+ * made by reprocess lands after everything and marks its origin. */
+static void test_browser_searches(void **state)
+{
+    struct fixture *fx = *state;
+    struct store *s = open_store(fx, 0, 0, 7);
+    const int64_t t0 = 1800000000000;
+    static const struct bmsg ms[] = {
+        {"APP", "FAC", "C1", t0, 0, 0, 0},
+        {"APP", "FAC2", "C2", t0 + 1000, 0, 0, 0},
+        {"OTHER^1.2^ISO", "X", "C1", t0 + 2000, 0, 0, 0},
+        {"APP", "FAC", "C1", t0 + 2500, 0, 0, 1},  /* rejected, same key as the first */
+        {"APP", "FAC", "C3", t0 + 3000, 1, 0, 0},  /* quarantined */
+        {"APP", "FAC", "C4", t0 + 4000, 0, 1, 0},  /* filtered */
+        {"APP", "FAC", "C1", t0 + 5000, 0, 0, 0},  /* a re-send of the first */
+    };
+    struct store_result r[8];
+    for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++)
+        submit_b(s, &ms[i], i);
+    wait_results(s, r, sizeof ms / sizeof ms[0]);
+    assert_int_equal(r[6].status, STORE_DUPLICATE);
+    assert_int_equal(r[3].status, STORE_STORED);
+
+    char err[256];
+    struct store_browser *b = store_browser_open(fx->path, 0, err, sizeof err);
+    assert_non_null(b);
+    struct store_browse_filter f;
+    memset(&f, 0, sizeof f);
+    assert_string_equal(search(b, &f), "C4:filtered C3:quarantined C1:rejected C1:undelivered "
+                                       "C2:undelivered C1:undelivered");
+    f.limit = 2;
+    assert_string_equal(search(b, &f), "C4:filtered C3:quarantined");
+    f.limit = 0;
+    f.control_id = "C1";
+    assert_string_equal(search(b, &f), "C1:rejected C1:undelivered C1:undelivered");
+    f.control_id = "NONE";
+    assert_string_equal(search(b, &f), "");
+    f.control_id = NULL;
+    f.send_app = "OTHER";
+    assert_string_equal(search(b, &f), "C1:undelivered");
+    f.send_app = "APP";
+    f.send_fac = "FAC2";
+    assert_string_equal(search(b, &f), "C2:undelivered");
+    f.send_fac = NULL;
+    f.send_app = "AP"; /* a prefix is not a first component */
+    assert_string_equal(search(b, &f), "");
+    f.send_app = NULL;
+    f.since_ms = t0 + 1500;
+    f.until_ms = t0 + 3500;
+    assert_string_equal(search(b, &f), "C3:quarantined C1:rejected C1:undelivered");
+    f.since_ms = t0 + 1000; /* bounds: since inclusive, until exclusive */
+    f.until_ms = t0 + 2000;
+    assert_string_equal(search(b, &f), "C2:undelivered");
+    f.since_ms = t0 + 9000;
+    f.until_ms = 0;
+    assert_string_equal(search(b, &f), "");
+    f.since_ms = 0;
+    f.status = STORE_BROWSE_QUARANTINED;
+    assert_string_equal(search(b, &f), "C3:quarantined");
+    f.status = STORE_BROWSE_FILTERED;
+    assert_string_equal(search(b, &f), "C4:filtered");
+    f.status = STORE_BROWSE_REJECTED;
+    assert_string_equal(search(b, &f), "C1:rejected");
+    f.status = STORE_BROWSE_DUPLICATE;
+    assert_string_equal(search(b, &f), "C1:undelivered");
+    f.status = STORE_BROWSE_ACCEPTED;
+    assert_string_equal(search(b, &f), "");
+    f.status = STORE_BROWSE_ANY;
+
+    struct store_browse_entry e;
+    struct buf raw;
+    buf_init(&raw, 1 << 20);
+    char rid[32];
+    snprintf(rid, sizeof rid, "R%lld", (long long)r[3].id);
+    assert_int_equal(store_browser_get(b, rid, &e, &raw, err, sizeof err), 1);
+    assert_string_equal(e.status, "rejected");
+    assert_int_equal(e.err_code, 101);
+    assert_string_equal(e.err_where, "PID^1^5");
+    assert_true(raw.len > 0);
+    assert_int_equal(store_browser_get(b, "999999", &e, NULL, err, sizeof err), 0);
+    assert_int_equal(store_browser_get(b, "R", &e, NULL, err, sizeof err), 0);
+    assert_int_equal(store_browser_get(b, "x1", &e, NULL, err, sizeof err), 0);
+    char id0[32];
+    snprintf(id0, sizeof id0, "%lld", (long long)r[0].id);
+    assert_int_equal(store_browser_get(b, id0, &e, NULL, err, sizeof err), 1);
+    assert_int_equal(e.dup_count, 1);
+    assert_int_equal(e.rows, 1);
+    assert_int_equal(store_browser_accepted_key(b, "APP", "FAC", "C1"), r[0].id);
+    assert_int_equal(store_browser_accepted_key(b, "APP", "FAC", "C9"), 0);
+    store_browser_close(b);
+
+    /* A journal entry: after every message and row, origin marked. */
+    b = store_browser_open(fx->path, 1, err, sizeof err);
+    assert_non_null(b);
+    char qid[32];
+    snprintf(qid, sizeof qid, "%lld", (long long)r[4].id);
+    struct store_journal_entry je = {
+        .made_by = "reprocess", .origin = qid, .listener = "reprocess", .peer = "local",
+        .msg_type = "ADT", .trigger = "A01", .reason = "reprocess",
+        .rows = (const uint8_t *)"a\r\nb\r\n", .rows_len = 6, .row_count = 2,
+        .now_ms = t0 + 6000,
+    };
+    int64_t nid = store_browser_add(b, &je, err, sizeof err);
+    assert_true(nid > r[5].id);
+    assert_int_equal(store_browser_get(b, qid, &e, NULL, err, sizeof err), 1);
+    assert_string_equal(e.status, "quarantined");
+    char nids[32];
+    snprintf(nids, sizeof nids, "%lld", (long long)nid);
+    assert_string_equal(e.reprocessed, nids);
+    f.received_only = 1;
+    f.limit = 1;
+    assert_string_equal(search(b, &f), "C4:filtered");
+    store_browser_close(b);
+    sqlite3 *db = open_db(fx);
+    char sql[160];
+    snprintf(sql, sizeof sql, "SELECT COUNT(*) FROM rows WHERE msg_id = %lld AND id >"
+                              " (SELECT MAX(id) FROM rows WHERE msg_id < %lld)",
+             (long long)nid, (long long)nid);
+    assert_int_equal(db_int(db, sql), 2);
+    sqlite3_close(db);
+    buf_release(&raw);
+    store_close(s);
+}
+
 /* A message answered AE/AR is kept in `rejected` with its reason and ERR,
  * never in `messages`: a corrected re-send with the same key is stored as
  * new (not a duplicate), and re-sending the rejected one is kept again.
@@ -1181,6 +1373,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_retention_ranges, setup, teardown),
         cmocka_unit_test_setup_teardown(test_upgrade_from_schema_2, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rejected_kept_apart, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_browser_searches, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_drains, setup, teardown),
         cmocka_unit_test_setup_teardown(test_eventfd_and_partial_take, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rows_blank_lines_and_no_trailing_newline, setup,
