@@ -77,9 +77,15 @@ enum reprocess_outcome {
 };
 const char *reprocess_outcome_name(enum reprocess_outcome o);
 
+/* The status a selected message had: accepted, undelivered, filtered,
+ * quarantined, rejected, or "other" (not found, not a received message). */
+#define REPROCESS_NSTATUS 6
+const char *reprocess_status_name(unsigned i);
+
 struct reprocess_totals {
     uint64_t n[RP_N];
     uint64_t rows;               /* rows queued (or, dry run, that would be) */
+    uint64_t by_status[REPROCESS_NSTATUS][RP_N]; /* the same, per status it had */
 };
 
 /* Runs the rules `mp` on every message the request selects and journals

@@ -226,8 +226,18 @@ static void do_reprocess(struct conn *c, json_t *req)
     for (int i = 0; i < RP_N; i++)
         json_object_set_new(t, reprocess_outcome_name((enum reprocess_outcome)i),
                             json_integer((json_int_t)tot.n[i]));
+    json_t *bs = json_object();
+    for (unsigned k = 0; k < REPROCESS_NSTATUS; k++) {
+        json_t *one = json_object();
+        for (int i = 0; i < RP_N; i++)
+            if (tot.by_status[k][i])
+                json_object_set_new(one, reprocess_outcome_name((enum reprocess_outcome)i),
+                                    json_integer((json_int_t)tot.by_status[k][i]));
+        json_object_set_new(bs, reprocess_status_name(k), one);
+    }
     json_object_set_new(o, "ok", json_true());
     json_object_set_new(o, "totals", t);
+    json_object_set_new(o, "by_status", bs);
     json_object_set_new(o, "rows", json_integer((json_int_t)tot.rows));
     json_object_set_new(o, "pid", json_integer((json_int_t)getpid()));
     send_json(c, o);

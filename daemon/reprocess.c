@@ -36,6 +36,23 @@ static const char *const outcome_names[RP_N] = {
     [RP_ERROR] = "error",
 };
 
+static const char *const status_names[REPROCESS_NSTATUS] = {
+    "accepted", "undelivered", "filtered", "quarantined", "rejected", "other",
+};
+
+const char *reprocess_status_name(unsigned i)
+{
+    return i < REPROCESS_NSTATUS ? status_names[i] : NULL;
+}
+
+static unsigned status_index(const char *st)
+{
+    for (unsigned i = 0; i + 1 < REPROCESS_NSTATUS; i++)
+        if (strcmp(st, status_names[i]) == 0)
+            return i;
+    return REPROCESS_NSTATUS - 1;
+}
+
 const char *reprocess_outcome_name(enum reprocess_outcome o)
 {
     return (unsigned)o < RP_N ? outcome_names[o] : "?";
@@ -217,6 +234,7 @@ int reprocess_run(const char *store_path, const struct mapping *mp, enum mapping
         e.status = "?";
         enum reprocess_outcome o = one(&r, id, &e);
         tot->n[o]++;
+        tot->by_status[status_index(e.status)][o]++;
         if (o == RP_QUEUED || o == RP_WOULD_QUEUE)
             tot->rows += r.rows_n;
         if (line) {

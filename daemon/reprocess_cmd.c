@@ -51,7 +51,8 @@ static void reprocess_usage(FILE *out)
             "  --type TYPE^TRIG    with --since: only this message type\n"
             "  --dry-run           say what would be queued, queue nothing\n"
             "  --redeliver         queue rows again even when they were queued before\n"
-            "Prints one line per message and the totals per outcome.\n",
+            "Prints one line per message, then the totals per outcome and per status\n"
+            "the messages had.\n",
             CONFIG_DEFAULT_PATH);
 }
 
@@ -70,6 +71,22 @@ static void print_totals(const struct reprocess_totals *t, int dry_run)
         printf("no message selected\n");
     printf("rows %s: %llu\n", dry_run ? "that would be queued" : "queued",
            (unsigned long long)t->rows);
+    /* Then by the status the messages had: "  quarantined: 2 queued, 1 still
+     * quarantined". */
+    for (unsigned st = 0; st < REPROCESS_NSTATUS; st++) {
+        int first = 1;
+        for (int i = 0; i < RP_N; i++) {
+            if (!t->by_status[st][i])
+                continue;
+            if (first)
+                printf("  %s: ", reprocess_status_name(st));
+            printf("%s%llu %s", first ? "" : ", ", (unsigned long long)t->by_status[st][i],
+                   reprocess_outcome_name((enum reprocess_outcome)i));
+            first = 0;
+        }
+        if (!first)
+            printf("\n");
+    }
 }
 
 static int print_line(void *ud, const char *text)
@@ -146,6 +163,15 @@ static int through_daemon(const char *sock, const struct reprocess_req *rq)
             for (int i = 0; i < RP_N; i++) {
                 json_t *v = json_object_get(tt, reprocess_outcome_name((enum reprocess_outcome)i));
                 t.n[i] = json_is_integer(v) ? (uint64_t)json_integer_value(v) : 0;
+            }
+            json_t *bs = json_object_get(ans, "by_status");
+            for (unsigned k = 0; k < REPROCESS_NSTATUS; k++) {
+                json_t *per = json_object_get(bs, reprocess_status_name(k));
+                for (int i = 0; i < RP_N; i++) {
+                    json_t *v = json_object_get(per,
+                                                reprocess_outcome_name((enum reprocess_outcome)i));
+                    t.by_status[k][i] = json_is_integer(v) ? (uint64_t)json_integer_value(v) : 0;
+                }
             }
             json_t *rows = json_object_get(ans, "rows");
             t.rows = json_is_integer(rows) ? (uint64_t)json_integer_value(rows) : 0;

@@ -280,6 +280,7 @@ class BrowserTest(unittest.TestCase):
         _, out, _ = self.cli(d, "reprocess", "--status", "quarantined")
         self.assertRegex(out, rf"{qid} quarantined: queued 1 row as \d+")
         self.assertIn("queued: 1", out)
+        self.assertIn("  quarantined: 1 queued\n", out)
         lines = d.wait_sink(lambda l: len(l) == 2, "the reprocessed row")
         self.assertEqual(sum("MARKERFIRST" in l and "Unknown" in l for l in lines), 1, lines)
 
@@ -306,6 +307,7 @@ class BrowserTest(unittest.TestCase):
         rc, out, _ = self.cli(d, "reprocess", "--status", "quarantined")
         self.assertIn("no daemon answers", out)
         self.assertIn("already queued: 1", out)
+        self.assertIn("  quarantined: 1 already queued\n", out)
         self.assertNoPHI(d.log(), "the daemon's log")
 
     def test_help(self):
