@@ -616,9 +616,11 @@ static void upload_finish(struct sink_audit *s, struct xfer *x, CURLcode res)
         }
         return;
     case OUT_RETRY:
-        if (res != CURLE_OK)
-            snprintf(err, sizeof err, "%s", x->errbuf[0] ? x->errbuf : curl_easy_strerror(res));
-        else
+        if (res != CURLE_OK) {
+            const char *why = x->errbuf[0] ? x->errbuf : curl_easy_strerror(res);
+            /* curl's text may quote what the peer sent: cleaned like a body */
+            sanitize(s, err, sizeof err, (const uint8_t *)why, strlen(why));
+        } else
             snprintf(err, sizeof err, "HTTP %ld: %s", status, sum);
         block_retry(s, &x->b, (int)status, err,
                     res == CURLE_OK && (status == 429 || status == 503 || status == 408)

@@ -1,7 +1,13 @@
 /* Unit tests for core/num.c: the one number parser for wire and config
  * data, and the decimal formatters of the ACK builder and the mapping
- * engine, checked against snprintf over edge values and a sweep. */
+ * engine, checked against snprintf over edge values and a sweep; and for
+ * core/log.c: one event is one line whatever its values hold. */
+#include "core/log.h"
 #include "core/num.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <unistd.h>
 
 #include <inttypes.h>
 #include <setjmp.h>
@@ -104,6 +110,83 @@ static void test_format_fixed(void **state)
     assert_memory_equal(out, "0026", 4);
 }
 
+/* Runs one log call with stderr sent to a temporary file; returns what
+ * was written (owned). */
+#define CAPTURE(out, call)                                                                  \
+    do {                                                                                    \
+        FILE *tf_ = tmpfile();                                                              \
+        assert_non_null(tf_);                                                               \
+        int saved_ = dup(2);                                                                \
+        assert_true(saved_ >= 0);                                                           \
+        assert_true(dup2(fileno(tf_), 2) >= 0);                                             \
+        call;                                                                               \
+        assert_true(dup2(saved_, 2) >= 0);                                                  \
+        close(saved_);                                                                      \
+        long n_ = ftell(tf_) >= 0 ? lseek(fileno(tf_), 0, SEEK_END) : 0;                    \
+        (out) = calloc(1, (size_t)n_ + 1);                                                  \
+        assert_non_null(out);                                                               \
+        assert_int_equal(pread(fileno(tf_), (out), (size_t)n_, 0), n_);                     \
+        fclose(tf_);                                                                        \
+    } while (0)
+
+static size_t count_char(const char *s, char c)
+{
+    size_t n = 0;
+    for (; *s; s++)
+        n += *s == c;
+    return n;
+}
+
+/* A peer's text with CR/LF (a forged second event), quotes, a backslash and
+ * other control bytes. */
+static const char forged[] = "bad\r\nts=2026-01-01T00:00:00.000Z level=error event=forged "
+                             "x=\"q\\\" \x01\x1b\x7f end";
+
+static void test_log_one_line(void **state)
+{
+    (void)state;
+    char *out = NULL;
+    char q[512];
+    log_set_format(LOG_FMT_LOGFMT);
+    /* Even unquoted, through plain %s: the line is never split. */
+    CAPTURE(out, log_warn("probe", " error=%s n=1", forged));
+    assert_int_equal(count_char(out, '\n'), 1);
+    assert_int_equal(out[strlen(out) - 1], '\n');
+    assert_null(strchr(out, '\r'));
+    assert_non_null(strstr(out, "bad\\r\\nts=2026"));
+    for (const char *p = out; *p; p++)
+        if ((unsigned char)*p < 0x20 && *p != '\n')
+            fail_msg("control byte 0x%02x in %s", (unsigned char)*p, out);
+    assert_null(strchr(out, 0x7f));
+    free(out);
+    /* Quoted with log_quote: the quotes inside cannot end the value. */
+    CAPTURE(out, log_warn("probe", " error=\"%s\" n=1", log_quote(q, sizeof q, forged)));
+    assert_int_equal(count_char(out, '\n'), 1);
+    assert_non_null(strstr(out, " error=\"bad\\r\\nts=2026-01-01T00:00:00.000Z level=error "
+                                "event=forged x=\\\"q\\\\\\\" \\u0001\\u001b\\u007f end\" n=1\n"));
+    free(out);
+    /* JSON: the same call gives one object whose value is the original. */
+    log_set_format(LOG_FMT_JSON);
+    CAPTURE(out, log_warn("probe", " error=\"%s\" n=1", log_quote(q, sizeof q, forged)));
+    log_set_format(LOG_FMT_LOGFMT);
+    assert_int_equal(count_char(out, '\n'), 1);
+    json_error_t je;
+    json_t *o = json_loads(out, 0, &je);
+    if (!o)
+        fail_msg("not JSON (%s): %s", je.text, out);
+    assert_string_equal(json_string_value(json_object_get(o, "error")), forged);
+    assert_string_equal(json_string_value(json_object_get(o, "n")), "1");
+    assert_string_equal(json_string_value(json_object_get(o, "event")), "probe");
+    json_decref(o);
+    free(out);
+    /* log_quote bounds its output. */
+    char small[8];
+    assert_string_equal(log_quote(small, sizeof small, "a\"b\nc"), "a\\\"b\\nc");
+    assert_string_equal(log_quote(small, sizeof small, "a\"b\ncd"), "a\\\"b\\nc");
+    assert_string_equal(log_quote(small, sizeof small, "abcdef\""), "abcdef"); /* no lone \\ */
+    assert_string_equal(log_quote(small, sizeof small, NULL), "");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -111,6 +194,7 @@ int main(void)
         cmocka_unit_test(test_parse_i64),
         cmocka_unit_test(test_format),
         cmocka_unit_test(test_format_fixed),
+        cmocka_unit_test(test_log_one_line),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
