@@ -9,6 +9,7 @@
  * for operators: the unit tests check the two agree. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <pwd.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
@@ -69,6 +70,22 @@ static int check_tz(const char *v, char *why, size_t len)
         return -1;
     }
     return 0;
+}
+
+/* The account `run` switches to after binding: it must exist here, or the
+ * daemon would stop at start-up (as root) on a configuration `check`
+ * passed. */
+static int check_user(const char *v, char *why, size_t len)
+{
+    if (check_nonempty(v, why, len) != 0)
+        return -1;
+    errno = 0;
+    if (getpwnam(v))
+        return 0;
+    int e = errno;
+    snprintf(why, len, "no user \"%.64s\" on this machine%s%s", v, e ? ": " : "",
+             e ? strerror(e) : "");
+    return -1;
 }
 
 static int check_readable(const char *v, char *why, size_t len)
@@ -339,7 +356,8 @@ static const struct cfg_key mapping_keys[] = {
      .def = "healthcare"},
     {.name = "headers", .type = CT_MAP, .off = OFF(mapping.headers), .off2 = OFF(mapping.n_headers)},
     {.name = "rules", .type = CT_STRLIST, .off = OFF(mapping.rules), .off2 = OFF(mapping.n_rules),
-     .flags = CK_PATH, .min_n = 1, .max_n = 256}, /* not written: the built-in rules */
+     .flags = CK_PATH, .min_n = 1, .max_n = 256, .check = check_readable},
+     /* not written: the built-in rules */
     {.name = "time_zone", .type = CT_STR, .off = OFF(mapping.time_zone), .def = "UTC",
      .check = check_tz},
     {.name = "unmatched", .type = CT_ENUM, .off = OFF(mapping.unmatched), .words = w_unmatched,
@@ -693,7 +711,7 @@ static const struct cfg_key inputs_keys[] = {
 static const struct cfg_section inputs_sec = {inputs_keys, NKEYS(inputs_keys), 0, NULL, NULL};
 
 static const struct cfg_key root_keys[] = {
-    {.name = "user", .type = CT_STR, .off = OFF(user), .check = check_nonempty},
+    {.name = "user", .type = CT_STR, .off = OFF(user), .check = check_user},
     {.name = "listen", .type = CT_SECTIONS, .off = OFF(listeners), .off2 = OFF(n_listeners),
      .min_n = 1, .max_n = HB_MAX_LISTENERS, .sub = &listener_sec},
     {.name = "ack", .type = CT_SECTION, .sub = &ack_sec},

@@ -74,6 +74,30 @@ class CommandLine(unittest.TestCase):
         lines = [l for l in r.stderr.splitlines() if re.match(re.escape(str(path)) + r":\d+:\d+: ", l)]
         self.assertEqual(sorted(int(l.split(":")[1]) for l in lines), [3, 5, 6], r.stderr)
 
+    def test_check_reports_what_run_would_find_with_the_rest(self):
+        """A missing rule file and a user that does not exist are reported
+        together with the other errors, each as file:line:column; plain
+        http:// endpoints too (secrets would go out in clear)."""
+        path = self.tmp / "bad3.yaml"
+        path.write_text("user: nosuchuser-hb\n"
+                        "mapping:\n"
+                        f"  rules: [{self.tmp}/missing-rules.yaml]\n"
+                        "ack:\n"
+                        "  mode: sometimes\n"
+                        "sinks:\n"
+                        "  audit: {token_url: \"http://127.0.0.1:9/t\"}\n"
+                        "  sms: {endpoint: \"http://127.0.0.1:9\"}\n")
+        r = self.run_bin("check", "-c", str(path))
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        errs = {int(l.split(":")[1]): l for l in r.stderr.splitlines()
+                if re.match(re.escape(str(path)) + r":\d+:\d+: ", l)}
+        self.assertEqual(sorted(errs), [1, 3, 5, 7, 8], r.stderr)
+        self.assertIn("nosuchuser-hb", errs[1])
+        self.assertIn("missing-rules.yaml", errs[3])
+        self.assertIn("https://", errs[7])
+        self.assertIn("https://", errs[8])
+        self.assertNotIn("OK", r.stdout)
+
     def test_check_unset_environment_variable_is_named(self):
         path = self.tmp / "env.yaml"
         path.write_text("store:\n  path: ${HL7BRIDGE_IT_UNSET_VARIABLE}/s.db\n")

@@ -321,11 +321,17 @@ static void test_relative_paths_resolve_against_file(void **state)
     fputs("k3y\n", f);
     fclose(f);
     assert_int_equal(chmod(secret, 0600), 0);
+    snprintf(path, sizeof path, "%s/rules", dir);
+    assert_int_equal(mkdir(path, 0700), 0);
+    snprintf(path, sizeof path, "%s/rules/a.yaml", dir);
+    f = fopen(path, "w"); /* rule files must be readable; the content is not read here */
+    assert_non_null(f);
+    fclose(f);
     snprintf(path, sizeof path, "%s/h.yaml", dir);
     f = fopen(path, "w");
     assert_non_null(f);
     fputs("store: {path: state/h.db}\n"
-          "mapping: {rules: [rules/a.yaml, /abs/b.yaml]}\n"
+          "mapping: {rules: [rules/a.yaml, /dev/null]}\n"
           "sinks:\n"
           "  audit: {directory: out}\n"
           "  sms: {type: acs, endpoint: \"https://x.example\", from: \"+15550100\",\n"
@@ -342,7 +348,7 @@ static void test_relative_paths_resolve_against_file(void **state)
     assert_string_equal(c->store.path, want);
     snprintf(want, sizeof want, "%s/rules/a.yaml", real);
     assert_string_equal(c->mapping.rules[0], want);
-    assert_string_equal(c->mapping.rules[1], "/abs/b.yaml");
+    assert_string_equal(c->mapping.rules[1], "/dev/null");
     snprintf(want, sizeof want, "%s/out", real);
     assert_string_equal(c->sinks.audit.directory, want);
     snprintf(want, sizeof want, "%s/key.txt", real);
@@ -365,6 +371,10 @@ static void test_relative_paths_resolve_against_file(void **state)
     config_free(c);
     unlink(secret);
     unlink(path);
+    snprintf(path, sizeof path, "%s/rules/a.yaml", dir);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/rules", dir);
+    rmdir(path);
     rmdir(dir);
 }
 
@@ -566,21 +576,39 @@ static void test_address(void **state)
 static void test_lists_and_maps(void **state)
 {
     (void)state;
-    struct config *c = load_ok("mapping:\n  rules: [x.yaml]\n  headers: {A: B, C: \"\"}\n");
+    struct config *c = load_ok("mapping:\n  rules: [config/mappings/adt.yaml]\n  headers: {A: B, C: \"\"}\n");
     assert_int_equal(c->mapping.n_rules, 1);
-    assert_string_equal(c->mapping.rules[0], "x.yaml");
+    assert_string_equal(c->mapping.rules[0], "config/mappings/adt.yaml");
     assert_int_equal(c->mapping.n_headers, 2);
     assert_string_equal(c->mapping.headers[0].key, "A");
     assert_string_equal(c->mapping.headers[1].value, "");
     config_free(c);
     expect_errors("mapping: {rules: []}\n",
                   "t.yaml:1:18: mapping.rules: needs at least 1 item", NULL);
-    expect_errors("mapping: {rules: [a, {b: c}]}\n",
-                  "t.yaml:1:22: mapping.rules[1]: expected a string", NULL);
+    expect_errors("mapping: {rules: [config/mappings/adt.yaml, {b: c}]}\n",
+                  "t.yaml:1:45: mapping.rules[1]: expected a string", NULL);
+    /* A rule file that cannot be read is an error of the configuration,
+     * reported with every other one (not only once the rest is right). */
+    expect_errors("mapping: {rules: [config/mappings/adt.yaml, /nonexistent/x.yaml]}\nack: {mode: x}\n",
+                  "t.yaml:1:45: mapping.rules[1]: \"/nonexistent/x.yaml\" cannot read "
+                  "/nonexistent/x.yaml: No such file or directory",
+                  "t.yaml:2:13: ack.mode: \"x\" is not one of: original, enhanced", NULL);
     expect_errors("mapping:\n  headers: [a]\n",
                   "t.yaml:2:12: mapping.headers: expected a mapping of names to values", NULL);
     expect_errors("mapping:\n  headers:\n    A: x\n    A: y\n",
                   "t.yaml:4:5: mapping.headers.A: duplicate key (first at line 3)", NULL);
+}
+
+/* `user:` names an account of this machine: `run` (as root) would stop on
+ * one that does not exist, so the configuration is refused up front. */
+static void test_user_must_exist(void **state)
+{
+    (void)state;
+    struct config *c = load_ok("user: root\n");
+    assert_string_equal(c->user, "root");
+    config_free(c);
+    expect_errors("user: nosuchuser-hb\n",
+                  "t.yaml:1:7: user: no user \"nosuchuser-hb\" on this machine", NULL);
 }
 
 /* The token request carries the client secret, the upload a bearer token,
@@ -995,6 +1023,7 @@ int main(void)
         cmocka_unit_test(test_lists_and_maps),
         cmocka_unit_test(test_string_checks),
         cmocka_unit_test(test_endpoints_https_only),
+        cmocka_unit_test(test_user_must_exist),
         cmocka_unit_test(test_time_zone),
         cmocka_unit_test(test_unknown_key_location),
         cmocka_unit_test(test_many_errors_all_reported),
