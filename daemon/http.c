@@ -19,6 +19,7 @@
  * failure to bind gives the operator errno text at start-up. */
 #include "daemon/http.h"
 #include "daemon/browse.h"
+#include "daemon/http_guard.h"
 #include "core/fsutil.h"
 #include "core/net.h"
 #include "sinks/sms.h"
@@ -48,6 +49,9 @@
 #define HTTP_MAX_CONNECTIONS 64
 #define HTTP_MAX_PER_IP      16
 #define HTTP_TIMEOUT_S       10
+/* The most one request may take, headers to last byte, however its bytes
+ * trickle in (HTTP_TIMEOUT_S alone restarts with each byte). */
+#define HTTP_REQUEST_DEADLINE_MS 10000
 #define HTTP_BODY_MAX        (32u << 20)
 
 struct http_monitor {
@@ -61,6 +65,7 @@ struct http_monitor {
     int timerfd;
     int listen_fd;
     struct MHD_Daemon *mhd;
+    struct http_guard *guard; /* deadlines and room for new connections */
 
     /* Monitor thread. */
     pthread_t thread;
@@ -414,6 +419,8 @@ static void *monitor_main(void *arg)
         if (m->stop)
             break;
         pthread_mutex_unlock(&m->mu);
+        if (m->guard)
+            http_guard_sweep(m->guard, clock_mono_ms());
         tick(m);
         pthread_mutex_lock(&m->mu);
     }
@@ -716,6 +723,14 @@ struct http_monitor *http_monitor_new(struct loop *l, struct ingest *in, struct 
     m->listen_fd = net_listen(cfg->metrics.host, cfg->metrics.port, 0, &family, errbuf, errcap);
     if (m->listen_fd < 0)
         goto fail;
+    /* The per-address and total limits are the guard's: at a limit it
+     * closes the oldest connection instead of refusing the new one.
+     * Made before the monitor thread, which sweeps it. */
+    m->guard = http_guard_new(HTTP_MAX_CONNECTIONS, HTTP_MAX_PER_IP, HTTP_REQUEST_DEADLINE_MS);
+    if (!m->guard) {
+        snprintf(errbuf, errcap, "out of memory");
+        goto fail;
+    }
 
     /* Figures exist before the first request, and health before the
      * first tick. */
@@ -746,12 +761,13 @@ struct http_monitor *http_monitor_new(struct loop *l, struct ingest *in, struct 
     unsigned flags = MHD_USE_AUTO | MHD_USE_INTERNAL_POLLING_THREAD;
     if (family == AF_INET6)
         flags |= MHD_USE_IPv6;
-    m->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, m,
+    m->mhd = MHD_start_daemon(flags, 0, http_guard_accept, m->guard, on_request, m,
                               MHD_OPTION_LISTEN_SOCKET, (MHD_socket)m->listen_fd,
                               MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
-                              MHD_OPTION_CONNECTION_LIMIT, (unsigned)HTTP_MAX_CONNECTIONS,
-                              MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)HTTP_MAX_PER_IP,
+                              MHD_OPTION_CONNECTION_LIMIT, http_guard_table_size(m->guard),
                               MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_TIMEOUT_S,
+                              MHD_OPTION_NOTIFY_CONNECTION, http_guard_notify, m->guard,
+                              MHD_OPTION_NOTIFY_COMPLETED, http_guard_completed, m->guard,
                               MHD_OPTION_END);
     if (!m->mhd) {
         snprintf(errbuf, errcap, "cannot start the HTTP server on %s", cfg->metrics.address);
@@ -805,6 +821,7 @@ void http_monitor_free(struct http_monitor *m)
         flush_daily(m, m->day);
     store_daily_close(m->daily);
     stats_free(m->stats);
+    http_guard_free(m->guard); /* the server and the monitor thread are gone */
     free(m->ring);
     free(m->flushed);
     free(m->rows);
