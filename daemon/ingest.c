@@ -335,6 +335,7 @@ static int submit(struct ingest *in, struct mllp_conn *c, uint64_t seq, const st
         .ack_code = hl7_ack_code_name(code),
         .received_ms = clock_wall_ms(),
         .rows = mp->rows, .rows_len = mp->rows_len, .row_count = mp->row_count,
+        .layout = mp->row_count ? in->o.layout : 0,
         .quarantined = mp->quarantined, .reason = mp->reason, .filtered = mp->filtered,
     };
     header_fields(&f, h);
@@ -835,6 +836,21 @@ struct mapping *ingest_set_mapping(struct ingest *in, struct mapping *mp)
 {
     struct mapping *old = in->o.mapping;
     in->o.mapping = mp;
+    return old;
+}
+
+struct ingest_rows ingest_get_rows(const struct ingest *in)
+{
+    return (struct ingest_rows){ in->o.format, in->o.eol, in->o.layout };
+}
+
+struct mapping *ingest_set_rows(struct ingest *in, struct mapping *mp, enum mapping_format format,
+                                const char *eol, int64_t layout)
+{
+    struct mapping *old = ingest_set_mapping(in, mp);
+    in->o.format = format;
+    in->o.eol = eol;
+    in->o.layout = layout;
     return old;
 }
 

@@ -22,6 +22,7 @@ struct ingest_opts {
     struct mapping *mapping; /* borrowed; NULL: store messages without rows */
     enum mapping_format format; /* how rows are written into the store */
     const char *eol;         /* line ending of each row */
+    int64_t layout;          /* the store's id of that header + format (store_layout_register) */
 };
 
 /* Per-listener settings the pipeline needs (passed as the listener's user
@@ -71,6 +72,20 @@ void ingest_set_backlog(struct ingest *in, uint64_t (*pending)(const void *ud), 
 /* Swaps the rule set (SIGHUP); returns the previous one for the caller to
  * free.  Network thread. */
 struct mapping *ingest_set_mapping(struct ingest *in, struct mapping *mp);
+/* Swaps the rule set together with the row format, line ending and layout
+ * id the rows are then stored with (SIGHUP): every message mapped after
+ * this call is formatted the new way and labelled with the new layout, so
+ * its rows go out under the matching header.  Returns the previous rule
+ * set for the caller to free.  Network thread. */
+struct mapping *ingest_set_rows(struct ingest *in, struct mapping *mp, enum mapping_format format,
+                                const char *eol, int64_t layout);
+/* The row format, line ending and layout in use.  Network thread. */
+struct ingest_rows {
+    enum mapping_format format;
+    const char *eol;
+    int64_t layout;
+};
+struct ingest_rows ingest_get_rows(const struct ingest *in);
 void ingest_get_stats(const struct ingest *in, struct ingest_stats *out);
 /* Starts (or, with NULL, stops) per-sender counting into `st` (borrowed;
  * see daemon/stats.h).  Network thread, or while the loop is not running. */

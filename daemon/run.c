@@ -35,6 +35,8 @@
 struct runner {
     const char *config_path;
     int explicit_path;
+    const struct config *cur; /* the configuration running now (start-up's or a reload's) */
+    struct config *reloaded;  /* owned: the last applied reload's, NULL before */
     struct loop *loop;
     struct ingest *ingest;
     struct rules_live *live;  /* the loaded rules, shared with the control socket */
@@ -84,11 +86,19 @@ struct config *load_config_or_report(const char *path, int explicit_path, const 
 static uint64_t backlog_rows(const void *ud) { return sink_audit_pending_rows(ud); }
 
 /* SIGHUP: re-reads the configuration and recompiles the mapping rules; on
- * any error the running rules stay and the errors are printed. Listener,
- * store and sink settings need a restart. */
+ * any error the running rules stay and the errors are printed.  The rules,
+ * schema, headers and row format switch together: the new layout (header
+ * line) is recorded in the store first and every row mapped from then on
+ * carries it, so the audit sink writes each block under the header of the
+ * rows in it.  A change the running audit sink cannot follow (its
+ * destination, credentials, batching) refuses the whole reload and says
+ * which setting needs a restart.  Listener and store settings need a
+ * restart too. */
 static void reload(struct runner *r)
 {
     const char *used;
+    char err[512];
+    int64_t layout = 0;
     struct config *c = load_config_or_report(r->config_path, r->explicit_path, &used);
     struct mapping *mp = c ? rules_load(c) : NULL;
     if (!mp) {
@@ -96,20 +106,32 @@ static void reload(struct runner *r)
         config_free(c);
         return;
     }
+    if (sink_glue_reload_check(r->cur, c, err, sizeof err) != 0 ||
+        sink_glue_layout(c, mp, &layout, err, sizeof err) != 0) {
+        char q[600];
+        log_error("reload_refused", "config=%s reason=\"%s\" keeping=previous_configuration", used,
+                  log_quote(q, sizeof q, err));
+        mapping_free(mp);
+        config_free(c);
+        return;
+    }
     size_t n_rules = mapping_rule_count(mp);
     /* The holder owns the sets: the old one is freed once the control
-     * socket no longer uses it (at once, mostly). */
-    struct mapping *old = ingest_set_mapping(r->ingest, mp);
+     * socket no longer uses it (at once, mostly).  Rules, row format and
+     * layout switch together. */
+    const struct ingest_rows was = ingest_get_rows(r->ingest);
+    struct mapping *old = ingest_set_rows(r->ingest, mp, rules_format(c), rules_eol(c), layout);
     if (rules_live_set(r->live, mp) != 0) {
-        (void)ingest_set_mapping(r->ingest, old);
+        (void)ingest_set_rows(r->ingest, old, was.format, was.eol, was.layout);
         mapping_free(mp);
         log_error("reload_failed", "config=%s reason=out_of_memory keeping=previous_rules", used);
         config_free(c);
         return;
     }
-    log_info("reload", "config=%s rules=%zu", used, n_rules);
-    config_free(c);
-    char err[512];
+    log_info("reload", "config=%s rules=%zu layout=%lld", used, n_rules, (long long)layout);
+    config_free(r->reloaded);
+    r->reloaded = c;
+    r->cur = c;
     if (mllp_server_reload_tls(ingest_server(r->ingest), err, sizeof err) != 0)
         log_error("reload_tls_failed", "error=\"%s\" keeping=previous_certificates", err);
     else
@@ -248,7 +270,7 @@ int cmd_run(int argc, char **argv)
 
     int rc = 1;
     struct runner r = { .sigfd = -1, .timerfd = -1, .config_path = path,
-                        .explicit_path = explicit_path };
+                        .explicit_path = explicit_path, .cur = cfg };
     struct store *st = NULL;
     struct sink_audit *audit = NULL;
     struct sink_sms *sms = NULL;
@@ -282,6 +304,12 @@ int cmd_run(int argc, char **argv)
         log_error("store_open_failed", "path=%s error=\"%s\"", cfg->store.path, err);
         goto out;
     }
+    /* The layout the rows are formatted in, recorded before any row is. */
+    int64_t layout = 0;
+    if (sink_glue_layout(cfg, mp, &layout, err, sizeof err) != 0) {
+        log_error("startup_failed", "reason=\"%s\"", err); /* mp_own is freed at out */
+        goto out;
+    }
     r.loop = loop_new();
     struct ingest_opts io = {
         .enhanced = cfg->ack.mode == CONFIG_ACK_ENHANCED,
@@ -290,6 +318,7 @@ int cmd_run(int argc, char **argv)
         .mapping = mp,
         .format = rules_format(cfg),
         .eol = rules_eol(cfg),
+        .layout = layout,
     };
     r.live = rules_live_new(mp); /* owns mp from here on (frees it on failure) */
     mp_own = NULL;
@@ -425,6 +454,7 @@ out:
         close(r.timerfd);
     loop_free(r.loop);
     free(ils);
+    config_free(r.reloaded);
     config_free(cfg);
     return rc;
 }

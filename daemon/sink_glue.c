@@ -78,6 +78,59 @@ struct sink_audit *sink_glue_start(const struct config *c, const struct mapping 
     return s;
 }
 
+int sink_glue_layout(const struct config *c, const struct mapping *mp, int64_t *layout, char *err,
+                     size_t errcap)
+{
+    struct buf header;
+    buf_init(&header, 1 << 20);
+    struct sink_audit_opts o;
+    int rc = -1;
+    if (sink_glue_opts(c, mp, &o, &header) != 0)
+        snprintf(err, errcap, "audit sink: cannot format the header line");
+    else
+        rc = store_layout_register(c->store.path, o.header, o.file_ext, layout, err, errcap);
+    buf_release(&header);
+    return rc;
+}
+
+static int same_str(const char *a, const char *b)
+{
+    return (!a || !*a) ? (!b || !*b) : (b && strcmp(a, b) == 0);
+}
+
+int sink_glue_reload_check(const struct config *cur, const struct config *next, char *why,
+                           size_t cap)
+{
+    const __typeof__(cur->sinks.audit) *a = &cur->sinks.audit, *b = &next->sinks.audit;
+    const char *what = a->type != b->type                       ? "type"
+                       : !same_str(a->directory, b->directory)  ? "directory"
+                       : !same_str(a->tenant_id, b->tenant_id)  ? "tenant_id"
+                       : !same_str(a->app_id, b->app_id)        ? "app_id"
+                       : !same_str(a->app_secret, b->app_secret) ? "app_secret"
+                       : !same_str(a->job_id, b->job_id)        ? "job_id"
+                       : !same_str(a->token_url, b->token_url)  ? "token_url"
+                       : !same_str(a->upload_url, b->upload_url) ? "upload_url"
+                       : !same_str(a->ca_file, b->ca_file)      ? "ca_file"
+                       : a->cloud != b->cloud                   ? "cloud"
+                       : !same_str(a->resource, b->resource)    ? "resource"
+                       : a->batch.max_rows != b->batch.max_rows ? "batch.max_rows"
+                       : a->batch.max_bytes != b->batch.max_bytes ? "batch.max_bytes"
+                       : a->batch.max_age_s != b->batch.max_age_s ? "batch.max_age_s"
+                       : a->max_parallel_uploads != b->max_parallel_uploads
+                           ? "max_parallel_uploads"
+                       : a->timeout_s != b->timeout_s ? "timeout_s"
+                                                      : NULL;
+    if (!same_str(cur->store.path, next->store.path)) {
+        snprintf(why, cap, "store.path changed: the audit sink and the store need a restart");
+        return -1;
+    }
+    if (what) {
+        snprintf(why, cap, "sinks.audit.%s changed: the audit sink needs a restart", what);
+        return -1;
+    }
+    return 0;
+}
+
 /* ---- hl7bridge redrive ---------------------------------------------------- */
 
 static void redrive_usage(FILE *out)

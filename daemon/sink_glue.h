@@ -23,4 +23,18 @@ int sink_glue_opts(const struct config *c, const struct mapping *mp,
 struct sink_audit *sink_glue_start(const struct config *c, const struct mapping *mp, char *err,
                                    size_t errcap);
 
+/* Records in the store the layout rows of `c` and `mp` are formatted in
+ * (header line, file extension) and puts its id in *layout, for the ingest
+ * pipeline to label its rows with.  Main / network thread, at start-up and
+ * on reload; a short write on its own connection.  0 / -1 with err. */
+int sink_glue_layout(const struct config *c, const struct mapping *mp, int64_t *layout, char *err,
+                     size_t errcap) __attribute__((warn_unused_result));
+
+/* SIGHUP: 0 when the running audit sink can go on under `next` (only the
+ * mapping, the row format and line ending differ: those follow the rows,
+ * block by block); -1 with the first setting that needs a restart named in
+ * why.  `cur` is the configuration the sink was started with. */
+int sink_glue_reload_check(const struct config *cur, const struct config *next, char *why,
+                           size_t cap);
+
 #endif

@@ -41,6 +41,7 @@
 #define AUDIT_TICK_MS           100
 #define AUDIT_RESP_MAX          (64 * 1024)  /* answer bytes kept; the rest is dropped */
 #define AUDIT_SUMMARY_MAX       200          /* answer bytes stored and logged */
+#define AUDIT_HEADER_MAX        (1u << 20)   /* one header line; the configured names are short */
 #define AUDIT_CONNECT_TIMEOUT_S 15
 #define AUDIT_TOKEN_TIMEOUT_S   60
 #define AUDIT_TOKEN_EARLY_S     300          /* renew this long before expiry ... */
@@ -78,6 +79,8 @@ struct sink_audit {
     char *tenant, *app_id, *secret, *job_id, *resource, *ca_file;
     char *token_url, *upload_url; /* upload_url carries ?jobid= */
     size_t header_len;
+    struct buf block_header;      /* sink thread: the header of the block at hand */
+    char block_ext[16];           /* and its file extension */
     unsigned max_parallel, timeout_s, tick_ms, retry_base_ms, retry_max_ms;
     struct store_batch_limits lim;
 
@@ -273,10 +276,33 @@ static void block_fail(struct sink_audit *s, const struct store_batch *b, int st
               (long long)b->id);
 }
 
+/* Puts the header line and file extension of block `b` in s->block_header
+ * and s->block_ext: those of the layout its rows were formatted in (a
+ * schema or format change since does not matter), or the sink's own for a
+ * block of rows stored before layouts were recorded.  0 / -1. */
+static int block_layout(struct sink_audit *s, const struct store_batch *b)
+{
+    buf_reset(&s->block_header);
+    int r = b->layout > 0 ? store_batches_layout(s->sb, b->layout, &s->block_header, s->block_ext,
+                                                 sizeof s->block_ext)
+                          : 0;
+    if (r < 0)
+        return -1;
+    if (r == 0) {
+        if (b->layout > 0)
+            log_warn("audit_layout_unknown", " batch=%lld layout=%lld using=current_header",
+                     (long long)b->id, (long long)b->layout);
+        buf_reset(&s->block_header);
+        snprintf(s->block_ext, sizeof s->block_ext, "%s", s->file_ext);
+        return buf_append(&s->block_header, s->header, s->header_len);
+    }
+    return 0;
+}
+
 static void file_name_of(const struct sink_audit *s, const struct store_batch *b, char *out,
                          size_t cap)
 {
-    snprintf(out, cap, SINK_AUDIT_FILE_PREFIX "%010lld.%s", (long long)b->id, s->file_ext);
+    snprintf(out, cap, SINK_AUDIT_FILE_PREFIX "%010lld.%s", (long long)b->id, s->block_ext);
 }
 
 /* ---- file sink ----------------------------------------------------------- */
@@ -292,10 +318,14 @@ static void file_step(struct sink_audit *s)
             return;
         uint64_t t0 = clock_mono_ms(), rows = 0;
         char name[96], err[512];
+        if (block_layout(s, &b) < 0) {
+            block_retry(s, &b, 0, "cannot read the block's header", 0);
+            continue;
+        }
         file_name_of(s, &b, name, sizeof name);
         buf_release(&s->content);
-        buf_init(&s->content, b.bytes + s->header_len + 16);
-        if (buf_append(&s->content, s->header, s->header_len) < 0 ||
+        buf_init(&s->content, b.bytes + s->block_header.len + 16);
+        if (buf_append(&s->content, buf_data(&s->block_header), s->block_header.len) < 0 ||
             store_batches_read_rows(s->sb, &b, &s->content, &rows) < 0) {
             block_retry(s, &b, 0, "cannot read the block's rows", 0);
         } else if (sink_file_write(s->directory, name, buf_data(&s->content), s->content.len,
@@ -494,11 +524,11 @@ static int build_body(struct sink_audit *s, struct xfer *x)
     char boundary[64];
     boundary_new(boundary, sizeof boundary);
     size_t bl = strlen(boundary);
-    buf_init(&x->body, x->b.bytes + s->header_len + 1024);
+    buf_init(&x->body, x->b.bytes + s->block_header.len + 1024);
     if (sink_multipart_begin(&x->body, boundary, x->file_name) < 0)
         return -1;
     size_t start = x->body.len;
-    if (buf_append(&x->body, s->header, s->header_len) < 0 ||
+    if (buf_append(&x->body, buf_data(&s->block_header), s->block_header.len) < 0 ||
         store_batches_read_rows(s->sb, &x->b, &x->body, &x->rows) < 0)
         return -1;
     /* A random 128-bit boundary inside the rows is all but impossible;
@@ -534,6 +564,11 @@ static void upload_start(struct sink_audit *s, const struct store_batch *b)
     }
     x->b = *b;
     x->token_gen = s->token_gen;
+    if (block_layout(s, b) < 0) {
+        block_retry(s, b, 0, "cannot read the block's header", 0);
+        xfer_free(x);
+        return;
+    }
     file_name_of(s, b, x->file_name, sizeof x->file_name);
     if (build_body(s, x) < 0 || xfer_setup(s, x, s->upload_url, s->timeout_s) < 0) {
         block_retry(s, b, 0, "cannot build the request", 0);
@@ -728,6 +763,7 @@ static void audit_free(struct sink_audit *s)
     if (s->multi)
         curl_multi_cleanup(s->multi);
     buf_release(&s->content);
+    buf_release(&s->block_header);
     free(s->store_path);
     free(s->header);
     free(s->file_ext);
@@ -836,6 +872,7 @@ struct sink_audit *sink_audit_start(const struct sink_audit_opts *o, char *err, 
     pthread_mutex_init(s->err_mu, NULL);
     s->kind = o->kind;
     s->header_len = strlen(o->header);
+    buf_init(&s->block_header, AUDIT_HEADER_MAX);
     s->max_parallel = o->max_parallel ? o->max_parallel : AUDIT_DEFAULT_PARALLEL;
     if (s->max_parallel > AUDIT_MAX_PARALLEL)
         s->max_parallel = AUDIT_MAX_PARALLEL;

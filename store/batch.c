@@ -37,6 +37,7 @@ struct open_batch {
     int64_t first_row, last_row, first_msg, last_msg, msg_from;
     int starts_mid;
     uint64_t rows, bytes;
+    int64_t layout; /* of every row in it; 0: none recorded */
 };
 
 /* A batch sealed during one scan step, waiting for the write. */
@@ -112,7 +113,7 @@ static int run_i64(sqlite3 *db, const char *sql, int64_t *out, int n, ...)
 #define BATCH_COLUMNS                                                                       \
     "id, state, created_ms, COALESCE(sealed_ms, 0), COALESCE(done_ms, 0), next_ms,"        \
     " first_row_id, last_row_id, row_count, bytes, attempts, resends, redrives,"           \
-    " COALESCE(last_status, 0), last_error, file_name"
+    " COALESCE(last_status, 0), last_error, file_name, COALESCE(layout, 0)"
 
 static void read_batch(sqlite3_stmt *st, struct store_batch *b)
 {
@@ -133,6 +134,7 @@ static void read_batch(sqlite3_stmt *st, struct store_batch *b)
     b->last_status = sqlite3_column_int(st, 13);
     store_sql_text(st, 14, b->last_error, sizeof b->last_error);
     store_sql_text(st, 15, b->file_name, sizeof b->file_name);
+    b->layout = sqlite3_column_int64(st, 16);
 }
 
 /* ---- open / close -------------------------------------------------------- */
@@ -156,8 +158,8 @@ static int load_state(struct store_batches *sb)
     memset(&sb->open, 0, sizeof sb->open);
     if (sqlite3_prepare_v2(sb->db,
                            "SELECT id, state, created_ms, first_row_id, last_row_id, first_msg_id,"
-                           " last_msg_id, msg_from, starts_mid, row_count, bytes"
-                           " FROM batches ORDER BY id DESC LIMIT 1",
+                           " last_msg_id, msg_from, starts_mid, row_count, bytes,"
+                           " COALESCE(layout, 0) FROM batches ORDER BY id DESC LIMIT 1",
                            -1, &st, NULL) != SQLITE_OK)
         goto out;
     int rc = sqlite3_step(st);
@@ -176,6 +178,7 @@ static int load_state(struct store_batches *sb)
             o->starts_mid = sqlite3_column_int(st, 8);
             o->rows = (uint64_t)sqlite3_column_int64(st, 9);
             o->bytes = (uint64_t)sqlite3_column_int64(st, 10);
+            o->layout = sqlite3_column_int64(st, 11);
         }
     } else if (rc != SQLITE_DONE) {
         goto out;
@@ -217,7 +220,8 @@ struct store_batches *store_batches_open(const char *path, char *errbuf, size_t 
         goto fail;
     }
     if (sqlite3_prepare_v3(sb->db,
-                           "SELECT id, msg_id, length(data) FROM rows WHERE id > ?1"
+                           "SELECT id, msg_id, length(data), COALESCE(layout, 0) FROM rows"
+                           " WHERE id > ?1"
                            " ORDER BY id LIMIT ?2",
                            -1, SQLITE_PREPARE_PERSISTENT, &sb->scan, NULL) != SQLITE_OK ||
         sqlite3_prepare_v3(sb->db, "SELECT COALESCE(MAX(id), 0) FROM rows", -1,
@@ -297,8 +301,8 @@ static int insert_batch(sqlite3 *db, const struct open_batch *o, const char *sta
     int rc = sqlite3_prepare_v2(db,
                                 "INSERT INTO batches (state, created_ms, sealed_ms, first_row_id,"
                                 " last_row_id, first_msg_id, last_msg_id, msg_from, starts_mid,"
-                                " ends_mid, row_count, bytes)"
-                                " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                                " ends_mid, row_count, bytes, layout)"
+                                " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                                 -1, &st, NULL);
     if (rc != SQLITE_OK)
         return -1;
@@ -317,6 +321,10 @@ static int insert_batch(sqlite3 *db, const struct open_batch *o, const char *sta
     sqlite3_bind_int(st, 10, ends_mid);
     sqlite3_bind_int64(st, 11, (int64_t)o->rows);
     sqlite3_bind_int64(st, 12, (int64_t)o->bytes);
+    if (o->layout > 0)
+        sqlite3_bind_int64(st, 13, o->layout);
+    else
+        sqlite3_bind_null(st, 13);
     rc = sqlite3_step(st);
     sqlite3_finalize(st);
     if (rc != SQLITE_DONE)
@@ -407,8 +415,13 @@ int store_batches_scan(struct store_batches *sb, const struct store_batch_limits
         int64_t rid = sqlite3_column_int64(st, 0);
         int64_t mid = sqlite3_column_int64(st, 1);
         uint64_t len = (uint64_t)sqlite3_column_int64(st, 2) + 1; /* + its '\n' */
+        int64_t layout = sqlite3_column_int64(st, 3);
         struct open_batch *o = &sb->open;
-        if (o->rows && (o->rows + 1 > max_rows || o->bytes + len > max_bytes)) {
+        /* A block has one header: rows of another layout (a schema or
+         * format change) start a new one.  A message's rows share one
+         * layout, so this never splits a message. */
+        if (o->rows && (o->rows + 1 > max_rows || o->bytes + len > max_bytes ||
+                        layout != o->layout)) {
             if (push_sealed(sb, o, mid == o->last_msg) < 0) {
                 rc = SQLITE_NOMEM;
                 break;
@@ -422,6 +435,7 @@ int store_batches_scan(struct store_batches *sb, const struct store_batch_limits
             o->first_msg = mid;
             o->msg_from = sb->prev_last_msg + 1;
             o->starts_mid = mid == sb->prev_last_msg;
+            o->layout = layout;
         }
         o->last_row = rid;
         o->last_msg = mid;
@@ -463,6 +477,64 @@ fail:
     sb->n_sealed = 0;
     memset(out, 0, sizeof *out);
     return -1;
+}
+
+/* ---- row layouts ---------------------------------------------------------- */
+
+int store_layout_register(const char *path, const char *header, const char *file_ext,
+                          int64_t *id, char *errbuf, size_t errcap)
+{
+    sqlite3 *db = NULL;
+    int ret = -1;
+    *id = 0;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK) {
+        snprintf(errbuf, errcap, "store: open %s: %s", path,
+                 db ? sqlite3_errmsg(db) : "out of memory");
+        goto out;
+    }
+    sqlite3_busy_timeout(db, BATCH_BUSY_MS);
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db,
+                           "INSERT INTO row_layouts (header, file_ext, created_ms)"
+                           " VALUES (?1, ?2, ?3) ON CONFLICT (header, file_ext)"
+                           " DO UPDATE SET file_ext = excluded.file_ext RETURNING id",
+                           -1, &st, NULL) != SQLITE_OK) {
+        snprintf(errbuf, errcap, "store: row layouts: %s", sqlite3_errmsg(db));
+        goto out;
+    }
+    sqlite3_bind_blob64(st, 1, header, strlen(header), SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, file_ext, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, clock_wall_ms());
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        *id = sqlite3_column_int64(st, 0);
+        ret = 0;
+    } else {
+        snprintf(errbuf, errcap, "store: row layouts: %s", sqlite3_errmsg(db));
+    }
+    sqlite3_finalize(st);
+out:
+    sqlite3_close(db);
+    return ret;
+}
+
+int store_batches_layout(struct store_batches *sb, int64_t id, struct buf *out, char *ext,
+                         size_t extcap)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(sb->db, "SELECT header, file_ext FROM row_layouts WHERE id = ?1", -1,
+                           &st, NULL) != SQLITE_OK)
+        return -1;
+    sqlite3_bind_int64(st, 1, id);
+    int rc = sqlite3_step(st), ret = rc == SQLITE_DONE ? 0 : -1;
+    if (rc == SQLITE_ROW) {
+        const void *h = sqlite3_column_blob(st, 0);
+        int n = sqlite3_column_bytes(st, 0);
+        store_sql_text(st, 1, ext, extcap);
+        ret = n > 0 && h && buf_append(out, h, (size_t)n) == 0 ? 1 : -1;
+    }
+    sqlite3_finalize(st);
+    return ret;
 }
 
 /* ---- uploads ------------------------------------------------------------- */

@@ -75,6 +75,7 @@ struct store_msg *store_msg_new(const struct store_msg_fields *f)
     m->tag = 0;
     m->received_ms = f->received_ms;
     m->row_count = f->row_count;
+    m->layout = f->layout;
     m->quarantined = f->quarantined != 0;
     m->filtered = f->filtered != 0;
     m->rejected = f->rejected != 0;

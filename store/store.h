@@ -92,6 +92,8 @@ struct store_msg_fields {
     /* Mapped connector rows (already formatted, one per line, no header),
      * written in the same transaction; may be NULL/0. */
     const uint8_t *rows; size_t rows_len; unsigned row_count;
+    /* The rows' layout (store_layout_register); 0: none recorded. */
+    int64_t layout;
     /* Non-zero: the message is kept aside (quarantined) instead of queued
      * for the sinks; `reason` says why (no PHI). */
     int quarantined; const char *reason;
@@ -296,6 +298,16 @@ int64_t store_browser_add(struct store_browser *b, const struct store_journal_en
                           char *errbuf, size_t errcap) __attribute__((warn_unused_result));
 /* ==== end of the message browser ========================================= */
 
+/* The layout rows are formatted in: their header line (with its line end)
+ * and the file extension of a block of them.  Returns the id of that
+ * layout in the store at `path`, adding it when new; rows then carry it
+ * (store_msg_fields.layout) and each block of rows is written under its
+ * own layout's header.  Opens its own connection: main thread, at start-up
+ * and on reload.  0 / -1 with a message in errbuf. */
+int store_layout_register(const char *path, const char *header, const char *file_ext,
+                          int64_t *id, char *errbuf, size_t errcap)
+    __attribute__((warn_unused_result));
+
 /* ==== audit batches (store/batch.c) ======================================
  *
  * The audit sink groups connector rows into batches ("blocks") and moves
@@ -347,6 +359,7 @@ struct store_batch {
     int last_status;          /* HTTP status of the last attempt, 0 = none/no answer */
     char last_error[256];     /* "" when none; never PHI */
     char file_name[128];      /* "" until written/uploaded */
+    int64_t layout;           /* row layout of every row in it; 0: none recorded */
 };
 
 /* Opens a connection to an existing store database (store_open has applied
@@ -363,7 +376,8 @@ int store_batches_recover(struct store_batches *sb, uint64_t *resent)
     __attribute__((warn_unused_result));
 
 /* One batcher step: appends rows not yet in a batch to the open batch,
- * sealing it whenever the next row would pass max_rows or max_bytes, and
+ * sealing it whenever the next row would pass max_rows or max_bytes or has
+ * another layout than the batch (a block has one header), and
  * seals it by age once every committed row has been looked at.  Writes
  * what changed in one transaction.  Returns 0 / -1 (nothing changed). */
 struct store_batch_scan {
@@ -387,6 +401,12 @@ int store_batches_claim(struct store_batches *sb, int64_t now_ms, struct store_b
 int store_batches_read_rows(struct store_batches *sb, const struct store_batch *b,
                             struct buf *out, uint64_t *rows)
     __attribute__((warn_unused_result));
+
+/* The header line and file extension of layout `id` (store_layout_register):
+ * the header is appended to `out` (no NUL), the extension copied into ext.
+ * 1 found, 0 unknown id, -1 error. */
+int store_batches_layout(struct store_batches *sb, int64_t id, struct buf *out, char *ext,
+                         size_t extcap) __attribute__((warn_unused_result));
 
 /* uploading → done: records the status, a summary of the answer (may be
  * NULL) and the file name, and marks delivered the messages whose rows

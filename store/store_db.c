@@ -243,6 +243,21 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
     "CREATE INDEX messages_filtered ON messages(received_ms) WHERE filtered = 1;"
     "CREATE INDEX messages_duplicates ON messages(received_ms) WHERE dup_count > 0;"
     "CREATE INDEX messages_origin ON messages(origin) WHERE origin IS NOT NULL;",
+    /* 6: row layouts.  Rows are stored formatted, so the header line (and
+     * the file extension) they were made for is part of them: a schema or
+     * format change (SIGHUP, restart) must not put rows under another
+     * header.  rows.layout names the layout of each row; the batcher ends
+     * a block where the layout changes and batches.layout gives the block
+     * its header.  NULL: written before this version, under the header the
+     * sink is started with. */
+    "CREATE TABLE row_layouts ("
+    " id INTEGER PRIMARY KEY,"
+    " header BLOB NOT NULL,"
+    " file_ext TEXT NOT NULL,"
+    " created_ms INTEGER NOT NULL,"
+    " UNIQUE (header, file_ext));"
+    "ALTER TABLE rows ADD COLUMN layout INTEGER;"
+    "ALTER TABLE batches ADD COLUMN layout INTEGER;",
 };
 
 static int exec(sqlite3 *db, const char *sql, char *errbuf, size_t errcap)
@@ -390,7 +405,7 @@ int store_db_open(struct store *s, char *errbuf, size_t errcap)
              "SELECT id, ack_code FROM messages"
              " WHERE send_app = ?1 AND send_fac = ?2 AND control_id = ?3",
              &d->sel_dup, errbuf, errcap) < 0 ||
-        prep(d->db, "INSERT INTO rows (msg_id, seq, data) VALUES (?1, ?2, ?3)", &d->ins_row,
+        prep(d->db, "INSERT INTO rows (msg_id, seq, data, layout) VALUES (?1, ?2, ?3, ?4)", &d->ins_row,
              errbuf, errcap) < 0 ||
         prep(d->db, "BEGIN IMMEDIATE", &d->begin, errbuf, errcap) < 0 ||
         prep(d->db, "COMMIT", &d->commit, errbuf, errcap) < 0 ||
@@ -579,6 +594,10 @@ static int insert_rows(struct store *s, const struct store_msg *m, int64_t msg_i
             sqlite3_bind_int64(st, 1, msg_id);
             sqlite3_bind_int64(st, 2, seq++);
             sqlite3_bind_blob64(st, 3, p, (sqlite3_uint64)(line_end - p), SQLITE_STATIC);
+            if (m->layout > 0)
+                sqlite3_bind_int64(st, 4, m->layout);
+            else
+                sqlite3_bind_null(st, 4);
             int rc = sqlite3_step(st);
             sqlite3_reset(st);
             if (rc != SQLITE_DONE)

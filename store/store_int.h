@@ -12,7 +12,7 @@
 #include <stdatomic.h>
 
 /* Bumped whenever a migration is appended to store_db.c. */
-#define STORE_SCHEMA_VERSION      5
+#define STORE_SCHEMA_VERSION      6
 
 /* How long one BEGIN/COMMIT attempt waits for a lock held by another
  * connection (a CLI, a sink reader) and how long in total before the group
@@ -57,6 +57,7 @@ enum store_field {
 struct store_msg {
     uint64_t tag;
     int64_t received_ms;
+    int64_t layout;
     unsigned row_count;
     int quarantined;
     int filtered;

@@ -67,7 +67,16 @@ static int teardown(void **state)
 
 /* Stores one message carrying `rows` (formatted text, one row per line) and
  * waits until it is committed; returns its message id. */
+static int64_t put_layout(struct fixture *fx, const char *rows, unsigned row_count,
+                         int64_t layout);
 static int64_t put(struct fixture *fx, const char *rows, unsigned row_count)
+{
+    return put_layout(fx, rows, row_count, 0);
+}
+
+/* The same, the rows labelled with row layout `layout` (0: none). */
+static int64_t put_layout(struct fixture *fx, const char *rows, unsigned row_count,
+                         int64_t layout)
 {
     char ctl[32];
     snprintf(ctl, sizeof ctl, "C%u", ++fx->next_ctl);
@@ -83,7 +92,7 @@ static int64_t put(struct fixture *fx, const char *rows, unsigned row_count)
         .version = (const uint8_t *)"2.5", .version_len = 3,
         .ack_code = "AA", .received_ms = clock_wall_ms(),
         .rows = (const uint8_t *)rows, .rows_len = rows ? strlen(rows) : 0,
-        .row_count = row_count,
+        .row_count = row_count, .layout = layout,
     };
     struct store_msg *m = store_msg_new(&f);
     assert_non_null(m);
@@ -444,6 +453,67 @@ static void test_file_sink_psv_lf(void **state)
     run_file_sink(*state, "Id|V\n", "txt", msgs, 2, 1, want, 2);
 }
 
+/* Rows are stored formatted, so each carries the layout (header line, file
+ * extension) it was made for; a schema or format change (SIGHUP, restart)
+ * in the middle of a backlog must not put rows under another header.  The
+ * batcher ends the open block where the layout changes, and each block is
+ * written under its own layout's header; rows stored before layouts were
+ * recorded keep the sink's header. */
+static void test_file_sink_block_per_layout(void **state)
+{
+    struct fixture *fx = *state;
+    char err[256];
+    int64_t hc = 0, ep = 0, again = 0;
+    assert_int_equal(store_layout_register(fx->path, "A\tB\n", "txt", &hc, err, sizeof err), 0);
+    assert_int_equal(store_layout_register(fx->path, "X,Y,Z\r\n", "csv", &ep, err, sizeof err), 0);
+    assert_int_equal(store_layout_register(fx->path, "A\tB\n", "txt", &again, err, sizeof err), 0);
+    assert_true(hc > 0 && ep > 0 && hc != ep);
+    assert_int_equal(again, hc); /* one id per layout */
+    put_layout(fx, NULL, 0, 0);
+    put(fx, "o1\to2\n", 1);              /* before layouts: the sink's header */
+    put_layout(fx, "1\ta\n2\tb\n", 2, hc);
+    put_layout(fx, "3\tc\n", 1, hc);
+    put_layout(fx, "4,d,e\r\n", 1, ep);   /* SIGHUP to another schema and format */
+    put_layout(fx, "5,f,g\r\n", 1, ep);
+    put_layout(fx, "6\th\n", 1, hc);      /* and back */
+    char dir[200];
+    snprintf(dir, sizeof dir, "%s/out/audit", fx->dir);
+    struct sink_audit_opts o = {
+        .kind = SINK_AUDIT_FILE, .store_path = fx->path, .header = "OLD\n", .file_ext = "txt",
+        .max_rows = 100, .max_age_s = 1, .directory = dir, .tick_ms = 10,
+    };
+    struct sink_audit *s = sink_audit_start(&o, err, sizeof err);
+    assert_non_null(s);
+    struct sink_audit_stats stt;
+    for (int i = 0; i < 500; i++) {
+        sink_audit_get_stats(s, &stt);
+        if (stt.blocks_delivered == 4 && stt.rows_pending == 0)
+            break;
+        usleep(10000);
+    }
+    sink_audit_get_stats(s, &stt);
+    sink_audit_stop(s);
+    assert_int_equal(stt.blocks_delivered, 4);
+    static const struct { const char *name, *want; } files[] = {
+        {"hl7bridge-audit-0000000001.txt", "OLD\no1\to2\n"},
+        {"hl7bridge-audit-0000000002.txt", "A\tB\n1\ta\n2\tb\n3\tc\n"},
+        {"hl7bridge-audit-0000000003.csv", "X,Y,Z\r\n4,d,e\r\n5,f,g\r\n"},
+        {"hl7bridge-audit-0000000004.txt", "A\tB\n6\th\n"},
+    };
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        char path[300];
+        snprintf(path, sizeof path, "%s/%s", dir, files[i].name);
+        size_t len = 0;
+        char *got = slurp(path, &len);
+        if (!got)
+            fail_msg("missing %s", files[i].name);
+        assert_int_equal(len, strlen(files[i].want));
+        assert_memory_equal(got, files[i].want, len);
+        free(got);
+    }
+    assert_int_equal(q_int(fx, "SELECT COUNT(DISTINCT COALESCE(layout, 0)) FROM batches"), 3);
+}
+
 static void test_start_names_missing_setting(void **state)
 {
     struct fixture *fx = *state;
@@ -692,6 +762,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_file_sink_tsv, setup, teardown),
         cmocka_unit_test_setup_teardown(test_file_sink_csv_quoted_line_breaks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_file_sink_psv_lf, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_file_sink_block_per_layout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_start_names_missing_setting, setup, teardown),
         cmocka_unit_test_setup_teardown(test_file_write_replaces_atomically, setup, teardown),
         cmocka_unit_test(test_multipart_body),

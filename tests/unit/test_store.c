@@ -231,7 +231,7 @@ static void test_store_and_read_back(void **state)
     assert_int_equal(sqlite3_step(st), SQLITE_DONE);
     sqlite3_finalize(st);
 
-    assert_int_equal(db_int(db, "SELECT MAX(version) FROM schema_version"), 5);
+    assert_int_equal(db_int(db, "SELECT MAX(version) FROM schema_version"), 6);
     sqlite3_stmt *jm = NULL;
     assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &jm, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_step(jm), SQLITE_ROW);
@@ -619,7 +619,7 @@ static void test_reopen_keeps_data(void **state)
     assert_int_equal(c.quarantined, 0);
 
     sqlite3 *db = open_db(fx);
-    assert_int_equal(db_int(db, "SELECT COUNT(*) FROM schema_version"), 5);
+    assert_int_equal(db_int(db, "SELECT COUNT(*) FROM schema_version"), 6);
     sqlite3_close(db);
 }
 
@@ -1198,6 +1198,9 @@ static void test_upgrade_from_schema_2(void **state)
 
     /* Turn it back into what schema 2 left on disk. */
     sqlite3 *db = open_db(fx);
+    db_exec(db, "DROP TABLE row_layouts; ALTER TABLE rows DROP COLUMN layout;"
+                " ALTER TABLE batches DROP COLUMN layout;"
+                " DELETE FROM schema_version WHERE version = 6");
     db_exec(db, "DROP TABLE rejected;"
                 " DROP INDEX messages_origin;"
                 " DROP INDEX messages_filtered; DROP INDEX messages_duplicates;"
@@ -1225,7 +1228,7 @@ static void test_upgrade_from_schema_2(void **state)
     s = open_store(fx, 0, 0, 7);
     store_request_housekeeping(s);
     db = open_db(fx);
-    assert_int_equal(db_int(db, "SELECT MAX(version) FROM schema_version"), 5);
+    assert_int_equal(db_int(db, "SELECT MAX(version) FROM schema_version"), 6);
     assert_int_equal(db_int(db, "SELECT COUNT(*) FROM message_delivery"
                                 " WHERE delivered_ms IS NOT NULL"), 2);
     uint64_t deadline = clock_mono_ms() + 10000;
