@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import time
 import unittest
 import urllib.request
@@ -265,6 +266,9 @@ class BrowserTest(unittest.TestCase):
         # The rule file is fixed but not reloaded: the daemon's rules still
         # quarantine it (reprocess uses the loaded rules).
         d.fix_rules("default")
+        sock = d.dir / "hl7bridge.ctl"
+        self.assertTrue(stat.S_ISSOCK(os.stat(sock).st_mode))
+        self.assertEqual(stat.S_IMODE(os.stat(sock).st_mode), 0o600)
         _, out, _ = self.cli(d, "reprocess", "--status", "quarantined")
         self.assertIn("using the rules loaded by the running daemon", out)
         self.assertIn(f"{qid} quarantined: still quarantined", out)
@@ -304,6 +308,7 @@ class BrowserTest(unittest.TestCase):
 
         # Without the daemon: the rules of the configuration.
         d.assert_stops_cleanly()
+        self.assertFalse(sock.exists(), "control socket left behind")
         rc, out, _ = self.cli(d, "reprocess", "--status", "quarantined")
         self.assertIn("no daemon answers", out)
         self.assertIn("already queued: 1", out)
