@@ -133,6 +133,11 @@ struct config {
         uint64_t max_pending_rows;      /* default 10000000 */
     } store;
     struct {
+        /* Input held by all connections together (unfinished frames and
+         * frames not yet taken), MiB; default 256. */
+        uint64_t max_buffered_mb;
+    } limits;
+    struct {
         enum log_level level;           /* default LOG_INFO */
         enum log_format format;         /* default LOG_FMT_LOGFMT */
     } log;

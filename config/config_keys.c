@@ -342,6 +342,14 @@ static const struct cfg_key store_keys[] = {
 };
 static const struct cfg_section store_sec = {store_keys, NKEYS(store_keys), 0, NULL, NULL};
 
+/* 256 MiB: a 2-core VM has a few GiB; per connection max_message_bytes
+ * (16 MiB) times max_connections (512) would allow 8 GiB. */
+static const struct cfg_key limits_keys[] = {
+    {.name = "max_buffered_mb", .type = CT_U64, .off = OFF(limits.max_buffered_mb),
+     .min = 1, .max = 1ull << 20, .def = "256"},
+};
+static const struct cfg_section limits_sec = {limits_keys, NKEYS(limits_keys), 0, NULL, NULL};
+
 static const struct cfg_key log_keys[] = {
     {.name = "level", .type = CT_ENUM, .off = OFF(log.level), .words = w_log_level, .def = "info"},
     {.name = "format", .type = CT_ENUM, .off = OFF(log.format), .words = w_log_format,
@@ -716,6 +724,7 @@ static const struct cfg_key root_keys[] = {
      .min_n = 1, .max_n = HB_MAX_LISTENERS, .sub = &listener_sec},
     {.name = "ack", .type = CT_SECTION, .sub = &ack_sec},
     {.name = "store", .type = CT_SECTION, .sub = &store_sec},
+    {.name = "limits", .type = CT_SECTION, .sub = &limits_sec},
     {.name = "log", .type = CT_SECTION, .sub = &log_sec},
     {.name = "mapping", .type = CT_SECTION, .sub = &mapping_sec},
     {.name = "sinks", .type = CT_SECTION, .sub = &sinks_sec},

@@ -745,6 +745,25 @@ static void on_oversize(void *ud, struct mllp_conn *c, uint64_t seq, const uint8
     keep_rejected(in, c, il, NULL, 0, in->msg, code, err.text, &err);
 }
 
+/* The input budget (limits.max_buffered_mb) stayed spent and this
+ * connection's unfinished frame gives way: AR 207, then the server closes. */
+static void on_over_budget(void *ud, struct mllp_conn *c, uint64_t seq, const uint8_t *p,
+                           size_t len)
+{
+    struct ingest *in = ud;
+    const struct ingest_listener *il = mllp_conn_listener_user(c);
+    in->cur_il = il;
+    in->cur_rx_ns = in->stats ? clock_mono_ns() : 0;
+    in->cur_dup = 0;
+    in->st.received++;
+    struct hl7_err err;
+    size_t n = len < 65536 ? len : 65536;
+    if (hl7_msg_parse(in->msg, p, n, &il->parse, &err) != 0)
+        log_debug("over_budget_prefix_unparsed", "code=%d", err.code);
+    hl7_err_set(&err, HL7_E_INTERNAL, "", 0, 0, "buffered input over limits.max_buffered_mb");
+    answer(in, c, seq, in->msg, HL7_REJECT, NULL, "Server input limit reached", &err);
+}
+
 static int can_take(void *ud)
 {
     struct ingest *in = ud;
@@ -776,7 +795,8 @@ struct ingest *ingest_new(struct loop *l, struct store *st, const struct ingest_
              (unsigned long long)(clock_wall_ms() / 1000));
     in->ack_prefix_len = strlen(in->ack_prefix);
     struct mllp_handler h = {
-        .on_frame = on_frame, .on_oversize = on_oversize, .can_take = can_take, .ud = in,
+        .on_frame = on_frame, .on_oversize = on_oversize, .on_over_budget = on_over_budget,
+        .can_take = can_take, .ud = in,
     };
     in->srv = mllp_server_new(l, &h);
     if (!in->ring || !in->msg || !in->ackmsg || !in->srv || !in->mres)

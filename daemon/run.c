@@ -385,6 +385,7 @@ int cmd_run(int argc, char **argv)
         goto out;
     }
     ingest_set_backlog(r.ingest, backlog_rows, audit, cfg->store.max_pending_rows);
+    mllp_server_set_max_buffered(ingest_server(r.ingest), (size_t)(cfg->limits.max_buffered_mb << 20));
     /* The SMS sink reads SIU messages from the store with its own rule set
      * (a SIGHUP reload frees the ingest path's one). */
     sms = sms_rules ? sink_sms_start(cfg, sms_rules, err, sizeof err) : NULL;

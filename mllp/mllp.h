@@ -106,6 +106,12 @@ struct mllp_handler {
      * received so far. */
     void (*on_oversize)(void *ud, struct mllp_conn *c, uint64_t seq, const uint8_t *prefix,
                         size_t len);
+    /* The server-wide input budget (mllp_server_set_max_buffered) is spent
+     * and this connection's unfinished frame is the one to give way: reply
+     * to `seq` (typically AR); the connection is closed once that reply is
+     * written.  NULL: closed without a reply. */
+    void (*on_over_budget)(void *ud, struct mllp_conn *c, uint64_t seq, const uint8_t *prefix,
+                           size_t len);
     /* Back-pressure: return 0 while no new frame may be taken (the store
      * queue is full); reading resumes when it returns non-zero again. */
     int (*can_take)(void *ud);
@@ -121,6 +127,7 @@ struct mllp_stats {
     uint64_t tls_failed, tls_handshake_timeout, closed_frame_timeout;
     uint64_t frames, oversize, garbage_bytes, restarts;
     uint64_t bytes_in, bytes_out;
+    uint64_t over_budget;  /* unfinished frames refused for the input budget */
 };
 
 struct mllp_server *mllp_server_new(struct loop *l, const struct mllp_handler *h);
@@ -143,6 +150,14 @@ size_t mllp_server_active_conns(const struct mllp_server *s, uint64_t within_ms)
 /* Number of open connections. */
 size_t mllp_server_conn_count(const struct mllp_server *s);
 void mllp_server_get_stats(const struct mllp_server *s, struct mllp_stats *out);
+/* One budget for the input all connections hold (unfinished frames and
+ * frames not yet taken), in bytes; 0 = none.  Past it, connections between
+ * frames stop reading until it frees up; a connection whose unfinished
+ * frame holds a large share of it (the largest always does) gets
+ * on_over_budget and is closed, so waiting cannot deadlock. */
+void mllp_server_set_max_buffered(struct mllp_server *s, size_t bytes);
+/* Bytes held now, all connections. */
+size_t mllp_server_buffered(const struct mllp_server *s);
 /* Re-examines connections that stopped reading for back-pressure; call when
  * can_take may have turned true (e.g. after store results were taken). */
 void mllp_server_kick(struct mllp_server *s);

@@ -119,6 +119,7 @@ struct mllp_conn {
     uint64_t last_active_ms;
     uint64_t last_frame_ms;
     int readable;           /* an edge was seen and the socket not drained */
+    int budget_wait;        /* paused: the server-wide input budget is spent */
     int on_ready, on_dirty, on_dead;
     struct mllp_conn *next_ready, *next_dirty, *next_dead;
 };
@@ -135,6 +136,10 @@ struct mllp_server {
     uint64_t inflight;
     int draining;
     int kicked;
+    /* One budget for the input held by every connection (unfinished and
+     * not yet taken frames): 0 = none.  `buffered` is the sum of rbuf.len. */
+    size_t max_buffered, buffered;
+    size_t holders;      /* connections with rbuf.len > 0 */
     struct mllp_conn *ready, *dirty, *dead;
     struct mllp_stats st;
 };
@@ -344,11 +349,72 @@ static int conn_can_take(struct mllp_conn *c)
     return 1;
 }
 
+/* Every change of a connection's rbuf length goes through these, so the
+ * server-wide sum stays exact. */
+static void rbuf_account(struct mllp_conn *c, size_t before)
+{
+    struct mllp_server *s = c->srv;
+    s->buffered = s->buffered - before + c->rbuf.len;
+    if (!before && c->rbuf.len)
+        s->holders++;
+    else if (before && !c->rbuf.len)
+        s->holders--;
+}
+
+static void rbuf_consume(struct mllp_conn *c, size_t n)
+{
+    size_t before = c->rbuf.len;
+    buf_consume(&c->rbuf, n);
+    rbuf_account(c, before);
+}
+
+/* 1 when reading `want` more bytes into c stays within the budget. */
+static int budget_room(const struct mllp_conn *c, size_t want)
+{
+    const struct mllp_server *s = c->srv;
+    return !s->max_buffered || s->buffered + want <= s->max_buffered;
+}
+
+/* Over the budget, a connection between frames waits (back-pressure); one
+ * whose unfinished frame holds at least half its fair share of the budget
+ * (budget / connections holding input) is the one to give way: its frame is answered (AR) and it is closed, so
+ * the others can finish theirs.  The largest holder always qualifies, so
+ * waiting cannot deadlock.  Returns 1 to wait, 0 after refusing. */
+static int budget_wait_or_refuse(struct mllp_conn *c)
+{
+    struct mllp_server *s = c->srv;
+    size_t holders = s->holders ? s->holders : 1;
+    if (!c->framer.in_frame || c->rbuf.len < s->max_buffered / 2 / holders) {
+        c->budget_wait = 1;
+        mark_ready(c);
+        return 1;
+    }
+    uint64_t seq = c->next_seq++;
+    s->inflight++;
+    s->st.over_budget++;
+    log_warn("mllp_input_budget", "conn=%llu peer=%s listener=%s held=%zu total=%zu max=%zu",
+             (unsigned long long)c->id, c->peer, c->ls->name, c->rbuf.len, s->buffered,
+             s->max_buffered);
+    const uint8_t *p = buf_data(&c->rbuf) + c->framer.start;
+    size_t len = c->rbuf.len - c->framer.start;
+    if (s->h.on_over_budget)
+        s->h.on_over_budget(s->h.ud, c, seq, p, len);
+    else
+        (void)mllp_conn_reply(c, seq, NULL, 0);
+    size_t before = c->rbuf.len;
+    buf_reset(&c->rbuf);
+    rbuf_account(c, before);
+    c->state = CONN_DRAINING;
+    mark_dirty(c);
+    return 0;
+}
+
 /* Frames everything buffered, then reads more within the budget. */
 static void conn_process(struct mllp_conn *c)
 {
     struct mllp_server *s = c->srv;
     size_t budget = READ_BUDGET;
+    c->budget_wait = 0;
     if (c->handshaking && (c->state != CONN_OPEN || conn_handshake(c) <= 0))
         return;
     for (;;) {
@@ -373,7 +439,7 @@ static void conn_process(struct mllp_conn *c)
                 c->last_frame_ms = c->last_active_ms;
                 c->frame_started_ms = 0;
                 s->h.on_frame(s->h.ud, c, seq, buf_data(&c->rbuf) + fr.off, fr.len);
-                buf_consume(&c->rbuf, fr.consumed);
+                rbuf_consume(c, fr.consumed);
                 continue;
             }
             if (r == MLLP_OVERSIZE) {
@@ -386,12 +452,14 @@ static void conn_process(struct mllp_conn *c)
                     s->h.on_oversize(s->h.ud, c, seq, buf_data(&c->rbuf) + fr.off, fr.len);
                 else
                     (void)mllp_conn_reply(c, seq, NULL, 0);
+                size_t before = c->rbuf.len;
                 buf_reset(&c->rbuf);
+                rbuf_account(c, before);
                 c->state = CONN_DRAINING;
                 mark_dirty(c);
                 return;
             }
-            buf_consume(&c->rbuf, fr.consumed);
+            rbuf_consume(c, fr.consumed);
             /* A frame has begun: it must now end within frame_timeout_s,
              * however slowly its bytes trickle in. */
             if (c->framer.in_frame && !c->frame_started_ms)
@@ -408,6 +476,10 @@ static void conn_process(struct mllp_conn *c)
             return;
         }
         size_t want = READ_CHUNK < budget ? READ_CHUNK : budget;
+        if (!budget_room(c, want)) {
+            budget_wait_or_refuse(c);
+            return;
+        }
         uint8_t *w = buf_reserve(&c->rbuf, want);
         if (!w) {
             /* Cannot happen while the framer enforces the ceiling first. */
@@ -417,6 +489,7 @@ static void conn_process(struct mllp_conn *c)
         ssize_t n = conn_recv(c, w, want);
         if (n > 0) {
             buf_commit(&c->rbuf, (size_t)n);
+            rbuf_account(c, c->rbuf.len - (size_t)n);
             budget -= (size_t)n;
             s->st.bytes_in += (uint64_t)n;
             c->last_active_ms = clock_mono_ms();
@@ -545,6 +618,9 @@ static void conn_free(struct mllp_conn *c)
     s->st.restarts += c->framer.restarts;
     for (size_t i = 0; i < RING_CAP; i++)
         free(c->ring[i].data);
+    size_t before = c->rbuf.len;
+    buf_reset(&c->rbuf);
+    rbuf_account(c, before);
     buf_release(&c->rbuf);
     buf_release(&c->wbuf);
     s->slots[c->id & SLOT_MASK] = NULL;
@@ -576,7 +652,9 @@ static void before_sleep(void *ud)
     }
     /* If anything is still ready and can make progress, do not sleep. */
     for (struct mllp_conn *c = s->ready; c; c = c->next_ready) {
-        if (conn_can_take(c) && (c->readable || c->rbuf.len)) {
+        int progress = c->budget_wait ? budget_room(c, READ_CHUNK)
+                                      : (c->readable || c->rbuf.len);
+        if (conn_can_take(c) && progress) {
             loop_no_sleep(s->loop);
             break;
         }
@@ -1094,6 +1172,16 @@ void mllp_server_get_stats(const struct mllp_server *s, struct mllp_stats *out)
             out->restarts += s->slots[i]->framer.restarts;
         }
     }
+}
+
+void mllp_server_set_max_buffered(struct mllp_server *s, size_t bytes)
+{
+    s->max_buffered = bytes;
+}
+
+size_t mllp_server_buffered(const struct mllp_server *s)
+{
+    return s->buffered;
 }
 
 void mllp_server_kick(struct mllp_server *s)

@@ -7,7 +7,7 @@ import threading
 import time
 import unittest
 
-from harness import (CR, EB, SB, DaemonTestCase, MLLPConnection, frame, make_message)
+from harness import (CR, EB, SB, Daemon, DaemonTestCase, MLLPConnection, frame, make_message)
 
 
 class Duplicates(DaemonTestCase):
@@ -220,6 +220,60 @@ class SenderThatDoesNotRead(DaemonTestCase):
         self.assertNotIn("mllp_reply_overflow", self.daemon.log())
         rows = self.daemon.query("SELECT COUNT(*) FROM messages WHERE control_id LIKE 'SLOW%'")
         self.assertEqual(rows[0][0], self.N)
+
+
+class InputBudget(unittest.TestCase):
+    """limits.max_buffered_mb: one budget for the input all connections hold.
+    Unfinished frames that together pass it are not all kept: connections
+    wait, and the one holding a large unfinished frame gets AR 207 and is
+    closed; a well-behaved sender still gets its AA."""
+
+    HOGS = 3
+    HOG_BYTES = 700 * 1024
+
+    def test_unfinished_frames_over_the_budget_get_ar_207(self):
+        d = Daemon(self)
+        text = d.config_text
+        d.config_text = lambda port: text(port).replace("log:\n", "limits:\n  max_buffered_mb: 1\nlog:\n")
+        port = d.start()
+        self.assertIn("max_buffered_mb: 1", d.config_path.read_text())
+        hogs = []
+        for i in range(self.HOGS):
+            c = MLLPConnection(port, timeout=20)
+            self.addCleanup(c.close)
+            start = SB + make_message(f"HOG{i}")[:-1] + b"\rNTE|1||" + b"X" * self.HOG_BYTES
+            # From a thread: the daemon may stop reading this connection.
+            t = threading.Thread(target=lambda c=c, b=start: _send_quietly(c.sock, b), daemon=True)
+            t.start()
+            hogs.append(c)
+        refused = []
+        for i, c in enumerate(hogs):
+            try:
+                ack = c.recv_ack(timeout=5)
+            except socket.timeout:
+                continue  # still held: within the budget
+            except ConnectionError:
+                self.fail(f"HOG{i} closed without an answer")
+            self.assertEqual((ack.code, ack.err_code), ("AR", "207"), ack.raw)
+            self.assertEqual(ack.control_id, f"HOG{i}".encode(), ack.raw)
+            self.assertTrue(c.closed_by_peer(10), f"HOG{i} not closed after its AR")
+            refused.append(i)
+        self.assertGreaterEqual(len(refused), 1, f"no unfinished frame refused\n{d.log()}")
+        self.assertLess(len(refused), self.HOGS, "a frame that fits was refused")
+        self.assertEqual(d.log().count("event=mllp_input_budget"), len(refused))
+        with MLLPConnection(port) as c:
+            ack = c.request(make_message("AFTERHOGS"))
+            self.assertEqual(ack.code, "AA", ack.raw)
+        for c in hogs:
+            c.close()
+        self.assertEqual(d.stop(), 0)
+
+
+def _send_quietly(sock, data):
+    try:
+        sock.sendall(data)
+    except OSError:
+        pass
 
 
 class Oversize(DaemonTestCase):
