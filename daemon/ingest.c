@@ -767,8 +767,6 @@ static void on_over_budget(void *ud, struct mllp_conn *c, uint64_t seq, const ui
 static int can_take(void *ud)
 {
     struct ingest *in = ud;
-    if (in->draining)
-        return 1; /* finish what is buffered */
     return store_space(in->store) > STORE_HEADROOM &&
            in->ring_head - in->ring_tail + STORE_HEADROOM < in->ring_cap;
 }

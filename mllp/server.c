@@ -34,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -120,6 +121,7 @@ struct mllp_conn {
     uint64_t last_frame_ms;
     int readable;           /* an edge was seen and the socket not drained */
     int budget_wait;        /* paused: the server-wide input budget is spent */
+    size_t drain_left;      /* draining: bytes that had arrived at the signal, still to read */
     int on_ready, on_dirty, on_dead;
     struct mllp_conn *next_ready, *next_dirty, *next_dead;
 };
@@ -405,6 +407,7 @@ static int budget_wait_or_refuse(struct mllp_conn *c)
     buf_reset(&c->rbuf);
     rbuf_account(c, before);
     c->state = CONN_DRAINING;
+    c->drain_left = 0;
     mark_dirty(c);
     return 0;
 }
@@ -456,6 +459,7 @@ static void conn_process(struct mllp_conn *c)
                 buf_reset(&c->rbuf);
                 rbuf_account(c, before);
                 c->state = CONN_DRAINING;
+                c->drain_left = 0;
                 mark_dirty(c);
                 return;
             }
@@ -465,7 +469,7 @@ static void conn_process(struct mllp_conn *c)
             if (c->framer.in_frame && !c->frame_started_ms)
                 c->frame_started_ms = clock_mono_ms();
         }
-        if (c->state == CONN_DRAINING) {
+        if (c->state == CONN_DRAINING && !c->drain_left) {
             mark_dirty(c); /* close once replies are out */
             return;
         }
@@ -476,6 +480,8 @@ static void conn_process(struct mllp_conn *c)
             return;
         }
         size_t want = READ_CHUNK < budget ? READ_CHUNK : budget;
+        if (c->state == CONN_DRAINING && want > c->drain_left)
+            want = c->drain_left;
         if (!budget_room(c, want)) {
             budget_wait_or_refuse(c);
             return;
@@ -491,6 +497,8 @@ static void conn_process(struct mllp_conn *c)
             buf_commit(&c->rbuf, (size_t)n);
             rbuf_account(c, c->rbuf.len - (size_t)n);
             budget -= (size_t)n;
+            if (c->state == CONN_DRAINING)
+                c->drain_left -= (size_t)n < c->drain_left ? (size_t)n : c->drain_left;
             s->st.bytes_in += (uint64_t)n;
             c->last_active_ms = clock_mono_ms();
             continue;
@@ -499,10 +507,12 @@ static void conn_process(struct mllp_conn *c)
             /* Peer half-closed: answer what it sent, then close. */
             c->readable = 0;
             c->state = CONN_DRAINING;
+            c->drain_left = 0;
             continue;
         }
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
             c->readable = 0;
+            c->drain_left = 0; /* nothing more had arrived */
             return;
         }
         if (errno == EINTR)
@@ -545,7 +555,7 @@ static void conn_flush(struct mllp_conn *c)
     }
     if (was_full)
         conn_resume_reading(c);
-    if (c->state == CONN_DRAINING && c->send_seq == c->next_seq)
+    if (c->state == CONN_DRAINING && c->send_seq == c->next_seq && !c->drain_left)
         conn_kill(c);
 }
 
@@ -1154,6 +1164,12 @@ void mllp_server_drain(struct mllp_server *s)
     for (size_t i = 0; i < s->nslots; i++) {
         struct mllp_conn *c = s->slots[i];
         if (c && c->state == CONN_OPEN) {
+            /* Frames the peer sent before the signal are in flight too:
+             * what its socket holds now is still read and answered (on
+             * plain TCP; over TLS, what was decrypted into our buffer). */
+            int avail = 0;
+            if (!c->ssl && !c->handshaking && ioctl(c->fd, FIONREAD, &avail) == 0 && avail > 0)
+                c->drain_left = (size_t)avail;
             c->state = CONN_DRAINING;
             mark_ready(c);
             mark_dirty(c);

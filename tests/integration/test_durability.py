@@ -3,6 +3,8 @@ clients are mid-stream, and the project's load generator."""
 
 import re
 import shutil
+import signal
+import socket
 import tempfile
 import threading
 import time
@@ -155,13 +157,15 @@ class GracefulShutdown(DaemonTestCase):
         self.assertEqual(missing, [], f"{len(missing)} acknowledged messages not stored once")
 
     def test_sigterm_answers_frames_already_received(self):
-        # A burst is written, then SIGTERM at once: whatever the daemon took
-        # in is answered before it closes, and answered means stored.
+        # A burst is written (on loopback it is in the daemon's socket once
+        # sendall returns), then SIGTERM as soon as the first ACK is back:
+        # every frame of the burst was in flight, so every one is committed
+        # and answered, in order, before the connection closes; exit 0.
         ids = [f"DRAIN{i:04d}" for i in range(200)]
         c = self.daemon.connect(timeout=15)
         c.send_raw(b"".join(frame(make_message(i)) for i in ids))
         first = c.recv_ack()  # the daemon is processing the burst
-        self.daemon.proc.send_signal(15)
+        self.daemon.proc.send_signal(signal.SIGTERM)
         acks = [first]
         while True:
             try:
@@ -170,10 +174,75 @@ class GracefulShutdown(DaemonTestCase):
                 break
         rc = self.daemon.stop()
         self.assertEqual(rc, 0)
-        self.assertEqual([a.control_id_text for a in acks], ids[:len(acks)], "in order, no gaps")
+        self.assertEqual(len(acks), len(ids), f"{len(acks)} ACKs for {len(ids)} frames")
+        self.assertEqual([a.control_id_text for a in acks], ids, "in order, no gaps")
         self.assertEqual({a.code for a in acks}, {"AA"})
-        for a in acks:
-            self.assertEqual(self.daemon.count_control_id(a.control_id), 1, a)
+        counts = self.daemon.control_id_counts()
+        for i in ids:
+            self.assertEqual(counts.get(i.encode()), 1, i)
+
+    def test_second_signal_exits_at_once_claiming_nothing_unanswered(self):
+        # A sender that pipelines and does not read holds the drain open
+        # (its ACKs cannot be written).  The second SIGTERM ends the drain
+        # at once (the drain's own deadline is 30 s); whatever ACKs did get
+        # out are for stored messages, and nothing after them was claimed.
+        app = "A" * 1000
+        ids = [f"HOLD{i:05d}" for i in range(12000)]
+        payload = b"".join(frame(make_message(i, send_app=app, send_fac=app)) for i in ids)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(sock.close)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+        sock.settimeout(60)
+        sock.connect(("127.0.0.1", self.daemon.port))
+        sent = [0]
+
+        def writer():
+            view = memoryview(payload)
+            try:
+                while sent[0] < len(payload):
+                    sent[0] += sock.send(view[sent[0]:sent[0] + 65536])
+            except OSError:
+                pass
+
+        t = threading.Thread(target=writer, daemon=True)
+        t.start()
+        # Until the daemon stops reading (its ACKs are not read): the writer
+        # makes no progress for 2 s.
+        last, last_change = -1, time.monotonic()
+        deadline = time.monotonic() + 120
+        while time.monotonic() - last_change < 2:
+            self.assertLess(time.monotonic(), deadline)
+            self.assertTrue(t.is_alive(), "everything was sent: the daemon never paused")
+            if sent[0] != last:
+                last, last_change = sent[0], time.monotonic()
+            time.sleep(0.05)
+        self.daemon.proc.send_signal(signal.SIGTERM)
+        self.assertTrue(wait_for(lambda: "event=shutdown_begin" in self.daemon.log(), 10))
+        time.sleep(0.3)
+        self.assertTrue(self.daemon.alive(), "the drain should still be waiting for the reader")
+        t0 = time.monotonic()
+        self.daemon.proc.send_signal(signal.SIGTERM)
+        rc = self.daemon.proc.wait(timeout=40)
+        took = time.monotonic() - t0
+        self.assertLess(took, 15, "the second signal did not cut the drain short")
+        self.assertEqual(rc, 0, self.daemon.log()[-2000:])
+        self.assertIn("event=shutdown_forced", self.daemon.log())
+        data = bytearray()
+        while True:
+            try:
+                chunk = sock.recv(1 << 20)
+            except OSError:
+                break
+            if not chunk:
+                break
+            data += chunk
+        acks = re.findall(rb"\rMSA\|([A-Z]{2})\|([^|\r]*)", bytes(data))
+        self.assertLess(len(acks), len(ids), "every frame was answered: nothing was cut short")
+        self.assertEqual([a[1].decode() for a in acks], ids[:len(acks)], "in order, no gaps")
+        counts = self.daemon.control_id_counts()
+        for code, cid in acks:
+            self.assertEqual(code, b"AA")
+            self.assertEqual(counts.get(cid), 1, cid)
 
     def test_no_new_connections_after_sigterm(self):
         port = self.daemon.port
@@ -219,3 +288,20 @@ class LoadGenerator(DaemonTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+def _send_quietly(sock, data):
+    try:
+        sock.sendall(data)
+    except OSError:
+        pass
+
+
+def wait_for(pred, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
