@@ -28,7 +28,8 @@ def wellformed_messages(testcase):
     root, files = corpus_files(malformed=False)
     if root is None:
         testcase.skipTest("../shared/corpus is absent (set HL7BRIDGE_CORPUS to its path)")
-    testcase.assertGreater(len(files), 100, f"suspiciously small corpus at {root}")
+    if not files:
+        testcase.skipTest(f"no well-formed message files under {root}")
     out = []
     for f in files:
         rel = str(f.relative_to(root))
@@ -71,7 +72,8 @@ class WellFormedCorpus(DaemonTestCase):
         if root is None:
             self.skipTest("../shared/corpus is absent")
         batches = [f for f in files if is_batch(f.read_bytes())]
-        self.assertGreaterEqual(len(batches), 5, "the corpus has several FHS/BHS batches")
+        if not batches:
+            self.skipTest(f"the corpus at {root} holds no FHS/BHS batch")
         with self.daemon.connect() as c:
             for f in batches:
                 with self.subTest(batch=str(f.relative_to(root))):
@@ -89,15 +91,24 @@ class WellFormedCorpus(DaemonTestCase):
 
     def test_accepted_messages_are_in_the_store(self):
         root, msgs = wellformed_messages(self)
-        accepted = []
+        accepted, refused, singles = [], [], 0
         with self.daemon.connect() as c:
             for label, msg in msgs:
                 if is_batch(msg):
                     continue
+                singles += 1
                 ack = c.request(msg)
-                if ack.code == "AA" and ack.control_id:
+                if ack.code != "AA":
+                    refused.append((label, ack.code))
+                elif ack.control_id:
                     accepted.append((label, msg))
-        self.assertGreater(len(accepted), len(msgs) // 2)
+        # Every single message of the corpus, whatever its size: each one is
+        # accepted, and each one with a control id can be found by it.
+        self.assertEqual(refused, [])
+        with_id = sum(1 for _, m in msgs if not is_batch(m) and expected_control_id(m))
+        self.assertEqual(len(accepted), with_id, f"{singles} messages")
+        if not accepted:
+            self.skipTest("no message of the corpus has a control id")
         for label, msg in accepted:
             with self.subTest(message=label):
                 msh = first_segment(msg)
@@ -243,7 +254,8 @@ class MalformedCorpus(DaemonTestCase):
         root, files = corpus_files(malformed=True)
         if root is None:
             self.skipTest("../shared/corpus is absent")
-        self.assertGreater(len(files), 20)
+        if not files:
+            self.skipTest(f"no malformed files under {root}")
         for f in files:
             data = f.read_bytes()
             rel = str(f.relative_to(root))
@@ -267,7 +279,7 @@ class MalformedCorpus(DaemonTestCase):
     def test_unsupported_version_gets_203(self):
         with self.daemon.connect() as c:
             ack = c.request(make_message("BADVER1", version="3.0"))
-        self.assertIn(ack.code, ("AR", "AE"))
+        self.assertEqual(ack.code, "AR", ack.raw)  # README: version not 2.x → AR, ERR 203
         self.assertEqual(ack.control_id_text, "BADVER1")
         self.assertEqual(ack.err_code, "203", ack.raw)
 
@@ -275,7 +287,7 @@ class MalformedCorpus(DaemonTestCase):
         msg = make_message("NOTYPE1", msg_type="")
         with self.daemon.connect() as c:
             ack = c.request(msg)
-        self.assertIn(ack.code, ("AR", "AE"))
+        self.assertEqual(ack.code, "AR", ack.raw)  # README: MSH-9 missing → AR, ERR 101
         self.assertEqual(ack.control_id_text, "NOTYPE1")
         self.assertEqual(ack.err_code, "101", ack.raw)
         # ERR-2 (v2.5): segment^sequence^field -> MSH^1^9

@@ -19,11 +19,13 @@ from test_tls import TLSDaemon
 class Sender(threading.Thread):
     """Mixed load on several connections: new messages, re-sends of earlier
     ones (duplicates) and malformed frames; records every control id that
-    got AA, until its connection breaks."""
+    got AA (checking that each ACK answers the frame just sent), until its
+    connection breaks."""
 
     def __init__(self, port, tag, acked, lock, rng):
         super().__init__(daemon=True)
         self.port, self.tag, self.acked, self.lock, self.rng = port, tag, acked, lock, rng
+        self.protocol_errors = []  # ACKs that answer the wrong frame
 
     def run(self):
         n = 0
@@ -33,7 +35,9 @@ class Sender(threading.Thread):
                     r = self.rng.random()
                     if r < 0.1:
                         c.send_raw(frame(b"GARBAGE" + os.urandom(20).replace(b"\x1c", b"")))
-                        c.recv_ack()
+                        ack = c.recv_ack()
+                        if ack.code != "AR":
+                            self.protocol_errors.append(f"garbage answered {ack.code}")
                         continue
                     if r < 0.25 and self.acked:
                         with self.lock:
@@ -42,6 +46,11 @@ class Sender(threading.Thread):
                         n += 1
                         cid = f"{self.tag}-{n}"
                     ack = c.request(make_message(cid))
+                    if ack.control_id_text != cid:
+                        # An ACK for another message: recording it would
+                        # claim the wrong message stored.
+                        self.protocol_errors.append(f"ACK for {ack.control_id_text!r}, sent {cid}")
+                        return
                     if ack.code == "AA":
                         with self.lock:
                             self.acked.add(cid)
@@ -65,6 +74,7 @@ class KillNine(unittest.TestCase):
             self.assertEqual(d.kill(), -9)
             for s in senders:
                 s.join(10)
+                self.assertEqual(s.protocol_errors, [], f"round {rnd}")
             d.start()  # same port, same store
         counts = d.control_id_counts()
         missing = [c for c in acked if counts.get(c.encode(), 0) != 1]

@@ -28,7 +28,7 @@ class Duplicates(DaemonTestCase):
         with self.daemon.connect() as c:
             first = c.request(msg)
             second = c.request(msg)
-        self.assertIn(first.code, ("AR", "AE"))
+        self.assertEqual((first.code, first.err_code), ("AR", "203"), first.raw)
         self.assertEqual(second.code, first.code)
         self.assertEqual(second.err_code, first.err_code)
         self.assertEqual(self.daemon.count_control_id("DUPBAD1"), 0)
@@ -222,6 +222,83 @@ class SenderThatDoesNotRead(DaemonTestCase):
         self.assertEqual(rows[0][0], self.N)
 
 
+class BackPressure(DaemonTestCase):
+    """Many connections with full windows against a slowed writer: the
+    listener stops reading instead of queueing past the store's queue (or
+    answering AE "cannot store"); memory stays bounded; every frame is
+    answered AA, in order.  The writer is slowed the way another process
+    slows it in production: it holds the database's write lock, here for
+    0.3 s at a time (under the writer's 1 s busy timeout)."""
+
+    CONNS = 48
+    WINDOW = 256  # the listener's frames in flight per connection
+    RSS_LIMIT_MB = 400
+
+    def rss_mb(self):
+        with open(f"/proc/{self.daemon.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) // 1024
+        return 0
+
+    def test_full_windows_against_a_slowed_writer(self):
+        import sqlite3
+        stop = threading.Event()
+        holds = [0]
+
+        def locker():
+            con = sqlite3.connect(str(self.daemon.db_path), timeout=10, isolation_level=None)
+            try:
+                while not stop.is_set():
+                    con.execute("BEGIN IMMEDIATE")
+                    holds[0] += 1
+                    stop.wait(0.3)
+                    con.execute("COMMIT")
+                    time.sleep(0.05)
+            finally:
+                con.close()
+
+        results, errors = {}, []
+
+        def sender(n):
+            ids = [f"BP{n:02d}-{i:04d}" for i in range(self.WINDOW)]
+            try:
+                with MLLPConnection(self.daemon.port, timeout=60) as c:
+                    c.send_raw(b"".join(frame(make_message(i)) for i in ids))
+                    acks = [c.recv_ack() for _ in ids]
+                results[n] = (ids, acks)
+            except Exception as e:  # recorded and asserted below
+                errors.append(f"{n}: {e!r}")
+
+        lt = threading.Thread(target=locker, daemon=True)
+        lt.start()
+        self.addCleanup(stop.set)
+        while holds[0] == 0:
+            time.sleep(0.01)
+        rss0 = self.rss_mb()
+        senders = [threading.Thread(target=sender, args=(n,), daemon=True) for n in range(self.CONNS)]
+        for t in senders:
+            t.start()
+        peak = rss0
+        deadline = time.monotonic() + 120
+        while any(t.is_alive() for t in senders):
+            self.assertLess(time.monotonic(), deadline, "hang")
+            peak = max(peak, self.rss_mb())
+            time.sleep(0.05)
+        stop.set()
+        lt.join(10)
+        self.assertEqual(errors, [])
+        for n, (ids, acks) in results.items():
+            self.assertEqual([a.control_id_text for a in acks], ids, f"connection {n}: order")
+            bad = [a for a in acks if a.code != "AA"]
+            self.assertEqual(bad, [], f"connection {n}: {len(bad)} not AA, first {bad[:1]}")
+        self.assertEqual(len(results), self.CONNS)
+        total = self.daemon.query("SELECT COUNT(*) FROM messages WHERE control_id LIKE 'BP%'")[0][0]
+        self.assertEqual(total, self.CONNS * self.WINDOW)
+        self.assertGreater(holds[0], 1, "the writer was never held")
+        self.assertLess(peak, self.RSS_LIMIT_MB, f"RSS grew from {rss0} to {peak} MiB")
+
+
 class InputBudget(unittest.TestCase):
     """limits.max_buffered_mb: one budget for the input all connections hold.
     Unfinished frames that together pass it are not all kept: connections
@@ -289,7 +366,7 @@ class Oversize(DaemonTestCase):
             ack = c.recv_ack()
             self.assertEqual(ack.code, "AR", ack.raw)
             self.assertEqual(ack.control_id_text, "BIG00001", "the AR echoes MSH-10")
-            self.assertIsNotNone(ack.err_segment)
+            self.assertEqual(ack.err_code, "207", ack.raw)
             self.assertTrue(c.closed_by_peer(5), "connection closed after the oversize frame")
         # Other connections are not affected, old or new.
         self.assertEqual(other.request(make_message("OTHER002")).code, "AA")
@@ -309,7 +386,7 @@ class Oversize(DaemonTestCase):
         with self.daemon.connect() as c:
             c.send_raw(SB + make_message("ENDLESS1", pad=20000))  # no end marker, ever
             ack = c.recv_ack()
-            self.assertEqual(ack.code, "AR", ack.raw)
+            self.assertEqual((ack.code, ack.err_code), ("AR", "207"), ack.raw)
             self.assertTrue(c.closed_by_peer(5))
         self.assertAlive()
 
