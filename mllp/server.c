@@ -112,7 +112,8 @@ struct mllp_conn {
     uint64_t accepted_ms;
     uint64_t frame_started_ms; /* 0 when no frame is in progress */
     int lone_end_due;       /* lenient: the peer paused after a trailing 0x1C */
-    struct buf rbuf, wbuf;
+    struct buf rbuf, wbuf;  /* rbuf's length changes only through rbuf_consume/rbuf_account
+                               (the server-wide input budget counts it) */
     struct mllp_framer framer;
     uint64_t next_seq;      /* assigned to the next frame */
     uint64_t send_seq;      /* the next reply to write */
@@ -432,7 +433,7 @@ static void conn_process(struct mllp_conn *c)
             int r = mllp_framer_next(&c->framer, buf_data(&c->rbuf), c->rbuf.len, &fr);
             if (r == MLLP_MORE && c->lone_end_due) {
                 c->lone_end_due = 0;
-                buf_consume(&c->rbuf, fr.consumed);
+                rbuf_consume(c, fr.consumed);
                 r = mllp_framer_end_lone(&c->framer, buf_data(&c->rbuf), c->rbuf.len, &fr);
             }
             if (r == MLLP_FRAME) {
