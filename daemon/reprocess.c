@@ -15,6 +15,7 @@
  * daemon's control socket (with the rules it has loaded) when one does.
  *
  * Threads: any; one run per thread (own store connection). */
+#include "daemon/sink_glue.h"
 #include "daemon/browse.h"
 #include "core/clock.h"
 
@@ -85,6 +86,7 @@ struct run {
     const struct mapping *mp;
     enum mapping_format fmt;
     const char *eol;
+    int64_t layout; /* of the rows it writes: they go out under their own header */
     const struct reprocess_req *rq;
     struct hl7_msg *m;
     struct mapping_result *res;
@@ -171,7 +173,7 @@ static enum reprocess_outcome one(struct run *r, const char *id, struct store_br
         .msg_type = e->msg_type, .trigger = e->trigger, .version = e->version,
         .reason = reason,
         .rows = buf_data(&r->rows), .rows_len = r->rows.len, .row_count = r->rows_n,
-        .now_ms = clock_wall_ms(),
+        .layout = r->layout, .now_ms = clock_wall_ms(),
     };
     int64_t nid = store_browser_add(r->b, &je, err, sizeof err);
     if (nid < 0) {
@@ -199,6 +201,9 @@ int reprocess_run(const char *store_path, const struct mapping *mp, enum mapping
         snprintf(errbuf, errcap, "out of memory");
         goto out;
     }
+    if (!rq->dry_run &&
+        sink_glue_layout_of(store_path, mp, fmt, eol, &r.layout, errbuf, errcap) != 0)
+        goto out;
     r.b = store_browser_open(store_path, !rq->dry_run, errbuf, errcap);
     if (!r.b)
         goto out;

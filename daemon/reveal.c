@@ -11,6 +11,7 @@
  * BROWSE_REVEAL_EVENT, the reason in the restricted-access comment.
  *
  * Threads: the CLI's main thread. */
+#include "daemon/sink_glue.h"
 #include "daemon/browse.h"
 #include "daemon/rules.h"
 #include "core/clock.h"
@@ -89,6 +90,9 @@ int64_t browse_reveal_record(const struct config *cfg, struct store_browser *b,
         snprintf(errbuf, errcap, "access record too large");
         goto out;
     }
+    int64_t layout = 0;
+    if (sink_glue_layout(cfg, mp, &layout, errbuf, errcap) != 0)
+        goto out;
     char why[300];
     snprintf(why, sizeof why, "access record: %s revealed %s", user, e->id);
     struct store_journal_entry je = {
@@ -97,7 +101,7 @@ int64_t browse_reveal_record(const struct config *cfg, struct store_browser *b,
         .msg_type = e->msg_type, .trigger = e->trigger, .version = e->version,
         .reason = why,
         .rows = buf_data(&row), .rows_len = row.len, .row_count = 1,
-        .now_ms = clock_wall_ms(),
+        .layout = layout, .now_ms = clock_wall_ms(),
     };
     id = store_browser_add(b, &je, errbuf, errcap);
 out:

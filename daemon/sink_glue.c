@@ -78,19 +78,26 @@ struct sink_audit *sink_glue_start(const struct config *c, const struct mapping 
     return s;
 }
 
-int sink_glue_layout(const struct config *c, const struct mapping *mp, int64_t *layout, char *err,
-                     size_t errcap)
+int sink_glue_layout_of(const char *store_path, const struct mapping *mp, enum mapping_format fmt,
+                        const char *eol, int64_t *layout, char *err, size_t errcap)
 {
     struct buf header;
     buf_init(&header, 1 << 20);
-    struct sink_audit_opts o;
     int rc = -1;
-    if (sink_glue_opts(c, mp, &o, &header) != 0)
+    if (mapping_format_header(mp, fmt, eol, &header) != 0 || buf_append(&header, "", 1) != 0)
         snprintf(err, errcap, "audit sink: cannot format the header line");
     else
-        rc = store_layout_register(c->store.path, o.header, o.file_ext, layout, err, errcap);
+        rc = store_layout_register(store_path, (const char *)buf_data(&header),
+                                   fmt == MAPPING_FMT_CSV ? "csv" : "txt", layout, err, errcap);
     buf_release(&header);
     return rc;
+}
+
+int sink_glue_layout(const struct config *c, const struct mapping *mp, int64_t *layout, char *err,
+                     size_t errcap)
+{
+    return sink_glue_layout_of(c->store.path, mp, rules_format(c), rules_eol(c), layout, err,
+                               errcap);
 }
 
 static int same_str(const char *a, const char *b)

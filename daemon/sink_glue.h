@@ -30,6 +30,13 @@ struct sink_audit *sink_glue_start(const struct config *c, const struct mapping 
 int sink_glue_layout(const struct config *c, const struct mapping *mp, int64_t *layout, char *err,
                      size_t errcap) __attribute__((warn_unused_result));
 
+/* The same for rows written by `mp` in format `fmt` with line end `eol`
+ * into the store at store_path (reprocess, reveal: their rows must go out
+ * under their own header too). */
+int sink_glue_layout_of(const char *store_path, const struct mapping *mp, enum mapping_format fmt,
+                        const char *eol, int64_t *layout, char *err, size_t errcap)
+    __attribute__((warn_unused_result));
+
 /* SIGHUP: 0 when the running audit sink can go on under `next` (only the
  * mapping, the row format and line ending differ: those follow the rows,
  * block by block); -1 with the first setting that needs a restart named in

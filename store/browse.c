@@ -610,11 +610,11 @@ int64_t store_browser_accepted_key(struct store_browser *b, const char *send_app
 
 /* ---- journal entries ----------------------------------------------------- */
 
-static int insert_rows(sqlite3 *db, int64_t msg_id, const uint8_t *p, size_t len)
+static int insert_rows(sqlite3 *db, int64_t msg_id, const uint8_t *p, size_t len, int64_t layout)
 {
     sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(db, "INSERT INTO rows (msg_id, seq, data) VALUES (?1, ?2, ?3)", -1,
-                           &st, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(db, "INSERT INTO rows (msg_id, seq, data, layout) VALUES (?1, ?2, ?3, ?4)",
+                           -1, &st, NULL) != SQLITE_OK)
         return -1;
     const uint8_t *end = p + len;
     int64_t seq = 0;
@@ -626,6 +626,10 @@ static int insert_rows(sqlite3 *db, int64_t msg_id, const uint8_t *p, size_t len
             sqlite3_bind_int64(st, 1, msg_id);
             sqlite3_bind_int64(st, 2, seq++);
             sqlite3_bind_blob64(st, 3, p, (sqlite3_uint64)(line_end - p), SQLITE_STATIC);
+            if (layout > 0)
+                sqlite3_bind_int64(st, 4, layout);
+            else
+                sqlite3_bind_null(st, 4);
             rc = sqlite3_step(st);
             sqlite3_reset(st);
         }
@@ -668,7 +672,7 @@ int64_t store_browser_add(struct store_browser *b, const struct store_journal_en
     sqlite3_finalize(st);
     st = NULL;
     id = sqlite3_last_insert_rowid(b->db);
-    if (e->rows_len && insert_rows(b->db, id, e->rows, e->rows_len) < 0)
+    if (e->rows_len && insert_rows(b->db, id, e->rows, e->rows_len, e->layout) < 0)
         goto fail;
     if (store_sql_exec(b->db, "COMMIT") < 0)
         goto fail;

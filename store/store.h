@@ -292,6 +292,7 @@ struct store_journal_entry {
     const char *send_app, *send_fac, *msg_type, *trigger, *version;
     const char *reason;            /* no PHI */
     const uint8_t *rows; size_t rows_len; unsigned row_count;
+    int64_t layout;                /* the rows' layout (store_layout_register); 0: none */
     int64_t now_ms;
 };
 int64_t store_browser_add(struct store_browser *b, const struct store_journal_entry *e,
