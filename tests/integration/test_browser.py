@@ -241,6 +241,9 @@ class BrowserTest(unittest.TestCase):
         self.assertEqual(row["Restricted Access Comment"], "ticket 4711 check")
         self.assertEqual(row["Email Address (UPN) or SamAccountName"], "auditor.one@example.org")
         self.assertRegex(row["Creation Time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+        # Written in the same row layout as the daemon's rows (one header).
+        self.assertEqual(d.query("SELECT COUNT(DISTINCT layout), COUNT(*) - COUNT(layout)"
+                                 " FROM rows"), [(1, 0)])
         # Without --user: the OS user.
         self.cli(d, "show", mid, "--reveal", "--reason", "second look")
         import pwd
@@ -303,6 +306,8 @@ class BrowserTest(unittest.TestCase):
         _, out, _ = self.cli(d, "reprocess", "--id", qid, "--redeliver")
         self.assertIn("queued: 1", out)
         lines = d.wait_sink(lambda l: len(l) == 3, "the redelivered row")
+        self.assertEqual(d.query("SELECT COUNT(DISTINCT layout), COUNT(*) - COUNT(layout)"
+                                 " FROM rows"), [(1, 0)])
         self.assertEqual(sum("Unknown" in l for l in lines), 2, lines)
         self.assertNoPHI(out, "reprocess output")
 
