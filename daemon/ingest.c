@@ -693,8 +693,9 @@ static void on_frame(void *ud, struct mllp_conn *c, uint64_t seq, const uint8_t 
         in->st.sender_refused++;
         hl7_err_set(&err, HL7_E_INTERNAL, "MSH", 1, 3,
                     "sender not allowed for this client certificate");
+        char q[768];
         log_warn("sender_refused", "listener=%s peer=%s cn=\"%s\"", il->name, mllp_conn_peer(c),
-                 mllp_conn_tls_name(c) ? mllp_conn_tls_name(c) : "");
+                 log_quote(q, sizeof q, mllp_conn_tls_name(c))); /* the peer's certificate */
         code = answer(in, c, seq, in->msg, HL7_REJECT, NULL, "Sender not allowed", &err);
         keep_rejected(in, c, il, p, len, in->msg, code, err.text, &err);
         return;

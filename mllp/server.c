@@ -315,13 +315,17 @@ static int conn_handshake(struct mllp_conn *c)
         if (o->verify_client && o->n_allowed_names &&
             !mllp_tls_name_allowed(c->peer_cert, o->allowed_names, o->n_allowed_names)) {
             c->srv->st.tls_failed++;
+            char q[sizeof c->cn * 6];
             log_warn("mllp_tls_refused", "conn=%llu peer=%s listener=%s reason=name_not_allowed "
-                     "cn=\"%s\"", (unsigned long long)c->id, c->peer, c->ls->name, c->cn);
+                     "cn=\"%s\"", (unsigned long long)c->id, c->peer, c->ls->name,
+                     log_quote(q, sizeof q, c->cn)); /* the peer wrote it */
             conn_kill(c);
             return -1;
         }
+        char q[sizeof c->cn * 6];
         log_info("mllp_tls_established", "conn=%llu peer=%s listener=%s version=%s cn=\"%s\"",
-                 (unsigned long long)c->id, c->peer, c->ls->name, SSL_get_version(c->ssl), c->cn);
+                 (unsigned long long)c->id, c->peer, c->ls->name, SSL_get_version(c->ssl),
+                 log_quote(q, sizeof q, c->cn));
         return 1;
     }
     int e = SSL_get_error(c->ssl, r);
