@@ -206,8 +206,9 @@ static void do_reprocess(struct conn *c, json_t *req)
     struct rules_ref *ref = rules_live_get(c->s->live);
     struct reprocess_totals tot;
     char err[512];
-    int rc = reprocess_run(cfg->store.path, rules_ref_mapping(ref), rules_format(cfg),
-                           rules_eol(cfg), &rq, send_line, c, &tot, err, sizeof err);
+    /* The format goes with the rules: a reload may have changed both. */
+    int rc = reprocess_run(cfg->store.path, rules_ref_mapping(ref), rules_ref_format(ref),
+                           rules_ref_eol(ref), &rq, send_line, c, &tot, err, sizeof err);
     rules_ref_put(c->s->live, ref);
     free(idv);
     log_info("reprocess", "queued=%llu rows=%llu already=%llu still_quarantined=%llu "

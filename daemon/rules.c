@@ -73,6 +73,8 @@ const char *rules_eol(const struct config *c)
 
 struct rules_ref {
     struct mapping *mp;
+    enum mapping_format fmt; /* rows written with it: format and line end */
+    const char *eol;
     unsigned refs;          /* under rules_live.mu */
 };
 
@@ -81,24 +83,23 @@ struct rules_live {
     struct rules_ref *cur;  /* the holder's own reference counts in refs */
 };
 
-static struct rules_ref *ref_new(struct mapping *mp)
+static struct rules_ref *ref_new(struct mapping *mp, enum mapping_format fmt, const char *eol)
 {
     struct rules_ref *r = calloc(1, sizeof *r);
-    if (!r) {
-        mapping_free(mp);
+    if (!r)
         return NULL;
-    }
     r->mp = mp;
+    r->fmt = fmt;
+    r->eol = eol;
     r->refs = 1;
     return r;
 }
 
-struct rules_live *rules_live_new(struct mapping *mp)
+struct rules_live *rules_live_new(struct mapping *mp, enum mapping_format fmt, const char *eol)
 {
     struct rules_live *l = calloc(1, sizeof *l);
-    if (!l || !(l->cur = ref_new(mp))) {
-        if (!l)
-            mapping_free(mp);
+    if (!l || !(l->cur = ref_new(mp, fmt, eol))) {
+        mapping_free(mp);
         free(l);
         return NULL;
     }
@@ -118,6 +119,10 @@ struct rules_ref *rules_live_get(struct rules_live *l)
 
 const struct mapping *rules_ref_mapping(const struct rules_ref *r) { return r ? r->mp : NULL; }
 
+enum mapping_format rules_ref_format(const struct rules_ref *r) { return r->fmt; }
+
+const char *rules_ref_eol(const struct rules_ref *r) { return r->eol; }
+
 void rules_ref_put(struct rules_live *l, struct rules_ref *r)
 {
     if (!r)
@@ -131,13 +136,12 @@ void rules_ref_put(struct rules_live *l, struct rules_ref *r)
     }
 }
 
-int rules_live_set(struct rules_live *l, struct mapping *mp)
+int rules_live_set(struct rules_live *l, struct mapping *mp, enum mapping_format fmt,
+                   const char *eol)
 {
-    struct rules_ref *n = calloc(1, sizeof *n);
+    struct rules_ref *n = ref_new(mp, fmt, eol);
     if (!n)
         return -1;
-    n->mp = mp;
-    n->refs = 1;
     pthread_mutex_lock(&l->mu);
     struct rules_ref *old = l->cur;
     l->cur = n;

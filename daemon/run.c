@@ -121,7 +121,7 @@ static void reload(struct runner *r)
      * layout switch together. */
     const struct ingest_rows was = ingest_get_rows(r->ingest);
     struct mapping *old = ingest_set_rows(r->ingest, mp, rules_format(c), rules_eol(c), layout);
-    if (rules_live_set(r->live, mp) != 0) {
+    if (rules_live_set(r->live, mp, rules_format(c), rules_eol(c)) != 0) {
         (void)ingest_set_rows(r->ingest, old, was.format, was.eol, was.layout);
         mapping_free(mp);
         log_error("reload_failed", "config=%s reason=out_of_memory keeping=previous_rules", used);
@@ -320,7 +320,8 @@ int cmd_run(int argc, char **argv)
         .eol = rules_eol(cfg),
         .layout = layout,
     };
-    r.live = rules_live_new(mp); /* owns mp from here on (frees it on failure) */
+    /* Owns mp from here on (frees it on failure). */
+    r.live = rules_live_new(mp, rules_format(cfg), rules_eol(cfg));
     mp_own = NULL;
     r.ingest = r.loop && ils && r.live ? ingest_new(r.loop, st, &io) : NULL;
     if (!r.ingest) {

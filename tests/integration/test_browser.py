@@ -320,6 +320,33 @@ class BrowserTest(unittest.TestCase):
         self.assertIn("  quarantined: 1 already queued\n", out)
         self.assertNoPHI(d.log(), "the daemon's log")
 
+    def test_reprocess_follows_a_reloaded_row_format(self):
+        """A reload may change the rules and the row format together: the
+        daemon reprocesses with both, so the rows fit the header they go
+        out under."""
+        d = self.start()
+        self.assertEqual(self.send(d, patient_msg("B-FMT", last=""))[0].code, "AA")
+        d.fix_rules("default")
+        text = d.config_path.read_text()
+        d.config_path.write_text(text.replace("    line_ending: lf\n",
+                                              "    line_ending: lf\n    format: csv\n"))
+        os.kill(d.proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + WAIT_S
+        while "event=reload " not in d.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertIn("event=reload ", d.log())
+        _, out, _ = self.cli(d, "reprocess", "--status", "quarantined")
+        self.assertIn("queued: 1", out)
+        d.wait_sink(lambda l: len(l) == 1, "the reprocessed row")
+        files = [f for f in d.out.iterdir() if not f.name.startswith(".")]
+        self.assertEqual(len(files), 1, files)
+        self.assertTrue(files[0].name.endswith(".csv"), files)
+        header, row = files[0].read_text().split("\n")[:2]
+        self.assertIn("Patient Reg Id,", header)
+        self.assertIn(",MARKERMRN,MARKERFIRST,", row)
+        self.assertNotIn("\t", row)
+        d.assert_stops_cleanly()
+
     def test_help(self):
         b = str(harness.require_binary(self))
         for cmd in ("messages", "show", "reprocess"):
