@@ -30,6 +30,7 @@
 
 #include <curl/curl.h>
 #include <errno.h>
+#include <jansson.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -142,6 +143,32 @@ static void sanitize(const struct sink_audit *s, char *dst, size_t cap, const ui
         while ((p = memmem(dst, n, s->secret, sl)) != NULL)
             memset(p, '*', sl);
     }
+}
+
+/* What of a refusal may be logged, stored and shown: the connector's error
+ * code (JSON "error" as a string, or error.code), never its free text or a
+ * body that is not JSON — a connector may quote the rows it refused, and
+ * rows hold patient data. */
+static void refusal_summary(const struct sink_audit *s, char *dst, size_t cap, const uint8_t *p,
+                            size_t len)
+{
+    json_error_t je;
+    json_t *j = len ? json_loadb((const char *)p, len, 0, &je) : NULL;
+    const char *code = NULL;
+    if (json_is_object(j)) {
+        json_t *e = json_object_get(j, "error");
+        if (json_is_object(e))
+            e = json_object_get(e, "code");
+        if (json_is_string(e))
+            code = json_string_value(e);
+    }
+    char tmp[AUDIT_SUMMARY_MAX];
+    if (code)
+        snprintf(tmp, sizeof tmp, "%s (%zu-byte answer, text not kept)", code, len);
+    else
+        snprintf(tmp, sizeof tmp, "%zu-byte answer, text not kept", len);
+    json_decref(j);
+    sanitize(s, dst, cap, (const uint8_t *)tmp, strlen(tmp));
 }
 
 static void set_error(struct sink_audit *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -625,9 +652,13 @@ static void upload_finish(struct sink_audit *s, struct xfer *x, CURLcode res)
     long status = 0;
     curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
     char sum[AUDIT_SUMMARY_MAX], err[400];
-    sanitize(s, sum, sizeof sum, buf_data(&x->resp), x->resp.len);
+    enum outcome oc = classify(res, status);
+    if (oc == OUT_DONE)
+        sanitize(s, sum, sizeof sum, buf_data(&x->resp), x->resp.len);
+    else
+        refusal_summary(s, sum, sizeof sum, buf_data(&x->resp), x->resp.len);
     uint64_t ms = clock_mono_ms() - x->started_ms;
-    switch (classify(res, status)) {
+    switch (oc) {
     case OUT_DONE:
         block_done(s, &x->b, x->rows, (int)status, sum, x->file_name, ms);
         return;

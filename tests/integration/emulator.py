@@ -401,6 +401,13 @@ def _make_handler(emu):
                 elif fault.startswith("503"):
                     extra = [("Retry-After", fault.split(":", 1)[1])] if ":" in fault else []
                     return self._send(503, {"error": "ServiceUnavailable"}, extra)
+                elif fault == "400:echo":
+                    # A connector that quotes the offending data back (rows
+                    # hold patient names): the client must not log it.
+                    text = body.decode("latin-1")
+                    after = text[text.find(emu.header) + len(emu.header):].lstrip("\r\n")
+                    row = after.splitlines()[0] if after else ""
+                    return self._send(400, {"error": "BadRequest", "message": "invalid row: " + row})
                 elif fault in ("400", "401", "403", "500"):
                     return self._send(int(fault), {"error": "Injected", "message": "fault " + fault})
             if is_token:

@@ -13,6 +13,7 @@ import urllib.request
 
 from harness import ROOT, Daemon, MLLPConnection, free_port, frame, require_binary
 from test_reload_rules import with_mapping
+from test_audit_sink import AuditSinkBase
 
 FAMILY, GIVEN = "ZZQFAMILYX", "ZZQGIVENX"
 MRN = "ZZQMRN4711"
@@ -140,6 +141,36 @@ class NoPHI(unittest.TestCase):
             for mk in MARKERS:
                 at = text.find(mk)
                 self.assertEqual(at, -1, f"{mk} in {name}: …{text[max(0, at - 200):at + 100]}…")
+
+
+class NoPHIFromTheConnector(AuditSinkBase):
+    """The connector answers 400 quoting the rows it refused: the block is
+    kept as failed, and the quoted patient data goes to no log line and no
+    `stats` output."""
+
+    def test_connector_error_quoting_rows_is_not_logged(self):
+        emu, d = self.start_pair()
+        emu.upload_faults = ["400:echo"]
+        with MLLPConnection(d.port) as c:
+            ack = c.request(msg(msh("PHI-UP"), "EVN|A01|20260301120000", pid(), f"NTE|1||{NOTE}"))
+            self.assertEqual(ack.code, "AA", ack.raw)
+        deadline = time.monotonic() + 30
+        while d.batch_states().get(b"failed", 0) == 0:
+            self.assertLess(time.monotonic(), deadline, f"no failed block {d.batch_states()} {emu.violations}\n{d.log()[-3000:]}")
+            time.sleep(0.1)
+        quoted = [r[0] for r in d.query("SELECT last_error FROM batches WHERE state = 'failed'")]
+        r = subprocess.run([str(require_binary(self)), "stats", "-c", str(d.config_path)],
+                           cwd=str(ROOT), stdin=subprocess.DEVNULL, capture_output=True,
+                           timeout=60, text=True)
+        stats = r.stdout + r.stderr
+        self.assertEqual(d.stop(), 0)
+        log = d.log()
+        self.assertIn("audit_block_failed", log)
+        for name, text in (("log", log), ("stats", stats)):
+            for mk in (FAMILY, GIVEN, MRN):
+                at = text.find(mk)
+                self.assertEqual(at, -1, f"{mk} in {name}: …{text[max(0, at - 200):at + 100]}…"
+                                         f" (stored error: {quoted})")
 
 
 if __name__ == "__main__":
