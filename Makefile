@@ -6,13 +6,23 @@
 #   make bench      load benchmark: hl7bridge vs the null MLLP responder
 #   make fuzz       libFuzzer targets (FUZZ_SECONDS each)
 #   make lint       banned functions, cppcheck
-#   make install    PREFIX=/usr/local DESTDIR=
+#   make install    PREFIX=/usr/local DESTDIR= SYSCONFDIR=/etc LOCALSTATEDIR=/var
+#   make deb        a Debian package in build/ (dpkg-deb, from this tree)
 #   SANITIZER=address|undefined  builds into build-<sanitizer>/
 #   DEBUG=1                      -O0 -g3 build into build-debug/
 
 CC      ?= cc
 PREFIX  ?= /usr/local
 DESTDIR ?=
+# The configuration and the state live where an administrator looks for them,
+# whatever PREFIX the binary goes under.
+SYSCONFDIR    ?= /etc
+LOCALSTATEDIR ?= /var
+BINDIR        ?= $(PREFIX)/bin
+DATADIR       ?= $(PREFIX)/share/hl7bridge
+DOCDIR        ?= $(PREFIX)/share/doc/hl7bridge
+UNITDIR       ?= $(PREFIX)/lib/systemd/system
+STATEDIR      ?= $(LOCALSTATEDIR)/lib/hl7bridge
 PKGS    := openssl libcurl sqlite3 yaml-0.1 libmicrohttpd jansson
 
 WARN := -std=c11 -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
@@ -55,7 +65,7 @@ BENCH_BINS := $(BENCH_SRCS:tests/bench/%.c=$(BUILD)/bench/%)
 FUZZ_TARGETS := $(notdir $(wildcard tests/fuzz/*))
 
 .PHONY: all deps test-deps run test unit unit-asan unit-ubsan integration bench fuzz fuzz-short \
-        lint install clean
+        lint install deb clean
 all: $(BUILD)/hl7bridge
 
 $(BUILD)/libhl7bridge.a: $(LIB_OBJS)
@@ -153,11 +163,35 @@ fuzz-short:
 lint:
 	@scripts/lint.sh
 
+# The binary, the configuration (never over an existing one: it is the
+# administrator's), the shipped rules as examples to copy (the binary has them
+# built in), the state directory and the systemd unit.  The installed
+# configuration keeps its state in STATEDIR instead of the tree's ../var/.
 install: $(BUILD)/hl7bridge
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/hl7bridge/mappings
-	install -m 0755 $(BUILD)/hl7bridge $(DESTDIR)$(PREFIX)/bin/hl7bridge
-	install -m 0644 config/hl7bridge.yaml $(DESTDIR)$(PREFIX)/share/hl7bridge/hl7bridge.yaml
-	if [ -d config/mappings ]; then install -m 0644 config/mappings/*.yaml $(DESTDIR)$(PREFIX)/share/hl7bridge/mappings/; fi
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/mappings $(DESTDIR)$(DOCDIR) \
+	    $(DESTDIR)$(SYSCONFDIR)/hl7bridge $(DESTDIR)$(UNITDIR)
+	install -d -m 0750 $(DESTDIR)$(STATEDIR)
+	install -m 0755 $(BUILD)/hl7bridge $(DESTDIR)$(BINDIR)/hl7bridge
+	install -m 0644 $(RULE_FILES) $(DESTDIR)$(DATADIR)/mappings/
+	sed -e 's|\.\./var/|$(STATEDIR)/|' -e 's|/usr/local/share/hl7bridge/|$(DATADIR)/|' \
+	    config/hl7bridge.yaml > $(BUILD)/hl7bridge.yaml.installed
+	install -m 0644 $(BUILD)/hl7bridge.yaml.installed $(DESTDIR)$(DATADIR)/hl7bridge.yaml
+	if [ -e $(DESTDIR)$(SYSCONFDIR)/hl7bridge/hl7bridge.yaml ]; then \
+	    echo "install: keeping $(DESTDIR)$(SYSCONFDIR)/hl7bridge/hl7bridge.yaml (new one: $(DATADIR)/hl7bridge.yaml)"; \
+	else \
+	    install -m 0644 $(BUILD)/hl7bridge.yaml.installed $(DESTDIR)$(SYSCONFDIR)/hl7bridge/hl7bridge.yaml; \
+	fi
+	sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' \
+	    -e 's|@STATEDIR@|$(STATEDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g' \
+	    packaging/hl7bridge.service.in > $(BUILD)/hl7bridge.service
+	install -m 0644 $(BUILD)/hl7bridge.service $(DESTDIR)$(UNITDIR)/hl7bridge.service
+	install -m 0644 README.md docs/mapping.md $(DESTDIR)$(DOCDIR)/
+	install -m 0644 packaging/prometheus/hl7bridge-alerts.yaml \
+	    packaging/grafana/hl7bridge-dashboard.json $(DESTDIR)$(DATADIR)/
+
+# A Debian package of this tree, built offline with dpkg-deb.
+deb: $(BUILD)/hl7bridge
+	packaging/build-deb.sh $(BUILD)
 
 clean:
 	rm -rf build build-* var/test-*

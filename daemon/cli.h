@@ -15,6 +15,7 @@ int cmd_messages(int argc, char **argv);
 int cmd_show(int argc, char **argv);
 int cmd_reprocess(int argc, char **argv);
 int cmd_upload(int argc, char **argv);
+int cmd_backup(int argc, char **argv);
 
 /* Parses `-c FILE` / `--config FILE` / `--config=FILE`; returns 1 if argv[*i]
  * was such an option (advancing *i), 0 if not, -1 on a missing value. */

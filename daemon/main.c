@@ -30,6 +30,7 @@ static void usage(FILE *out)
             "                          writes the access to the audit feed\n"
             "  reprocess [-c FILE] (--id ID... | --status S | --since T) [--dry-run]\n"
             "                          run the current rules again on stored messages\n"
+            "  backup [-c FILE] FILE   online copy of the store (while the daemon runs)\n"
             "  version                 print the version\n"
             "  help                    this text\n"
             "\n"
@@ -79,6 +80,8 @@ int main(int argc, char **argv)
         return cmd_reprocess(argc - 1, argv + 1);
     if (strcmp(cmd, "upload") == 0)
         return cmd_upload(argc - 1, argv + 1);
+    if (strcmp(cmd, "backup") == 0)
+        return cmd_backup(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         printf("hl7bridge %s\n", HL7BRIDGE_VERSION);
         return 0;

@@ -9,6 +9,7 @@
 #include "daemon/ctl.h"
 #include "daemon/http.h"
 #include "daemon/ingest.h"
+#include "daemon/notify.h"
 #include "daemon/privs.h"
 #include "daemon/rules.h"
 #include "daemon/sink_glue.h"
@@ -28,9 +29,12 @@
 #include <string.h>
 #include <sys/signalfd.h>
 #include <sys/timerfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #define DRAIN_DEADLINE_MS 30000
+/* STATUS= refresh for the service manager when it asks for no watchdog. */
+#define NOTIFY_STATUS_MS 5000
 
 struct runner {
     const char *config_path;
@@ -40,6 +44,10 @@ struct runner {
     struct loop *loop;
     struct ingest *ingest;
     struct rules_live *live;  /* the loaded rules, shared with the control socket */
+    struct store *store;
+    size_t n_listeners;
+    struct notify *notify;      /* NULL: not run by a service manager */
+    int notifyfd;               /* keep-alive / STATUS= timer */
     int sigfd, timerfd;
     int stopping;
     uint64_t drain_deadline;
@@ -63,6 +71,70 @@ static void timer_cb(void *ud, int fd, unsigned ev)
     check_drained(ud);
 }
 
+/* The one-line state for the service manager's STATUS=.  No PHI: counts. */
+static void status_line(const struct runner *r, char *out, size_t cap)
+{
+    struct ingest_stats is;
+    ingest_get_stats(r->ingest, &is);
+    uint64_t nacks = is.acks[HL7_ACK_AE] + is.acks[HL7_ACK_AR] + is.acks[HL7_ACK_CE] +
+                     is.acks[HL7_ACK_CR];
+    uint64_t stalled = store_writer_stalled_ms(r->store, clock_mono_ms());
+    int n = snprintf(out, cap, "%s: %zu listener%s, %llu messages, %llu NACKs, store queue %zu",
+                     r->stopping ? "stopping" : "ready", r->n_listeners,
+                     r->n_listeners == 1 ? "" : "s", (unsigned long long)is.received,
+                     (unsigned long long)nacks, store_pending(r->store));
+    if (stalled >= 1000 && n > 0 && (size_t)n < cap)
+        snprintf(out + n, cap - (size_t)n, ", store writer busy for %llu s",
+                 (unsigned long long)(stalled / 1000));
+}
+
+/* The keep-alive: from the event loop itself (a hung loop sends none), and
+ * only while the store writer has not been on one piece of work for a whole
+ * watchdog interval (a wedged commit sends none either). */
+static void notify_tick(void *ud, int fd, unsigned ev)
+{
+    (void)ev;
+    struct runner *r = ud;
+    uint64_t n;
+    ssize_t rd = read(fd, &n, sizeof n);
+    (void)rd;
+    char status[256];
+    status_line(r, status, sizeof status);
+    uint64_t wd_ms = notify_watchdog_usec(r->notify) / 1000;
+    int alive = store_writer_stalled_ms(r->store, clock_mono_ms()) < (wd_ms ? wd_ms : 1);
+    if (wd_ms && alive)
+        notify_sendf(r->notify, "WATCHDOG=1\nSTATUS=%s", status);
+    else
+        notify_sendf(r->notify, "STATUS=%s", status);
+}
+
+/* Starts the keep-alive / STATUS= timer: half the watchdog interval, or
+ * NOTIFY_STATUS_MS without one.  Returns 0, or -1. */
+static int notify_start(struct runner *r)
+{
+    if (!r->notify)
+        return 0;
+    uint64_t us = notify_watchdog_usec(r->notify) / 2;
+    if (us == 0)
+        us = NOTIFY_STATUS_MS * 1000ull;
+    struct itimerspec its = {
+        .it_interval = { (time_t)(us / 1000000), (long)(us % 1000000) * 1000 },
+        .it_value = { (time_t)(us / 1000000), (long)(us % 1000000) * 1000 },
+    };
+    r->notifyfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (r->notifyfd < 0 || timerfd_settime(r->notifyfd, 0, &its, NULL) != 0 ||
+        loop_add(r->loop, r->notifyfd, LOOP_READ, notify_tick, r) != 0)
+        return -1;
+    return 0;
+}
+
+static void notify_ready(struct runner *r, const char *note)
+{
+    char status[256];
+    status_line(r, status, sizeof status);
+    notify_sendf(r->notify, "READY=1\nSTATUS=%s%s", status, note);
+}
+
 static void begin_shutdown(struct runner *r, const char *why)
 {
     if (r->stopping) {
@@ -71,6 +143,7 @@ static void begin_shutdown(struct runner *r, const char *why)
         return;
     }
     r->stopping = 1;
+    notify_send(r->notify, "STOPPING=1\nSTATUS=stopping: answering what is in flight");
     log_info("shutdown_begin", "signal=%s", why);
     ingest_drain(r->ingest);
     r->drain_deadline = clock_mono_ms() + DRAIN_DEADLINE_MS;
@@ -99,11 +172,19 @@ static void reload(struct runner *r)
     const char *used;
     char err[512];
     int64_t layout = 0;
+    /* systemd wants the time of the request with RELOADING=1, so it can tell
+     * this reload's READY=1 from an earlier one. */
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    notify_sendf(r->notify, "RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=reloading",
+                 (unsigned long long)now.tv_sec * 1000000ull +
+                     (unsigned long long)now.tv_nsec / 1000ull);
     struct config *c = load_config_or_report(r->config_path, r->explicit_path, &used);
     struct mapping *mp = c ? rules_load(c) : NULL;
     if (!mp) {
         log_error("reload_failed", "config=%s keeping=previous_rules", used);
         config_free(c);
+        notify_ready(r, " (reload failed: previous rules kept)");
         return;
     }
     if (sink_glue_reload_check(r->cur, c, err, sizeof err) != 0 ||
@@ -113,6 +194,7 @@ static void reload(struct runner *r)
                   log_quote(q, sizeof q, err));
         mapping_free(mp);
         config_free(c);
+        notify_ready(r, " (reload refused: previous configuration kept)");
         return;
     }
     size_t n_rules = mapping_rule_count(mp);
@@ -126,6 +208,7 @@ static void reload(struct runner *r)
         mapping_free(mp);
         log_error("reload_failed", "config=%s reason=out_of_memory keeping=previous_rules", used);
         config_free(c);
+        notify_ready(r, " (reload failed: previous rules kept)");
         return;
     }
     log_info("reload", "config=%s rules=%zu layout=%lld", used, n_rules, (long long)layout);
@@ -136,6 +219,7 @@ static void reload(struct runner *r)
         log_error("reload_tls_failed", "error=\"%s\" keeping=previous_certificates", err);
     else
         log_info("reload_tls", "result=ok");
+    notify_ready(r, "");
 }
 
 static void signal_cb(void *ud, int fd, unsigned ev)
@@ -269,8 +353,9 @@ int cmd_run(int argc, char **argv)
     log_set_format(cfg->log.format);
 
     int rc = 1;
-    struct runner r = { .sigfd = -1, .timerfd = -1, .config_path = path,
-                        .explicit_path = explicit_path, .cur = cfg };
+    struct runner r = { .sigfd = -1, .timerfd = -1, .notifyfd = -1, .config_path = path,
+                        .explicit_path = explicit_path, .cur = cfg,
+                        .n_listeners = cfg->n_listeners, .notify = notify_new() };
     struct store *st = NULL;
     struct sink_audit *audit = NULL;
     struct sink_sms *sms = NULL;
@@ -310,6 +395,7 @@ int cmd_run(int argc, char **argv)
         log_error("startup_failed", "reason=\"%s\"", err); /* mp_own is freed at out */
         goto out;
     }
+    r.store = st;
     r.loop = loop_new();
     struct ingest_opts io = {
         .enhanced = cfg->ack.mode == CONFIG_ACK_ENHANCED,
@@ -422,8 +508,14 @@ int cmd_run(int argc, char **argv)
         log_error("startup_failed", "reason=signalfd errno=%d", errno);
         goto out;
     }
+    if (notify_start(&r) != 0) {
+        log_error("startup_failed", "reason=notify_timer errno=%d", errno);
+        goto out;
+    }
     log_info("started", "version=%s config=%s store=%s rules=%zu pid=%d", HL7BRIDGE_VERSION,
              path, cfg->store.path, mapping_rule_count(mp), (int)getpid());
+    /* Listening, store open, sinks running: the service is up. */
+    notify_ready(&r, "");
     if (loop_run(r.loop) != 0)
         log_error("loop_failed", "errno=%d", errno);
     else
@@ -454,6 +546,9 @@ out:
         close(r.sigfd);
     if (r.timerfd >= 0)
         close(r.timerfd);
+    if (r.notifyfd >= 0)
+        close(r.notifyfd);
+    notify_free(r.notify);
     loop_free(r.loop);
     free(ils);
     config_free(r.reloaded);

@@ -9,7 +9,8 @@ mode=${1:-build}
 build_pkgs=(gcc make pkg-config libssl-dev libcurl4-openssl-dev libsqlite3-dev libyaml-dev
             libmicrohttpd-dev libjansson-dev tzdata)
 test_pkgs=(libcmocka-dev python3 python3-hl7 openssl sqlite3 clang libclang-rt-14-dev
-           cppcheck clang-tidy valgrind prometheus chromium libfaketime)
+           cppcheck clang-tidy valgrind prometheus chromium libfaketime
+           systemd dpkg-dev)   # systemd-analyze verify; dpkg-shlibdeps for make deb
 
 want=("${build_pkgs[@]}")
 if [ "$mode" = test ]; then want+=("${test_pkgs[@]}"); fi

@@ -187,9 +187,11 @@ static void *writer_main(void *arg)
             struct timespec ts;
             deadline_ts(&ts, s->next_housekeep_ms - now);
             s->writer_waiting = 1;
+            atomic_store_explicit(&s->busy_since_ms, 0, memory_order_relaxed);
             pthread_cond_timedwait(&s->cv, &s->mu, &ts);
             s->writer_waiting = 0;
         }
+        atomic_store_explicit(&s->busy_since_ms, clock_mono_ms(), memory_order_relaxed);
         /* Gather: fewer queued than active senders means the others' next
          * messages are a network round trip away (their ACKs just left);
          * waiting that long lets one fsync serve all of them. */
@@ -466,6 +468,12 @@ size_t store_take_results(struct store *s, struct store_result *out, size_t max)
     if (left)
         efd_signal(s); /* the caller's `out` was too small: stay readable */
     return k;
+}
+
+uint64_t store_writer_stalled_ms(const struct store *s, uint64_t now_ms)
+{
+    uint64_t since = atomic_load_explicit(&s->busy_since_ms, memory_order_relaxed);
+    return since && now_ms > since ? now_ms - since : 0;
 }
 
 void store_request_housekeeping(struct store *s)

@@ -173,9 +173,28 @@ void store_get_stats(const struct store *s, struct store_stats *out);
  * its own backlog reach 0, then calls store_close.  Producer thread. */
 size_t store_pending(const struct store *s);
 
+/* How long (ms, on clock_mono_ms) the writer has been on its current piece
+ * of work — one group commit or one housekeeping step — at `now_ms`; 0 while
+ * it waits for work.  A writer wedged in a commit (a lock never released, a
+ * hung disk) shows a growing figure; the service watchdog stops on it.  Any
+ * thread. */
+uint64_t store_writer_stalled_ms(const struct store *s, uint64_t now_ms);
+
 /* Asks the writer to run its housekeeping step (retention) at its next turn
  * instead of waiting for the periodic one.  Any thread. */
 void store_request_housekeeping(struct store *s);
+
+/* An online, consistent copy of the store at `src_path` into the new file
+ * `dst_path` (never overwritten; mode 0600) while the daemon keeps writing:
+ * one snapshot through SQLite's backup API, made a self-contained file,
+ * quick_check'd, fsync'd, then named.  Fills *out.  Returns 0, or -1 with a
+ * message in errbuf (nothing is left at dst_path).  CLI, any thread. */
+struct store_backup_info {
+    uint64_t bytes;       /* size of the copy */
+    uint64_t messages;    /* rows in its messages table */
+};
+int store_backup(const char *src_path, const char *dst_path, struct store_backup_info *out,
+                 char *errbuf, size_t errcap) __attribute__((warn_unused_result));
 
 /* Figures read through a separate read-only connection (CLI, tests).  Any
  * thread; returns 0, or -1 with a message in errbuf. */

@@ -112,6 +112,10 @@ struct store {
     struct store_result *res;    /* completion ring */
     size_t r_head, r_count;
     int writer_waiting;
+    /* Monotonic ms at which the writer took up its current piece of work
+     * (a group, housekeeping); 0 while it waits for work.  For
+     * store_writer_stalled_ms (the service watchdog). */
+    _Atomic uint64_t busy_since_ms;
     int writer_gathering;        /* in the short wait for a fuller group */
     _Atomic unsigned expected_group; /* producer's hint, see store.h */
     int stopping;
