@@ -329,10 +329,8 @@ class Daemon:
         self.log_path = None
         self.db_path = self.dir / "store.db"
         self.config_path = self.dir / "hl7bridge.yaml"
-        # The daemon's working directory and environment (a test may run it
-        # from elsewhere, or as a service manager would).
+        # The daemon's working directory (a test may run it from elsewhere).
         self.cwd = ROOT
-        self.env = None
         self._runs = 0
         self.env = None    # extra environment variables for the next start (None: inherited)
         testcase.addCleanup(self._cleanup)
@@ -386,7 +384,7 @@ class Daemon:
             logf = open(self.log_path, "wb")
             try:
                 self.proc = subprocess.Popen([str(self.bin), "run", "-c", str(self.config_path)],
-                                             cwd=str(self.cwd), env=self.env,
+                                             cwd=str(self.cwd),
                                              stdin=subprocess.DEVNULL,
                                              stdout=logf, stderr=logf,
                                              env=dict(os.environ, **self.env) if self.env else None,
