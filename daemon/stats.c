@@ -17,6 +17,7 @@
  * Prometheus text format (HELP/TYPE, counters ending in _total, one
  * histogram), the /status JSON, and the HTML page. */
 #include "daemon/stats.h"
+#include "daemon/chart.h"
 
 #include "core/clock.h"
 #include "daemon/cli.h"
@@ -63,6 +64,8 @@ struct stats {
     struct stats_health h;
     size_t n_sinks;
     struct stats_sink sinks[STATS_MAX_SINKS];
+    /* Per listener, a ring of minute marks (index minute % ring size). */
+    struct stats_mark marks[STATS_MAX_LISTENERS][STATS_HISTORY_MIN + 1];
     /* Recording thread's scratch (not under the lock). */
     struct buf scratch;
     char skey[STATS_KEY_MAX + 1], tkey[STATS_KEY_MAX + 1];
@@ -296,6 +299,11 @@ struct stats *stats_new(const char *const *listeners, size_t n)
         return NULL;
     pthread_mutex_init(&st->mu, NULL);
     st->started_ms = clock_wall_ms();
+    /* Every counter starts at zero: that is the mark of the first minute, so
+     * the charts count what arrives before the first sample too. */
+    int64_t first = st->started_ms / 60000;
+    for (size_t l = 0; l < n; l++)
+        st->marks[l][first % (STATS_HISTORY_MIN + 1)].minute = first;
     buf_init(&st->scratch, 4 * STATS_KEY_MAX);
     st->series = calloc(STATS_MAX_SERIES, sizeof *st->series);
     st->series_slot = calloc(SERIES_SLOTS, sizeof *st->series_slot);
@@ -527,10 +535,32 @@ void stats_record_batch(struct stats *st, const char *listener, const struct hl7
                  latency_ns, &over);
 }
 
+/* A listener's cumulative figures now (under the lock). */
+static void mark_now(const struct stats *st, size_t l, int64_t minute, struct stats_mark *m)
+{
+    memset(m, 0, sizeof *m);
+    m->minute = minute;
+    for (size_t i = 0; i < st->n_series; i++) {
+        const struct stats_series *se = &st->series[i];
+        if (se->listener != l)
+            continue;
+        m->received += se->c.received;
+        m->acks += stats_acks(&se->c);
+        m->nacks += stats_nacks(&se->c);
+    }
+    memcpy(m->lat, st->latency[l].bucket, sizeof m->lat);
+}
+
 void stats_set_gauges(struct stats *st, const struct stats_gauges *g)
 {
     pthread_mutex_lock(&st->mu);
     st->g = *g;
+    /* Once a minute: where each listener's counters stood at its start. */
+    int64_t minute = g->updated_ms > 0 ? g->updated_ms / 60000 : 0;
+    if (minute > 0 && st->n_listeners &&
+        st->marks[0][minute % (STATS_HISTORY_MIN + 1)].minute != minute)
+        for (size_t l = 0; l < st->n_listeners; l++)
+            mark_now(st, l, minute, &st->marks[l][minute % (STATS_HISTORY_MIN + 1)]);
     pthread_mutex_unlock(&st->mu);
 }
 
@@ -601,6 +631,12 @@ struct stats_snapshot *stats_snapshot_new(struct stats *st)
     s->h = st->h;
     s->n_sinks = st->n_sinks;
     memcpy(s->sinks, st->sinks, sizeof s->sinks);
+    s->history_minute = s->now_ms / 60000;
+    for (size_t l = 0; l < s->n_listeners; l++) {
+        struct stats_mark now;
+        mark_now(st, l, s->history_minute, &now);
+        stats_history(st->marks[l], &now, s->history_minute, s->history[l]);
+    }
     pthread_mutex_unlock(&st->mu);
 
     for (size_t i = 0; i < s->n_series; i++) {
@@ -952,6 +988,31 @@ static uint64_t hist_quantile(const struct stats_hist *h, double q)
     return UINT64_MAX;
 }
 
+void stats_history(const struct stats_mark *ring, const struct stats_mark *now, int64_t minute,
+                   struct stats_minute *out)
+{
+    for (size_t k = 0; k < STATS_HISTORY_MIN; k++) {
+        int64_t m = minute - (int64_t)(STATS_HISTORY_MIN - 1) + (int64_t)k;
+        struct stats_minute *o = &out[k];
+        memset(o, 0, sizeof *o);
+        const struct stats_mark *a = &ring[m % (STATS_HISTORY_MIN + 1)];
+        const struct stats_mark *b = m == minute ? now : &ring[(m + 1) % (STATS_HISTORY_MIN + 1)];
+        if (m <= 0 || a->minute != m || b->minute != m + (m == minute ? 0 : 1) ||
+            b->received < a->received || b->acks < a->acks || b->nacks < a->nacks)
+            continue;
+        struct stats_hist h = { .count = 0 };
+        for (unsigned i = 0; i <= STATS_LAT_BUCKETS; i++) {
+            h.bucket[i] = b->lat[i] >= a->lat[i] ? b->lat[i] - a->lat[i] : 0;
+            h.count += h.bucket[i];
+        }
+        o->valid = 1;
+        o->received = b->received - a->received;
+        o->acks = b->acks - a->acks;
+        o->nacks = b->nacks - a->nacks;
+        o->p99_ns = hist_quantile(&h, 0.99);
+    }
+}
+
 int stats_render_json(const struct stats_snapshot *s, struct buf *out)
 {
     const struct stats_gauges *g = &s->g;
@@ -1116,6 +1177,10 @@ static const char page_head[] =
     ".ok{background:#d7f5dd;color:#11632a}.warn{background:#fff1c2;color:#7a5200}"
     ".down{background:#fbd9d6;color:#8c1d18}"
     ".muted{color:#6b7280}footer{padding:0 24px 24px;color:#6b7280}"
+    "h3{font-size:14px;margin:10px 0 4px}"
+    ".listener-history{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-end}"
+    ".listener-history h3{flex-basis:100%}"
+    "svg.chart{background:#fff;box-shadow:0 1px 2px rgba(0,0,0,.08)}"
     "</style></head><body>\n";
 
 static int html_pct(struct buf *out, uint64_t part, uint64_t whole, int bad_over)
@@ -1157,6 +1222,48 @@ static int html_latency(struct buf *out, uint64_t ns)
                        ns % 1000000 / 100000);
     return bprintf(out, "<td>≤ %" PRIu64 ".%" PRIu64 " s</td>", ns / 1000000000,
                    ns % 1000000000 / 100000000);
+}
+
+/* The last hour per listener: messages per minute, NACK rate and ACK p99,
+ * as three inline SVG charts. */
+static int html_history(struct buf *out, const struct stats_snapshot *s)
+{
+    int rc = buf_append_str(out, "<h2>Last hour</h2><div id=\"history\">\n");
+    double v[3][STATS_HISTORY_MIN];
+    uint8_t ok[3][STATS_HISTORY_MIN];
+    for (size_t l = 0; l < s->n_listeners && rc == 0; l++) {
+        for (size_t k = 0; k < STATS_HISTORY_MIN; k++) {
+            const struct stats_minute *m = &s->history[l][k];
+            v[0][k] = (double)m->received;
+            ok[0][k] = (uint8_t)m->valid;
+            v[1][k] = m->acks ? 100.0 * (double)m->nacks / (double)m->acks : 0;
+            ok[1][k] = (uint8_t)(m->valid && m->acks);
+            /* Above the last bucket: drawn at its edge (the tooltip says so too). */
+            v[2][k] = m->p99_ns == UINT64_MAX ? (double)stats_lat_le_ns(STATS_LAT_BUCKETS - 1) / 1e6
+                                              : (double)m->p99_ns / 1e6;
+            ok[2][k] = (uint8_t)(m->valid && m->p99_ns);
+        }
+        rc |= bprintf(out, "<section class=\"listener-history\" id=\"history-%zu\"><h3>", l);
+        rc |= html_s(out, s->listeners[l]);
+        rc |= buf_append_str(out, "</h3>");
+        static const char *const ids[3] = { "messages", "nacks", "p99" };
+        static const char *const titles[3] = { "Messages per minute", "NACK rate",
+                                               "ACK latency p99" };
+        static const char *const units[3] = { "", "%", " ms" };
+        for (int c = 0; c < 3 && rc == 0; c++) {
+            char id[48];
+            snprintf(id, sizeof id, "chart-%zu-%s", l, ids[c]);
+            struct chart ch = { .id = id, .title = titles[c], .unit = units[c],
+                                .decimals = c == 0 ? 0 : 1,
+                                .kind = c == 0 ? CHART_BARS : CHART_LINE,
+                                .last_minute = s->history_minute, .v = v[c], .valid = ok[c],
+                                .n = STATS_HISTORY_MIN };
+            rc |= chart_svg(out, &ch);
+        }
+        rc |= buf_append_str(out, "</section>\n");
+    }
+    rc |= buf_append_str(out, "</div>\n");
+    return rc;
 }
 
 int stats_render_html(const struct stats_snapshot *s, struct buf *out)
@@ -1205,6 +1312,7 @@ int stats_render_html(const struct stats_snapshot *s, struct buf *out)
         rc |= buf_append_str(out, "</tr>\n");
     }
     rc |= buf_append_str(out, "</table>\n");
+    rc |= html_history(out, s);
 
     rc |= bprintf(out, "<h2>Senders</h2><table id=\"senders\"><tr><th>Sender</th>%s</tr>\n",
                   counts_head);

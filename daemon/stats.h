@@ -37,6 +37,7 @@
 #define STATS_LAT_BUCKETS   16     /* finite histogram buckets (+Inf is extra) */
 #define STATS_MAX_SINKS     4
 #define STATS_OTHER         "other" /* the overflow bucket's name */
+#define STATS_HISTORY_MIN   60     /* minutes of per-listener history (the page's charts) */
 
 struct stats; /* opaque */
 
@@ -103,6 +104,24 @@ struct stats_health {
     unsigned nack_percent, queue_depth, sink_failing_s; /* the thresholds */
 };
 
+/* A listener's cumulative figures at the first sample (stats_set_gauges)
+ * of a wall-clock minute; minute 0 means no sample. */
+struct stats_mark {
+    int64_t minute;                       /* minutes since the epoch */
+    uint64_t received, acks, nacks;
+    uint64_t lat[STATS_LAT_BUCKETS + 1];  /* latency buckets, as in stats_hist */
+};
+
+/* One minute of a listener, from the marks around it. */
+struct stats_minute {
+    int valid;          /* 0: no sample at one of its ends (not running, or too new) */
+    uint64_t received;  /* messages */
+    uint64_t acks;      /* ACKs sent (a batch gets one) */
+    uint64_t nacks;     /* of which AE AR CE CR */
+    uint64_t p99_ns;    /* ACK latency p99 (a bucket edge); 0 without ACKs, UINT64_MAX
+                           above the last edge */
+};
+
 struct stats_series {
     uint16_t listener, sender, type;
     struct stats_counts c;
@@ -127,6 +146,10 @@ struct stats_snapshot {
     struct stats_health h;
     size_t n_sinks;
     struct stats_sink sinks[STATS_MAX_SINKS];
+    /* The last STATS_HISTORY_MIN minutes per listener, oldest first; the
+     * last one is the current (partial) minute, history_minute. */
+    int64_t history_minute;
+    struct stats_minute history[STATS_MAX_LISTENERS][STATS_HISTORY_MIN];
 };
 
 /* `listeners`: the listener names (copied; the pointers are also kept to
@@ -146,6 +169,8 @@ void stats_record_batch(struct stats *st, const char *listener, const struct hl7
                         enum hl7_ack_code code, int reason, unsigned messages,
                         unsigned duplicates, uint64_t latency_ns);
 
+/* Also takes, at the first call in each wall-clock minute (g->updated_ms),
+ * the per-listener marks the history is made of. */
 void stats_set_gauges(struct stats *st, const struct stats_gauges *g);
 void stats_get_gauges(struct stats *st, struct stats_gauges *out);
 void stats_set_health(struct stats *st, const struct stats_health *h);
@@ -162,6 +187,10 @@ void stats_snapshot_free(struct stats_snapshot *s);
 int stats_render_prometheus(const struct stats_snapshot *s, struct buf *out);
 int stats_render_json(const struct stats_snapshot *s, struct buf *out);
 int stats_render_html(const struct stats_snapshot *s, struct buf *out);
+/* The history from marks (a ring indexed by minute % (STATS_HISTORY_MIN + 1))
+ * and the current cumulative figures of one listener; exposed for the tests. */
+void stats_history(const struct stats_mark *ring, const struct stats_mark *now, int64_t minute,
+                   struct stats_minute *out);
 
 /* ---- small pieces, exposed for the tests ------------------------------ */
 

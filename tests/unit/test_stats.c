@@ -5,6 +5,7 @@
  * compiled into this test directly.  Messages are parsed with the real HL7
  * parser so the sender/type keys come out as they do in the daemon. */
 #include "daemon/stats.c"
+#include "daemon/chart.c"
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -550,6 +551,138 @@ static void test_daily_totals_survive(void **state)
     tmpdir_remove(dir);
 }
 
+/* ---- the last hour ------------------------------------------------------ */
+
+static void put_mark(struct stats_mark *ring, int64_t minute, uint64_t received, uint64_t acks,
+                     uint64_t nacks, unsigned bucket, uint64_t observed)
+{
+    struct stats_mark *m = &ring[minute % (STATS_HISTORY_MIN + 1)];
+    memset(m, 0, sizeof *m);
+    m->minute = minute;
+    m->received = received;
+    m->acks = acks;
+    m->nacks = nacks;
+    m->lat[bucket] = observed;
+}
+
+static void test_history_minutes(void **state)
+{
+    (void)state;
+    struct stats_mark ring[STATS_HISTORY_MIN + 1] = {0}, now;
+    struct stats_minute h[STATS_HISTORY_MIN];
+    int64_t cur = 29000000;
+    put_mark(ring, cur - 3, 0, 0, 0, 0, 0);
+    put_mark(ring, cur - 2, 10, 10, 1, 0, 10);   /* minute cur-3: 10 in, 1 NACK */
+    /* no mark at cur-1 (not sampling): cur-2 and cur-1 are gaps */
+    put_mark(ring, cur, 50, 50, 1, 0, 10);
+    memset(&now, 0, sizeof now);                  /* the current minute so far */
+    now.minute = cur;
+    now.received = 80;
+    now.acks = 79;
+    now.nacks = 11;
+    now.lat[0] = 10;
+    now.lat[3] = 29;
+    stats_history(ring, &now, cur, h);
+    struct stats_minute *m3 = &h[STATS_HISTORY_MIN - 4], *m2 = &h[STATS_HISTORY_MIN - 3],
+                        *m1 = &h[STATS_HISTORY_MIN - 2], *m0 = &h[STATS_HISTORY_MIN - 1];
+    assert_true(m3->valid);
+    assert_int_equal(m3->received, 10);
+    assert_int_equal(m3->acks, 10);
+    assert_int_equal(m3->nacks, 1);
+    assert_int_equal(m3->p99_ns, stats_lat_le_ns(0));
+    assert_false(m2->valid);
+    assert_false(m1->valid);
+    assert_true(m0->valid);
+    assert_int_equal(m0->received, 30);
+    assert_int_equal(m0->acks, 29);
+    assert_int_equal(m0->nacks, 10);
+    assert_int_equal(m0->p99_ns, stats_lat_le_ns(3)); /* 29 observations, all in bucket 3 */
+    assert_false(h[0].valid);                       /* before any mark */
+    /* A stale slot (an hour and one minute old) is not taken for this minute. */
+    put_mark(ring, cur - 3 - (STATS_HISTORY_MIN + 1), 5, 5, 0, 0, 0);
+    stats_history(ring, &now, cur, h);
+    assert_false(h[STATS_HISTORY_MIN - 4].valid);
+}
+
+static void test_chart_svg(void **state)
+{
+    (void)state;
+    double v[4] = { 3, 0, 7, 5 };
+    uint8_t ok[4] = { 1, 1, 0, 1 };
+    struct buf out;
+    buf_init(&out, 1 << 20);
+    struct chart c = { .id = "c1", .title = "Messages per minute", .unit = "", .decimals = 0,
+                       .kind = CHART_BARS, .last_minute = 29000000 + 59, .v = v, .valid = ok,
+                       .n = 4 };
+    assert_int_equal(chart_svg(&out, &c), 0);
+    assert_true(buf_append(&out, "", 1) == 0);
+    const char *svg = (const char *)buf_data(&out);
+    assert_non_null(strstr(svg, "<svg id=\"c1\" class=\"chart\""));
+    assert_non_null(strstr(svg, "max 5")); /* the gap's 7 is not drawn */
+    /* bars only for minutes with data and a value */
+    size_t rects = 0;
+    for (const char *p = svg; (p = strstr(p, "<rect x=\"")) != NULL; p++)
+        rects++;
+    assert_int_equal(rects, 1 + 2); /* background + 3 and 5 */
+    assert_non_null(strstr(svg, "UTC: 3</title>"));
+    assert_non_null(strstr(svg, "UTC: 5</title>"));
+    assert_null(strstr(svg, "<script"));
+    buf_release(&out);
+
+    /* A line breaks at a gap: two polylines. */
+    buf_init(&out, 1 << 20);
+    c.kind = CHART_LINE;
+    c.decimals = 1;
+    c.unit = "%";
+    assert_int_equal(chart_svg(&out, &c), 0);
+    assert_true(buf_append(&out, "", 1) == 0);
+    svg = (const char *)buf_data(&out);
+    size_t lines = 0;
+    for (const char *p = svg; (p = strstr(p, "<polyline")) != NULL; p++)
+        lines++;
+    assert_int_equal(lines, 2);
+    assert_non_null(strstr(svg, "UTC: 0.0%</title>"));
+    buf_release(&out);
+
+    /* Nothing yet: said so. */
+    buf_init(&out, 1 << 20);
+    memset(ok, 0, sizeof ok);
+    assert_int_equal(chart_svg(&out, &c), 0);
+    assert_true(buf_append(&out, "", 1) == 0);
+    assert_non_null(strstr((const char *)buf_data(&out), "no data yet"));
+    buf_release(&out);
+}
+
+/* The page draws three charts per listener from the sampler's marks. */
+static void test_page_history_section(void **state)
+{
+    (void)state;
+    const char *names[] = { "adt", "lab" };
+    struct stats *st = stats_new(names, 2);
+    assert_non_null(st);
+    struct stats_gauges g = { .updated_ms = clock_wall_ms() };
+    stats_set_gauges(st, &g);
+    struct stats_snapshot *s = stats_snapshot_new(st);
+    assert_non_null(s);
+    assert_true(s->history[0][STATS_HISTORY_MIN - 1].valid);
+    struct buf out;
+    buf_init(&out, 1 << 22);
+    assert_int_equal(stats_render_html(s, &out), 0);
+    assert_true(buf_append(&out, "", 1) == 0);
+    const char *page = (const char *)buf_data(&out);
+    static const char *const ids[] = { "chart-0-messages", "chart-0-nacks", "chart-0-p99",
+                                       "chart-1-messages", "chart-1-nacks", "chart-1-p99" };
+    for (size_t i = 0; i < 6; i++) {
+        char want[64];
+        snprintf(want, sizeof want, "<svg id=\"%s\"", ids[i]);
+        assert_non_null(strstr(page, want));
+    }
+    assert_null(strstr(page, "<script"));
+    buf_release(&out);
+    stats_snapshot_free(s);
+    stats_free(st);
+}
+
 int main(void)
 {
     log_set_level(LOG_WARN);
@@ -562,6 +695,9 @@ int main(void)
         cmocka_unit_test(test_clean_key),
         cmocka_unit_test(test_reason_index),
         cmocka_unit_test(test_histogram_edges),
+        cmocka_unit_test(test_history_minutes),
+        cmocka_unit_test(test_chart_svg),
+        cmocka_unit_test(test_page_history_section),
         cmocka_unit_test(test_prom_escape),
         cmocka_unit_test(test_prometheus_format),
         cmocka_unit_test(test_daily_totals_survive),

@@ -6,6 +6,7 @@ build/artifacts/.  Skipped, saying so, when Chromium is not installed."""
 
 import html.parser
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -118,6 +119,76 @@ class StatusPage(unittest.TestCase):
         self.assertIn("sinks", p.ids)
         for phi in ("DOE", "JANE", "MRN123"):
             self.assertNotIn(phi, dom)
+
+    def test_last_hour_charts_as_rendered(self):
+        send_mix(self, self.daemon)
+        self.daemon.wait_status(lambda s: s["store"]["messages"] == 5,
+                                "the mix committed")
+        dom = self.chromium_run("--dump-dom")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        (ARTIFACTS / "status-page-charts.html").write_text(dom)
+        p = Charts()
+        p.feed(dom)
+        # Three inline SVG charts per listener, drawn by the browser.
+        for l in (0, 1):
+            for kind in ("messages", "nacks", "p99"):
+                self.assertIn(f"chart-{l}-{kind}", p.svgs, f"no chart-{l}-{kind}: {dom[:3000]}")
+        # Bars: one per minute with messages; their tooltips add up to what
+        # each listener received (the mix may straddle a minute).
+        self.assertEqual(sum(p.values("chart-0-messages")), 6, p.titles["chart-0-messages"])
+        self.assertEqual(sum(p.values("chart-1-messages")), 4, p.titles["chart-1-messages"])
+        nack = p.values("chart-0-nacks")
+        self.assertTrue(nack and all(0 <= v <= 100 for v in nack), nack)
+        if len(nack) == 1:  # all of it in one minute: 2 NACKs of 6 ACKs
+            self.assertAlmostEqual(nack[0], 33.3, places=1)
+        self.assertTrue(p.values("chart-0-p99") and all(v > 0 for v in p.values("chart-0-p99")))
+        # No script, nothing fetched from elsewhere.
+        self.assertNotIn("<script", dom)
+        self.assertEqual(set(re.findall(r'(?:src|href)="(https?:[^"]*)"', dom)), set())
+        for phi in ("DOE", "JANE", "MRN123"):
+            self.assertNotIn(phi, dom)
+
+
+class Charts(html.parser.HTMLParser):
+    """The <svg id=…> charts of the page and the tooltip titles of their
+    bars and points ("HH:MM UTC: value")."""
+
+    def __init__(self):
+        super().__init__()
+        self.svgs, self.titles = set(), {}
+        self.current, self.in_mark, self.text = None, False, None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "svg":
+            self.current = a.get("id")
+            self.svgs.add(self.current)
+            self.titles.setdefault(self.current, [])
+        elif tag in ("rect", "circle") and self.current:
+            self.in_mark = True
+        elif tag == "title" and self.in_mark:
+            self.text = []
+
+    def handle_endtag(self, tag):
+        if tag == "title" and self.text is not None:
+            self.titles[self.current].append("".join(self.text))
+            self.text = None
+        elif tag in ("rect", "circle"):
+            self.in_mark = False
+        elif tag == "svg":
+            self.current = None
+
+    def handle_data(self, data):
+        if self.text is not None:
+            self.text.append(data)
+
+    def values(self, chart):
+        out = []
+        for t in self.titles.get(chart, []):
+            m = re.fullmatch(r"\d\d:\d\d UTC: ([0-9.]+)(?:%| ms)?", t)
+            assert m, t
+            out.append(float(m.group(1)))
+        return out
 
 
 if __name__ == "__main__":
