@@ -1,6 +1,7 @@
 /* chart: the status page's per-minute SVG charts (see chart.h).  Fixed
  * geometry in a viewBox, so the browser scales it; numbers are written with
- * one decimal at most, and every text is ours (no value from the wire). */
+ * one decimal at most, and every text is ours (no value from the wire).
+ * Inline in HTML, so no xmlns: the page names no URL but its own. */
 #include "daemon/chart.h"
 
 #include <stdarg.h>
@@ -61,7 +62,7 @@ int chart_svg(struct buf *out, const struct chart *c)
     double scale = max > 0 ? max : 1;
     double step = c->n ? (PX1 - PX0) / (double)c->n : 0;
     int rc = put(out, "<svg id=\"%s\" class=\"chart\" role=\"img\" viewBox=\"0 0 %.0f %.0f\" "
-                      "width=\"%.0f\" height=\"%.0f\" xmlns=\"http://www.w3.org/2000/svg\">",
+                      "width=\"%.0f\" height=\"%.0f\">",
                  c->id, CW, CH, CW, CH);
     rc |= put(out, "<title>%s, last hour: now %.*f%s, highest %.*f%s</title>", c->title,
               c->decimals, last, c->unit, c->decimals, max, c->unit);
