@@ -8,6 +8,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import sqlite3
 import subprocess
 import sys
@@ -372,11 +373,13 @@ class Install(unittest.TestCase):
 
 
 class DebianPackage(unittest.TestCase):
-    """`make deb`, then the package taken apart in a throwaway root: its
-    files, conffiles, Depends (every shared library the binary loads comes
-    from a package it names), maintainer scripts, its unit verified, and the
-    packaged binary run on the packaged configuration until READY=1.  (It is
-    not installed with dpkg: that needs a root file system of its own.)"""
+    """`make deb`, then the package taken apart: its files, conffiles,
+    Depends (every shared library the binary loads comes from a package it
+    names), maintainer scripts, its unit verified, the packaged binary run on
+    the packaged configuration until READY=1; and installed, removed and
+    purged by dpkg in a throwaway root (maintainer scripts run chrooted in
+    it, with a stand-in adduser; no systemd there, so the service is not
+    started by dpkg)."""
 
     @classmethod
     def setUpClass(cls):
@@ -439,6 +442,87 @@ class DebianPackage(unittest.TestCase):
                                    stderr=subprocess.DEVNULL, text=True).stdout
             pkgs = {l.split(":")[0] for l in owner.splitlines() if l}
             self.assertTrue(pkgs & names, f"{so} comes from {pkgs}, not in Depends: {depends}")
+
+    def make_root(self):
+        """A throwaway root dpkg can install into: an empty dpkg database,
+        dash and the few tools the maintainer scripts call (with their
+        libraries), /dev/null, and a stand-in for adduser that only appends
+        the system user and group to the root's /etc/passwd and /etc/group."""
+        r = self.x / "sysroot"
+        for d in ("var/lib/dpkg/info", "var/lib/dpkg/updates", "var/lib/dpkg/triggers",
+                  "usr/bin", "usr/sbin", "bin", "etc", "tmp", "dev"):
+            (r / d).mkdir(parents=True, exist_ok=True)
+        for f in ("var/lib/dpkg/status", "var/lib/dpkg/available"):
+            (r / f).touch()
+        tools = [shutil.which(t) for t in ("dash", "install", "chgrp", "chmod", "getent")]
+        self.assertTrue(all(tools), tools)
+        for t in tools:
+            shutil.copy(t, r / "usr/bin" / os.path.basename(t))
+        os.symlink("dash", r / "usr/bin/sh")
+        os.symlink("../usr/bin/sh", r / "bin/sh")
+        libs = set()
+        for t in tools:
+            out = subprocess.run(["ldd", t], stdout=subprocess.PIPE, text=True).stdout
+            libs.update(re.findall(r"(/\S+\.so[.\d]*)", out))
+        for lib in libs:
+            dst = r / lib.lstrip("/")
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(os.path.realpath(lib), dst)
+        (r / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+        (r / "etc/group").write_text("root:x:0:\n")
+        adduser = r / "usr/sbin/adduser"
+        adduser.write_text("#!/bin/sh\n"
+                           "for a; do name=$a; done\n"
+                           'echo "$name:x:64999:64999::/var/lib/$name:/usr/sbin/nologin" >> /etc/passwd\n'
+                           'echo "$name:x:64999:" >> /etc/group\n'
+                           'echo "adduser $*" >> /tmp/adduser.log\n')
+        adduser.chmod(0o755)
+        try:
+            os.mknod(r / "dev/null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        except OSError:
+            self.skipTest("cannot make /dev/null in a throwaway root (needs root)")
+        return r
+
+    def dpkg(self, root, *args):
+        env = dict(os.environ, PATH="/usr/sbin:/usr/bin:/sbin:/bin")
+        return subprocess.run(["dpkg", f"--root={root}", "--force-depends", *args],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, timeout=120, env=env)
+
+    def test_dpkg_installs_removes_and_purges_in_a_throwaway_root(self):
+        if os.geteuid() != 0:
+            self.skipTest("dpkg --root with maintainer scripts needs root (chroot)")
+        r = self.make_root()
+        inst = self.dpkg(r, "-i", str(self.deb))
+        self.assertEqual(inst.returncode, 0, inst.stdout)
+        st = self.dpkg(r, "-s", "hl7bridge").stdout
+        self.assertIn("Status: install ok installed", st)
+        self.assertIn("Conffiles:\n /etc/hl7bridge/hl7bridge.yaml", st)
+        # postinst: the system user, its state directory, the configuration
+        # readable by its group only
+        self.assertIn("adduser --system --group --home /var/lib/hl7bridge",
+                      (r / "tmp/adduser.log").read_text())
+        self.assertIn("hl7bridge:x:64999:64999:", (r / "etc/passwd").read_text())
+        state = (r / "var/lib/hl7bridge").stat()
+        self.assertEqual((state.st_uid, state.st_gid, state.st_mode & 0o777), (64999, 64999, 0o750))
+        conf = (r / "etc/hl7bridge/hl7bridge.yaml").stat()
+        self.assertEqual((conf.st_gid, conf.st_mode & 0o777), (64999, 0o640))
+        self.assertTrue(os.access(r / "usr/bin/hl7bridge", os.X_OK))
+        # A reinstall (upgrade path) keeps the user (no second adduser).
+        again = self.dpkg(r, "-i", str(self.deb))
+        self.assertEqual(again.returncode, 0, again.stdout)
+        self.assertEqual((r / "tmp/adduser.log").read_text().count("adduser"), 1)
+        # remove keeps the configuration (a conffile) and the store; purge
+        # drops the configuration and still keeps the store (patient data).
+        (r / "var/lib/hl7bridge/hl7bridge.db").write_text("store")
+        rm = self.dpkg(r, "-r", "hl7bridge")
+        self.assertEqual(rm.returncode, 0, rm.stdout)
+        self.assertFalse((r / "usr/bin/hl7bridge").exists())
+        self.assertTrue((r / "etc/hl7bridge/hl7bridge.yaml").exists())
+        purge = self.dpkg(r, "-P", "hl7bridge")
+        self.assertEqual(purge.returncode, 0, purge.stdout)
+        self.assertFalse((r / "etc/hl7bridge/hl7bridge.yaml").exists())
+        self.assertTrue((r / "var/lib/hl7bridge/hl7bridge.db").exists())
 
     def test_packaged_unit_verifies(self):
         unit = (self.x / "root/lib/systemd/system/hl7bridge.service").read_text()
