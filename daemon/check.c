@@ -3,6 +3,7 @@
 #include "daemon/cli.h"
 #include "config/config.h"
 #include "daemon/rules.h"
+#include "mllp/mllp.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -21,8 +22,9 @@ int cmd_check(int argc, char **argv)
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             printf("usage: hl7bridge check [-c FILE] [--dump]\n"
                    "\n"
-                   "Validates the configuration (default %s) and the files it names\n"
-                   "(mapping rules).  Prints each problem as file:line:column: message;\n"
+                   "Validates the configuration (default %s) and what it names (mapping\n"
+                   "rules, TLS certificates and keys, the user to run as), as `run` would.\n"
+                   "Prints each problem as file:line:column: message;\n"
                    "exit status 1 if any.  --dump prints the effective configuration\n"
                    "(secrets shown as (set)) and where each relative path led: a path\n"
                    "written in the file is relative to the file's directory.\n",
@@ -38,8 +40,24 @@ int cmd_check(int argc, char **argv)
     struct config *c = load_config_or_report(path, explicit_path, &path);
     if (!c)
         return 1;
+    /* Everything `run` reads before it serves, reported together: the
+     * rules and every listener's certificate, key and client CAs. */
     struct mapping *mp = rules_load(c);
-    if (!mp) {
+    int bad = !mp;
+    for (size_t i = 0; i < c->n_listeners; i++) {
+        const struct config_listener *cl = &c->listeners[i];
+        struct mllp_tls_opts to = { 0 };
+        char err[512];
+        if (!cl->tls.enabled)
+            continue;
+        run_tls_opts(cl, &to);
+        if (mllp_tls_check(&to, err, sizeof err) != 0) {
+            fprintf(stderr, "%s: listen[%zu] (%s): tls: %s\n", path, i, cl->name, err);
+            bad = 1;
+        }
+    }
+    if (bad) {
+        mapping_free(mp);
         config_free(c);
         return 1;
     }

@@ -21,4 +21,10 @@ int cmd_backup(int argc, char **argv);
  * was such an option (advancing *i), 0 if not, -1 on a missing value. */
 int cli_config_opt(int argc, char **argv, int *i, const char **path);
 
+/* The TLS options of a listener of the configuration (run.c; `check`
+ * loads them as `run` does). */
+struct config_listener;
+struct mllp_tls_opts;
+void run_tls_opts(const struct config_listener *cl, struct mllp_tls_opts *to);
+
 #endif

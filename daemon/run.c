@@ -256,6 +256,17 @@ static int charset_of(const char *name, struct hl7_parse_opts *po)
     return 0;
 }
 
+void run_tls_opts(const struct config_listener *cl, struct mllp_tls_opts *to)
+{
+    to->cert_file = cl->tls.cert_file;
+    to->key_file = cl->tls.key_file;
+    to->client_ca_file = cl->tls.client_ca_file;
+    to->verify_client = cl->tls.verify_client;
+    to->min_tls13 = cl->tls.min_version == CONFIG_TLS_1_3;
+    to->allowed_names = (const char *const *)cl->tls.allowed_names;
+    to->n_allowed_names = cl->tls.n_allowed_names;
+}
+
 static void run_usage(FILE *out)
 {
     fprintf(out, "usage: hl7bridge run [-c FILE]\n"
@@ -424,15 +435,8 @@ int cmd_run(int argc, char **argv)
         ils[i].senders = cl->senders;
         ils[i].n_senders = cl->n_senders;
         struct mllp_tls_opts *to = &tlsopts[i];
-        if (cl->tls.enabled) {
-            to->cert_file = cl->tls.cert_file;
-            to->key_file = cl->tls.key_file;
-            to->client_ca_file = cl->tls.client_ca_file;
-            to->verify_client = cl->tls.verify_client;
-            to->min_tls13 = cl->tls.min_version == CONFIG_TLS_1_3;
-            to->allowed_names = (const char *const *)cl->tls.allowed_names;
-            to->n_allowed_names = cl->tls.n_allowed_names;
-        }
+        if (cl->tls.enabled)
+            run_tls_opts(cl, to);
         struct mllp_listener_opts lo = {
             .tls = cl->tls.enabled ? to : NULL,
             .allow = (const char *const *)cl->allow,

@@ -79,6 +79,11 @@ struct mllp_tls_opts {
     size_t n_allowed_names;
 };
 
+/* Loads the certificate, key and client CAs of `o` as a listener would,
+ * then lets them go: 0, or -1 with the reason in errbuf (`check`). */
+int mllp_tls_check(const struct mllp_tls_opts *o, char *errbuf, size_t errcap)
+    __attribute__((warn_unused_result));
+
 struct mllp_listener_opts {
     const struct mllp_tls_opts *tls;  /* NULL: plain TCP */
     const char *const *allow;         /* CIDRs let in (n 0: anyone) */

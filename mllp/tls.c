@@ -68,6 +68,13 @@ fail:
     return NULL;
 }
 
+int mllp_tls_check(const struct mllp_tls_opts *o, char *errbuf, size_t errcap)
+{
+    SSL_CTX *ctx = mllp_tls_ctx_new(o, errbuf, errcap);
+    SSL_CTX_free(ctx);
+    return ctx ? 0 : -1;
+}
+
 int mllp_tls_name_allowed(X509 *cert, const char *const *names, size_t n)
 {
     if (!cert)

@@ -98,6 +98,25 @@ class CommandLine(unittest.TestCase):
         self.assertIn("https://", errs[8])
         self.assertNotIn("OK", r.stdout)
 
+    def test_check_loads_the_tls_files_as_run_does(self):
+        """A certificate file that exists but is not a certificate passed
+        `check` and stopped `run`: `check` loads it the same way."""
+        (self.tmp / "cert.pem").write_text("not a certificate\n")
+        (self.tmp / "key.pem").write_text("not a key\n")
+        path = self.tmp / "tls.yaml"
+        path.write_text("listen:\n"
+                        "  - name: secure\n"
+                        "    address: 127.0.0.1:2575\n"
+                        f"    tls: {{cert_file: {self.tmp}/cert.pem, key_file: {self.tmp}/key.pem}}\n"
+                        f"store:\n  path: {self.tmp}/s.db\nmetrics:\n  enabled: false\n")
+        r = self.run_bin("check", "-c", str(path))
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn(f"{path}: listen[0] (secure): tls: cannot load certificate", r.stderr)
+        self.assertNotIn("OK", r.stdout)
+        r = self.run_bin("run", "-c", str(path), timeout=15)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("cannot load certificate", r.stderr)
+
     def test_check_unset_environment_variable_is_named(self):
         path = self.tmp / "env.yaml"
         path.write_text("store:\n  path: ${HL7BRIDGE_IT_UNSET_VARIABLE}/s.db\n")
