@@ -872,6 +872,8 @@ int stats_render_prometheus(const struct stats_snapshot *s, struct buf *out)
                   g->mllp.oversize);
     rc |= bprintf(out, "hl7bridge_frames_rejected_total{reason=\"restarted\"} %" PRIu64 "\n",
                   g->mllp.restarts);
+    rc |= bprintf(out, "hl7bridge_frames_rejected_total{reason=\"input_budget\"} %" PRIu64 "\n",
+                  g->mllp.over_budget);
     rc |= prom_one(out, "hl7bridge_garbage_bytes_total", "counter",
                    "Bytes received outside MLLP frames and skipped.", g->mllp.garbage_bytes);
     rc |= prom_one(out, "hl7bridge_received_bytes_total", "counter",

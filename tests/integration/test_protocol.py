@@ -3,11 +3,13 @@ size and connection limits, idle timeout."""
 
 import re
 import socket
+import urllib.request
 import threading
 import time
 import unittest
 
-from harness import (CR, EB, SB, Daemon, DaemonTestCase, MLLPConnection, frame, make_message)
+from harness import (CR, EB, SB, Daemon, DaemonTestCase, MLLPConnection, frame, free_port,
+                     make_message)
 
 
 class Duplicates(DaemonTestCase):
@@ -311,7 +313,10 @@ class InputBudget(unittest.TestCase):
     def test_unfinished_frames_over_the_budget_get_ar_207(self):
         d = Daemon(self)
         text = d.config_text
-        d.config_text = lambda port: text(port).replace("log:\n", "limits:\n  max_buffered_mb: 1\nlog:\n")
+        mport = free_port()
+        d.config_text = lambda port: text(port).replace(
+            "log:\n", "limits:\n  max_buffered_mb: 1\nlog:\n").replace(
+            "metrics:\n  enabled: false\n", f"metrics:\n  address: 127.0.0.1:{mport}\n  enabled: true\n")
         port = d.start()
         self.assertIn("max_buffered_mb: 1", d.config_path.read_text())
         hogs = []
@@ -338,6 +343,11 @@ class InputBudget(unittest.TestCase):
         self.assertGreaterEqual(len(refused), 1, f"no unfinished frame refused\n{d.log()}")
         self.assertLess(len(refused), self.HOGS, "a frame that fits was refused")
         self.assertEqual(d.log().count("event=mllp_input_budget"), len(refused))
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"http://127.0.0.1:{mport}/metrics", timeout=10) as r:
+            metrics = r.read().decode()
+        self.assertIn(f'hl7bridge_frames_rejected_total{{reason="input_budget"}} {len(refused)}\n',
+                      metrics)
         with MLLPConnection(port) as c:
             ack = c.request(make_message("AFTERHOGS"))
             self.assertEqual(ack.code, "AA", ack.raw)
