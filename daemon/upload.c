@@ -2,12 +2,11 @@
  * connector: `hl7bridge upload [-c FILE] DATAFILE...` and the daemon's
  * inputs.files watcher share upload_file().
  *
- * A file is checked whole before anything is sent: UTF-8 without a byte
- * order mark, the header naming the configured columns in order
- * (mapping.headers applied), every row with as many fields as the header
- * and its mandatory columns non-empty, at most SINK_MAX_IMPORT_ROWS rows
- * and SINK_MAX_IMPORT_BYTES bytes.  Every problem is reported as
- * `file:line: message`; a file with any problem is not sent at all.
+ * A file is checked whole before anything is sent (mapping_check_file:
+ * encoding, header per mapping.headers, field counts, mandatory columns,
+ * at most SINK_MAX_IMPORT_ROWS rows; and at most SINK_MAX_IMPORT_BYTES
+ * bytes).  Every problem is reported as `file:line: message`; a file with
+ * any problem is not sent at all.
  *
  * Then it is cut into blocks of sinks.audit.batch.max_rows rows (at most
  * 100,000), each sent with the header line and the configured line ending
@@ -33,7 +32,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,17 +47,10 @@ struct upload {
     struct sink_push *push;
     struct store_upload *su;
     enum mapping_format fmt;
-    char delim;
     const char *eol;
-    size_t ncols;
     struct buf header;          /* the configured header line with its eol */
     uint64_t block_rows;
     FILE *out, *err;            /* progress, problems (NULL: log only) */
-};
-
-struct rec {
-    size_t off, len;            /* the record without its line ending */
-    uint64_t line;              /* first line number */
 };
 
 /* ---- problems ---------------------------------------------------------------- */
@@ -67,196 +58,20 @@ struct rec {
 struct check {
     struct upload *u;
     const char *name;
-    uint64_t problems;
+    uint64_t shown;
 };
 
-static void problem(struct check *c, uint64_t line, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void problem(struct check *c, uint64_t line, const char *fmt, ...)
+/* Prints (or logs) the first UPLOAD_MAX_ERRORS problems of a file. */
+static void on_problem(void *ud, uint64_t line, const char *msg)
 {
-    c->problems++;
-    if (c->problems > UPLOAD_MAX_ERRORS)
+    struct check *c = ud;
+    if (++c->shown > UPLOAD_MAX_ERRORS)
         return;
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
     if (c->u->err)
         fprintf(c->u->err, "%s:%llu: %s\n", c->name, (unsigned long long)line, msg);
     else
         log_warn("upload_invalid", " file=\"%s\" line=%llu problem=\"%s\"", c->name,
                  (unsigned long long)line, msg);
-}
-
-/* ---- records and fields ------------------------------------------------------- */
-
-/* Length of the valid UTF-8 sequence at p, 0 when invalid. */
-static size_t utf8_seq(const uint8_t *p, size_t left)
-{
-    uint8_t c = p[0];
-    size_t n = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3
-             : (c & 0xF8) == 0xF0 ? 4 : 0;
-    if (!n || n > left || (n == 2 && c < 0xC2) || (n == 4 && c > 0xF4))
-        return 0;
-    for (size_t i = 1; i < n; i++)
-        if ((p[i] & 0xC0) != 0x80)
-            return 0;
-    if (n == 3 && ((c == 0xE0 && p[1] < 0xA0) || (c == 0xED && p[1] >= 0xA0)))
-        return 0;
-    if (n == 4 && ((c == 0xF0 && p[1] < 0x90) || (c == 0xF4 && p[1] >= 0x90)))
-        return 0;
-    return n;
-}
-
-/* Splits the file into records: at '\n' (a '\r' before it dropped), in csv
- * not inside quotes.  Checks UTF-8 on the way.  Returns the record count,
- * or -1 when out of memory. */
-static long long split_records(struct check *c, const uint8_t *p, size_t n, int csv,
-                               struct rec **out)
-{
-    size_t cap = 1024, cnt = 0;
-    struct rec *r = malloc(cap * sizeof *r);
-    if (!r)
-        return -1;
-    uint64_t line = 1, rec_line = 1;
-    size_t start = 0;
-    int quoted = 0, bad_line_reported = 0;
-    for (size_t i = 0; i <= n; i++) {
-        if (i < n && p[i] >= 0x80) {
-            size_t k = utf8_seq(p + i, n - i);
-            if (!k) {
-                if (!bad_line_reported)
-                    problem(c, line, "not valid UTF-8 (byte %zu of the file)", i + 1);
-                bad_line_reported = 1;
-                continue;
-            }
-            i += k - 1;
-            continue;
-        }
-        if (i < n && csv && p[i] == '"')
-            quoted = !quoted;
-        if (i < n && p[i] != '\n')
-            continue;
-        if (i < n && quoted) {
-            line++;
-            continue;
-        }
-        size_t end = i;
-        if (end > start && p[end - 1] == '\r')
-            end--;
-        if (end > start || i < n) {
-            if (cnt == cap) {
-                struct rec *nr = realloc(r, cap * 2 * sizeof *r);
-                if (!nr) {
-                    free(r);
-                    return -1;
-                }
-                r = nr;
-                cap *= 2;
-            }
-            if (end > start)
-                r[cnt++] = (struct rec){ start, end - start, rec_line };
-            else if (i < n)
-                problem(c, line, "empty line");
-        }
-        line++;
-        rec_line = line;
-        start = i + 1;
-        bad_line_reported = 0;
-    }
-    if (quoted)
-        problem(c, rec_line, "a quoted field is not closed before the end of the file");
-    *out = r;
-    return (long long)cnt;
-}
-
-/* Calls fn for each field of a record (csv: quotes removed in `empty`
- * terms only — a field is empty when it has no characters or is ""). */
-struct field {
-    const uint8_t *p;
-    size_t len;
-    int empty;
-};
-
-static size_t split_fields(const uint8_t *p, size_t n, char delim, int csv, struct field *f,
-                           size_t max)
-{
-    size_t k = 0, start = 0;
-    int quoted = 0;
-    for (size_t i = 0; i <= n; i++) {
-        if (i < n && csv && p[i] == '"')
-            quoted = !quoted;
-        if (i < n && (p[i] != (uint8_t)delim || quoted))
-            continue;
-        if (k < max) {
-            const uint8_t *s = p + start;
-            size_t len = i - start;
-            int empty = len == 0 || (csv && len == 2 && s[0] == '"' && s[1] == '"');
-            f[k] = (struct field){ s, len, empty };
-        }
-        k++;
-        start = i + 1;
-    }
-    return k;
-}
-
-/* The field's text without csv quotes, for messages (cut, no PHI: only
- * header lines are ever shown). */
-static void field_text(const struct field *f, int csv, char *out, size_t cap)
-{
-    const uint8_t *s = f->p;
-    size_t n = f->len;
-    if (csv && n >= 2 && s[0] == '"' && s[n - 1] == '"') {
-        s++;
-        n -= 2;
-    }
-    if (n >= cap)
-        n = cap - 1;
-    memcpy(out, s, n);
-    out[n] = '\0';
-}
-
-/* ---- checking ----------------------------------------------------------------- */
-
-static int check_header(struct check *c, const uint8_t *p, const struct rec *h, int csv)
-{
-    struct upload *u = c->u;
-    struct field f[256];
-    size_t n = split_fields(p + h->off, h->len, u->delim, csv, f, 256);
-    size_t want = u->ncols;
-    uint64_t before = c->problems;
-    for (size_t i = 0; i < want && i < n && i < 256; i++) {
-        char got[256];
-        field_text(&f[i], csv, got, sizeof got);
-        const char *exp = mapping_column_header(u->mp, i);
-        if (strcmp(got, exp) != 0)
-            problem(c, h->line, "column %zu of the header is \"%s\", expected \"%s\"", i + 1, got,
-                    exp);
-    }
-    if (n < want)
-        for (size_t i = n; i < want; i++)
-            problem(c, h->line, "the header lacks column %zu \"%s\"", i + 1,
-                    mapping_column_header(u->mp, i));
-    if (n > want)
-        problem(c, h->line, "the header has %zu columns, the configured schema %zu", n, want);
-    /* Misnamed columns still let the rows be checked; a wrong count not. */
-    (void)before;
-    return n == want ? 0 : -1;
-}
-
-static void check_row(struct check *c, const uint8_t *p, const struct rec *r, int csv,
-                      struct field *f)
-{
-    struct upload *u = c->u;
-    size_t n = split_fields(p + r->off, r->len, u->delim, csv, f, u->ncols);
-    if (n != u->ncols) {
-        problem(c, r->line, "%zu fields, the header has %zu", n, u->ncols);
-        return;
-    }
-    for (size_t i = 0; i < n; i++)
-        if (f[i].empty && mapping_column_mandatory(u->mp, i))
-            problem(c, r->line, "mandatory column \"%s\" is empty", mapping_column_header(u->mp, i));
 }
 
 /* ---- the file ------------------------------------------------------------------- */
@@ -289,7 +104,7 @@ static void say(struct upload *u, const char *fmt, ...)
 }
 
 static int send_blocks(struct upload *u, const char *name, const uint8_t *p, size_t size,
-                       const struct rec *recs, uint64_t rows)
+                       const struct mapping_file_rec *recs, uint64_t rows)
 {
     char digest[65], err[600];
     if (digest_hex(p, size, digest) < 0) {
@@ -401,8 +216,10 @@ int upload_file(struct upload *u, const char *path)
     }
     struct check c = { u, path, 0 };
     if ((uint64_t)st.st_size > SINK_MAX_IMPORT_BYTES) {
-        problem(&c, 1, "%lld bytes: the connector takes at most %llu in one file",
-                (long long)st.st_size, (unsigned long long)SINK_MAX_IMPORT_BYTES);
+        char msg[160];
+        snprintf(msg, sizeof msg, "%lld bytes: the connector takes at most %llu in one file",
+                 (long long)st.st_size, (unsigned long long)SINK_MAX_IMPORT_BYTES);
+        on_problem(&c, 1, msg);
         close(fd);
         return UPLOAD_INVALID;
     }
@@ -420,49 +237,26 @@ int upload_file(struct upload *u, const char *path)
         p = m;
     }
     close(fd);
-    int csv = u->fmt == MAPPING_FMT_CSV;
-    struct rec *recs = NULL;
-    struct field *f = calloc(u->ncols ? u->ncols : 1, sizeof *f);
-    int rc = UPLOAD_INVALID;
-    if (!f)
-        goto out;
-    if (size >= 3 && p[0] == 0xEF && p[1] == 0xBB && p[2] == 0xBF) {
-        problem(&c, 1, "starts with a byte order mark: the connector takes UTF-8 without one");
-        goto out;
-    }
-    long long n = size ? split_records(&c, p, size, csv, &recs) : 0;
+    struct mapping_file_rec *recs = NULL;
+    uint64_t problems = 0;
+    int rc;
+    long long n = mapping_check_file(u->mp, u->fmt, p, size, SINK_MAX_IMPORT_ROWS, &recs,
+                                     on_problem, &c, &problems);
     if (n < 0) {
         if (u->err)
             fprintf(u->err, "%s: out of memory\n", path);
         rc = UPLOAD_FAILED;
-        goto out;
-    }
-    if (n == 0) {
-        problem(&c, 1, "empty file: a header line and at least one row are needed");
-        goto out;
-    }
-    if (check_header(&c, p, &recs[0], csv) == 0) {
-        for (long long i = 1; i < n; i++)
-            check_row(&c, p, &recs[i], csv, f);
-    }
-    uint64_t rows = (uint64_t)n - 1;
-    if (rows == 0)
-        problem(&c, recs[0].line, "no rows after the header");
-    if (rows > SINK_MAX_IMPORT_ROWS)
-        problem(&c, recs[n - 1].line, "%llu rows: the connector takes at most %u in one file",
-                (unsigned long long)rows, SINK_MAX_IMPORT_ROWS);
-    if (c.problems) {
-        if (c.problems > UPLOAD_MAX_ERRORS && u->err)
+    } else if (problems) {
+        if (problems > UPLOAD_MAX_ERRORS && u->err)
             fprintf(u->err, "%s: … and %llu more problems\n", path,
-                    (unsigned long long)(c.problems - UPLOAD_MAX_ERRORS));
+                    (unsigned long long)(problems - UPLOAD_MAX_ERRORS));
         if (u->err)
             fprintf(u->err, "%s: %llu problems; nothing was sent\n", path,
-                    (unsigned long long)c.problems);
-        goto out;
+                    (unsigned long long)problems);
+        rc = UPLOAD_INVALID;
+    } else {
+        rc = send_blocks(u, path, p, size, recs + 1, (uint64_t)n - 1);
     }
-    rc = send_blocks(u, path, p, size, recs + 1, rows);
-out:
-    free(f);
     free(recs);
     if (p)
         munmap((void *)(uintptr_t)p, size);
@@ -482,11 +276,9 @@ struct upload *upload_new(const struct config *cfg, const struct mapping *mp, FI
     u->out = out;
     u->err = err;
     u->fmt = rules_format(cfg);
-    u->delim = u->fmt == MAPPING_FMT_CSV ? ',' : u->fmt == MAPPING_FMT_PSV ? '|' : '\t';
     u->eol = rules_eol(cfg);
     if (!u->eol)
         u->eol = u->fmt == MAPPING_FMT_CSV ? "\r\n" : "\n";
-    u->ncols = mapping_column_count(mp);
     u->block_rows = cfg->sinks.audit.batch.max_rows;
     if (u->block_rows == 0 || u->block_rows > SINK_MAX_BLOCK_ROWS)
         u->block_rows = SINK_MAX_BLOCK_ROWS;

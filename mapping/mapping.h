@@ -160,6 +160,28 @@ int mapping_result_appt_i64(const struct mapping_result *r, enum mapping_appt_fi
                             int64_t *out);
 const char *mapping_appt_field_name(enum mapping_appt_field f);
 
+/* ---- prepared connector files (mapping/filecheck.c) -------------------- */
+
+/* One record of a connector file: bytes [off, off+len) without the line
+ * ending, starting on line `line` (1-based; a csv value may span lines). */
+struct mapping_file_rec {
+    size_t off, len;
+    uint64_t line;
+};
+/* A problem at `line`: a message naming header columns only, no row content. */
+typedef void (*mapping_problem_fn)(void *ud, uint64_t line, const char *msg);
+/* Checks a prepared connector file (the whole text, p[0..n)) against the
+ * schema of `mp` in format `fmt`: UTF-8 without a byte order mark, the
+ * header naming the configured columns in order, every row with as many
+ * fields and its mandatory columns non-empty, 1..max_rows rows.  Calls cb
+ * for each problem; *problems gets their count.  Returns the number of
+ * records (header first) in *recs (owned by the caller: free()), or -1 when
+ * out of memory.  Any thread. */
+long long mapping_check_file(const struct mapping *mp, enum mapping_format fmt, const uint8_t *p,
+                             size_t n, uint64_t max_rows, struct mapping_file_rec **recs,
+                             mapping_problem_fn cb, void *ud, uint64_t *problems)
+    __attribute__((warn_unused_result));
+
 /* ---- output ------------------------------------------------------------ */
 
 /* Appends the header line (configured column names) ended by `eol` (NULL:
