@@ -207,6 +207,93 @@ static const struct fixture_case fixture_cases[] = {
     {"config/mappings/access-audit.yaml", MAPPING_SCHEMA_EPIC, FIX "zau_z01.hl7", FIX "zau_z01.epic.tsv"},
 };
 
+/* Problems of mapping_check_file, one "line: message" per line. */
+static void collect_problem(void *ud, uint64_t line, const char *msg)
+{
+    char *out = ud;
+    size_t n = strlen(out);
+    snprintf(out + n, 4096 - n, "%llu: %s\n", (unsigned long long)line, msg);
+}
+
+/* A prepared csv file: a quoted value spanning two lines keeps the next
+ * record's line number right; "" in a mandatory column, a short row, a
+ * misnamed header column, a byte order mark, invalid UTF-8 and the row
+ * limit are each reported with their line. */
+static void test_check_file(void **state)
+{
+    (void)state;
+    const char *files[] = {"config/mappings/adt.yaml"};
+    struct mapping *mp = load_files(files, 1, MAPPING_SCHEMA_HEALTHCARE);
+    size_t n = mapping_column_count(mp), mand = n;
+    for (size_t i = 0; i < n && mand == n; i++)
+        if (mapping_column_mandatory(mp, i))
+            mand = i;
+    assert_true(mand < n);
+    struct buf b;
+    buf_init(&b, 1 << 20);
+    assert_int_equal(mapping_format_header(mp, MAPPING_FMT_CSV, "\r\n", &b), 0);
+    for (int row = 0; row < 3; row++) {
+        size_t fields = row == 2 ? n - 1 : n;
+        for (size_t i = 0; i < fields; i++) {
+            const char *v = "v";
+            if (row == 0 && i == 1)
+                v = "\"a, \r\nb\"";          /* spans lines 2 and 3 */
+            if (row == 1 && i == mand)
+                v = "\"\"";                   /* empty */
+            assert_int_equal(buf_append_str(&b, i ? "," : ""), 0);
+            assert_int_equal(buf_append_str(&b, v), 0);
+        }
+        assert_int_equal(buf_append_str(&b, "\r\n"), 0);
+    }
+    char got[4096] = "";
+    struct mapping_file_rec *recs = NULL;
+    uint64_t problems = 0;
+    long long cnt = mapping_check_file(mp, MAPPING_FMT_CSV, buf_data(&b), b.len, 10, &recs,
+                                       collect_problem, got, &problems);
+    assert_int_equal(cnt, 4);
+    assert_int_equal(recs[1].line, 2);
+    assert_int_equal(recs[2].line, 4);
+    assert_int_equal(recs[3].line, 5);
+    char want[1024];
+    snprintf(want, sizeof want, "4: mandatory column \"%s\" is empty\n5: %zu fields, the header has %zu\n",
+             mapping_column_header(mp, mand), n - 1, n);
+    assert_string_equal(got, want);
+    assert_int_equal(problems, 2);
+    free(recs);
+
+    /* the row limit (tsv, every value filled) */
+    buf_reset(&b);
+    assert_int_equal(mapping_format_header(mp, MAPPING_FMT_TSV, "\n", &b), 0);
+    for (int row = 0; row < 2; row++) {
+        for (size_t i = 0; i < n; i++)
+            assert_int_equal(buf_append_str(&b, i ? "\tv" : "v"), 0);
+        assert_int_equal(buf_append_str(&b, "\n"), 0);
+    }
+    got[0] = '\0';
+    cnt = mapping_check_file(mp, MAPPING_FMT_TSV, buf_data(&b), b.len, 1, &recs, collect_problem,
+                             got, &problems);
+    free(recs);
+    assert_int_equal(cnt, 3);
+    assert_string_equal(got, "3: 2 rows: the connector takes at most 1 in one file\n");
+
+    static const uint8_t bom[] = "\xef\xbb\xbf" "Creation Time\r\n";
+    got[0] = '\0';
+    cnt = mapping_check_file(mp, MAPPING_FMT_TSV, bom, sizeof bom - 1, 10, &recs, collect_problem,
+                             got, &problems);
+    free(recs);
+    assert_string_equal(got, "1: starts with a byte order mark: the connector takes UTF-8 without one\n");
+
+    static const uint8_t bad[] = "x\r\ny\xff\r\n";
+    got[0] = '\0';
+    cnt = mapping_check_file(mp, MAPPING_FMT_TSV, bad, sizeof bad - 1, 1, &recs, collect_problem,
+                             got, &problems);
+    free(recs);
+    assert_non_null(strstr(got, "2: not valid UTF-8 (byte 5 of the file)\n"));
+    assert_non_null(strstr(got, "1: the header lacks column 2"));
+    buf_release(&b);
+    mapping_free(mp);
+}
+
 static void test_fixture_rows(void **state)
 {
     (void)state;
@@ -1236,6 +1323,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fixture_rows),
+        cmocka_unit_test(test_check_file),
         cmocka_unit_test(test_appointment_facts),
         cmocka_unit_test(test_corpus_rows),
         cmocka_unit_test(test_corpus_all_no_crash),
