@@ -623,6 +623,49 @@ static void test_reopen_keeps_data(void **state)
     sqlite3_close(db);
 }
 
+/* The online copy: taken while the store is open (and has a WAL), every
+ * committed message in it, a self-contained 0600 file; never over an
+ * existing file; a missing store is an error that leaves nothing behind. */
+static void test_backup(void **state)
+{
+    struct fixture *fx = *state;
+    struct store *s = open_store(fx, 0, 0, 7);
+    submit_simple(s, "BK1", 1);
+    submit_simple(s, "BK2", 2);
+    struct store_result rr[2];
+    wait_results(s, rr, 2);
+    char dst[256], err[256];
+    snprintf(dst, sizeof dst, "%s/copy.db", fx->dir);
+    struct store_backup_info info;
+    assert_int_equal(store_backup(fx->path, dst, &info, err, sizeof err), 0);
+    assert_int_equal(info.messages, 2);
+    struct stat sb;
+    assert_int_equal(stat(dst, &sb), 0);
+    assert_int_equal(info.bytes, (uint64_t)sb.st_size);
+    assert_int_equal(sb.st_mode & 0777, 0600);
+    char side[300];
+    snprintf(side, sizeof side, "%s-wal", dst);
+    assert_int_equal(access(side, F_OK), -1);
+    snprintf(side, sizeof side, "%s.partial", dst);
+    assert_int_equal(access(side, F_OK), -1);
+    /* never over an existing file */
+    assert_int_equal(store_backup(fx->path, dst, &info, err, sizeof err), -1);
+    assert_non_null(strstr(err, "exists"));
+    store_close(s);
+
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(dst, &db), SQLITE_OK);
+    assert_int_equal(db_int(db, "SELECT COUNT(*) FROM messages WHERE control_id IN ('BK1','BK2')"),
+                     2);
+    sqlite3_close(db);
+
+    char none[256], dst2[256];
+    snprintf(none, sizeof none, "%s/none.db", fx->dir);
+    snprintf(dst2, sizeof dst2, "%s/copy2.db", fx->dir);
+    assert_int_equal(store_backup(none, dst2, &info, err, sizeof err), -1);
+    assert_int_equal(access(dst2, F_OK), -1);
+}
+
 static void test_file_modes(void **state)
 {
     struct fixture *fx = *state;
@@ -1369,6 +1412,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_commit_failure_recovers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wal_checkpointed_and_restarted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reopen_keeps_data, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_backup, setup, teardown),
         cmocka_unit_test_setup_teardown(test_file_modes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_quarantine, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retention, setup, teardown),
