@@ -16,7 +16,13 @@ OUTAGE_S = float(os.environ.get("HL7BRIDGE_OUTAGE_S", "180"))
 class LongOutage(AuditSinkBase):
     def test_outage_of_several_minutes_loses_nothing(self):
         emu, d = self.start_pair()
-        time.sleep(0.5)                      # a token while it is up
+        # The outage starts once the daemon holds a token (a fixed sleep lost
+        # that race on a loaded machine: the token response was cut off, so
+        # no block was ever tried and no block retry was logged).
+        t_end = time.monotonic() + 60
+        while "event=audit_token " not in d.log() and time.monotonic() < t_end:
+            time.sleep(0.05)
+        self.assertIn("event=audit_token ", d.log())
         emu.stop()
         sent, t0, k = 0, time.monotonic(), 0
         while time.monotonic() - t0 < OUTAGE_S:
