@@ -726,9 +726,12 @@ static void on_frame(void *ud, struct mllp_conn *c, uint64_t seq, const uint8_t 
     }
 }
 
-static void on_oversize(void *ud, struct mllp_conn *c, uint64_t seq, const uint8_t *p, size_t len)
+/* A frame the transport gave up on (over max_message_bytes, or over the
+ * input budget): AR 207 echoing the control id of what arrived, kept
+ * without its body (it is larger than anything we store). */
+static void refuse_unfinished(struct ingest *in, struct mllp_conn *c, uint64_t seq,
+                              const uint8_t *p, size_t len, const char *text, const char *why)
 {
-    struct ingest *in = ud;
     const struct ingest_listener *il = mllp_conn_listener_user(c);
     in->cur_il = il;
     in->cur_rx_ns = in->stats ? clock_mono_ns() : 0;
@@ -738,31 +741,24 @@ static void on_oversize(void *ud, struct mllp_conn *c, uint64_t seq, const uint8
     /* Parse what arrived so the AR can echo the control id. */
     size_t n = len < 65536 ? len : 65536;
     if (hl7_msg_parse(in->msg, p, n, &il->parse, &err) != 0)
-        log_debug("oversize_prefix_unparsed", "code=%d", err.code);
-    hl7_err_set(&err, HL7_E_INTERNAL, "", 0, 0, "message exceeds max_message_bytes");
-    enum hl7_ack_code code = answer(in, c, seq, in->msg, HL7_REJECT, NULL, "Message too large",
-                                    &err);
-    /* Kept without its body: it is larger than anything we store. */
+        log_debug("unfinished_prefix_unparsed", "code=%d", err.code);
+    hl7_err_set(&err, HL7_E_INTERNAL, "", 0, 0, why);
+    enum hl7_ack_code code = answer(in, c, seq, in->msg, HL7_REJECT, NULL, text, &err);
     keep_rejected(in, c, il, NULL, 0, in->msg, code, err.text, &err);
 }
 
+static void on_oversize(void *ud, struct mllp_conn *c, uint64_t seq, const uint8_t *p, size_t len)
+{
+    refuse_unfinished(ud, c, seq, p, len, "Message too large", "message exceeds max_message_bytes");
+}
+
 /* The input budget (limits.max_buffered_mb) stayed spent and this
- * connection's unfinished frame gives way: AR 207, then the server closes. */
+ * connection's unfinished frame gives way. */
 static void on_over_budget(void *ud, struct mllp_conn *c, uint64_t seq, const uint8_t *p,
                            size_t len)
 {
-    struct ingest *in = ud;
-    const struct ingest_listener *il = mllp_conn_listener_user(c);
-    in->cur_il = il;
-    in->cur_rx_ns = in->stats ? clock_mono_ns() : 0;
-    in->cur_dup = 0;
-    in->st.received++;
-    struct hl7_err err;
-    size_t n = len < 65536 ? len : 65536;
-    if (hl7_msg_parse(in->msg, p, n, &il->parse, &err) != 0)
-        log_debug("over_budget_prefix_unparsed", "code=%d", err.code);
-    hl7_err_set(&err, HL7_E_INTERNAL, "", 0, 0, "buffered input over limits.max_buffered_mb");
-    answer(in, c, seq, in->msg, HL7_REJECT, NULL, "Server input limit reached", &err);
+    refuse_unfinished(ud, c, seq, p, len, "Server input limit reached",
+                      "buffered input over limits.max_buffered_mb");
 }
 
 static int can_take(void *ud)

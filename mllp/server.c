@@ -382,6 +382,27 @@ static int budget_room(const struct mllp_conn *c, size_t want)
     return !s->max_buffered || s->buffered + want <= s->max_buffered;
 }
 
+/* Answers the unfinished frame in c's buffer through `cb` (or with no reply),
+ * drops the buffer and closes the connection once the answer is out. */
+static void refuse_frame(struct mllp_conn *c,
+                         void (*cb)(void *, struct mllp_conn *, uint64_t, const uint8_t *, size_t),
+                         const uint8_t *p, size_t len)
+{
+    struct mllp_server *s = c->srv;
+    uint64_t seq = c->next_seq++;
+    s->inflight++;
+    if (cb)
+        cb(s->h.ud, c, seq, p, len);
+    else
+        (void)mllp_conn_reply(c, seq, NULL, 0);
+    size_t before = c->rbuf.len;
+    buf_reset(&c->rbuf);
+    rbuf_account(c, before);
+    c->state = CONN_DRAINING;
+    c->drain_left = 0;
+    mark_dirty(c);
+}
+
 /* Over the budget, a connection between frames waits (back-pressure); one
  * whose unfinished frame holds at least half its fair share of the budget
  * (budget / connections holding input) is the one to give way: its frame is answered (AR) and it is closed, so
@@ -396,24 +417,12 @@ static int budget_wait_or_refuse(struct mllp_conn *c)
         mark_ready(c);
         return 1;
     }
-    uint64_t seq = c->next_seq++;
-    s->inflight++;
     s->st.over_budget++;
     log_warn("mllp_input_budget", "conn=%llu peer=%s listener=%s held=%zu total=%zu max=%zu",
              (unsigned long long)c->id, c->peer, c->ls->name, c->rbuf.len, s->buffered,
              s->max_buffered);
-    const uint8_t *p = buf_data(&c->rbuf) + c->framer.start;
-    size_t len = c->rbuf.len - c->framer.start;
-    if (s->h.on_over_budget)
-        s->h.on_over_budget(s->h.ud, c, seq, p, len);
-    else
-        (void)mllp_conn_reply(c, seq, NULL, 0);
-    size_t before = c->rbuf.len;
-    buf_reset(&c->rbuf);
-    rbuf_account(c, before);
-    c->state = CONN_DRAINING;
-    c->drain_left = 0;
-    mark_dirty(c);
+    refuse_frame(c, s->h.on_over_budget, buf_data(&c->rbuf) + c->framer.start,
+                 c->rbuf.len - c->framer.start);
     return 0;
 }
 
@@ -451,21 +460,10 @@ static void conn_process(struct mllp_conn *c)
                 continue;
             }
             if (r == MLLP_OVERSIZE) {
-                uint64_t seq = c->next_seq++;
-                s->inflight++;
                 s->st.oversize++;
                 log_warn("mllp_frame_oversize", "conn=%llu peer=%s listener=%s max=%zu",
                          (unsigned long long)c->id, c->peer, c->ls->name, c->ls->max_message_bytes);
-                if (s->h.on_oversize)
-                    s->h.on_oversize(s->h.ud, c, seq, buf_data(&c->rbuf) + fr.off, fr.len);
-                else
-                    (void)mllp_conn_reply(c, seq, NULL, 0);
-                size_t before = c->rbuf.len;
-                buf_reset(&c->rbuf);
-                rbuf_account(c, before);
-                c->state = CONN_DRAINING;
-                c->drain_left = 0;
-                mark_dirty(c);
+                refuse_frame(c, s->h.on_oversize, buf_data(&c->rbuf) + fr.off, fr.len);
                 return;
             }
             rbuf_consume(c, fr.consumed);
