@@ -1188,7 +1188,7 @@ struct mapping *mapping_load(const struct mapping_opts *o, struct mapping_errors
     if (headers_setup(mp, o, errs) != 0)
         rc = -1;
     char why[300] = "";
-    if (!(mp->tz = mp_tz_load(o->time_zone, why, sizeof why))) {
+    if (!(mp->tz = tz_load(o->time_zone, why, sizeof why))) {
         char msg[400];
         snprintf(msg, sizeof msg, "mapping.time_zone: %s", why);
         errs_add(errs, msg);
@@ -1250,7 +1250,7 @@ void mapping_free(struct mapping *mp)
     for (size_t i = 0; i < mp->n_files; i++)
         free(mp->files[i]);
     free(mp->files);
-    mp_tz_free(mp->tz);
+    tz_free(mp->tz);
     free(mp->date_format);
     free(mp);
 }

@@ -220,19 +220,4 @@ int mapping_dtm_to_utc(const struct mapping *mp, const uint8_t *p, size_t len, i
  * (mapping.date_format).  Returns the length, 0 when `out` is too small. */
 size_t mapping_format_time(const struct mapping *mp, int64_t t, char *out, size_t cap);
 
-/* ---- time zones (the system tz database, read without touching TZ) ----- */
-
-/* A compiled IANA zone, immutable and shareable between threads.  Used by the
- * rules for date-times without an offset, and by the SMS sink for the
- * clinic's local time. */
-struct mapping_tz;
-/* Loads `name` ("America/Chicago", "UTC").  NULL with a reason in `why`. */
-struct mapping_tz *mapping_tz_load(const char *name, char *why, size_t cap);
-void mapping_tz_free(struct mapping_tz *tz);
-/* UTC offset in seconds in effect at UTC epoch second `t`. */
-int32_t mapping_tz_offset_at(const struct mapping_tz *tz, int64_t t);
-/* UTC epoch seconds of a local wall-clock time (seconds since the epoch as
- * if local were UTC); gaps move forward, ambiguous times take the earlier. */
-int64_t mapping_tz_local_to_utc(const struct mapping_tz *tz, int64_t local);
-
 #endif

@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/tz.h"
 #include "mapping/mapping.h"
 
 /* Distinct segment references (id + instance) one rule may use; resolved
@@ -43,23 +44,8 @@ int mp_col_lookup(const char *name, size_t len);
 
 /* ---- time zones and date-times ------------------------------------------ */
 
-struct mp_tz; /* compiled zone: transitions + POSIX rule for later years */
-
-/* Loads zone `name` from the system tz database (TZDIR or
- * /usr/share/zoneinfo).  NULL, "", "UTC" give UTC.  Returns NULL with a
- * message in why[] on error. */
-struct mp_tz *mp_tz_load(const char *name, char *why, size_t cap);
-void mp_tz_free(struct mp_tz *tz);
-/* UTC offset (seconds east) in force at UTC instant t. */
-int32_t mp_tz_offset_at(const struct mp_tz *tz, int64_t t);
-/* UTC instant of local civil time `local` (seconds since epoch as if UTC);
- * gap → forward by the gap, overlap → earlier instant. */
-int64_t mp_tz_local_to_utc(const struct mp_tz *tz, int64_t local);
-
-int64_t mp_days_from_civil(int64_t y, unsigned m, unsigned d);
-void mp_civil_from_days(int64_t z, int64_t *y, unsigned *m, unsigned *d);
 /* Parses a DTM: returns 0 with *utc, or -1.  `tz` reads offset-less values. */
-int mp_dtm_parse(const struct mp_tz *tz, const uint8_t *p, size_t len, int64_t *utc);
+int mp_dtm_parse(const struct tz *tz, const uint8_t *p, size_t len, int64_t *utc);
 /* Formats UTC epoch seconds with a strftime format (fast path for the
  * default ISO form).  Returns bytes written (0 on overflow). */
 size_t mp_time_format(int64_t t, const char *fmt, int iso_default, char *out, size_t cap);
@@ -188,7 +174,7 @@ struct mapping {
     size_t n_maps;
     char **files;                /* rule file names (for locations) */
     size_t n_files;
-    struct mp_tz *tz;
+    struct tz *tz;
     char *date_format;
     int iso_default;             /* date_format is the default ISO form */
 };

@@ -29,9 +29,8 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "hl7/hl7.h"
+#include "core/tz.h"
 #include "mapping/mapping.h"
-/* The clinic's time zone uses the mapping module's tz database reader
- * (mapping_tz_*), so both read zones the same way. */
 #include "store/store.h"
 
 #include <errno.h>
@@ -90,7 +89,7 @@ struct sink_sms {
     enum config_sms_type type;
     const struct config *cfg;
     const struct mapping *mp;
-    struct mapping_tz *tz;
+    struct tz *tz;
     struct sink_sms_zone zone;
     struct hl7_path consent_path;
     uint8_t key[256];
@@ -139,8 +138,8 @@ static void copy_utf8(char *dst, size_t cap, const char *src)
     dst[n] = '\0';
 }
 
-static int32_t zone_offset(const void *z, int64_t t) { return mapping_tz_offset_at(z, t); }
-static int64_t zone_to_utc(const void *z, int64_t local) { return mapping_tz_local_to_utc(z, local); }
+static int32_t zone_offset(const void *z, int64_t t) { return tz_offset_at(z, t); }
+static int64_t zone_to_utc(const void *z, int64_t local) { return tz_local_to_utc(z, local); }
 
 static uint32_t next_rnd(struct sink_sms *s)
 {
@@ -276,7 +275,7 @@ static int queue_text(struct sink_sms *s, const struct store_sms_appt *a, enum k
     struct sink_sms_vars v = {
         .first_name = a->first_name, .location = a->location, .provider = a->provider,
         .link = c->sinks.sms.link ? c->sinks.sms.link : "", .start = a->start_s,
-        .utc_offset = mapping_tz_offset_at(s->tz, a->start_s),
+        .utc_offset = tz_offset_at(s->tz, a->start_s),
     };
     sink_sms_render(tmpl, &v, tp->text, sizeof tp->text);
     if (sink_sms_fit(tp->text, c->sinks.sms.max_segments))
@@ -881,7 +880,7 @@ static void sms_free(struct sink_sms *s)
     sink_acs_client_free(s->acs);
     if (s->fd >= 0)
         close(s->fd);
-    mapping_tz_free(s->tz);
+    tz_free(s->tz);
     hl7_msg_free(s->msg);
     mapping_result_free(s->res);
     buf_release(&s->scratch);
@@ -963,7 +962,7 @@ struct sink_sms *sink_sms_start(const struct config *c, const struct mapping *mp
         goto fail;
     }
     char tzwhy[200];
-    if (!(s->tz = mapping_tz_load(c->sinks.sms.time_zone, tzwhy, sizeof tzwhy))) {
+    if (!(s->tz = tz_load(c->sinks.sms.time_zone, tzwhy, sizeof tzwhy))) {
         snprintf(err, errcap, "sinks.sms.time_zone: %s", tzwhy);
         goto fail;
     }

@@ -1,27 +1,26 @@
-/* Time zones and HL7 date-times for the mapping module.
+/* Time zones: the system tz database read without touching TZ.
  *
- * A zone is read once, at rule load, from the system tz database's TZif file
+ * A zone is read once, at load, from the system tz database's TZif file
  * (RFC 8536): the 64-bit transition table plus the POSIX TZ footer that
  * governs instants after the last transition (slim TZif files stop early).
  * Conversions are then pure functions of that table: no setenv("TZ"), no
  * process-wide state, no lock, safe from any thread — which matters because
  * glibc's localtime/mktime take a global lock and honour only one zone.
+ * The mapping rules read offset-less date-times with it, and the SMS sink
+ * shows patients their clinic's local time with it.
  *
  * Local → UTC: a civil time can fall in a spring-forward gap (no instant) or
  * a fall-back overlap (two instants).  Gaps are read with the offset in force
  * before the change (02:30 in a 02:00→03:00 gap becomes 03:30 daylight
  * time); overlaps take the earlier instant (the daylight reading).  Both are
  * documented in docs/mapping.md. */
-#include "mapping/mapping_int.h"
+#include "core/tz.h"
 
 #include <errno.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-
-#include "core/num.h"
 
 /* A POSIX TZ rule date: Jn (1..365, no Feb 29), n (0..365), or Mm.w.d. */
 struct tz_date {
@@ -36,7 +35,7 @@ struct tz_posix {
     struct tz_date start, end;
 };
 
-struct mp_tz {
+struct tz {
     int64_t *times;    /* transition instants, ascending */
     int32_t *offs;     /* offset in force from times[i] */
     size_t n;
@@ -60,7 +59,7 @@ static _Thread_local struct {
 
 /* ---- civil calendar (proleptic Gregorian; H. Hinnant's algorithms) ---- */
 
-int64_t mp_days_from_civil(int64_t y, unsigned m, unsigned d)
+int64_t tz_days_from_civil(int64_t y, unsigned m, unsigned d)
 {
     y -= m <= 2;
     int64_t era = (y >= 0 ? y : y - 399) / 400;
@@ -70,7 +69,7 @@ int64_t mp_days_from_civil(int64_t y, unsigned m, unsigned d)
     return era * 146097 + (int64_t)doe - 719468;
 }
 
-void mp_civil_from_days(int64_t z, int64_t *y, unsigned *m, unsigned *d)
+void tz_civil_from_days(int64_t z, int64_t *y, unsigned *m, unsigned *d)
 {
     z += 719468;
     int64_t era = (z >= 0 ? z : z - 146096) / 146097;
@@ -83,12 +82,12 @@ void mp_civil_from_days(int64_t z, int64_t *y, unsigned *m, unsigned *d)
     *y = (int64_t)yoe + era * 400 + (*m <= 2);
 }
 
-static int is_leap(int64_t y) { return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0; }
+int tz_is_leap(int64_t y) { return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0; }
 
-static unsigned days_in_month(int64_t y, unsigned m)
+unsigned tz_days_in_month(int64_t y, unsigned m)
 {
     static const unsigned dm[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-    return m == 2 && is_leap(y) ? 29 : dm[m - 1];
+    return m == 2 && tz_is_leap(y) ? 29 : dm[m - 1];
 }
 
 /* ---- POSIX TZ footer ----------------------------------------------------- */
@@ -204,17 +203,17 @@ static int64_t tzp_when(const struct tz_date *d, int64_t year)
     int64_t day;
     if (d->kind == 'J') {
         int n = d->n; /* 1..365, Feb 29 never counted */
-        day = mp_days_from_civil(year, 1, 1) + n - 1;
-        if (is_leap(year) && n >= 60)
+        day = tz_days_from_civil(year, 1, 1) + n - 1;
+        if (tz_is_leap(year) && n >= 60)
             day++;
     } else if (d->kind == 'D') {
-        day = mp_days_from_civil(year, 1, 1) + d->n;
+        day = tz_days_from_civil(year, 1, 1) + d->n;
     } else {
-        int64_t first = mp_days_from_civil(year, (unsigned)d->m, 1);
+        int64_t first = tz_days_from_civil(year, (unsigned)d->m, 1);
         int wd1 = (int)(((first % 7) + 11) % 7); /* 1970-01-01 was a Thursday (4) */
         int delta = (d->d - wd1 + 7) % 7;
         int64_t dom = 1 + delta + (int64_t)(d->w - 1) * 7;
-        unsigned dim = days_in_month(year, (unsigned)d->m);
+        unsigned dim = tz_days_in_month(year, (unsigned)d->m);
         while (dom > dim)
             dom -= 7;
         day = first + dom - 1;
@@ -229,7 +228,7 @@ static int32_t tzp_offset_at(const struct tz_posix *r, int64_t t)
     int64_t y;
     unsigned mo, da;
     int64_t days = (t + r->std_off) / 86400 - ((t + r->std_off) % 86400 < 0);
-    mp_civil_from_days(days, &y, &mo, &da);
+    tz_civil_from_days(days, &y, &mo, &da);
     int64_t start = tzp_when(&r->start, y) - r->std_off; /* local std time → UTC */
     int64_t end = tzp_when(&r->end, y) - r->dst_off;     /* local dst time → UTC */
     if (start < end)
@@ -272,7 +271,7 @@ static size_t tzif_block(const struct tzif_hdr *h, size_t tsz)
            h->isut;
 }
 
-static int tzif_parse(const uint8_t *p, size_t len, struct mp_tz *tz)
+static int tzif_parse(const uint8_t *p, size_t len, struct tz *tz)
 {
     struct tzif_hdr h;
     if (tzif_hdr(p, len, &h) != 0)
@@ -330,9 +329,9 @@ static int tzif_parse(const uint8_t *p, size_t len, struct mp_tz *tz)
     return 0;
 }
 
-struct mp_tz *mp_tz_load(const char *name, char *why, size_t cap)
+struct tz *tz_load(const char *name, char *why, size_t cap)
 {
-    struct mp_tz *tz = calloc(1, sizeof *tz);
+    struct tz *tz = calloc(1, sizeof *tz);
     if (!tz) {
         snprintf(why, cap, "out of memory");
         return NULL;
@@ -363,11 +362,11 @@ struct mp_tz *mp_tz_load(const char *name, char *why, size_t cap)
     }
     return tz;
 fail:
-    mp_tz_free(tz);
+    tz_free(tz);
     return NULL;
 }
 
-void mp_tz_free(struct mp_tz *tz)
+void tz_free(struct tz *tz)
 {
     if (!tz)
         return;
@@ -376,7 +375,7 @@ void mp_tz_free(struct mp_tz *tz)
     free(tz);
 }
 
-int32_t mp_tz_offset_at(const struct mp_tz *tz, int64_t t)
+int32_t tz_offset_at(const struct tz *tz, int64_t t)
 {
     if (tz->n == 0)
         return tz->has_rule ? tzp_offset_at(&tz->rule, t) : tz->first_off;
@@ -403,17 +402,17 @@ int32_t mp_tz_offset_at(const struct mp_tz *tz, int64_t t)
     return tz->offs[lo];
 }
 
-int64_t mp_tz_local_to_utc(const struct mp_tz *tz, int64_t local)
+int64_t tz_local_to_utc(const struct tz *tz, int64_t local)
 {
     if (tz->n == 0 && !tz->has_rule)
         return local - tz->first_off;
     /* Offsets a day either side bracket any single change (zones never
      * change twice within two days). */
-    int32_t before = mp_tz_offset_at(tz, local - 86400 - 50400);
-    int32_t after = mp_tz_offset_at(tz, local + 86400);
+    int32_t before = tz_offset_at(tz, local - 86400 - 50400);
+    int32_t after = tz_offset_at(tz, local + 86400);
     int64_t ub = local - before, ua = local - after;
-    int okb = mp_tz_offset_at(tz, ub) == before;
-    int oka = mp_tz_offset_at(tz, ua) == after;
+    int okb = tz_offset_at(tz, ub) == before;
+    int oka = tz_offset_at(tz, ua) == after;
     if (okb && oka)
         return ub < ua ? ub : ua; /* overlap: earlier instant */
     if (okb)
@@ -423,115 +422,3 @@ int64_t mp_tz_local_to_utc(const struct mp_tz *tz, int64_t local)
     return ub; /* gap: read with the offset before the change */
 }
 
-/* ---- DTM ------------------------------------------------------------------ */
-
-static int dig2(const uint8_t *p, unsigned *out)
-{
-    if (p[0] < '0' || p[0] > '9' || p[1] < '0' || p[1] > '9')
-        return -1;
-    *out = (unsigned)(p[0] - '0') * 10 + (unsigned)(p[1] - '0');
-    return 0;
-}
-
-int mp_dtm_parse(const struct mp_tz *tz, const uint8_t *p, size_t len, int64_t *utc)
-{
-    /* Split off an offset: the last '+' or '-' (a DTM has no other sign). */
-    size_t end = len;
-    int has_off = 0;
-    int32_t off = 0;
-    for (size_t i = 0; i < len; i++) {
-        if (p[i] == '+' || p[i] == '-') {
-            size_t n = len - i - 1;
-            unsigned hh, mm = 0;
-            if ((n != 4 && n != 2) || dig2(p + i + 1, &hh) != 0 ||
-                (n == 4 && dig2(p + i + 3, &mm) != 0) || hh > 14 || mm > 59)
-                return -1;
-            off = (int32_t)(hh * 3600 + mm * 60) * (p[i] == '-' ? -1 : 1);
-            has_off = 1;
-            end = i;
-            break;
-        }
-    }
-    size_t n = end;
-    /* fractional seconds: only after a full SS */
-    for (size_t i = 0; i < end; i++) {
-        if (p[i] == '.') {
-            if (i != 14 || i + 1 == end || end - i - 1 > 4)
-                return -1;
-            for (size_t k = i + 1; k < end; k++)
-                if (p[k] < '0' || p[k] > '9')
-                    return -1;
-            n = i;
-            break;
-        }
-    }
-    if (n < 4 || n > 14 || (n & 1))
-        return -1;
-    uint64_t year;
-    if (num_parse_u64(p, 4, 9999, &year) != 0 || year < 1)
-        return -1;
-    unsigned mo = 1, da = 1, hh = 0, mi = 0, ss = 0;
-    if ((n >= 6 && dig2(p + 4, &mo)) || (n >= 8 && dig2(p + 6, &da)) ||
-        (n >= 10 && dig2(p + 8, &hh)) || (n >= 12 && dig2(p + 10, &mi)) ||
-        (n >= 14 && dig2(p + 12, &ss)))
-        return -1;
-    if (mo < 1 || mo > 12 || da < 1 || da > days_in_month((int64_t)year, mo) || hh > 23 ||
-        mi > 59 || ss > 60)
-        return -1;
-    if (ss == 60) /* leap second: the last second of the minute */
-        ss = 59;
-    int64_t local = mp_days_from_civil((int64_t)year, mo, da) * 86400 + hh * 3600 + mi * 60 + ss;
-    *utc = has_off ? local - off : mp_tz_local_to_utc(tz, local);
-    return 0;
-}
-
-static char *put2(char *o, unsigned v)
-{
-    o[0] = (char)('0' + v / 10);
-    o[1] = (char)('0' + v % 10);
-    return o + 2;
-}
-
-size_t mp_time_format(int64_t t, const char *fmt, int iso_default, char *out, size_t cap)
-{
-    int64_t days = t / 86400 - (t % 86400 < 0);
-    int64_t sod = t - days * 86400;
-    int64_t y;
-    unsigned mo, da;
-    mp_civil_from_days(days, &y, &mo, &da);
-    if (iso_default && y >= 0 && y <= 9999 && cap >= 21) {
-        char *o = out;
-        o = put2(o, (unsigned)(y / 100));
-        o = put2(o, (unsigned)(y % 100));
-        *o++ = '-';
-        o = put2(o, mo);
-        *o++ = '-';
-        o = put2(o, da);
-        *o++ = 'T';
-        o = put2(o, (unsigned)(sod / 3600));
-        *o++ = ':';
-        o = put2(o, (unsigned)(sod / 60 % 60));
-        *o++ = ':';
-        o = put2(o, (unsigned)(sod % 60));
-        *o++ = 'Z';
-        return (size_t)(o - out);
-    }
-    /* gmtime_r would take glibc's time zone lock; fill struct tm ourselves. */
-    struct tm tm;
-    memset(&tm, 0, sizeof tm);
-    tm.tm_year = (int)(y - 1900);
-    tm.tm_mon = (int)mo - 1;
-    tm.tm_mday = (int)da;
-    tm.tm_hour = (int)(sod / 3600);
-    tm.tm_min = (int)(sod / 60 % 60);
-    tm.tm_sec = (int)(sod % 60);
-    tm.tm_wday = (int)(((days % 7) + 11) % 7);
-    tm.tm_yday = (int)(days - mp_days_from_civil(y, 1, 1));
-    tm.tm_isdst = 0;
-    tm.tm_gmtoff = 0;
-    tm.tm_zone = "UTC";
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wformat-nonliteral"
-    return strftime(out, cap, fmt, &tm);
-#pragma GCC diagnostic pop
-}
