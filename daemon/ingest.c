@@ -250,7 +250,46 @@ struct mapped {
     int quarantined;
     int filtered;
     const char *reason;
+    int has_appt;                  /* appt holds the appointment facts */
+    struct store_appt_facts appt;  /* strings point into in->mres */
 };
+
+/* The rules' appointment facts, in the store's terms.  Mapped here, once:
+ * the SMS sink reads them from the store and never sees the message. */
+static void take_appt(const struct mapping_result *r, struct store_appt_facts *out)
+{
+    static const struct { enum store_appt_text to; enum mapping_appt_field from; } text[] = {
+        { STORE_APPT_ID, MAPPING_APPT_ID },
+        { STORE_APPT_FACILITY, MAPPING_APPT_FACILITY },
+        { STORE_APPT_EVENT, MAPPING_APPT_EVENT },
+        { STORE_APPT_LOCATION, MAPPING_APPT_LOCATION },
+        { STORE_APPT_PROVIDER, MAPPING_APPT_PROVIDER },
+        { STORE_APPT_FIRST_NAME, MAPPING_APPT_FIRST_NAME },
+        { STORE_APPT_PHONE, MAPPING_APPT_PHONE },
+        { STORE_APPT_CONSENT, MAPPING_APPT_CONSENT },
+        { STORE_APPT_LANGUAGE, MAPPING_APPT_LANGUAGE },
+        { STORE_APPT_LINK, MAPPING_APPT_LINK },
+    };
+    _Static_assert(sizeof text / sizeof text[0] == STORE_APPT_NTEXT, "every stored fact mapped");
+    for (size_t i = 0; i < sizeof text / sizeof text[0]; i++)
+        out->text[text[i].to] = mapping_result_appt(r, text[i].from);
+    if (mapping_result_appt_i64(r, MAPPING_APPT_EVENT_TIME, &out->event_time) < 0 ||
+        out->event_time < 0)
+        out->event_time = -1;
+    if (mapping_result_appt_i64(r, MAPPING_APPT_START, &out->start_s) < 0 || out->start_s < 0)
+        out->start_s = -1;
+    if (mapping_result_appt_i64(r, MAPPING_APPT_DURATION, &out->duration_min) < 0 ||
+        out->duration_min < 0)
+        out->duration_min = -1;
+}
+
+static void note_appt(struct ingest *in, struct mapped *out)
+{
+    if (!in->o.appt_facts || !mapping_result_has_appt(in->mres))
+        return;
+    take_appt(in->mres, &out->appt);
+    out->has_appt = 1;
+}
 
 /* Runs the rules on the parsed message in in->msg.  Returns 0 with *out
  * filled (rows point into in->rows), or -1 when the rules reject the
@@ -275,12 +314,14 @@ static int map_message(struct ingest *in, struct mapped *out, struct hl7_err *er
         out->row_count = (unsigned)mapping_result_row_count(in->mres);
         in->st.rows += out->row_count;
         in->st.rows_replaced += replaced;
+        note_appt(in, out);
         return 0;
     }
     case MAPPING_QUARANTINE:
         out->quarantined = 1;
         out->reason = mapping_result_reason(in->mres);
         in->st.quarantined++;
+        note_appt(in, out); /* the audit outcome does not decide the texts */
         return 0;
     case MAPPING_REJECT: {
         const struct hl7_err *e = mapping_result_err(in->mres);
@@ -295,6 +336,7 @@ static int map_message(struct ingest *in, struct mapped *out, struct hl7_err *er
         out->filtered = 1;
         out->reason = mapping_result_reason(in->mres);
         in->st.filtered++;
+        note_appt(in, out);
         return 0;
     }
 }
@@ -337,6 +379,7 @@ static int submit(struct ingest *in, struct mllp_conn *c, uint64_t seq, const st
         .rows = mp->rows, .rows_len = mp->rows_len, .row_count = mp->row_count,
         .layout = mp->row_count ? in->o.layout : 0,
         .quarantined = mp->quarantined, .reason = mp->reason, .filtered = mp->filtered,
+        .appt = mp->has_appt ? &mp->appt : NULL,
     };
     header_fields(&f, h);
     struct store_msg *sm = store_msg_new(&f);

@@ -23,6 +23,7 @@ struct ingest_opts {
     enum mapping_format format; /* how rows are written into the store */
     const char *eol;         /* line ending of each row */
     int64_t layout;          /* the store's id of that header + format (store_layout_register) */
+    int appt_facts;          /* store the rules' appointment facts (an SMS sink runs) */
 };
 
 /* Per-listener settings the pipeline needs (passed as the listener's user

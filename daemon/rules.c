@@ -41,6 +41,7 @@ struct mapping *rules_load(const struct config *c)
         .unmatched = c->mapping.unmatched == CONFIG_UNMATCHED_REJECT ? MAPPING_UNMATCHED_REJECT
                                                                      : MAPPING_UNMATCHED_ACCEPT,
         .date_format = c->mapping.date_format,
+        .consent_field = c->sinks.sms.consent.field,
     };
     struct mapping_errors errs = { 0 };
     struct mapping *mp = mapping_load(&o, &errs);

@@ -370,7 +370,6 @@ int cmd_run(int argc, char **argv)
     struct store *st = NULL;
     struct sink_audit *audit = NULL;
     struct sink_sms *sms = NULL;
-    struct mapping *sms_rules = NULL;
     struct http_monitor *mon = NULL;
     struct ctl_server *ctl = NULL;
     struct mapping *mp_own = mp; /* until the live holder takes it */
@@ -416,6 +415,7 @@ int cmd_run(int argc, char **argv)
         .format = rules_format(cfg),
         .eol = rules_eol(cfg),
         .layout = layout,
+        .appt_facts = cfg->sinks.sms.type != CONFIG_SMS_NONE,
     };
     /* Owns mp from here on (frees it on failure). */
     r.live = rules_live_new(mp, rules_format(cfg), rules_eol(cfg));
@@ -461,9 +461,6 @@ int cmd_run(int argc, char **argv)
         log_info("listening", "listener=%s address=%s port=%u tls=%s", cl->name, cl->address,
                  mllp_server_port(ingest_server(r.ingest), i), cl->tls.enabled ? "on" : "off");
     }
-    /* The SMS sink's own rule set (a SIGHUP reload frees the ingest path's
-     * one), read while still privileged like the ingest rules. */
-    sms_rules = rules_load(cfg);
     /* Listeners are bound and the store is open: root is no longer needed. */
     if (privs_drop(cfg, err, sizeof err) != 0) {
         log_error("startup_failed", "reason=\"%s\"", err);
@@ -477,11 +474,11 @@ int cmd_run(int argc, char **argv)
     }
     ingest_set_backlog(r.ingest, backlog_rows, audit, cfg->store.max_pending_rows);
     mllp_server_set_max_buffered(ingest_server(r.ingest), (size_t)(cfg->limits.max_buffered_mb << 20));
-    /* The SMS sink reads SIU messages from the store with its own rule set
-     * (a SIGHUP reload frees the ingest path's one). */
-    sms = sms_rules ? sink_sms_start(cfg, sms_rules, err, sizeof err) : NULL;
+    /* The SMS sink reads the appointment facts ingest stored: one set of
+     * rules, swapped as a whole by a SIGHUP reload. */
+    sms = sink_sms_start(cfg, err, sizeof err);
     if (!sms) {
-        log_error("startup_failed", "reason=\"%s\"", sms_rules ? err : "sms: mapping rules");
+        log_error("startup_failed", "reason=\"%s\"", err);
         goto out;
     }
     /* inputs.files: prepared connector files dropped into a directory. */
@@ -544,7 +541,6 @@ out:
     input_watch_stop(inputs);
     sink_audit_stop(audit);
     sink_sms_stop(sms);
-    mapping_free(sms_rules);
     store_close(st);
     if (r.sigfd >= 0)
         close(r.sigfd);

@@ -914,15 +914,23 @@ int mapping_eval(const struct mapping *mp, const struct hl7_msg *msg, struct map
             return decide_full(r);
         if (r->outcome != MAPPING_ROWS) {
             r->nrows = 0;
-            return r->outcome;
+            /* A quarantined message keeps its appointment facts: the
+             * patient's texts do not depend on the connector's columns. */
+            if (r->outcome != MAPPING_QUARANTINE || !rule->has_appt)
+                return r->outcome;
         }
     }
     if (rule->has_appt) {
         e.row_ordinal = 1;
         for (int f = 0; f < MAPPING_APPT_N; f++) {
             size_t start = r->arena.len;
-            if (rule->appt[f])
+            struct hl7_slice cv;
+            if (f == MAPPING_APPT_CONSENT && mp->has_consent_path) {
+                if (hl7_get(msg, &mp->consent_path, -1, &cv) && hl7_decode(msg, cv, &r->arena) != 0)
+                    e.full = 1;
+            } else if (rule->appt[f]) {
                 eval_val(&e, rule->appt[f]);
+            }
             if (finish_cell(&e, &r->appt[f], start) != 0)
                 return decide_full(r);
         }

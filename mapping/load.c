@@ -826,7 +826,7 @@ static int match_compile(struct ld *ld, const yaml_node_t *n, struct mp_match *m
 
 static const char *const appt_keys[MAPPING_APPT_N + 1] = {
     "appointment_id", "facility", "event", "event_time", "start", "duration_minutes",
-    "location", "provider", "patient_first_name", "patient_last_name", "phone", "consent", NULL};
+    "location", "provider", "patient_first_name", "patient_last_name", "phone", "consent", "language", "link", NULL};
 
 const char *mapping_appt_field_name(enum mapping_appt_field f)
 {
@@ -1193,6 +1193,19 @@ struct mapping *mapping_load(const struct mapping_opts *o, struct mapping_errors
         snprintf(msg, sizeof msg, "mapping.time_zone: %s", why);
         errs_add(errs, msg);
         rc = -1;
+    }
+    if (o->consent_field && *o->consent_field) {
+        const char *pwhy = NULL;
+        size_t at = 0;
+        if (hl7_path_parse(o->consent_field, strlen(o->consent_field), &mp->consent_path, &pwhy,
+                           &at) < 0) {
+            char msg[300];
+            snprintf(msg, sizeof msg, "sinks.sms.consent.field: %s", pwhy ? pwhy : "invalid path");
+            errs_add(errs, msg);
+            rc = -1;
+        } else {
+            mp->has_consent_path = 1;
+        }
     }
     const char *fmt = o->date_format && *o->date_format ? o->date_format
                                                         : MAPPING_DEFAULT_DATE_FORMAT;

@@ -65,6 +65,9 @@ struct mapping_opts {
     const char *time_zone;                /* IANA name for values without offset; NULL = UTC */
     enum mapping_unmatched unmatched;
     const char *date_format;              /* strftime format in UTC; NULL = MAPPING_DEFAULT_DATE_FORMAT */
+    /* HL7 field ("ZCN-2") the appointment fact `consent` is read from,
+     * whatever the rules say (sinks.sms.consent.field); NULL: the rules'. */
+    const char *consent_field;
 };
 
 /* Collected load errors, each "file:line:column: message" (1-based). */
@@ -130,7 +133,11 @@ const struct hl7_err *mapping_result_err(const struct mapping_result *r);
  * naming the column and source path, never message content (no PHI). */
 const char *mapping_result_reason(const struct mapping_result *r);
 
-/* ---- appointment facts (SIU rules with an `appointment:` section) ------ */
+/* ---- appointment facts (SIU rules with an `appointment:` section) ------
+ *
+ * Facts are produced with MAPPING_ROWS and MAPPING_FILTERED, and also with
+ * MAPPING_QUARANTINE: a message the connector rows cannot use (no patient
+ * address) is still an appointment its patient should hear about. */
 
 enum mapping_appt_field {
     MAPPING_APPT_ID = 0,         /* appointment_id */
@@ -145,6 +152,8 @@ enum mapping_appt_field {
     MAPPING_APPT_LAST_NAME,      /* patient_last_name */
     MAPPING_APPT_PHONE,          /* phone (digits as sent; the SMS sink normalises) */
     MAPPING_APPT_CONSENT,        /* consent (e.g. Y/N as sent) */
+    MAPPING_APPT_LANGUAGE,       /* language (PID-15 code; picks the text's templates) */
+    MAPPING_APPT_LINK,           /* link (join URL of a virtual visit) */
     MAPPING_APPT_N
 };
 

@@ -175,6 +175,8 @@ struct mapping {
     char **files;                /* rule file names (for locations) */
     size_t n_files;
     struct tz *tz;
+    struct hl7_path consent_path;  /* mapping_opts.consent_field */
+    int has_consent_path;
     char *date_format;
     int iso_default;             /* date_format is the default ISO form */
 };

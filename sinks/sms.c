@@ -1,13 +1,13 @@
-/* sinks/sms — the SMS worker: SIU messages in the journal → appointment
+/* sinks/sms — the SMS worker: appointment facts in the store → appointment
  * state → confirmation and reminder texts → ACS (or a JSON-lines file).
  *
  * Design: one thread, one SQLite connection (store/sms.c), no hook into the
- * ingest path.  Each turn
- *   1. reads the next committed SIU messages after the checkpoint, parses and
- *      maps each with the sink's own rule set, applies it to the
- *      appointment (latest event time wins) and queues texts, and moves the
- *      checkpoint — all in one transaction, so a crash neither loses nor
- *      repeats an event;
+ * ingest path.  The facts were mapped once, at ingest, and stored with their
+ * message (appt_facts); this worker never parses HL7 or runs rules.  Each
+ * turn
+ *   1. reads the next stored facts, applies each to its appointment (latest
+ *      event time wins), queues texts and deletes the facts it read — all in
+ *      one transaction, so a crash neither loses nor repeats an event;
  *   2. purges personal fields of appointments that are over or cancelled;
  *   3. sends due texts one by one: each is claimed durably first (attempt
  *      count, first-sent date), sent with its fixed repeatability id, and its
@@ -18,19 +18,16 @@
  * Sleeps on a condition variable between turns, so stop is prompt; a
  * transfer in progress is aborted through libcurl's progress callback.
  *
- * Threads: start/stop on the main thread; the worker owns the connection,
- * the parser, the mapping result and the HTTP client; stats are copied
- * under a mutex.  Logs carry outbox ids, journal ids, kinds and statuses —
- * never names, numbers or texts. */
+ * Threads: start/stop on the main thread; the worker owns the connection
+ * and the HTTP client; stats are copied under a mutex.  Logs carry outbox
+ * ids, journal ids, kinds and statuses — never names, numbers or texts. */
 #include "sinks/sms.h"
 #include "sinks/sinks.h"
 
 #include "config/config.h"
 #include "core/clock.h"
 #include "core/log.h"
-#include "hl7/hl7.h"
 #include "core/tz.h"
-#include "mapping/mapping.h"
 #include "store/store.h"
 
 #include <errno.h>
@@ -46,8 +43,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define SMS_TICK_MS        200   /* polling period for new journal messages */
-#define SMS_SCAN_BATCH     64    /* messages per transaction */
+#define SMS_TICK_MS        200   /* polling period for new appointment facts */
+#define SMS_SCAN_BATCH     64    /* facts per transaction */
 #define SMS_SENDS_PER_TURN 16    /* texts sent before looking at the journal again */
 #define SMS_PURGE_MS       1000
 #define SMS_RETRY_BASE_MS  1000
@@ -88,10 +85,8 @@ static const char *counter_name(int i)
 struct sink_sms {
     enum config_sms_type type;
     const struct config *cfg;
-    const struct mapping *mp;
     struct tz *tz;
     struct sink_sms_zone zone;
-    struct hl7_path consent_path;
     uint8_t key[256];
     size_t key_len;
 
@@ -108,8 +103,6 @@ struct sink_sms {
     struct sink_sms_stats st;    /* under mu */
 
     /* worker only */
-    struct hl7_msg *msg;
-    struct mapping_result *res;
     struct buf scratch;
     int64_t counts[C_N];         /* deltas of the open transaction */
     int64_t not_before_ms;       /* a 429 hint holds every send */
@@ -223,15 +216,17 @@ struct facts {
     char facility[STORE_SMS_KEY_MAX], appt_id[STORE_SMS_KEY_MAX];
     char location[STORE_SMS_FACT_MAX], provider[STORE_SMS_FACT_MAX], first[STORE_SMS_FACT_MAX];
     char phone_raw[64];
+    char language[STORE_SMS_LANG_MAX];
+    char link[STORE_SMS_LINK_MAX];
     int consent_present, consent;
 };
 
 static void fingerprint(const struct facts *f, const char *phone, char out[65])
 {
     char tmp[2048];
-    int n = snprintf(tmp, sizeof tmp, "%s\x1f%lld\x1f%lld\x1f%s\x1f%s\x1f%s\x1f%s\x1f%d",
+    int n = snprintf(tmp, sizeof tmp, "%s\x1f%lld\x1f%lld\x1f%s\x1f%s\x1f%s\x1f%s\x1f%d\x1f%s\x1f%.1000s",
                      f->trigger, (long long)f->start, (long long)f->duration, f->location,
-                     f->provider, f->first, phone, f->consent);
+                     f->provider, f->first, phone, f->consent, f->language, f->link);
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned ml = 0;
     if (n < 0 || EVP_Digest(tmp, (size_t)(n < (int)sizeof tmp ? n : (int)sizeof tmp - 1), md, &ml,
@@ -380,6 +375,10 @@ static int apply(struct sink_sms *s, const struct facts *f)
         copy_utf8(np->phone, sizeof np->phone, phone);
     if (f->consent_present || !have)
         np->consent = f->consent;
+    if (f->language[0])
+        copy_utf8(np->language, sizeof np->language, f->language);
+    if (f->link[0])
+        copy_utf8(np->link, sizeof np->link, f->link);
     np->state = ev == EV_CANCEL ? STORE_SMS_CANCELLED : ev == EV_NOSHOW ? STORE_SMS_NOSHOW
                                                                       : STORE_SMS_BOOKED;
     np->purge_after_s = (np->start_s > 0 ? np->start_s + np->duration_min * 60 : f->received_s) +
@@ -456,52 +455,32 @@ static int apply(struct sink_sms *s, const struct facts *f)
     return 0;
 }
 
-static void fact(const struct mapping_result *r, enum mapping_appt_field k, char *out, size_t cap)
-{
-    copy_utf8(out, cap, mapping_result_appt(r, k));
-}
-
-/* Journal scan callback: one stored SIU message. */
-static int on_message(void *ud, int64_t id, int64_t received_ms, const uint8_t *raw, size_t len)
+/* Store scan callback: the facts of one stored SIU message. */
+static int on_fact(void *ud, const struct store_sms_fact *sf)
 {
     struct sink_sms *s = ud;
     count(s, C_MESSAGES, 1);
-    struct hl7_err err;
-    if (len == 0 || hl7_msg_parse(s->msg, raw, len, NULL, &err) != 0) {
-        count(s, SINK_SMS_SKIP_UNPARSEABLE, 1);
-        return 0;
-    }
-    (void)mapping_eval(s->mp, s->msg, s->res);
-    if (!mapping_result_has_appt(s->res)) {
-        count(s, SINK_SMS_SKIP_NO_APPT, 1);
-        return 0;
-    }
     struct facts f;
     memset(&f, 0, sizeof f);
-    f.msg_id = id;
-    f.received_s = received_ms / 1000;
-    fact(s->res, MAPPING_APPT_EVENT, f.trigger, sizeof f.trigger);
-    fact(s->res, MAPPING_APPT_FACILITY, f.facility, sizeof f.facility);
-    fact(s->res, MAPPING_APPT_ID, f.appt_id, sizeof f.appt_id);
-    fact(s->res, MAPPING_APPT_LOCATION, f.location, sizeof f.location);
-    fact(s->res, MAPPING_APPT_PROVIDER, f.provider, sizeof f.provider);
-    fact(s->res, MAPPING_APPT_FIRST_NAME, f.first, sizeof f.first);
-    fact(s->res, MAPPING_APPT_PHONE, f.phone_raw, sizeof f.phone_raw);
-    if (mapping_result_appt_i64(s->res, MAPPING_APPT_EVENT_TIME, &f.event_time) < 0)
-        f.event_time = f.received_s;
-    if (mapping_result_appt_i64(s->res, MAPPING_APPT_START, &f.start) < 0)
-        f.start = 0;
-    if (mapping_result_appt_i64(s->res, MAPPING_APPT_DURATION, &f.duration) < 0)
-        f.duration = -1;
-    /* Consent is read from the configured field itself (sinks.sms.consent),
-     * so changing it needs no rule edit. */
-    struct hl7_slice v;
-    if (hl7_get(s->msg, &s->consent_path, -1, &v)) {
-        buf_reset(&s->scratch);
-        if (hl7_decode(s->msg, v, &s->scratch) == 0 && buf_append(&s->scratch, "", 1) == 0) {
-            f.consent_present = 1;
-            f.consent = consent_ok(s, (const char *)buf_data(&s->scratch));
-        }
+    f.msg_id = sf->msg_id;
+    f.received_s = sf->received_ms / 1000;
+    copy_utf8(f.trigger, sizeof f.trigger, sf->event);
+    copy_utf8(f.facility, sizeof f.facility, sf->facility);
+    copy_utf8(f.appt_id, sizeof f.appt_id, sf->appt_id);
+    copy_utf8(f.location, sizeof f.location, sf->location);
+    copy_utf8(f.provider, sizeof f.provider, sf->provider);
+    copy_utf8(f.first, sizeof f.first, sf->first_name);
+    copy_utf8(f.phone_raw, sizeof f.phone_raw, sf->phone);
+    copy_utf8(f.language, sizeof f.language, sf->language);
+    copy_utf8(f.link, sizeof f.link, sf->link);
+    f.event_time = sf->event_time >= 0 ? sf->event_time : f.received_s;
+    f.start = sf->start_s >= 0 ? sf->start_s : 0;
+    f.duration = sf->duration_min;
+    /* Consent as sent (sinks.sms.consent.field, else the rules' fact);
+     * an absent value leaves what an earlier message said. */
+    if (sf->consent[0]) {
+        f.consent_present = 1;
+        f.consent = consent_ok(s, sf->consent);
     }
     int r = 0;
     if (!f.facility[0] || !f.appt_id[0])
@@ -512,27 +491,21 @@ static int on_message(void *ud, int64_t id, int64_t received_ms, const uint8_t *
     return r;
 }
 
-/* One transaction: up to SMS_SCAN_BATCH messages and the checkpoint.
- * Returns the number of messages looked at, or -1. */
+/* One transaction: up to SMS_SCAN_BATCH facts, applied and deleted.
+ * Returns the number of facts looked at, or -1. */
 static int ingest_step(struct sink_sms *s)
 {
-    int64_t cp, next = 0, last;
-    int64_t before = s->counts[C_MESSAGES];
-    /* Reads first: the write lock is only taken when there is news. */
-    if (store_sms_get_checkpoint(s->ss, &cp) == 0 && store_sms_journal_last(s->ss, &last) == 0 &&
-        last <= cp)
+    /* A read first: the write lock is only taken when there is news. */
+    if (store_sms_facts_waiting(s->ss) == 0)
         return 0;
+    unsigned n = 0;
     if (store_sms_begin(s->ss) < 0)
         goto fail;
-    if (store_sms_get_checkpoint(s->ss, &cp) < 0 ||
-        store_sms_scan(s->ss, cp, SMS_SCAN_BATCH, on_message, s, &next) != 0)
-        goto fail;
-    int n = (int)(s->counts[C_MESSAGES] - before);
-    if ((next != cp && store_sms_set_checkpoint(s->ss, next) < 0) || counts_write(s) < 0 ||
+    if (store_sms_scan(s->ss, SMS_SCAN_BATCH, on_fact, s, &n) != 0 || counts_write(s) < 0 ||
         store_sms_commit(s->ss) < 0)
         goto fail;
     counts_publish(s);
-    return n;
+    return (int)n;
 fail:
     store_sms_rollback(s->ss);
     memset(s->counts, 0, sizeof s->counts);
@@ -881,8 +854,6 @@ static void sms_free(struct sink_sms *s)
     if (s->fd >= 0)
         close(s->fd);
     tz_free(s->tz);
-    hl7_msg_free(s->msg);
-    mapping_result_free(s->res);
     buf_release(&s->scratch);
     OPENSSL_cleanse(s->key, sizeof s->key);
     pthread_mutex_destroy(&s->mu_storage);
@@ -912,8 +883,7 @@ static int open_file_sink(struct sink_sms *s, const char *path, char *err, size_
     return 0;
 }
 
-struct sink_sms *sink_sms_start(const struct config *c, const struct mapping *mp, char *err,
-                                size_t errcap)
+struct sink_sms *sink_sms_start(const struct config *c, char *err, size_t errcap)
 {
     if (errcap)
         err[0] = '\0';
@@ -932,14 +902,9 @@ struct sink_sms *sink_sms_start(const struct config *c, const struct mapping *mp
     pthread_condattr_destroy(&ca);
     s->type = c->sinks.sms.type;
     s->cfg = c;
-    s->mp = mp;
     buf_init(&s->scratch, 1024 * 1024);
     if (s->type == CONFIG_SMS_NONE)
         return s;
-    if (!mp) {
-        snprintf(err, errcap, "sms: no mapping rules");
-        goto fail;
-    }
     const struct { const char *name, *t; } tm[] = {
         { "scheduled", c->sinks.sms.templates.scheduled },
         { "updated", c->sinks.sms.templates.updated },
@@ -953,13 +918,6 @@ struct sink_sms *sink_sms_start(const struct config *c, const struct mapping *mp
                      tm[i].t ? why : "missing");
             goto fail;
         }
-    }
-    const char *why = NULL;
-    size_t at = 0;
-    const char *cf = c->sinks.sms.consent.field ? c->sinks.sms.consent.field : "ZCN-2";
-    if (hl7_path_parse(cf, strlen(cf), &s->consent_path, &why, &at) < 0) {
-        snprintf(err, errcap, "sinks.sms.consent.field: %s", why ? why : "invalid path");
-        goto fail;
     }
     char tzwhy[200];
     if (!(s->tz = tz_load(c->sinks.sms.time_zone, tzwhy, sizeof tzwhy))) {
@@ -987,10 +945,6 @@ struct sink_sms *sink_sms_start(const struct config *c, const struct mapping *mp
     char e2[300];
     if (!(s->ss = store_sms_open(c->store.path, e2, sizeof e2))) {
         snprintf(err, errcap, "sms: %s", e2);
-        goto fail;
-    }
-    if (!(s->msg = hl7_msg_new()) || !(s->res = mapping_result_new())) {
-        snprintf(err, errcap, "out of memory");
         goto fail;
     }
     /* Totals survive restarts: start from the persisted counters. */

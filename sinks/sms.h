@@ -3,11 +3,11 @@
  * file.
  *
  * The SMS sink is a self-contained worker: its own thread and its own SQLite
- * connection to the store file.  It never touches the ingest path: it reads
- * committed SIU messages from the journal in id order after its checkpoint,
- * evaluates them with a compiled rule set (the appointment facts of
- * config/mappings/siu.yaml), and updates its appointments, its outbox and
- * the checkpoint in one transaction (store/sms.c).  A second step sends due
+ * connection to the store file.  It reads what ingest mapped: the
+ * appointment facts the rules produced for each stored SIU message
+ * (appt_facts, written in the message's own transaction), never the raw
+ * message, and updates its appointments and its outbox and deletes the
+ * facts it read in one transaction (store/sms.c).  A second step sends due
  * texts, one HTTPS request per text, and records each answer.  The message
  * itself was acknowledged long before: the SMS is a side effect and never
  * changes an ACK.
@@ -41,7 +41,6 @@
 #include "core/buf.h"
 
 struct config;
-struct mapping;
 
 /* Largest rendered text in bytes (2,048 characters of UTF-8 and a NUL). */
 #define SINK_SMS_TEXT_MAX 8200
@@ -59,7 +58,7 @@ enum sink_sms_skip {
     SINK_SMS_SKIP_TOO_LATE,       /* due more than grace_period ago, or after the start */
     SINK_SMS_SKIP_PAST_APPT,      /* confirmation for an appointment already over */
     SINK_SMS_SKIP_NO_APPT,        /* no appointment id, facility or start time */
-    SINK_SMS_SKIP_UNPARSEABLE,    /* raw message missing or not parseable */
+    SINK_SMS_SKIP_UNPARSEABLE,    /* (no longer counted: facts are mapped at ingest) */
     SINK_SMS_SKIP_OTHER_TRIGGER,  /* SIU trigger without a text (S16, S18…) */
     SINK_SMS_SKIP_N
 };
@@ -68,12 +67,10 @@ const char *sink_sms_skip_name(enum sink_sms_skip s);
 struct sink_sms;
 
 /* Opens the sink's store connection (creating its tables), checks the
- * templates and the access key and starts the worker.  `c` and `mp` are
- * borrowed until sink_sms_stop (mp must not be freed or swapped by a
- * reload meanwhile: give the sink its own rule set).  For `type: none` a
- * sink without a thread is returned.  NULL with a message in err. */
-struct sink_sms *sink_sms_start(const struct config *c, const struct mapping *mp, char *err,
-                                size_t errcap);
+ * templates and the access key and starts the worker.  `c` is borrowed
+ * until sink_sms_stop.  For `type: none` a sink without a thread is
+ * returned.  NULL with a message in err. */
+struct sink_sms *sink_sms_start(const struct config *c, char *err, size_t errcap);
 /* Stops the worker promptly (a request in flight is abandoned; the text
  * stays claimed and is re-sent with the same repeatability id at the next
  * start) and frees the sink.  NULL is a no-op. */
@@ -82,7 +79,7 @@ void sink_sms_stop(struct sink_sms *s);
 struct sink_sms_stats {
     uint64_t sent, failed, truncated, retries;
     uint64_t skipped[SINK_SMS_SKIP_N];
-    uint64_t messages;           /* SIU messages looked at */
+    uint64_t messages;           /* appointment facts (one per SIU message) looked at */
     uint64_t texts_pending;      /* queued, not yet sent */
     uint64_t reminders_pending;  /* of which reminders */
     uint64_t purged;             /* appointments whose personal fields were purged */

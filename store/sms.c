@@ -23,13 +23,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define SMS_SCHEMA_VERSION 1
+#define SMS_SCHEMA_VERSION 2
 /* How long one statement waits for the journal writer's lock.  The writer
  * commits in milliseconds; our transactions are short too. */
 #define SMS_BUSY_MS 5000
 
 enum {
-    Q_SCAN, Q_MAXID, Q_APPT_GET, Q_APPT_PUT, Q_TEXT_ADD, Q_CLAIM_SEL, Q_CLAIM_UPD, Q_FINISH,
+    Q_SCAN, Q_SCAN_DEL, Q_WAITING, Q_APPT_GET, Q_APPT_PUT, Q_TEXT_ADD, Q_CLAIM_SEL, Q_CLAIM_UPD, Q_FINISH,
     Q_RETRY, Q_COUNT_ADD, Q_NQ
 };
 
@@ -72,16 +72,19 @@ static const char *const schema =
     "CREATE INDEX IF NOT EXISTS sms_outbox_due ON sms_outbox(next_ms) WHERE state = 'pending';";
 
 static const char *const sql[Q_NQ] = {
-    [Q_SCAN] = "SELECT id, received_ms, raw FROM messages WHERE id > ?1 AND msg_type = 'SIU'"
-               " AND quarantined = 0 AND ack_code IN ('AA', 'CA') ORDER BY id LIMIT ?2",
-    [Q_MAXID] = "SELECT COALESCE(MAX(id), 0) FROM messages",
+    [Q_SCAN] = "SELECT id, msg_id, received_ms, facility, appt_id, event, event_time, start_s,"
+               " duration_min, location, provider, first_name, phone, consent, language, link"
+               " FROM appt_facts ORDER BY id LIMIT ?1",
+    [Q_SCAN_DEL] = "DELETE FROM appt_facts WHERE id <= ?1",
+    [Q_WAITING] = "SELECT EXISTS (SELECT 1 FROM appt_facts)",
     [Q_APPT_GET] = "SELECT state, event_time, last_msg_id, fingerprint, start_s, duration_min,"
-                   " location, provider, first_name, phone, consent, purge_after_s, purged"
-                   " FROM sms_appointments WHERE facility = ?1 AND appt_id = ?2",
+                   " location, provider, first_name, phone, consent, purge_after_s, purged,"
+                   " language, link FROM sms_appointments WHERE facility = ?1 AND appt_id = ?2",
     [Q_APPT_PUT] = "INSERT OR REPLACE INTO sms_appointments (facility, appt_id, state, event_time,"
                    " last_msg_id, fingerprint, start_s, duration_min, location, provider,"
-                   " first_name, phone, consent, purge_after_s, purged)"
-                   " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                   " first_name, phone, consent, purge_after_s, purged, language, link)"
+                   " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,"
+                   " ?16, ?17)",
     [Q_TEXT_ADD] = "INSERT OR IGNORE INTO sms_outbox (facility, appt_id, kind, event_key, due_s,"
                    " start_s, text, to_e164, segments, encoding, request_id, state, next_ms)"
                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'pending', ?12)",
@@ -144,9 +147,13 @@ static int apply_schema(sqlite3 *db)
         goto fail;
     if (have > SMS_SCHEMA_VERSION)
         goto fail; /* written by a newer build: do not guess */
-    if (have < SMS_SCHEMA_VERSION &&
-        store_sql_exec(db, "INSERT OR REPLACE INTO sms_state (k, v) VALUES ('schema_version', 1);"
-                     "INSERT OR IGNORE INTO sms_state (k, v) VALUES ('checkpoint', 0)") < 0)
+    /* 2: the language and join link of an appointment (its later texts use
+     * them); input is appt_facts, so the journal checkpoint goes. */
+    if (have < 2 &&
+        store_sql_exec(db, "ALTER TABLE sms_appointments ADD COLUMN language TEXT;"
+                           "ALTER TABLE sms_appointments ADD COLUMN link TEXT;"
+                           "DELETE FROM sms_state WHERE k = 'checkpoint';"
+                           "INSERT OR REPLACE INTO sms_state (k, v) VALUES ('schema_version', 2)") < 0)
         goto fail;
     return store_sql_exec(db, "COMMIT");
 fail:
@@ -218,77 +225,73 @@ void store_sms_rollback(struct store_sms *ss)
         store_sql_exec(ss->db, "ROLLBACK");
 }
 
-int store_sms_get_checkpoint(struct store_sms *ss, int64_t *id)
+int store_sms_facts_waiting(struct store_sms *ss)
 {
-    sqlite3_stmt *st;
-    if (sqlite3_prepare_v2(ss->db, "SELECT v FROM sms_state WHERE k = 'checkpoint'", -1, &st,
-                           NULL) != SQLITE_OK)
-        return -1;
+    sqlite3_stmt *st = ss->q[Q_WAITING];
     int rc = sqlite3_step(st);
-    *id = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
-    sqlite3_finalize(st);
-    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : -1;
+    int any = rc == SQLITE_ROW ? sqlite3_column_int(st, 0) : 0;
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW ? any != 0 : -1;
 }
 
-int store_sms_set_checkpoint(struct store_sms *ss, int64_t id)
+static int64_t col_i64_or(sqlite3_stmt *st, int i, int64_t none)
 {
-    sqlite3_stmt *st;
-    if (sqlite3_prepare_v2(ss->db,
-                           "INSERT OR REPLACE INTO sms_state (k, v) VALUES ('checkpoint', ?1)", -1,
-                           &st, NULL) != SQLITE_OK)
-        return -1;
-    sqlite3_bind_int64(st, 1, id);
-    int rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    return rc == SQLITE_DONE ? 0 : -1;
+    return sqlite3_column_type(st, i) == SQLITE_NULL ? none : sqlite3_column_int64(st, i);
 }
 
-int store_sms_journal_last(struct store_sms *ss, int64_t *id)
+int store_sms_scan(struct store_sms *ss, unsigned max, store_sms_fact_cb cb, void *ud,
+                   unsigned *n)
 {
-    sqlite3_stmt *mx = ss->q[Q_MAXID];
-    int rc = sqlite3_step(mx);
-    *id = rc == SQLITE_ROW ? sqlite3_column_int64(mx, 0) : 0;
-    sqlite3_reset(mx);
-    return rc == SQLITE_ROW ? 0 : -1;
-}
-
-int store_sms_scan(struct store_sms *ss, int64_t after, unsigned max, store_sms_msg_cb cb, void *ud,
-                   int64_t *next_checkpoint)
-{
-    /* The journal's last id is read first, in the same transaction: every
-     * SIU message up to it is in the scan below, so when the scan ends early
-     * the checkpoint may jump to it and skip the other message types. */
-    sqlite3_stmt *mx = ss->q[Q_MAXID];
-    if (sqlite3_step(mx) != SQLITE_ROW) {
-        sqlite3_reset(mx);
+    sqlite3_stmt *st = ss->q[Q_SCAN];
+    sqlite3_bind_int64(st, 1, max);
+    struct store_sms_fact *f = calloc(1, sizeof *f);
+    if (!f) {
+        sqlite3_reset(st);
         return -1;
     }
-    int64_t last_id = sqlite3_column_int64(mx, 0);
-    sqlite3_reset(mx);
-
-    sqlite3_stmt *st = ss->q[Q_SCAN];
-    sqlite3_bind_int64(st, 1, after);
-    sqlite3_bind_int64(st, 2, max);
-    unsigned n = 0;
-    int64_t last_seen = after;
+    unsigned got = 0;
+    int64_t last = 0;
     int rc, ret = 0;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        int64_t id = sqlite3_column_int64(st, 0);
-        const uint8_t *raw = sqlite3_column_blob(st, 2);
-        size_t len = raw ? (size_t)sqlite3_column_bytes(st, 2) : 0;
-        ret = cb(ud, id, sqlite3_column_int64(st, 1), raw, len);
+        memset(f, 0, sizeof *f);
+        f->id = sqlite3_column_int64(st, 0);
+        f->msg_id = sqlite3_column_int64(st, 1);
+        f->received_ms = sqlite3_column_int64(st, 2);
+        store_sql_text(st, 3, f->facility, sizeof f->facility);
+        store_sql_text(st, 4, f->appt_id, sizeof f->appt_id);
+        store_sql_text(st, 5, f->event, sizeof f->event);
+        f->event_time = col_i64_or(st, 6, -1);
+        f->start_s = col_i64_or(st, 7, -1);
+        f->duration_min = col_i64_or(st, 8, -1);
+        store_sql_text(st, 9, f->location, sizeof f->location);
+        store_sql_text(st, 10, f->provider, sizeof f->provider);
+        store_sql_text(st, 11, f->first_name, sizeof f->first_name);
+        store_sql_text(st, 12, f->phone, sizeof f->phone);
+        store_sql_text(st, 13, f->consent, sizeof f->consent);
+        store_sql_text(st, 14, f->language, sizeof f->language);
+        store_sql_text(st, 15, f->link, sizeof f->link);
+        ret = cb(ud, f);
         if (ret != 0)
             break;
-        last_seen = id;
-        n++;
+        last = f->id;
+        got++;
     }
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
+    explicit_bzero(f, sizeof *f); /* names and numbers */
+    free(f);
     if (ret != 0)
         return ret;
     if (rc != SQLITE_DONE && rc != SQLITE_ROW)
         return -1;
-    *next_checkpoint = n < max && last_id > last_seen ? last_id : last_seen;
+    if (got) {
+        sqlite3_stmt *del = ss->q[Q_SCAN_DEL];
+        sqlite3_bind_int64(del, 1, last);
+        if (step_done(del) < 0)
+            return -1;
+    }
+    if (n)
+        *n = got;
     return 0;
 }
 
@@ -320,6 +323,8 @@ int store_sms_appt_get(struct store_sms *ss, const char *facility, const char *a
         out->consent = sqlite3_column_int(st, 10);
         out->purge_after_s = sqlite3_column_int64(st, 11);
         out->purged = sqlite3_column_int(st, 12);
+        store_sql_text(st, 13, out->language, sizeof out->language);
+        store_sql_text(st, 14, out->link, sizeof out->link);
     }
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
@@ -344,6 +349,8 @@ int store_sms_appt_put(struct store_sms *ss, const struct store_sms_appt *a)
     sqlite3_bind_int(st, 13, a->consent);
     sqlite3_bind_int64(st, 14, a->purge_after_s);
     sqlite3_bind_int(st, 15, a->purged);
+    bind_opt(st, 16, a->language);
+    bind_opt(st, 17, a->link);
     return step_done(st);
 }
 
@@ -491,7 +498,7 @@ int store_sms_purge(struct store_sms *ss, int64_t now_s, unsigned *appts)
     /* Cancelled or no-show: kept only until the cancellation text is done. */
     static const char *const purge =
         "UPDATE sms_appointments SET phone = NULL, first_name = NULL, location = NULL,"
-        " provider = NULL, fingerprint = NULL, purged = 1"
+        " provider = NULL, link = NULL, fingerprint = NULL, purged = 1"
         " WHERE purged = 0 AND (purge_after_s <= ?1 OR (state != 'booked' AND NOT EXISTS"
         " (SELECT 1 FROM sms_outbox o WHERE o.facility = sms_appointments.facility"
         " AND o.appt_id = sms_appointments.appt_id AND o.state = 'pending')))";

@@ -59,10 +59,15 @@ struct store_msg *store_msg_new(const struct store_msg_fields *f)
     int why = f->quarantined || f->filtered || f->rejected;
     src[SF_REASON] = f->reason;         len[SF_REASON] = why ? cstr_len(f->reason) : 0;
     src[SF_ERR_WHERE] = f->err_where;   len[SF_ERR_WHERE] = f->rejected ? cstr_len(f->err_where) : 0;
+    src[SF_APPT] = NULL;                len[SF_APPT] = 0;
+    if (f->appt) {
+        for (int i = 0; i < STORE_APPT_NTEXT; i++)
+            len[SF_APPT] += cstr_len(f->appt->text[i]) + 1;
+    }
 
     size_t total = 0;
     for (int i = 0; i < SF_COUNT; i++) {
-        if (len[i] && !src[i])
+        if (len[i] && !src[i] && i != SF_APPT)
             return NULL; /* a length without bytes is a caller bug */
         if (len[i] > SIZE_MAX - sizeof(struct store_msg) - total)
             return NULL;
@@ -80,13 +85,28 @@ struct store_msg *store_msg_new(const struct store_msg_fields *f)
     m->filtered = f->filtered != 0;
     m->rejected = f->rejected != 0;
     m->err_code = f->err_code;
+    m->has_appt = f->appt != NULL;
+    m->appt_event_time = f->appt ? f->appt->event_time : -1;
+    m->appt_start_s = f->appt ? f->appt->start_s : -1;
+    m->appt_duration_min = f->appt ? f->appt->duration_min : -1;
     memcpy(m->ack_code, f->ack_code, 3);
     size_t off = 0;
     for (int i = 0; i < SF_COUNT; i++) {
         m->span[i].off = off;
         m->span[i].len = len[i];
-        if (len[i])
+        if (i == SF_APPT && f->appt) {
+            /* the facts one after the other, each with its NUL */
+            size_t o = off;
+            for (int k = 0; k < STORE_APPT_NTEXT; k++) {
+                size_t n = cstr_len(f->appt->text[k]);
+                if (n)
+                    memcpy(m->data + o, f->appt->text[k], n);
+                m->data[o + n] = '\0';
+                o += n + 1;
+            }
+        } else if (len[i]) {
             memcpy(m->data + off, src[i], len[i]);
+        }
         off += len[i];
     }
     return m;

@@ -106,6 +106,33 @@ struct store_msg_fields {
      * original of a duplicate.  Its result is STORE_STORED (kept) or
      * STORE_FAILED (not kept); the answer does not wait for it. */
     int rejected; int err_code; const char *err_where;
+    /* Appointment facts the rules produced (SIU), written in the same
+     * transaction into appt_facts for the SMS sink; NULL: none.  Stored for
+     * quarantined messages too. */
+    const struct store_appt_facts *appt;
+};
+
+/* The appointment facts of one message, as the mapping rules produced them
+ * at ingest.  The SMS sink reads them (store_sms_scan); nothing downstream
+ * parses the message again. */
+enum store_appt_text {
+    STORE_APPT_ID = 0,       /* appointment id (SCH-2, else SCH-1) */
+    STORE_APPT_FACILITY,     /* scheduling facility */
+    STORE_APPT_EVENT,        /* trigger: S12, S13 … */
+    STORE_APPT_LOCATION,
+    STORE_APPT_PROVIDER,
+    STORE_APPT_FIRST_NAME,   /* patient's first name (PHI) */
+    STORE_APPT_PHONE,        /* as sent (PHI); the sink normalises it */
+    STORE_APPT_CONSENT,      /* consent value as sent ("" when absent) */
+    STORE_APPT_LANGUAGE,     /* PID-15 code as sent */
+    STORE_APPT_LINK,         /* join link of a virtual visit (may carry PHI) */
+    STORE_APPT_NTEXT
+};
+struct store_appt_facts {
+    const char *text[STORE_APPT_NTEXT]; /* NUL-terminated UTF-8; NULL means "" */
+    int64_t event_time;                 /* UTC s; -1 unknown */
+    int64_t start_s;                    /* UTC s; -1 unknown */
+    int64_t duration_min;               /* -1 unknown */
 };
 
 /* Returns a new message (owned by the caller until submitted) or NULL. */
@@ -540,10 +567,13 @@ int store_upload_finish(struct store_upload *u, int64_t id, int64_t now_ms)
  *                     number, repeatability id / first-sent date, state
  *                     pending → sent | failed | skipped; UNIQUE per
  *                     (appointment, event key) so an event is texted once;
- *   sms_state         the checkpoint (last journal message id looked at);
+ *   sms_state         the SMS tables' schema version;
  *   sms_counters      named counters (skip reasons, sent, failed …).
- * The worker changes them together with the checkpoint in one transaction,
- * so a restart resumes exactly where it stopped.
+ * Its input is the journal's appt_facts table: one row per stored message
+ * with appointment facts, written by the store writer in the message's own
+ * transaction.  The worker applies facts to the tables above and deletes
+ * them in one transaction, so a restart resumes exactly where it stopped
+ * and a fact's personal fields live only until the worker has read them.
  *
  * Threads: a struct store_sms is one SQLite connection used by one thread
  * (the SMS worker).  Strings in the structs are NUL-terminated UTF-8, cut to
@@ -555,6 +585,8 @@ struct store_sms; /* opaque */
 #define STORE_SMS_FACT_MAX  256   /* location, provider, first name */
 #define STORE_SMS_PHONE_MAX 24    /* "+" and up to 15 digits */
 #define STORE_SMS_TEXT_MAX  8200  /* 2,048 characters of UTF-8 */
+#define STORE_SMS_LANG_MAX  32    /* PID-15 code */
+#define STORE_SMS_LINK_MAX  1024  /* join link */
 
 enum store_sms_appt_state { STORE_SMS_BOOKED = 0, STORE_SMS_CANCELLED, STORE_SMS_NOSHOW };
 
@@ -572,6 +604,8 @@ struct store_sms_appt {
     char first_name[STORE_SMS_FACT_MAX];
     char phone[STORE_SMS_PHONE_MAX]; /* E.164 or "" */
     int consent;
+    char language[STORE_SMS_LANG_MAX]; /* PID-15 code as sent, "" when none */
+    char link[STORE_SMS_LINK_MAX];     /* the rules' join link, "" when none */
     int64_t purge_after_s;       /* personal fields go at this time */
     int purged;
 };
@@ -610,24 +644,33 @@ int store_sms_begin(struct store_sms *ss) __attribute__((warn_unused_result));
 int store_sms_commit(struct store_sms *ss) __attribute__((warn_unused_result));
 void store_sms_rollback(struct store_sms *ss);
 
-int store_sms_get_checkpoint(struct store_sms *ss, int64_t *id) __attribute__((warn_unused_result));
-int store_sms_set_checkpoint(struct store_sms *ss, int64_t id) __attribute__((warn_unused_result));
+/* 1 when appointment facts wait in the journal, 0 none, -1 error (a read
+ * outside any transaction: lets the worker skip its write transaction when
+ * nothing new was committed). */
+int store_sms_facts_waiting(struct store_sms *ss) __attribute__((warn_unused_result));
 
-/* The journal's last message id (a read, no lock taken): lets the worker
- * skip its write transaction when nothing new was committed. */
-int store_sms_journal_last(struct store_sms *ss, int64_t *id) __attribute__((warn_unused_result));
-
-/* Calls `cb` for up to `max` accepted, not quarantined SIU messages with
- * id > after, in id order; `raw` is valid during the call only (empty when
- * retention already purged it).  A non-zero return from cb stops the scan
- * and is returned.  *next_checkpoint gets the id to resume after: the last
- * message handed over, or the journal's last id when the scan reached the
- * end (so other message types are skipped once).  Call inside a
- * transaction.  Returns 0 or -1. */
-typedef int (*store_sms_msg_cb)(void *ud, int64_t id, int64_t received_ms, const uint8_t *raw,
-                                size_t len);
-int store_sms_scan(struct store_sms *ss, int64_t after, unsigned max, store_sms_msg_cb cb, void *ud,
-                   int64_t *next_checkpoint) __attribute__((warn_unused_result));
+/* One row of appt_facts: a message's facts as ingest stored them.  Strings
+ * are cut to their array size. */
+struct store_sms_fact {
+    int64_t id, msg_id, received_ms;
+    char facility[STORE_SMS_KEY_MAX], appt_id[STORE_SMS_KEY_MAX];
+    char event[16];
+    int64_t event_time, start_s, duration_min; /* -1 when unknown */
+    char location[STORE_SMS_FACT_MAX], provider[STORE_SMS_FACT_MAX];
+    char first_name[STORE_SMS_FACT_MAX];
+    char phone[64];
+    char consent[64];
+    char language[STORE_SMS_LANG_MAX];
+    char link[STORE_SMS_LINK_MAX];
+};
+/* Calls `cb` for up to `max` stored facts in id order, then deletes the
+ * ones handed over (their personal fields are not kept once read).  `f` is
+ * the callee's to read during the call only.  A non-zero return from cb
+ * stops the scan, deletes nothing and is returned.  *n gets how many were
+ * handed over.  Call inside a transaction.  Returns 0 or -1. */
+typedef int (*store_sms_fact_cb)(void *ud, const struct store_sms_fact *f);
+int store_sms_scan(struct store_sms *ss, unsigned max, store_sms_fact_cb cb, void *ud,
+                   unsigned *n) __attribute__((warn_unused_result));
 
 /* 1 found, 0 none, -1 error. */
 int store_sms_appt_get(struct store_sms *ss, const char *facility, const char *appt_id,

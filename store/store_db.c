@@ -258,6 +258,29 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
     " UNIQUE (header, file_ext));"
     "ALTER TABLE rows ADD COLUMN layout INTEGER;"
     "ALTER TABLE batches ADD COLUMN layout INTEGER;",
+    /* 7: appointment facts, mapped once at ingest and written in the
+     * message's own transaction (quarantined messages included: a text does
+     * not depend on the connector's columns).  A queue for the SMS sink,
+     * which applies and deletes each row in one transaction of its own, so
+     * the personal fields (first_name, phone, link) live here only until
+     * it has read them.  Times are UTC seconds, NULL when unknown. */
+    "CREATE TABLE appt_facts ("
+    " id INTEGER PRIMARY KEY,"
+    " msg_id INTEGER NOT NULL,"
+    " received_ms INTEGER NOT NULL,"
+    " facility TEXT NOT NULL,"
+    " appt_id TEXT NOT NULL,"
+    " event TEXT NOT NULL,"
+    " event_time INTEGER,"
+    " start_s INTEGER,"
+    " duration_min INTEGER,"
+    " location TEXT,"
+    " provider TEXT,"
+    " first_name TEXT,"
+    " phone TEXT,"
+    " consent TEXT,"
+    " language TEXT,"
+    " link TEXT);",
 };
 
 static int exec(sqlite3 *db, const char *sql, char *errbuf, size_t errcap)
@@ -407,6 +430,12 @@ int store_db_open(struct store *s, char *errbuf, size_t errcap)
              &d->sel_dup, errbuf, errcap) < 0 ||
         prep(d->db, "INSERT INTO rows (msg_id, seq, data, layout) VALUES (?1, ?2, ?3, ?4)", &d->ins_row,
              errbuf, errcap) < 0 ||
+        prep(d->db,
+             "INSERT INTO appt_facts (msg_id, received_ms, facility, appt_id, event, location,"
+             " provider, first_name, phone, consent, language, link, event_time, start_s,"
+             " duration_min)"
+             " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+             &d->ins_appt, errbuf, errcap) < 0 ||
         prep(d->db, "BEGIN IMMEDIATE", &d->begin, errbuf, errcap) < 0 ||
         prep(d->db, "COMMIT", &d->commit, errbuf, errcap) < 0 ||
         prep(d->db, "ROLLBACK", &d->rollback, errbuf, errcap) < 0 ||
@@ -473,6 +502,8 @@ void store_db_close(struct store *s)
     sqlite3_finalize(d->ins_msg);
     sqlite3_finalize(d->sel_dup);
     sqlite3_finalize(d->ins_row);
+    sqlite3_finalize(d->ins_appt);
+    d->ins_appt = NULL;
     sqlite3_finalize(d->begin);
     sqlite3_finalize(d->commit);
     sqlite3_finalize(d->rollback);
@@ -610,6 +641,50 @@ static int insert_rows(struct store *s, const struct store_msg *m, int64_t msg_i
     return SQLITE_OK;
 }
 
+/* The message's appointment facts (SF_APPT: the texts in enum
+ * store_appt_text order, each NUL-terminated). */
+static int insert_appt(struct store *s, const struct store_msg *m, int64_t msg_id)
+{
+    sqlite3_stmt *st = s->wdb.ins_appt;
+    const char *p = (const char *)store_msg_ptr(m, SF_APPT);
+    const char *end = p + m->span[SF_APPT].len;
+    const char *t[STORE_APPT_NTEXT];
+    for (int i = 0; i < STORE_APPT_NTEXT; i++) {
+        if (p >= end)
+            return SQLITE_INTERNAL; /* store_msg_new wrote them all */
+        t[i] = p;
+        p += strlen(p) + 1;
+    }
+    /* facility, appointment id and event are NOT NULL ("" when absent);
+     * the rest NULL when empty. */
+    static const int col_of[STORE_APPT_NTEXT] = {
+        [STORE_APPT_ID] = 4, [STORE_APPT_FACILITY] = 3, [STORE_APPT_EVENT] = 5,
+        [STORE_APPT_LOCATION] = 6, [STORE_APPT_PROVIDER] = 7, [STORE_APPT_FIRST_NAME] = 8,
+        [STORE_APPT_PHONE] = 9, [STORE_APPT_CONSENT] = 10, [STORE_APPT_LANGUAGE] = 11,
+        [STORE_APPT_LINK] = 12,
+    };
+    sqlite3_bind_int64(st, 1, msg_id);
+    sqlite3_bind_int64(st, 2, m->received_ms);
+    for (int i = 0; i < STORE_APPT_NTEXT; i++) {
+        int keyed = i == STORE_APPT_ID || i == STORE_APPT_FACILITY || i == STORE_APPT_EVENT;
+        if (t[i][0] || keyed)
+            sqlite3_bind_text(st, col_of[i], t[i], -1, SQLITE_STATIC);
+        else
+            sqlite3_bind_null(st, col_of[i]);
+    }
+    const int64_t nums[3] = { m->appt_event_time, m->appt_start_s, m->appt_duration_min };
+    for (int i = 0; i < 3; i++) {
+        if (nums[i] >= 0)
+            sqlite3_bind_int64(st, 13 + i, nums[i]);
+        else
+            sqlite3_bind_null(st, 13 + i);
+    }
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
 /* Parameters 1..10 of both message inserts: received, listener, peer,
  * sender, control id (NULL when empty), type, trigger, version, ACK. */
 static void bind_meta(sqlite3_stmt *st, const struct store_msg *m)
@@ -685,7 +760,10 @@ static int insert_one(struct store *s, const struct store_msg *m, struct store_r
         r->id = sqlite3_last_insert_rowid(d->db);
         memcpy(r->ack_code, m->ack_code, 3);
         *dup = 0;
-        return m->span[SF_ROWS].len ? insert_rows(s, m, r->id) : SQLITE_OK;
+        rc = m->span[SF_ROWS].len ? insert_rows(s, m, r->id) : SQLITE_OK;
+        if (rc == SQLITE_OK && m->has_appt)
+            rc = insert_appt(s, m, r->id);
+        return rc;
     }
 
     st = d->sel_dup;

@@ -12,7 +12,7 @@
 #include <stdatomic.h>
 
 /* Bumped whenever a migration is appended to store_db.c. */
-#define STORE_SCHEMA_VERSION      6
+#define STORE_SCHEMA_VERSION      7
 
 /* How long one BEGIN/COMMIT attempt waits for a lock held by another
  * connection (a CLI, a sink reader) and how long in total before the group
@@ -49,7 +49,9 @@ enum store_ckpt_state {
 /* Indexes into store_msg.span; each names a byte range of store_msg.data. */
 enum store_field {
     SF_RAW = 0, SF_LISTENER, SF_PEER, SF_SEND_APP, SF_SEND_FAC, SF_CONTROL_ID,
-    SF_MSG_TYPE, SF_TRIGGER, SF_VERSION, SF_ROWS, SF_REASON, SF_ERR_WHERE, SF_COUNT
+    SF_MSG_TYPE, SF_TRIGGER, SF_VERSION, SF_ROWS, SF_REASON, SF_ERR_WHERE,
+    SF_APPT,   /* appointment facts: STORE_APPT_NTEXT NUL-terminated strings in order */
+    SF_COUNT
 };
 
 /* One allocation per message: the header followed by every byte it carries,
@@ -63,6 +65,8 @@ struct store_msg {
     int filtered;
     int rejected;
     int err_code;
+    int has_appt;
+    int64_t appt_event_time, appt_start_s, appt_duration_min;
     char ack_code[3];
     struct { size_t off, len; } span[SF_COUNT];
     uint8_t data[];
@@ -77,7 +81,7 @@ static inline const uint8_t *store_msg_ptr(const struct store_msg *m, enum store
  * the thread runs). */
 struct store_db {
     sqlite3 *db;
-    sqlite3_stmt *ins_msg, *sel_dup, *ins_row, *begin, *commit, *rollback, *purge;
+    sqlite3_stmt *ins_msg, *sel_dup, *ins_row, *ins_appt, *begin, *commit, *rollback, *purge;
     sqlite3_stmt *ins_rej, *upd_dup; /* rejected messages, duplicate counts */
     sqlite3_stmt *purge_pick, *purge_range, *purge_mark; /* retention over deliveries */
     struct store_busy busy;  /* its lock waits (store/sql.h) */

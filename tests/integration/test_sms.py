@@ -36,13 +36,17 @@ def hl7_time(t):
 _ctrl = [0]
 
 
+ADDRESS = "1 MAIN ST^^EVANSTON^IL^60201^USA"
+
+
 def siu(trigger, appt, start, evn=None, phone=CELL, consent="Y", room="Exam 3", duration=30,
-        facility="CONTOSO", first="ANA"):
+        facility="CONTOSO", first="ANA", address=ADDRESS, language=""):
     _ctrl[0] += 1
     text = FIXTURE.format(trigger=trigger, appt=appt, start=hl7_time(start),
                           evn=hl7_time(evn if evn is not None else time.time()),
                           phone=phone, consent=consent, room=room, duration=duration,
-                          facility=facility, first=first, ctrl=f"SMS{os.getpid()}-{_ctrl[0]}")
+                          facility=facility, first=first, ctrl=f"SMS{os.getpid()}-{_ctrl[0]}",
+                          address=address, language=language)
     return text.encode("utf-8")
 
 
@@ -132,13 +136,14 @@ class SMSBase(unittest.TestCase):
             "SELECT kind, state FROM sms_outbox WHERE appt_id = ? ORDER BY id", (appt,))]
 
     def settle(self, d, timeout=10):
-        """Until the worker has read every message and nothing is due."""
+        """Until the worker has read every stored fact and nothing is due.
+        Facts are committed with their message before the ACK, and deleted
+        by the worker once applied."""
         def done():
-            cp = d.query("SELECT v FROM sms_state WHERE k = 'checkpoint'")
-            mx = d.query("SELECT COALESCE(MAX(id), 0) FROM messages")[0][0]
+            facts = d.query("SELECT COUNT(*) FROM appt_facts")[0][0]
             due = d.query("SELECT COUNT(*) FROM sms_outbox WHERE state = 'pending' AND "
                           "next_ms <= ?", (int(time.time() * 1000),))[0][0]
-            return cp and cp[0][0] >= mx and due == 0
+            return facts == 0 and due == 0
         self.assertTrue(wait_for(done, timeout), d.log())
         time.sleep(0.3)
 
@@ -233,6 +238,41 @@ class Sequences(SMSBase):
         got = sorted(g["to"] for g in emu.delivered())
         self.assertEqual(got, ["+18475550122", "+442079460958", "+447700900123"])
         self.assertNoProtocolErrors(emu)
+
+
+class OwnRules(SMSBase):
+    """The texts follow the SMS settings, not the audit outcome."""
+
+    def file_daemon(self, extra=()):
+        out = tempfile.mkdtemp(prefix="hl7bridge-sms-")
+        self.addCleanup(shutil.rmtree, out, True)
+        d = self.daemon(["type: file", f"path: {_yaml_str(out + '/sms.jsonl')}",
+                         "reminders: []", *extra])
+        d.sms_file = Path(out, "sms.jsonl")
+        return d
+
+    def lines(self, d):
+        if not d.sms_file.exists():
+            return []
+        return [json.loads(l) for l in d.sms_file.read_text().splitlines()]
+
+    def test_quarantined_siu_is_texted(self):
+        d = self.file_daemon()
+        s = time.time() + 86400
+        # No patient address: the audit rules quarantine it (a mandatory
+        # column is empty), and the patient is texted all the same.
+        self.send(d, siu("S12", "Q1", s, address=""))
+        self.settle(d)
+        q = d.query("SELECT quarantined FROM messages")
+        self.assertEqual(q, [(1,)], "the message is quarantined by the audit rules")
+        self.assertEqual(self.texts(d, "Q1"), [("scheduled", "sent")])
+        got = self.lines(d)
+        self.assertEqual(len(got), 1)
+        self.assertEqual(got[0]["to"], CELL_E164)
+        self.assertIn("sms_event msg_id=1 trigger=S12 confirmation=scheduled", d.log())
+        # the facts were read and are gone from the journal (no PHI left there)
+        self.assertEqual(d.query("SELECT COUNT(*) FROM appt_facts")[0][0], 0)
+        d.assert_stops_cleanly()
 
 
 class Reminders(SMSBase):

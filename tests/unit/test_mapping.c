@@ -394,6 +394,81 @@ static void test_appointment_facts(void **state)
     mapping_free(mp);
 }
 
+/* The audit rules quarantine an SIU without a patient address; its
+ * appointment facts are produced all the same (the texts do not depend on
+ * the connector's columns), with PID-15 as the language and the consent
+ * read from mapping_opts.consent_field when given. */
+static void test_appointment_facts_when_quarantined(void **state)
+{
+    (void)state;
+    const char *files[] = {"config/mappings/siu.yaml"};
+    size_t len;
+    char *msg = read_file(FIX "siu_s12.hl7", &len);
+    assert_non_null(msg);
+    /* No address (PID-11), language Spanish (PID-15), ZCN-3 = N. */
+    const char *addr = "1 MAIN ST^^EVANSTON^IL^60201^USA||";
+    char *at = strstr(msg, addr);
+    assert_non_null(at);
+    char *alt = malloc(len + 64);
+    assert_non_null(alt);
+    size_t head = (size_t)(at - msg);
+    memcpy(alt, msg, head);
+    size_t n = head;
+    memcpy(alt + n, "||", 2);
+    n += 2;
+    size_t rest = head + strlen(addr);
+    const char *pid_end = memchr(msg + rest, '\r', len - rest);
+    assert_non_null(pid_end);
+    size_t pl = (size_t)(pid_end - (msg + rest));
+    memcpy(alt + n, msg + rest, pl);
+    n += pl;
+    memcpy(alt + n, "||SPA^Spanish^HL70296", 21);
+    n += 21;
+    size_t tail = len - (size_t)(pid_end - msg);
+    memcpy(alt + n, pid_end, tail);
+    n += tail;
+    /* ZCN|1|Y → ZCN|1|Y|N */
+    while (n > 0 && (alt[n - 1] == '\r' || alt[n - 1] == '\n'))
+        n--;
+    assert_true(n > 4 && memcmp(alt + n - 4, "|1|Y", 4) == 0);
+    memcpy(alt + n, "|N", 2);
+    n += 2;
+
+    struct hl7_msg *m = hl7_msg_new();
+    struct hl7_err e;
+    assert_int_equal(hl7_msg_parse(m, (const uint8_t *)alt, n, NULL, &e), 0);
+    struct mapping_result *r = mapping_result_new();
+    struct mapping *mp = load_files(files, 1, MAPPING_SCHEMA_HEALTHCARE);
+    assert_int_equal(mapping_eval(mp, m, r), MAPPING_QUARANTINE);
+    assert_int_equal(mapping_result_row_count(r), 0);
+    assert_int_equal(mapping_result_has_appt(r), 1);
+    assert_string_equal(mapping_result_appt_named(r, "appointment_id"), "FL456");
+    assert_string_equal(mapping_result_appt_named(r, "phone"), "+1 8475550122");
+    assert_string_equal(mapping_result_appt_named(r, "language"), "SPA");
+    assert_string_equal(mapping_result_appt_named(r, "consent"), "Y");
+    assert_string_equal(mapping_result_appt_named(r, "link"), "");
+    mapping_free(mp);
+
+    struct mapping_opts o = {.schema = MAPPING_SCHEMA_HEALTHCARE, .rules = files, .n_rules = 1,
+                             .time_zone = "America/Chicago", .consent_field = "ZCN-3"};
+    mp = mapping_load(&o, NULL);
+    assert_non_null(mp);
+    assert_int_equal(mapping_eval(mp, m, r), MAPPING_QUARANTINE);
+    assert_string_equal(mapping_result_appt_named(r, "consent"), "N");
+    mapping_free(mp);
+    o.consent_field = "ZCN-x";
+    struct mapping_errors errs = {0};
+    assert_null(mapping_load(&o, &errs));
+    assert_int_equal(errs.n, 1);
+    assert_non_null(strstr(errs.items[0], "sinks.sms.consent.field"));
+    mapping_errors_release(&errs);
+
+    mapping_result_free(r);
+    hl7_msg_free(m);
+    free(alt);
+    free(msg);
+}
+
 /* ---- shipped rules on the shared corpus ------------------------------------------ */
 
 struct corpus_case {
@@ -1112,7 +1187,7 @@ static const struct bad_case bad_cases[] = {
     {RULE_HEAD "    appointment: {phone: \"{PID-13}\", when: x}\n",
      "5:38: unknown key 'when' in appointment (expected one of: appointment_id, facility, event, "
      "event_time, start, duration_minutes, location, provider, patient_first_name, "
-     "patient_last_name, phone, consent)\n"},
+     "patient_last_name, phone, consent, language, link)\n"},
     {"maps:\n  m: {A: 1, A: 2}\nrules:\n  - name: r\n    match: ADT\n    on_missing_mandatory: default\n    columns: {event_name: {field: MSH-9.2, map: m, datetime: soon}}\n",
      "2:13: duplicate code 'A' in value map\n"
      "7:49: no value map named 'm' under 'maps:' in this file\n"
@@ -1325,6 +1400,7 @@ int main(void)
         cmocka_unit_test(test_fixture_rows),
         cmocka_unit_test(test_check_file),
         cmocka_unit_test(test_appointment_facts),
+        cmocka_unit_test(test_appointment_facts_when_quarantined),
         cmocka_unit_test(test_corpus_rows),
         cmocka_unit_test(test_corpus_all_no_crash),
         cmocka_unit_test(test_datetimes),

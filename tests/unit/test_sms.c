@@ -3,18 +3,16 @@
  * against values computed with the openssl command, shown next to them),
  * the repeatability id (checked against Python's uuid.uuid5), quiet hours,
  * the answer parser, and the appointment state machine driven end to end:
- * SIU messages written into a real store's journal, the worker running with
- * `type: file`, the outcome read back from the store and the file.
- *
- * Run from the project root (the shipped mapping rules are read from
- * config/mappings/). */
+ * appointment facts submitted to a real store as ingest submits them (the
+ * writer thread puts them in appt_facts), the worker running with
+ * `type: file`, the outcome read back from the store and the file. */
 #include "sinks/sms.h"
 #include "config/config.h"
 #include "core/buf.h"
 #include "core/log.h"
-#include "mapping/mapping.h"
 #include "store/store.h"
 
+#include <poll.h>
 #include <setjmp.h>
 #include <sqlite3.h>
 #include <stdarg.h>
@@ -415,7 +413,7 @@ struct env {
     char db[128];
     char jsonl[128];
     struct config *cfg;
-    struct mapping *mp;
+    struct store *st;
     struct sink_sms *sink;
     sqlite3 *con;
     int ctl;
@@ -432,11 +430,10 @@ static int env_setup(void **state)
     snprintf(e->jsonl, sizeof e->jsonl, "%s/sms.jsonl", e->dir);
     char err[256];
     struct store_opts so = { .path = e->db, .retention_days = 7 };
-    struct store *st = store_open(&so, err, sizeof err);
-    if (!st)
+    e->st = store_open(&so, err, sizeof err);
+    if (!e->st)
         return -1;
-    store_close(st);
-    char yaml[2048];
+    char yaml[4096];
     snprintf(yaml, sizeof yaml,
              "store:\n  path: \"%s\"\n  min_free_disk_mb: 0\n"
              "sinks:\n  sms:\n    type: file\n    path: \"%s\"\n"
@@ -449,16 +446,10 @@ static int env_setup(void **state)
     config_errors_release(&errs);
     if (!e->cfg)
         return -1;
-    struct mapping_opts mo = { 0 };
-    struct mapping_errors merrs = { 0 };
-    e->mp = mapping_load(&mo, &merrs);
-    mapping_errors_release(&merrs);
-    if (!e->mp)
-        return -1;
     if (sqlite3_open(e->db, &e->con) != SQLITE_OK)
         return -1;
     sqlite3_busy_timeout(e->con, 5000);
-    e->sink = sink_sms_start(e->cfg, e->mp, err, sizeof err);
+    e->sink = sink_sms_start(e->cfg, err, sizeof err);
     if (!e->sink) {
         fprintf(stderr, "sink_sms_start: %s\n", err);
         return -1;
@@ -471,67 +462,78 @@ static int env_teardown(void **state)
 {
     struct env *e = *state;
     sink_sms_stop(e->sink);
+    store_close(e->st);
     sqlite3_close(e->con);
-    mapping_free(e->mp);
     config_free(e->cfg);
     tmpdir_remove(e->dir);
     free(e);
     return 0;
 }
 
-static void dtm(int64_t t, char out[32])
-{
-    time_t tt = (time_t)t;
-    struct tm tm;
-    gmtime_r(&tt, &tm);
-    strftime(out, 32, "%Y%m%d%H%M%S+0000", &tm);
-}
-
 struct siu {
     const char *trigger;
     int64_t event_time, start;
-    const char *appt;       /* SCH-2 */
-    const char *room;       /* AIL-3.9 */
-    const char *phone;      /* PID-13 CP number (XTN-1) */
-    const char *consent;    /* ZCN-2 */
+    const char *appt;       /* appointment id */
+    const char *room;       /* location */
+    const char *phone;      /* as sent */
+    const char *consent;    /* as sent */
+};
+/* Facts most tests leave empty. */
+struct siu_more {
+    const char *language;   /* PID-15 (NULL: none) */
+    const char *link;       /* the rules' join link (NULL: none) */
+    const char *facility;   /* NULL: CONTOSO */
+    int quarantined;        /* the audit rules quarantined the message */
 };
 
-/* Writes one accepted SIU message into the journal, as the store writer
- * would have committed it. */
-static void journal(struct env *e, const struct siu *m)
+/* Stores one accepted SIU message with the appointment facts the rules
+ * made of it, through the store writer as ingest does, and waits for the
+ * commit. */
+static void journal_more(struct env *e, const struct siu *m, const struct siu_more *x)
 {
-    char evt[32], st[32], msg[2048];
-    dtm(m->event_time, evt);
-    dtm(m->start, st);
-    int n = snprintf(msg, sizeof msg,
-                     "MSH|^~\\&|EPIC|CONTOSO|HL7BRIDGE|CONTOSO|%s||SIU^%s^SIU_S12|C%d|P|2.5.1\r"
-                     "EVN|%s|%s\r"
-                     "SCH|PL1|%s||||NEW|ROUTINE|OFFICE|30|MIN|^^^%s|||||||||N1^NURSE^NANCY|||||Booked\r"
-                     "PID|1||E2002^^^CONTOSO^MR||SMITH^ANA||19700202|F|||1 MAIN ST^^EVANSTON^IL^60201"
-                     "||%s^PRN^CP\r"
-                     "PV1|1|O|CARDIO^^^CONTOSO CLINIC\r"
-                     "RGS|1\r"
-                     "AIL|1||CARDIO^EXAM3^^CONTOSO CLINIC^^^^^%s|||%s|||30|MIN\r"
-                     "AIP|1||D100^HEART^HANNAH|MD||%s|||30|MIN\r"
-                     "ZCN|1|%s\r",
-                     evt, m->trigger, e->ctl++, m->trigger, evt, m->appt, st, m->phone, m->room, st,
-                     st, m->consent);
-    sqlite3_stmt *q;
-    assert_int_equal(sqlite3_prepare_v2(e->con,
-                                        "INSERT INTO messages (received_ms, listener, peer, send_app,"
-                                        " send_fac, control_id, msg_type, \"trigger\", version,"
-                                        " ack_code, raw) VALUES (?1, 'it', '127.0.0.1:1', 'EPIC',"
-                                        " 'CONTOSO', ?2, 'SIU', ?3, '2.5.1', 'AA', ?4)",
-                                        -1, &q, NULL), SQLITE_OK);
-    sqlite3_bind_int64(q, 1, (int64_t)time(NULL) * 1000);
+    static const struct siu_more none;
+    if (!x)
+        x = &none;
     char cid[16];
-    snprintf(cid, sizeof cid, "C%d", e->ctl);
-    sqlite3_bind_text(q, 2, cid, -1, SQLITE_TRANSIENT);
-    sqlite3_bind_text(q, 3, m->trigger, -1, SQLITE_STATIC);
-    sqlite3_bind_blob(q, 4, msg, n, SQLITE_TRANSIENT);
-    assert_int_equal(sqlite3_step(q), SQLITE_DONE);
-    sqlite3_finalize(q);
+    snprintf(cid, sizeof cid, "C%d", ++e->ctl);
+    struct store_appt_facts af = {
+        .text = {
+            [STORE_APPT_ID] = m->appt, [STORE_APPT_FACILITY] = x->facility ? x->facility : "CONTOSO",
+            [STORE_APPT_EVENT] = m->trigger, [STORE_APPT_LOCATION] = m->room,
+            [STORE_APPT_PROVIDER] = "Hannah Heart", [STORE_APPT_FIRST_NAME] = "Ana",
+            [STORE_APPT_PHONE] = m->phone, [STORE_APPT_CONSENT] = m->consent,
+            [STORE_APPT_LANGUAGE] = x->language, [STORE_APPT_LINK] = x->link,
+        },
+        .event_time = m->event_time, .start_s = m->start, .duration_min = 30,
+    };
+    static const char raw[] = "MSH|^~\\&|EPIC|CONTOSO|||20260101||SIU^S12|C|P|2.5.1\r";
+    struct store_msg_fields f = {
+        .raw = (const uint8_t *)raw, .raw_len = sizeof raw - 1, .listener = "it",
+        .peer = "127.0.0.1:1", .send_app = (const uint8_t *)"EPIC", .send_app_len = 4,
+        .send_fac = (const uint8_t *)"CONTOSO", .send_fac_len = 7,
+        .control_id = (const uint8_t *)cid, .control_id_len = strlen(cid),
+        .msg_type = (const uint8_t *)"SIU", .msg_type_len = 3,
+        .trigger = (const uint8_t *)m->trigger, .trigger_len = strlen(m->trigger),
+        .version = (const uint8_t *)"2.5.1", .version_len = 5, .ack_code = "AA",
+        .received_ms = (int64_t)time(NULL) * 1000,
+        .quarantined = x->quarantined, .reason = x->quarantined ? "no address" : NULL,
+        .appt = &af,
+    };
+    struct store_msg *sm = store_msg_new(&f);
+    assert_non_null(sm);
+    assert_int_equal(store_submit(e->st, sm, (uint64_t)e->ctl), 0);
+    struct pollfd pfd = { .fd = store_event_fd(e->st), .events = POLLIN };
+    struct store_result r;
+    size_t got = 0;
+    for (int i = 0; i < 200 && got == 0; i++) {
+        (void)poll(&pfd, 1, 50);
+        got = store_take_results(e->st, &r, 1);
+    }
+    assert_int_equal(got, 1);
+    assert_int_equal(r.status, STORE_STORED);
 }
+
+static void journal(struct env *e, const struct siu *m) { journal_more(e, m, NULL); }
 
 static int64_t q1(struct env *e, const char *sql)
 {
@@ -543,16 +545,15 @@ static int64_t q1(struct env *e, const char *sql)
     return v;
 }
 
-/* Waits until the worker has looked at every journal message and sent
- * what was due. */
+/* Waits until the worker has applied (and deleted) every stored fact and
+ * sent what was due. */
 static void settle(struct env *e)
 {
     for (int i = 0; i < 300; i++) {
-        int64_t cp = q1(e, "SELECT v FROM sms_state WHERE k = 'checkpoint'");
-        int64_t mx = q1(e, "SELECT COALESCE(MAX(id), 0) FROM messages");
+        int64_t facts = q1(e, "SELECT COUNT(*) FROM appt_facts");
         int64_t due = q1(e, "SELECT COUNT(*) FROM sms_outbox WHERE state = 'pending' AND "
                             "next_ms <= CAST(strftime('%s','now') AS INTEGER) * 1000");
-        if (cp >= mx && due == 0) {
+        if (facts == 0 && due == 0) {
             usleep(300000); /* one more turn for the sends in flight */
             return;
         }

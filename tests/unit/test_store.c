@@ -102,6 +102,7 @@ struct msg_spec {
     unsigned row_count;
     int quarantined;
     const char *reason;
+    const struct store_appt_facts *appt; /* NULL → none */
 };
 
 static const char default_raw[] = "MSH|^~\\&|APP|FAC|HB|HB|20240101120000||ADT^A01|X|P|2.5\r";
@@ -123,6 +124,7 @@ static struct store_msg *make_msg(const struct msg_spec *sp)
         .rows = (const uint8_t *)sp->rows, .rows_len = sp->rows ? strlen(sp->rows) : 0,
         .row_count = sp->row_count,
         .quarantined = sp->quarantined, .reason = sp->reason,
+        .appt = sp->appt,
     };
     struct store_msg *m = store_msg_new(&f);
     assert_non_null(m);
@@ -231,7 +233,7 @@ static void test_store_and_read_back(void **state)
     assert_int_equal(sqlite3_step(st), SQLITE_DONE);
     sqlite3_finalize(st);
 
-    assert_int_equal(db_int(db, "SELECT MAX(version) FROM schema_version"), 6);
+    assert_int_equal(db_int(db, "SELECT MAX(version) FROM schema_version"), 7);
     sqlite3_stmt *jm = NULL;
     assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &jm, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_step(jm), SQLITE_ROW);
@@ -619,7 +621,7 @@ static void test_reopen_keeps_data(void **state)
     assert_int_equal(c.quarantined, 0);
 
     sqlite3 *db = open_db(fx);
-    assert_int_equal(db_int(db, "SELECT COUNT(*) FROM schema_version"), 6);
+    assert_int_equal(db_int(db, "SELECT COUNT(*) FROM schema_version"), 7);
     sqlite3_close(db);
 }
 
@@ -1241,6 +1243,7 @@ static void test_upgrade_from_schema_2(void **state)
 
     /* Turn it back into what schema 2 left on disk. */
     sqlite3 *db = open_db(fx);
+    db_exec(db, "DROP TABLE appt_facts; DELETE FROM schema_version WHERE version = 7");
     db_exec(db, "DROP TABLE row_layouts; ALTER TABLE rows DROP COLUMN layout;"
                 " ALTER TABLE batches DROP COLUMN layout;"
                 " DELETE FROM schema_version WHERE version = 6");
@@ -1271,7 +1274,7 @@ static void test_upgrade_from_schema_2(void **state)
     s = open_store(fx, 0, 0, 7);
     store_request_housekeeping(s);
     db = open_db(fx);
-    assert_int_equal(db_int(db, "SELECT MAX(version) FROM schema_version"), 6);
+    assert_int_equal(db_int(db, "SELECT MAX(version) FROM schema_version"), 7);
     assert_int_equal(db_int(db, "SELECT COUNT(*) FROM message_delivery"
                                 " WHERE delivered_ms IS NOT NULL"), 2);
     uint64_t deadline = clock_mono_ms() + 10000;
@@ -1397,6 +1400,49 @@ static void test_rows_blank_lines_and_no_trailing_newline(void **state)
     sqlite3_close(db);
 }
 
+/* Appointment facts go into appt_facts in the message's transaction:
+ * for a quarantined message too, once for a duplicate, with empty texts
+ * and unknown times as NULL. */
+static void test_appt_facts(void **state)
+{
+    struct fixture *fx = *state;
+    struct store *s = open_store(fx, 0, 0, 7);
+    struct store_appt_facts af = {
+        .text = { [STORE_APPT_ID] = "A77", [STORE_APPT_FACILITY] = "NORTH",
+                  [STORE_APPT_EVENT] = "S12", [STORE_APPT_FIRST_NAME] = "Ana",
+                  [STORE_APPT_PHONE] = "8475550122", [STORE_APPT_LANGUAGE] = "es",
+                  [STORE_APPT_LINK] = "https://v.test/j/A77" },
+        .event_time = 1700000000, .start_s = 1800000000, .duration_min = -1,
+    };
+    struct msg_spec a = { .app = "APP", .fac = "FAC", .ctl = "F1", .appt = &af };
+    struct msg_spec q = { .app = "APP", .fac = "FAC", .ctl = "F2", .appt = &af,
+                          .quarantined = 1, .reason = "mandatory column empty" };
+    struct msg_spec none = { .app = "APP", .fac = "FAC", .ctl = "F3" };
+    submit(s, &a, 1);
+    submit(s, &q, 2);
+    submit(s, &a, 3); /* a duplicate: no second fact */
+    submit(s, &none, 4);
+    struct store_result r[4];
+    wait_results(s, r, 4);
+    assert_int_equal(r[0].status, STORE_STORED);
+    assert_int_equal(r[1].status, STORE_STORED);
+    assert_int_equal(r[2].status, STORE_DUPLICATE);
+    assert_int_equal(r[3].status, STORE_STORED);
+    store_close(s);
+    sqlite3 *db = open_db(fx);
+    assert_int_equal(db_int(db, "SELECT COUNT(*) FROM appt_facts"), 2);
+    char sql[640];
+    snprintf(sql, sizeof sql,
+             "SELECT COUNT(*) FROM appt_facts WHERE msg_id IN (%lld, %lld) AND appt_id = 'A77'"
+             " AND facility = 'NORTH' AND event = 'S12' AND first_name = 'Ana'"
+             " AND phone = '8475550122' AND language = 'es' AND link = 'https://v.test/j/A77'"
+             " AND event_time = 1700000000 AND start_s = 1800000000 AND duration_min IS NULL"
+             " AND location IS NULL AND consent IS NULL AND received_ms = 1700000000123",
+             (long long)r[0].id, (long long)r[1].id);
+    assert_int_equal(db_int(db, sql), 2);
+    sqlite3_close(db);
+}
+
 int main(void)
 {
     log_set_level(LOG_WARN); /* keep the TAP output readable */
@@ -1415,6 +1461,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_backup, setup, teardown),
         cmocka_unit_test_setup_teardown(test_file_modes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_quarantine, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_appt_facts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retention, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retention_kinds, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retention_ranges, setup, teardown),
