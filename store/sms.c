@@ -573,7 +573,11 @@ int store_sms_pending(struct store_sms *ss, uint64_t *texts, uint64_t *reminders
  * autocommit transaction of at most `chunk` rows. */
 int store_sms_retention(sqlite3 *db, int64_t cutoff_s, int chunk, long *n, int64_t *oldest_ms)
 {
-    static const char *const del[2] = {
+    /* appt_facts rows are deleted by the SMS worker as it reads them; one
+     * older than the cut-off was never read (the sink was stopped). */
+    static const char *const del[3] = {
+        "DELETE FROM appt_facts WHERE id IN (SELECT id FROM appt_facts"
+        " WHERE received_ms < ?1 * 1000 LIMIT ?2)",
         "DELETE FROM sms_outbox WHERE id IN (SELECT id FROM sms_outbox"
         " WHERE state != 'pending' AND done_ms < ?1 * 1000 LIMIT ?2)",
         "DELETE FROM sms_appointments WHERE rowid IN (SELECT rowid FROM sms_appointments a"
@@ -583,13 +587,14 @@ int store_sms_retention(sqlite3 *db, int64_t cutoff_s, int chunk, long *n, int64
     };
     static const char *const oldest =
         "SELECT MIN(t) FROM (SELECT MIN(event_time) * 1000 AS t FROM sms_appointments"
-        " UNION ALL SELECT MIN(COALESCE(done_ms, due_s * 1000)) FROM sms_outbox)";
+        " UNION ALL SELECT MIN(COALESCE(done_ms, due_s * 1000)) FROM sms_outbox"
+        " UNION ALL SELECT MIN(received_ms) FROM appt_facts)";
     *n = 0;
     *oldest_ms = 0;
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(db, oldest, -1, &st, NULL) != SQLITE_OK)
         return 0; /* no SMS tables: the SMS sink never ran */
-    for (int i = 0; cutoff_s != INT64_MIN && i < 2; i++) {
+    for (int i = 0; cutoff_s != INT64_MIN && i < 3; i++) {
         sqlite3_stmt *d = NULL;
         if (sqlite3_prepare_v2(db, del[i], -1, &d, NULL) != SQLITE_OK)
             goto fail;
