@@ -58,7 +58,8 @@ def siu(ctrl, start):
     return FIXTURE.format(trigger="S12", appt="R1", start=hl7_time(start),
                           evn=hl7_time(time.time()), phone="^PRN^CP^^1^847^5550122",
                           consent="Y", room="Exam 3", duration=30, facility="CONTOSO",
-                          first="ANA", ctrl=ctrl).encode("utf-8")
+                          first="ANA", ctrl=ctrl, address="1 MAIN ST^^EVANSTON^IL^60201^USA",
+                          language="").encode("utf-8")
 
 
 class RetentionDaemon(Daemon):

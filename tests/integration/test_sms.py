@@ -268,7 +268,7 @@ class OwnRules(SMSBase):
         self.assertEqual(self.texts(d, "Q1"), [("scheduled", "sent")])
         got = self.lines(d)
         self.assertEqual(len(got), 1)
-        self.assertEqual(got[0]["to"], CELL_E164)
+        self.assertEqual(got[0]["to"], "+*******0122")  # masked in the file (mask_numbers)
         self.assertIn("sms_event msg_id=1 trigger=S12 confirmation=scheduled", d.log())
         # the facts were read and are gone from the journal (no PHI left there)
         self.assertEqual(d.query("SELECT COUNT(*) FROM appt_facts")[0][0], 0)
