@@ -23,6 +23,7 @@
 #include "mllp/mllp.h"
 
 #include <inttypes.h>
+#include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,6 +70,7 @@ struct ingest {
     struct buf ack;         /* scratch ACK text */
     struct mapping_result *mres; /* scratch mapping result */
     struct buf rows;        /* scratch formatted rows */
+    struct buf content;     /* scratch: what duplicate detection compares */
     struct pending *ring;
     size_t ring_cap;
     uint64_t ring_head, ring_tail; /* submission numbers */
@@ -358,6 +360,24 @@ static void header_fields(struct store_msg_fields *f, const struct hl7_header *h
     f->version_len = h->version_id.len;
 }
 
+/* The content digest duplicate detection compares: the first 64 bits of
+ * SHA-256 over hl7_msg_content (the message without MSH-7).  Cryptographic,
+ * so no sender can make a new message pass for a re-send of another one;
+ * 0 when the content cannot be gathered (every such message then counts
+ * as the same content, the rule of the key alone). */
+static uint64_t content_digest(struct ingest *in, const struct hl7_msg *m)
+{
+    uint8_t md[SHA256_DIGEST_LENGTH];
+    buf_reset(&in->content);
+    if (hl7_msg_content(m, &in->content) != 0)
+        return 0;
+    SHA256(buf_data(&in->content), in->content.len, md);
+    uint64_t d = 0;
+    for (int i = 0; i < 8; i++)
+        d = d << 8 | md[i];
+    return d;
+}
+
 /* Queues a parsed, valid message.  Returns 0, or -1 (nothing queued; the
  * caller answers AE). */
 static int submit(struct ingest *in, struct mllp_conn *c, uint64_t seq, const struct hl7_msg *m,
@@ -380,6 +400,7 @@ static int submit(struct ingest *in, struct mllp_conn *c, uint64_t seq, const st
         .layout = mp->row_count ? in->o.layout : 0,
         .quarantined = mp->quarantined, .reason = mp->reason, .filtered = mp->filtered,
         .appt = mp->has_appt ? &mp->appt : NULL,
+        .digest = content_digest(in, m),
     };
     header_fields(&f, h);
     struct store_msg *sm = store_msg_new(&f);
@@ -495,6 +516,15 @@ static void on_result(struct ingest *in, const struct store_result *r)
 
     if (r->status == STORE_DUPLICATE)
         in->st.duplicates++;
+    if (r->status == STORE_STORED && r->key_reused) {
+        /* Not a re-send: the sender reused a control id (a counter reset
+         * on restart or daily) for a different message, which is stored. */
+        in->st.control_id_reused++;
+        struct hl7_slice cid = m ? hl7_msg_header(m)->control_id : (struct hl7_slice){NULL, 0};
+        log_warn("control_id_reused", "listener=%s control_id=\"%.*s\" id=%lld",
+                 p->il ? p->il->name : "", (int)(cid.len < 64 ? cid.len : 64),
+                 cid.p ? (const char *)cid.p : "", (long long)r->id);
+    }
     if (r->status == STORE_FAILED)
         in->st.store_failures++;
 
@@ -827,6 +857,7 @@ struct ingest *ingest_new(struct loop *l, struct store *st, const struct ingest_
     in->ackmsg = hl7_msg_new();
     buf_init(&in->ack, HL7_ACK_MAX_BYTES * 4);
     buf_init(&in->rows, 64u << 20);
+    buf_init(&in->content, HB_MAX_MESSAGE_BYTES_CEILING + 64u);
     in->mres = mapping_result_new();
     /* ACK control ids: a per-start prefix so ids never repeat across restarts. */
     snprintf(in->ack_prefix, sizeof in->ack_prefix, "HB%llx",
@@ -863,6 +894,7 @@ void ingest_free(struct ingest *in)
     hl7_msg_free(in->ackmsg);
     buf_release(&in->ack);
     buf_release(&in->rows);
+    buf_release(&in->content);
     mapping_result_free(in->mres);
     free(in);
 }

@@ -42,6 +42,7 @@ struct ingest_stats {
     uint64_t received;          /* messages (batch members counted one by one) */
     uint64_t acks[6];           /* by enum hl7_ack_code */
     uint64_t duplicates;
+    uint64_t control_id_reused; /* stored: same MSH-3/4/10 as a stored message, other content */
     uint64_t store_failures;
     uint64_t batches;
     uint64_t filtered;          /* accepted, no rule selected them */

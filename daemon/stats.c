@@ -892,6 +892,10 @@ int stats_render_prometheus(const struct stats_snapshot *s, struct buf *out)
                    "Messages committed to the store.", g->store.messages);
     rc |= prom_one(out, "hl7bridge_store_duplicates_total", "counter",
                    "Messages the store found already stored.", g->store.duplicates);
+    rc |= prom_one(out, "hl7bridge_control_id_reused_total", "counter",
+                   "Messages stored as new although their sender and control id were stored"
+                   " before with other content (a reused control id, not a re-send).",
+                   g->store.control_id_reused);
     rc |= prom_one(out, "hl7bridge_store_failures_total", "counter",
                    "Messages the store could not commit (answered AE).", g->store.failures);
     rc |= prom_head(out, "hl7bridge_store_commit_seconds_total", "counter",
@@ -1042,13 +1046,13 @@ int stats_render_json(const struct stats_snapshot *s, struct buf *out)
     rc |= bprintf(out, "\"store\": {\"writable\": %s, \"free_disk_mb\": %" PRId64
                        ", \"queue_depth\": %" PRIu64 ", \"acks_pending\": %" PRIu64
                        ", \"commits\": %" PRIu64 ", \"messages\": %" PRIu64
-                       ", \"duplicates\": %" PRIu64 ", \"failures\": %" PRIu64
-                       ", \"max_group\": %" PRIu64 ", \"commit_us_avg\": %" PRIu64
+                       ", \"duplicates\": %" PRIu64 ", \"control_id_reused\": %" PRIu64
+                       ", \"failures\": %" PRIu64 ", \"max_group\": %" PRIu64 ", \"commit_us_avg\": %" PRIu64
                        ", \"rows\": %" PRIu64 ", \"quarantined\": %" PRIu64 ", \"filtered\": %"
                        PRIu64 "}, ",
                   h->store_writable ? "true" : "false", h->free_disk_mb, g->store_queue,
                   g->acks_pending, g->store.commits, g->store.messages, g->store.duplicates,
-                  g->store.failures, g->store.max_group_seen,
+                  g->store.control_id_reused, g->store.failures, g->store.max_group_seen,
                   g->store.commits ? g->store.commit_ns_total / g->store.commits / 1000 : 0,
                   g->ingest.rows, g->ingest.quarantined, g->ingest.filtered);
     /* Retention: how long each PHI-bearing kind is kept and the age of the

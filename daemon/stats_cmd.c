@@ -278,10 +278,12 @@ static int print_status(const struct config *c, const struct buf *body)
     yaml_node_t *s = get(&d, root, "store");
     printf("store: queue %" PRIu64 ", acks pending %" PRIu64 ", commits %" PRIu64
            ", messages %" PRIu64 ", duplicates %" PRIu64 ", failures %" PRIu64
+           ", control ids reused %" PRIu64
            ", writable %s, free disk %" PRId64 " MiB\n",
            num(get(&d, s, "queue_depth")), num(get(&d, s, "acks_pending")),
            num(get(&d, s, "commits")), num(get(&d, s, "messages")),
            num(get(&d, s, "duplicates")), num(get(&d, s, "failures")),
+           num(get(&d, s, "control_id_reused")),
            truth(get(&d, s, "writable")) ? "yes" : "NO", snum(get(&d, s, "free_disk_mb")));
     yaml_node_t *cn = get(&d, root, "connections");
     yaml_node_t *fr = get(&d, root, "frames");

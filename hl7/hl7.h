@@ -123,6 +123,14 @@ int hl7_msg_validate(const struct hl7_msg *m, struct hl7_err *err)
 int hl7_msg_check_escapes(const struct hl7_msg *m, struct hl7_err *err)
     __attribute__((warn_unused_result));
 
+/* Appends the message's content as duplicate detection compares it: every
+ * segment as received, each followed by one CR (so CR, LF or CRLF line ends,
+ * blank lines and a BOM make no difference), with MSH-7 (date/time of the
+ * message) left empty, since an engine that re-sends a message may stamp
+ * it anew.  Everything else, MSH-10 included, counts.  For a message that
+ * parsed; returns 0 or -1 when `out` hits its ceiling. */
+int hl7_msg_content(const struct hl7_msg *m, struct buf *out) __attribute__((warn_unused_result));
+
 const struct hl7_header *hl7_msg_header(const struct hl7_msg *m);
 const struct hl7_delims *hl7_msg_delims(const struct hl7_msg *m);
 enum hl7_charset hl7_msg_charset(const struct hl7_msg *m);

@@ -677,6 +677,29 @@ int hl7_msg_validate(const struct hl7_msg *m, struct hl7_err *err)
     return 0;
 }
 
+/* ---- content for duplicate detection ----------------------------------- */
+
+int hl7_msg_content(const struct hl7_msg *m, struct buf *out)
+{
+    static const uint8_t cr = CR;
+    if (!m || m->nseg == 0)
+        return 0;
+    /* MSH-7 as indexed: empty when the segment is too short to hold it. */
+    struct hl7_slice ts = m->h.timestamp;
+    for (size_t i = 0; i < m->nseg; i++) {
+        const struct hl7_seg_ix *sg = &m->segs[i];
+        const uint8_t *a = m->p + sg->start, *e = m->p + sg->end;
+        if (i == 0 && ts.len && ts.p >= a && ts.p + ts.len <= e) {
+            if (buf_append(out, a, (size_t)(ts.p - a)) != 0)
+                return -1;
+            a = ts.p + ts.len;
+        }
+        if (buf_append(out, a, (size_t)(e - a)) != 0 || buf_append(out, &cr, 1) != 0)
+            return -1;
+    }
+    return 0;
+}
+
 /* ---- accessors --------------------------------------------------------- */
 
 const struct hl7_header *hl7_msg_header(const struct hl7_msg *m) { return &m->h; }

@@ -82,6 +82,7 @@ struct store_msg *store_msg_new(const struct store_msg_fields *f)
     m->row_count = f->row_count;
     m->layout = f->layout;
     m->quarantined = f->quarantined != 0;
+    m->digest = f->digest;
     m->filtered = f->filtered != 0;
     m->rejected = f->rejected != 0;
     m->err_code = f->err_code;
@@ -160,6 +161,7 @@ static void fail_group(struct store *s, size_t n)
     for (size_t i = 0; i < n; i++) {
         s->grp_res[i].status = STORE_FAILED;
         s->grp_res[i].id = 0;
+        s->grp_res[i].key_reused = 0;
         memcpy(s->grp_res[i].ack_code, s->grp[i]->ack_code, 3);
     }
     atomic_fetch_add_explicit(&s->st.failures, n, memory_order_relaxed);
@@ -509,6 +511,7 @@ void store_get_stats(const struct store *s, struct store_stats *out)
     out->commits = atomic_load_explicit(&s->st.commits, memory_order_relaxed);
     out->messages = atomic_load_explicit(&s->st.messages, memory_order_relaxed);
     out->duplicates = atomic_load_explicit(&s->st.duplicates, memory_order_relaxed);
+    out->control_id_reused = atomic_load_explicit(&s->st.control_id_reused, memory_order_relaxed);
     out->failures = atomic_load_explicit(&s->st.failures, memory_order_relaxed);
     out->max_group_seen = atomic_load_explicit(&s->st.max_group_seen, memory_order_relaxed);
     out->commit_ns_total = atomic_load_explicit(&s->st.commit_ns_total, memory_order_relaxed);

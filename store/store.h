@@ -8,8 +8,9 @@
  * sent only for a result whose status is STORE_STORED or STORE_DUPLICATE.
  *
  * Duplicates: a message whose (sending application, sending facility,
- * control id) is already stored is not stored again; its result carries the
- * ACK code recorded the first time.
+ * control id) is already stored with the same content digest is not stored
+ * again; its result carries the ACK code recorded the first time.  The same
+ * key with another digest is stored as a new message (key_reused).
  *
  * Threads: store_open/store_close from the main thread; store_submit,
  * store_space, store_take_results and store_event_fd from the one producer
@@ -110,6 +111,9 @@ struct store_msg_fields {
      * transaction into appt_facts for the SMS sink; NULL: none.  Stored for
      * quarantined messages too. */
     const struct store_appt_facts *appt;
+    /* Content digest for duplicate detection (ingest: 64 bits of SHA-256
+     * over hl7_msg_content).  Same key and same digest: a re-send. */
+    uint64_t digest;
 };
 
 /* The appointment facts of one message, as the mapping rules produced them
@@ -150,6 +154,8 @@ struct store_result {
     enum store_status status; /* for a rejected message: STORED = kept */
     char ack_code[3];      /* original ACK code for STORE_DUPLICATE, else the submitted one */
     int64_t id;            /* row id of the stored (or original) message, 0 on failure */
+    int key_reused;        /* STORE_STORED although its key was stored before with
+                            * other content (a control id reused, not a re-send) */
 };
 
 /* Opens (creating if needed) the database, applies the schema, starts the
@@ -189,6 +195,7 @@ struct store_retention_report {
 struct store_stats {
     uint64_t commits, messages, duplicates, failures;
     uint64_t rejected;           /* AE/AR messages kept (not counted in messages) */
+    uint64_t control_id_reused;  /* stored although their key was seen with other content */
     uint64_t max_group_seen;
     uint64_t commit_ns_total;
     struct store_retention_report retention;

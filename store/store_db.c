@@ -90,6 +90,16 @@ int store_db_prepare_path(const char *path, char *errbuf, size_t errcap)
 
 /* ---- schema ------------------------------------------------------------ */
 
+/* Delivery time of each message (version 3), made again when version 8
+ * rebuilds the messages table. */
+#define MESSAGE_DELIVERY_VIEW                                                                 \
+    "CREATE VIEW message_delivery AS"                                                         \
+    " SELECT m.id AS id, m.quarantined AS quarantined,"                                       \
+    "  CASE WHEN m.quarantined THEN NULL ELSE COALESCE(m.delivered_ms,"                       \
+    "   (SELECT CASE WHEN d.last_id >= m.id THEN d.delivered_ms END FROM deliveries d"        \
+    "    WHERE d.first_id <= m.id ORDER BY d.first_id DESC LIMIT 1)) END AS delivered_ms"    \
+    " FROM messages m;"
+
 /* migrations[i] takes the schema from version i to i+1.  Append only; a
  * database from a newer build (version above ours) is refused. */
 static const char *const migrations[STORE_SCHEMA_VERSION] = {
@@ -176,12 +186,7 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
     " purged_to INTEGER NOT NULL);"
     "CREATE INDEX deliveries_first ON deliveries(first_id);"
     "CREATE INDEX deliveries_retention ON deliveries(delivered_ms) WHERE purged_to < last_id;"
-    "CREATE VIEW message_delivery AS"
-    " SELECT m.id AS id, m.quarantined AS quarantined,"
-    "  CASE WHEN m.quarantined THEN NULL ELSE COALESCE(m.delivered_ms,"
-    "   (SELECT CASE WHEN d.last_id >= m.id THEN d.delivered_ms END FROM deliveries d"
-    "    WHERE d.first_id <= m.id ORDER BY d.first_id DESC LIMIT 1)) END AS delivered_ms"
-    " FROM messages m;",
+    MESSAGE_DELIVERY_VIEW,
     /* 4: retention of every PHI-bearing kind (store/retention.c).
      * deleted_to: how far the deletion of delivered messages went through
      * a delivery range (purged_to is the raw bodies' progress); rows_purged:
@@ -281,6 +286,53 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
     " consent TEXT,"
     " language TEXT,"
     " link TEXT);",
+    /* 8: duplicates by content.  A control id reused by a sender (counters
+     * reset on restart or daily) is not a re-send: a message is a duplicate
+     * only when its key (send_app, send_fac, control_id) AND its content
+     * digest (64 bits of SHA-256 over the message without MSH-7, made by
+     * ingest) match a stored one.  SQLite cannot drop the old UNIQUE
+     * constraint, so the table is rebuilt once (same ids, so rows,
+     * batches and deliveries still point at the right messages; every index
+     * of versions 1-7 made again) with a plain index on the key: the writer
+     * looks the key up before each insert.  Rows stored before this version
+     * have digest NULL and are matched by key alone, as they were then. */
+    "DROP VIEW message_delivery;"
+    "CREATE TABLE messages_v8 ("
+    " id INTEGER PRIMARY KEY,"
+    " received_ms INTEGER NOT NULL,"
+    " listener TEXT NOT NULL,"
+    " peer TEXT NOT NULL,"
+    " send_app TEXT NOT NULL,"
+    " send_fac TEXT NOT NULL,"
+    " control_id TEXT,"
+    " msg_type TEXT NOT NULL,"
+    " \"trigger\" TEXT NOT NULL,"
+    " version TEXT NOT NULL,"
+    " ack_code TEXT NOT NULL,"
+    " raw BLOB,"
+    " quarantined INTEGER NOT NULL DEFAULT 0,"
+    " reason TEXT,"
+    " delivered_ms INTEGER,"
+    " row_count INTEGER,"
+    " filtered INTEGER NOT NULL DEFAULT 0,"
+    " dup_count INTEGER NOT NULL DEFAULT 0,"
+    " last_dup_ms INTEGER,"
+    " made_by TEXT,"
+    " origin TEXT,"
+    " digest INTEGER);"
+    "INSERT INTO messages_v8 (id, received_ms, listener, peer, send_app, send_fac, control_id, msg_type, \"trigger\", version, ack_code, raw, quarantined, reason, delivered_ms, row_count, filtered, dup_count, last_dup_ms, made_by, origin) SELECT id, received_ms, listener, peer, send_app, send_fac, control_id, msg_type, \"trigger\", version, ack_code, raw, quarantined, reason, delivered_ms, row_count, filtered, dup_count, last_dup_ms, made_by, origin FROM messages;"
+    "DROP TABLE messages;"
+    "ALTER TABLE messages_v8 RENAME TO messages;"
+    "CREATE INDEX messages_key ON messages(send_app, send_fac, control_id)"
+    " WHERE control_id IS NOT NULL;"
+    "CREATE INDEX messages_retention ON messages(delivered_ms)"
+    " WHERE delivered_ms IS NOT NULL AND raw IS NOT NULL;"
+    "CREATE INDEX messages_quarantined ON messages(received_ms) WHERE quarantined = 1;"
+    "CREATE INDEX messages_delivered ON messages(delivered_ms) WHERE delivered_ms IS NOT NULL;"
+    "CREATE INDEX messages_filtered ON messages(received_ms) WHERE filtered = 1;"
+    "CREATE INDEX messages_duplicates ON messages(received_ms) WHERE dup_count > 0;"
+    "CREATE INDEX messages_origin ON messages(origin) WHERE origin IS NOT NULL;"
+    MESSAGE_DELIVERY_VIEW,
 };
 
 static int exec(sqlite3 *db, const char *sql, char *errbuf, size_t errcap)
@@ -412,9 +464,8 @@ int store_db_open(struct store *s, char *errbuf, size_t errcap)
     if (prep(d->db,
              "INSERT INTO messages (received_ms, listener, peer, send_app, send_fac, control_id,"
              " msg_type, \"trigger\", version, ack_code, raw, quarantined, reason, row_count,"
-             " filtered)"
-             " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
-             " ON CONFLICT DO NOTHING",
+             " filtered, digest)"
+             " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
              &d->ins_msg, errbuf, errcap) < 0 ||
         prep(d->db,
              "INSERT INTO rejected (received_ms, listener, peer, send_app, send_fac, control_id,"
@@ -425,8 +476,9 @@ int store_db_open(struct store *s, char *errbuf, size_t errcap)
              "UPDATE messages SET dup_count = dup_count + 1, last_dup_ms = ?1 WHERE id = ?2",
              &d->upd_dup, errbuf, errcap) < 0 ||
         prep(d->db,
-             "SELECT id, ack_code FROM messages"
-             " WHERE send_app = ?1 AND send_fac = ?2 AND control_id = ?3",
+             "SELECT id, ack_code, digest IS NULL OR digest = ?4 FROM messages"
+             " WHERE send_app = ?1 AND send_fac = ?2 AND control_id = ?3"
+             " ORDER BY 3 DESC, id LIMIT 1",
              &d->sel_dup, errbuf, errcap) < 0 ||
         prep(d->db, "INSERT INTO rows (msg_id, seq, data, layout) VALUES (?1, ?2, ?3, ?4)", &d->ins_row,
              errbuf, errcap) < 0 ||
@@ -728,17 +780,67 @@ static int insert_rejected(struct store *s, const struct store_msg *m, struct st
     return SQLITE_OK;
 }
 
-/* Inserts one message inside the open transaction.  A conflict on (app,
- * facility, control id) — with a committed message or one earlier in this
- * same transaction, which this connection already sees — makes it a
- * duplicate carrying the original id and ACK code. */
+/* Looks the message's key up among the stored messages (committed, or
+ * earlier in this same transaction, which this connection already sees).
+ * Returns SQLITE_ROW with *id / ack of the stored message and *same = 1 when
+ * one has the same content (or predates content digests), SQLITE_DONE when
+ * the key is new, or an SQLite error. */
+static int find_key(struct store_db *d, const struct store_msg *m, int64_t *id, char ack[3],
+                    int *same)
+{
+    sqlite3_stmt *st = d->sel_dup;
+    bind_text(st, 1, m, SF_SEND_APP);
+    bind_text(st, 2, m, SF_SEND_FAC);
+    bind_text(st, 3, m, SF_CONTROL_ID);
+    sqlite3_bind_int64(st, 4, (sqlite3_int64)m->digest);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *id = sqlite3_column_int64(st, 0);
+        const unsigned char *a = sqlite3_column_text(st, 1);
+        ack[0] = a && a[0] ? (char)a[0] : m->ack_code[0];
+        ack[1] = a && a[0] && a[1] ? (char)a[1] : m->ack_code[1];
+        ack[2] = '\0';
+        *same = sqlite3_column_int(st, 2) != 0;
+    }
+    sqlite3_reset(st);
+    return rc;
+}
+
+/* Inserts one message inside the open transaction, unless it is a re-send
+ * of a stored one (same key and content): then the result is a duplicate
+ * carrying the original id and ACK code.  The same key with other content
+ * is stored as a new message, its result marked key_reused.  A message
+ * without MSH-10 is never looked up: it cannot be recognised as a re-send. */
 static int insert_one(struct store *s, const struct store_msg *m, struct store_result *r,
                       int *dup)
 {
     struct store_db *d = &s->wdb;
     *dup = 0;
+    r->key_reused = 0;
     if (m->rejected)
         return insert_rejected(s, m, r);
+    if (m->span[SF_CONTROL_ID].len) {
+        int64_t id = 0;
+        char ack[3];
+        int same = 0;
+        int rc = find_key(d, m, &id, ack, &same);
+        if (rc == SQLITE_ROW && same) {
+            r->status = STORE_DUPLICATE;
+            r->id = id;
+            memcpy(r->ack_code, ack, 3);
+            *dup = 1;
+            /* For the browser's "duplicate" status: how often it was re-sent. */
+            sqlite3_bind_int64(d->upd_dup, 1, m->received_ms);
+            sqlite3_bind_int64(d->upd_dup, 2, r->id);
+            rc = sqlite3_step(d->upd_dup);
+            sqlite3_reset(d->upd_dup);
+            return rc == SQLITE_DONE ? SQLITE_OK : rc;
+        }
+        if (rc == SQLITE_ROW)
+            r->key_reused = 1;
+        else if (rc != SQLITE_DONE)
+            return rc;
+    }
     sqlite3_stmt *st = d->ins_msg;
     bind_meta(st, m);
     sqlite3_bind_blob64(st, 11, m->span[SF_RAW].len ? store_msg_ptr(m, SF_RAW) : (const void *)"",
@@ -750,48 +852,17 @@ static int insert_one(struct store *s, const struct store_msg *m, struct store_r
         sqlite3_bind_null(st, 13);
     sqlite3_bind_int64(st, 14, m->row_count);
     sqlite3_bind_int(st, 15, m->filtered);
+    sqlite3_bind_int64(st, 16, (sqlite3_int64)m->digest);
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc != SQLITE_DONE)
         return rc;
-
-    if (sqlite3_changes(d->db) == 1) {
-        r->status = STORE_STORED;
-        r->id = sqlite3_last_insert_rowid(d->db);
-        memcpy(r->ack_code, m->ack_code, 3);
-        *dup = 0;
-        rc = m->span[SF_ROWS].len ? insert_rows(s, m, r->id) : SQLITE_OK;
-        if (rc == SQLITE_OK && m->has_appt)
-            rc = insert_appt(s, m, r->id);
-        return rc;
-    }
-
-    st = d->sel_dup;
-    bind_text(st, 1, m, SF_SEND_APP);
-    bind_text(st, 2, m, SF_SEND_FAC);
-    bind_text(st, 3, m, SF_CONTROL_ID);
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
-        r->status = STORE_DUPLICATE;
-        r->id = sqlite3_column_int64(st, 0);
-        const unsigned char *ack = sqlite3_column_text(st, 1);
-        r->ack_code[0] = ack && ack[0] ? (char)ack[0] : m->ack_code[0];
-        r->ack_code[1] = ack && ack[0] && ack[1] ? (char)ack[1] : m->ack_code[1];
-        r->ack_code[2] = '\0';
-        *dup = 1;
-        rc = SQLITE_OK;
-    } else if (rc == SQLITE_DONE) {
-        rc = SQLITE_INTERNAL; /* a conflict without the row it conflicted with */
-    }
-    sqlite3_reset(st);
-    if (rc == SQLITE_OK) {
-        /* For the browser's "duplicate" status: how often it was re-sent. */
-        sqlite3_bind_int64(d->upd_dup, 1, m->received_ms);
-        sqlite3_bind_int64(d->upd_dup, 2, r->id);
-        rc = sqlite3_step(d->upd_dup);
-        sqlite3_reset(d->upd_dup);
-        rc = rc == SQLITE_DONE ? SQLITE_OK : rc;
-    }
+    r->status = STORE_STORED;
+    r->id = sqlite3_last_insert_rowid(d->db);
+    memcpy(r->ack_code, m->ack_code, 3);
+    rc = m->span[SF_ROWS].len ? insert_rows(s, m, r->id) : SQLITE_OK;
+    if (rc == SQLITE_OK && m->has_appt)
+        rc = insert_appt(s, m, r->id);
     return rc;
 }
 
@@ -804,12 +875,13 @@ static int write_range(struct store *s, size_t first, size_t n)
     int rc = step_retry(d->begin);
     if (rc != SQLITE_OK)
         return rc;
-    uint64_t dups = 0, rejected = 0;
+    uint64_t dups = 0, rejected = 0, reused = 0;
     for (size_t i = first; i < first + n && rc == SQLITE_OK; i++) {
         int dup = 0;
         rc = insert_one(s, s->grp[i], &s->grp_res[i], &dup);
         dups += (uint64_t)dup;
         rejected += (uint64_t)s->grp[i]->rejected;
+        reused += (uint64_t)s->grp_res[i].key_reused;
     }
     if (rc == SQLITE_OK)
         rc = step_retry(d->commit);
@@ -823,6 +895,7 @@ static int write_range(struct store *s, size_t first, size_t n)
     atomic_fetch_add_explicit(&s->st.messages, n - dups - rejected, memory_order_relaxed);
     atomic_fetch_add_explicit(&s->st.rejected, rejected, memory_order_relaxed);
     atomic_fetch_add_explicit(&s->st.duplicates, dups, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->st.control_id_reused, reused, memory_order_relaxed);
     atomic_fetch_add_explicit(&s->st.commit_ns_total, ns, memory_order_relaxed);
     if (n > atomic_load_explicit(&s->st.max_group_seen, memory_order_relaxed))
         atomic_store_explicit(&s->st.max_group_seen, n, memory_order_relaxed);
@@ -835,6 +908,7 @@ static void fail_range(struct store *s, size_t first, size_t n, int rc)
     for (size_t i = first; i < first + n; i++) {
         s->grp_res[i].status = STORE_FAILED;
         s->grp_res[i].id = 0;
+        s->grp_res[i].key_reused = 0;
         memcpy(s->grp_res[i].ack_code, s->grp[i]->ack_code, 3);
     }
     atomic_fetch_add_explicit(&s->st.failures, n, memory_order_relaxed);

@@ -12,7 +12,7 @@
 #include <stdatomic.h>
 
 /* Bumped whenever a migration is appended to store_db.c. */
-#define STORE_SCHEMA_VERSION      7
+#define STORE_SCHEMA_VERSION      8
 
 /* How long one BEGIN/COMMIT attempt waits for a lock held by another
  * connection (a CLI, a sink reader) and how long in total before the group
@@ -67,6 +67,7 @@ struct store_msg {
     int err_code;
     int has_appt;
     int64_t appt_event_time, appt_start_s, appt_duration_min;
+    uint64_t digest;
     char ack_code[3];
     struct { size_t off, len; } span[SF_COUNT];
     uint8_t data[];
@@ -156,7 +157,7 @@ struct store {
     struct {
         _Atomic uint64_t commits, messages, duplicates, failures;
         _Atomic uint64_t max_group_seen, commit_ns_total;
-        _Atomic uint64_t rejected;
+        _Atomic uint64_t rejected, control_id_reused;
     } st;
 };
 

@@ -1249,6 +1249,43 @@ static void test_ack_batch(void **state)
     free(f);
 }
 
+/* What duplicate detection compares: MSH-7 and line endings do not count,
+ * everything else does. */
+static char *content_of(const char *msg)
+{
+    struct hl7_msg *m = hl7_msg_new();
+    parse_ok(m, msg);
+    struct buf b;
+    buf_init(&b, 1 << 16);
+    assert_int_equal(hl7_msg_content(m, &b), 0);
+    char *out = calloc(1, b.len + 1);
+    memcpy(out, buf_data(&b), b.len);
+    buf_release(&b);
+    hl7_msg_free(m);
+    return out;
+}
+
+static void test_content_for_duplicates(void **state)
+{
+    (void)state;
+    char *a = content_of("MSH|^~\\&|A|B|C|D|20260301120000||ADT^A01|C1|P|2.5\rPID|1||M1\r");
+    char *b = content_of("\xEF\xBB\xBFMSH|^~\\&|A|B|C|D|20260302083000+0100||ADT^A01|C1|P|2.5\r\n"
+                         "PID|1||M1\r\n\r\n");
+    char *c = content_of("MSH|^~\\&|A|B|C|D|20260301120000||ADT^A01|C1|P|2.5\rPID|1||M2\r");
+    char *d = content_of("MSH|^~\\&|A|B|C|D|20260301120000||ADT^A08|C1|P|2.5\rPID|1||M1\r");
+    char *e = content_of("MSH|^~\\&|A|B|C|D\r");
+    assert_string_equal(a, "MSH|^~\\&|A|B|C|D|||ADT^A01|C1|P|2.5\rPID|1||M1\r");
+    assert_string_equal(a, b);
+    assert_string_not_equal(a, c);
+    assert_string_not_equal(a, d);
+    assert_string_equal(e, "MSH|^~\\&|A|B|C|D\r");
+    free(a);
+    free(b);
+    free(c);
+    free(d);
+    free(e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1270,6 +1307,7 @@ int main(void)
         cmocka_unit_test(test_ack_golden),
         cmocka_unit_test(test_ack_choose),
         cmocka_unit_test(test_ack_batch),
+        cmocka_unit_test(test_content_for_duplicates),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

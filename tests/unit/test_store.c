@@ -103,6 +103,7 @@ struct msg_spec {
     int quarantined;
     const char *reason;
     const struct store_appt_facts *appt; /* NULL → none */
+    uint64_t digest;      /* content digest (0 unless a test sets it) */
 };
 
 static const char default_raw[] = "MSH|^~\\&|APP|FAC|HB|HB|20240101120000||ADT^A01|X|P|2.5\r";
@@ -125,6 +126,7 @@ static struct store_msg *make_msg(const struct msg_spec *sp)
         .row_count = sp->row_count,
         .quarantined = sp->quarantined, .reason = sp->reason,
         .appt = sp->appt,
+        .digest = sp->digest,
     };
     struct store_msg *m = store_msg_new(&f);
     assert_non_null(m);
@@ -233,7 +235,7 @@ static void test_store_and_read_back(void **state)
     assert_int_equal(sqlite3_step(st), SQLITE_DONE);
     sqlite3_finalize(st);
 
-    assert_int_equal(db_int(db, "SELECT MAX(version) FROM schema_version"), 7);
+    assert_int_equal(db_int(db, "SELECT MAX(version) FROM schema_version"), 8);
     sqlite3_stmt *jm = NULL;
     assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &jm, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_step(jm), SQLITE_ROW);
@@ -311,6 +313,46 @@ static void test_duplicates(void **state)
     assert_int_equal(st.duplicates, 2);
     assert_int_equal(st.messages, 5);
     store_close(s);
+}
+
+/* A control id reused for other content (a sender's counter reset) is a
+ * new message: stored, flagged key_reused and counted; only the same key
+ * with the same digest is a re-send. */
+static void test_reused_control_id(void **state)
+{
+    struct fixture *fx = *state;
+    struct store *s = open_store(fx, 0, 0, 7);
+    struct msg_spec a = { .app = "APP", .fac = "FAC", .ctl = "R1", .digest = 0x1111 };
+    struct msg_spec b = a;
+    b.digest = 0x2222;
+    b.ack = "CA";
+    submit(s, &a, 1);
+    submit(s, &b, 2);
+    submit(s, &b, 3); /* b re-sent in the same group */
+    submit(s, &a, 4); /* a re-sent */
+    struct store_result r[4];
+    wait_results(s, r, 4);
+    assert_int_equal(r[0].status, STORE_STORED);
+    assert_int_equal(r[0].key_reused, 0);
+    assert_int_equal(r[1].status, STORE_STORED);
+    assert_int_equal(r[1].key_reused, 1);
+    assert_true(r[1].id != r[0].id);
+    assert_int_equal(r[2].status, STORE_DUPLICATE);
+    assert_int_equal(r[2].id, r[1].id);
+    assert_string_equal(r[2].ack_code, "CA");
+    assert_int_equal(r[3].status, STORE_DUPLICATE);
+    assert_int_equal(r[3].id, r[0].id);
+    assert_string_equal(r[3].ack_code, "AA");
+    struct store_stats st;
+    store_get_stats(s, &st);
+    assert_int_equal(st.control_id_reused, 1);
+    assert_int_equal(st.duplicates, 2);
+    assert_int_equal(st.messages, 2);
+    store_close(s);
+    sqlite3 *db = open_db(fx);
+    assert_int_equal(db_int(db, "SELECT COUNT(*) FROM messages WHERE control_id = 'R1'"), 2);
+    assert_int_equal(db_int(db, "SELECT COUNT(DISTINCT digest) FROM messages"), 2);
+    sqlite3_close(db);
 }
 
 static void test_duplicates_within_group(void **state)
@@ -621,7 +663,7 @@ static void test_reopen_keeps_data(void **state)
     assert_int_equal(c.quarantined, 0);
 
     sqlite3 *db = open_db(fx);
-    assert_int_equal(db_int(db, "SELECT COUNT(*) FROM schema_version"), 7);
+    assert_int_equal(db_int(db, "SELECT COUNT(*) FROM schema_version"), 8);
     sqlite3_close(db);
 }
 
@@ -1243,6 +1285,8 @@ static void test_upgrade_from_schema_2(void **state)
 
     /* Turn it back into what schema 2 left on disk. */
     sqlite3 *db = open_db(fx);
+    db_exec(db, "DROP INDEX messages_key; ALTER TABLE messages DROP COLUMN digest;"
+                " DELETE FROM schema_version WHERE version = 8");
     db_exec(db, "DROP TABLE appt_facts; DELETE FROM schema_version WHERE version = 7");
     db_exec(db, "DROP TABLE row_layouts; ALTER TABLE rows DROP COLUMN layout;"
                 " ALTER TABLE batches DROP COLUMN layout;"
@@ -1274,7 +1318,7 @@ static void test_upgrade_from_schema_2(void **state)
     s = open_store(fx, 0, 0, 7);
     store_request_housekeeping(s);
     db = open_db(fx);
-    assert_int_equal(db_int(db, "SELECT MAX(version) FROM schema_version"), 7);
+    assert_int_equal(db_int(db, "SELECT MAX(version) FROM schema_version"), 8);
     assert_int_equal(db_int(db, "SELECT COUNT(*) FROM message_delivery"
                                 " WHERE delivered_ms IS NOT NULL"), 2);
     uint64_t deadline = clock_mono_ms() + 10000;
@@ -1291,6 +1335,89 @@ static void test_upgrade_from_schema_2(void **state)
     db_exec(db, sql);
     assert_int_equal(db_int(db, "SELECT COUNT(*) FROM message_delivery"
                                 " WHERE delivered_ms IS NULL"), 0);
+    sqlite3_close(db);
+    store_close(s);
+}
+
+/* A store written by schema 7 (UNIQUE on the key, no digest) is rebuilt in
+ * place at open: the same ids (rows and deliveries still point right), the
+ * indexes back, and its messages matched by key alone, as they were then. */
+static void test_upgrade_from_schema_7(void **state)
+{
+    struct fixture *fx = *state;
+    struct store *s = open_store(fx, 0, 0, 7);
+    struct msg_spec old = { .app = "APP", .fac = "FAC", .ctl = "U4A", .rows = "r1\n",
+                            .row_count = 1, .digest = 5 };
+    submit(s, &old, 1);
+    submit_simple(s, "U4B", 2);
+    struct store_result r[2];
+    wait_results(s, r, 2);
+    store_close(s);
+
+    /* Turn messages back into what schema 6 left on disk. */
+    sqlite3 *db = open_db(fx);
+    db_exec(db,
+            "DROP VIEW message_delivery; DROP INDEX messages_key;"
+            "CREATE TABLE m4 (id INTEGER PRIMARY KEY, received_ms INTEGER NOT NULL,"
+            " listener TEXT NOT NULL, peer TEXT NOT NULL, send_app TEXT NOT NULL,"
+            " send_fac TEXT NOT NULL, control_id TEXT, msg_type TEXT NOT NULL,"
+            " \"trigger\" TEXT NOT NULL, version TEXT NOT NULL, ack_code TEXT NOT NULL, raw BLOB,"
+            " quarantined INTEGER NOT NULL DEFAULT 0, reason TEXT, delivered_ms INTEGER,"
+            " row_count INTEGER, filtered INTEGER NOT NULL DEFAULT 0,"
+            " dup_count INTEGER NOT NULL DEFAULT 0, last_dup_ms INTEGER, made_by TEXT,"
+            " origin TEXT, UNIQUE (send_app, send_fac, control_id));"
+            "INSERT INTO m4 SELECT id, received_ms, listener, peer, send_app, send_fac, control_id,"
+            " msg_type, \"trigger\", version, ack_code, raw, quarantined, reason, delivered_ms,"
+            " row_count, filtered, dup_count, last_dup_ms, made_by, origin FROM messages;"
+            "DROP TABLE messages; ALTER TABLE m4 RENAME TO messages;"
+            "CREATE INDEX messages_retention ON messages(delivered_ms)"
+            " WHERE delivered_ms IS NOT NULL AND raw IS NOT NULL;"
+            "CREATE INDEX messages_quarantined ON messages(received_ms) WHERE quarantined = 1;"
+            "CREATE INDEX messages_delivered ON messages(delivered_ms)"
+            " WHERE delivered_ms IS NOT NULL;"
+            "CREATE INDEX messages_filtered ON messages(received_ms) WHERE filtered = 1;"
+            "CREATE INDEX messages_duplicates ON messages(received_ms) WHERE dup_count > 0;"
+            "CREATE INDEX messages_origin ON messages(origin) WHERE origin IS NOT NULL;"
+            "CREATE VIEW message_delivery AS SELECT id, quarantined, delivered_ms FROM messages;"
+            "DELETE FROM schema_version WHERE version = 8");
+    assert_int_equal(db_int(db, "SELECT COUNT(*) FROM pragma_table_info('messages')"
+                                " WHERE name = 'digest'"), 0);
+    sqlite3_close(db);
+
+    s = open_store(fx, 0, 0, 7);
+    db = open_db(fx);
+    assert_int_equal(db_int(db, "SELECT MAX(version) FROM schema_version"), 8);
+    assert_int_equal(db_int(db, "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND"
+                                " name IN ('messages_key', 'messages_retention',"
+                                " 'messages_quarantined', 'messages_delivered', 'messages_filtered',"
+                                " 'messages_duplicates', 'messages_origin')"), 7);
+    char sql[160];
+    snprintf(sql, sizeof sql, "SELECT id FROM messages WHERE control_id = 'U4A'");
+    assert_int_equal(db_int(db, sql), r[0].id);
+    snprintf(sql, sizeof sql, "SELECT COUNT(*) FROM rows WHERE msg_id = %lld", (long long)r[0].id);
+    assert_int_equal(db_int(db, sql), 1);
+    assert_int_equal(db_int(db, "SELECT COUNT(*) FROM message_delivery"), 2);
+    assert_int_equal(db_int(db, "SELECT COUNT(*) FROM messages WHERE digest IS NULL"), 2);
+
+    /* Stored before digests: a re-send is still recognised by its key. */
+    struct msg_spec again = old;
+    again.digest = 77;
+    submit(s, &again, 3);
+    struct store_result r3 = one_result(s);
+    assert_int_equal(r3.status, STORE_DUPLICATE);
+    assert_int_equal(r3.id, r[0].id);
+    /* New messages follow the new rule. */
+    struct msg_spec c1 = { .app = "APP", .fac = "FAC", .ctl = "U4C", .digest = 1 };
+    struct msg_spec c2 = c1;
+    c2.digest = 2;
+    submit(s, &c1, 4);
+    submit(s, &c2, 5);
+    struct store_result rc[2];
+    wait_results(s, rc, 2);
+    assert_int_equal(rc[0].status, STORE_STORED);
+    assert_int_equal(rc[1].status, STORE_STORED);
+    assert_int_equal(rc[1].key_reused, 1);
+    assert_int_equal(db_int(db, "SELECT COUNT(*) FROM messages"), 4);
     sqlite3_close(db);
     store_close(s);
 }
@@ -1466,6 +1593,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_retention_kinds, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retention_ranges, setup, teardown),
         cmocka_unit_test_setup_teardown(test_upgrade_from_schema_2, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_upgrade_from_schema_7, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reused_control_id, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rejected_kept_apart, setup, teardown),
         cmocka_unit_test_setup_teardown(test_browser_searches, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_drains, setup, teardown),
