@@ -45,6 +45,9 @@ struct batch {
     int enhanced;
     struct hl7_err first_err;
     int have_err;
+    unsigned first_err_member; /* 1-based member that first_err is about */
+    const char *count_note;    /* count_text when a BTS-1/FTS-1 count did not match */
+    char count_text[160];
     const struct ingest_listener *il; /* for stats */
     uint64_t rx_ns;       /* frame arrival (clock_mono_ns), for stats */
     unsigned duplicates;  /* members the store found already stored */
@@ -55,6 +58,7 @@ struct pending {
     uint8_t *msh;         /* copy of the MSH segment (owned) */
     size_t msh_len;
     struct batch *batch;  /* non-NULL for a batch member */
+    unsigned member;      /* its 1-based place in the batch */
     const struct ingest_listener *il;
     uint64_t rx_ns;       /* frame arrival (clock_mono_ns), for stats */
     int kept;             /* a rejected message kept for the browser: already answered */
@@ -182,20 +186,43 @@ static void note_batch(struct ingest *in, const struct batch *b, enum hl7_ack_co
                        b->rx_ns && now > b->rx_ns ? now - b->rx_ns : 1);
 }
 
+/* Member `member` (1-based) of the batch was not stored. */
+static void batch_fail(struct batch *b, unsigned member, const struct hl7_err *err)
+{
+    b->failed++;
+    if (!b->have_err && err) {
+        b->first_err = *err;
+        b->first_err_member = member;
+        b->have_err = 1;
+    }
+}
+
 static void batch_finish(struct ingest *in, struct batch *b)
 {
     struct mllp_conn *c = mllp_server_conn(in->srv, b->conn_id);
     struct hl7_batch_iter it;
     struct hl7_err e;
     enum hl7_ack_code code;
-    char text[96];
+    char text[320];
+    /* Exactly what is on disk: every member not failed is stored (new, or
+     * already there from an earlier send). */
+    unsigned stored = b->total - b->failed;
+    int n;
     if (b->failed == 0) {
         code = b->enhanced ? HL7_ACK_CA : HL7_ACK_AA;
-        snprintf(text, sizeof text, "Batch accepted: %u messages", b->total);
+        n = snprintf(text, sizeof text, "Batch accepted: %u of %u messages stored", stored,
+                     b->total);
     } else {
         code = b->enhanced ? HL7_ACK_CE : HL7_ACK_AE;
-        snprintf(text, sizeof text, "Batch: %u of %u messages not accepted", b->failed, b->total);
+        n = snprintf(text, sizeof text,
+                     "Batch: %u of %u messages stored, %u not accepted (first: message %u)",
+                     stored, b->total, b->failed, b->first_err_member);
     }
+    if (b->duplicates && n > 0 && (size_t)n < sizeof text)
+        n += snprintf(text + n, sizeof text - (size_t)n, ", %u of them already received",
+                      b->duplicates);
+    if (b->count_note && n > 0 && (size_t)n < sizeof text)
+        (void)snprintf(text + n, sizeof text - (size_t)n, "; warning: %s", b->count_note);
     in->st.acks[code]++;
     if (in->stats)
         note_batch(in, b, code);
@@ -218,16 +245,11 @@ static void batch_finish(struct ingest *in, struct batch *b)
     free(b);
 }
 
-static void batch_member_done(struct ingest *in, struct batch *b, int failed,
+static void batch_member_done(struct ingest *in, struct batch *b, unsigned member, int failed,
                               const struct hl7_err *err)
 {
-    if (failed) {
-        b->failed++;
-        if (!b->have_err && err) {
-            b->first_err = *err;
-            b->have_err = 1;
-        }
-    }
+    if (failed)
+        batch_fail(b, member, err);
     b->outstanding--;
     if (b->done_queuing && b->outstanding == 0)
         batch_finish(in, b);
@@ -416,6 +438,7 @@ static int submit(struct ingest *in, struct mllp_conn *c, uint64_t seq, const st
     p->conn_id = mllp_conn_id(c);
     p->seq = seq;
     p->batch = b;
+    p->member = b ? b->total : 0;
     p->il = il;
     p->rx_ns = in->cur_rx_ns;
     if (store_submit(in->store, sm, in->ring_head) != 0) {
@@ -529,7 +552,7 @@ static void on_result(struct ingest *in, const struct store_result *r)
         in->st.store_failures++;
 
     if (p->batch) {
-        batch_member_done(in, p->batch, r->status == STORE_FAILED,
+        batch_member_done(in, p->batch, p->member, r->status == STORE_FAILED,
                           r->status == STORE_FAILED ? &fail : NULL);
     } else {
         struct mllp_conn *c = mllp_server_conn(in->srv, p->conn_id);
@@ -610,6 +633,26 @@ static int backlog_full(const struct ingest *in, uint64_t extra)
            in->backlog(in->backlog_ud) + extra > in->backlog_max;
 }
 
+/* AR for a batch whose envelope cannot be accepted, echoing what the
+ * iterator could read (BHS-11 or the first MSH-10, the sender). */
+static void reject_batch(struct ingest *in, struct mllp_conn *c, uint64_t seq,
+                         const struct hl7_batch_iter *it, const struct hl7_err *err)
+{
+    enum hl7_ack_code code = in->o.enhanced ? HL7_ACK_CR : HL7_ACK_AR;
+    in->st.acks[code]++;
+    if (in->stats)
+        note_ack(in, NULL, code, err);
+    struct hl7_ack_ctx ctx;
+    ack_ctx(in, &ctx);
+    buf_reset(&in->ack);
+    if (hl7_ack_build_batch(it, code, "Batch envelope cannot be read", err, &ctx, &in->ack) != 0) {
+        buf_reset(&in->ack);
+        if (hl7_ack_build(NULL, code, "Batch envelope cannot be read", err, &ctx, &in->ack) != 0)
+            return;
+    }
+    (void)mllp_conn_reply(c, seq, buf_data(&in->ack), in->ack.len);
+}
+
 static void handle_batch(struct ingest *in, struct mllp_conn *c, uint64_t seq,
                          const struct ingest_listener *il, const uint8_t *p, size_t len)
 {
@@ -618,7 +661,9 @@ static void handle_batch(struct ingest *in, struct mllp_conn *c, uint64_t seq,
     in->st.batches++;
     if (hl7_batch_begin(&it, p, len, &err) != 0) {
         in->st.received++;
-        answer(in, c, seq, NULL, HL7_REJECT, NULL, "Batch envelope cannot be read", &err);
+        log_info("hl7_rejected", "listener=%s peer=%s code=%d reason=\"%s\"", il->name,
+                 mllp_conn_peer(c), err.code, err.text);
+        reject_batch(in, c, seq, &it, &err);
         return;
     }
     struct batch *b = calloc(1, sizeof *b);
@@ -639,7 +684,13 @@ static void handle_batch(struct ingest *in, struct mllp_conn *c, uint64_t seq,
     unsigned backlog_refused = 0;
     while ((r = hl7_batch_next(&it, &msg, &err)) == 1) {
         if (first) {
-            env_end = (size_t)(msg.p - p);
+            /* The envelope kept for the ACK runs to the end of the first
+             * MSH line: it gives MSH-12 (the ACK's version) and, for a
+             * batch with only a trailer, MSA-2 and the receiver. */
+            size_t k = 0;
+            while (k < msg.len && msg.p[k] != '\r' && msg.p[k] != '\n')
+                k++;
+            env_end = (size_t)(msg.p - p) + k;
             first = 0;
         }
         in->st.received++;
@@ -649,11 +700,7 @@ static void handle_batch(struct ingest *in, struct mllp_conn *c, uint64_t seq,
         enum hl7_ack_code err_code = b->enhanced ? HL7_ACK_CE : HL7_ACK_AE;
         if (hl7_msg_parse(in->msg, msg.p, msg.len, &il->parse, &e) != 0 ||
             hl7_msg_validate(in->msg, &e) != 0) {
-            b->failed++;
-            if (!b->have_err) {
-                b->first_err = e;
-                b->have_err = 1;
-            }
+            batch_fail(b, b->total, &e);
             keep_rejected(in, c, il, msg.p, msg.len, in->msg, rej, e.text, &e);
             continue;
         }
@@ -661,11 +708,7 @@ static void handle_batch(struct ingest *in, struct mllp_conn *c, uint64_t seq,
             in->st.sender_refused++;
             hl7_err_set(&e, HL7_E_INTERNAL, "MSH", 1, 3,
                         "sender not allowed for this client certificate");
-            b->failed++;
-            if (!b->have_err) {
-                b->first_err = e;
-                b->have_err = 1;
-            }
+            batch_fail(b, b->total, &e);
             keep_rejected(in, c, il, msg.p, msg.len, in->msg, rej, e.text, &e);
             continue;
         }
@@ -675,20 +718,12 @@ static void handle_batch(struct ingest *in, struct mllp_conn *c, uint64_t seq,
             in->st.backlog_refused++;
             backlog_refused++;
             hl7_err_set(&e, HL7_E_INTERNAL, "", 0, 0, "sink backlog full");
-            b->failed++;
-            if (!b->have_err) {
-                b->first_err = e;
-                b->have_err = 1;
-            }
+            batch_fail(b, b->total, &e);
             continue;
         }
         struct mapped mr;
         if (map_message(in, &mr, &e) != 0) {
-            b->failed++;
-            if (!b->have_err) {
-                b->first_err = e;
-                b->have_err = 1;
-            }
+            batch_fail(b, b->total, &e);
             keep_rejected(in, c, il, msg.p, msg.len, in->msg, err_code,
                           mapping_result_reason(in->mres), &e);
             continue;
@@ -698,19 +733,23 @@ static void handle_batch(struct ingest *in, struct mllp_conn *c, uint64_t seq,
         if (submit(in, c, seq, in->msg, il, b, &mr) != 0) {
             struct hl7_err f;
             hl7_err_set(&f, HL7_E_INTERNAL, "", 0, 0, "store queue full");
-            batch_member_done(in, b, 1, &f);
+            batch_member_done(in, b, b->total, 1, &f);
         }
     }
     if (backlog_refused)
         log_warn("backlog_full", "listener=%s peer=%s max_pending_rows=%llu batch_refused=%u",
                  il->name, mllp_conn_peer(c), (unsigned long long)in->backlog_max,
                  backlog_refused);
-    if (r < 0) {
-        b->failed++;
-        if (!b->have_err) {
-            b->first_err = err;
-            b->have_err = 1;
-        }
+    if (r < 0)
+        batch_fail(b, b->total, &err);
+    if (it.count_mismatches) {
+        /* BHS/BTS/FHS/FTS counts are the sender's bookkeeping: the members
+         * were judged one by one, so a wrong count is a warning only. */
+        in->st.batch_count_mismatch++;
+        snprintf(b->count_text, sizeof b->count_text, "%s", it.count_err.text);
+        b->count_note = b->count_text;
+        log_warn("batch_count_mismatch", "listener=%s peer=%s segment=%s reason=\"%s\" messages=%u",
+                 il->name, mllp_conn_peer(c), it.count_err.seg, it.count_err.text, b->total);
     }
     b->envelope = malloc(env_end ? env_end : 1);
     if (b->envelope) {
@@ -733,6 +772,19 @@ static void update_group_hint(struct ingest *in)
     store_set_expected_group(in->store, (unsigned)mllp_server_active_conns(in->srv, 1000));
 }
 
+/* 1 when a line of the frame begins with BTS or FTS: messages followed by
+ * a batch trailer are a batch even without a header.  Only asked of frames
+ * that failed to parse as one message. */
+static int has_trailer(const uint8_t *p, size_t len)
+{
+    for (size_t i = 1; i + 3 <= len; i++) {
+        if ((p[i - 1] == '\r' || p[i - 1] == '\n') && p[i + 1] == 'T' && p[i + 2] == 'S' &&
+            (p[i] == 'B' || p[i] == 'F'))
+            return 1;
+    }
+    return 0;
+}
+
 static void on_frame(void *ud, struct mllp_conn *c, uint64_t seq, const uint8_t *p, size_t len)
 {
     struct ingest *in = ud;
@@ -745,10 +797,16 @@ static void on_frame(void *ud, struct mllp_conn *c, uint64_t seq, const uint8_t 
         handle_batch(in, c, seq, il, p, len);
         return;
     }
-    in->st.received++;
     struct hl7_err err;
     enum hl7_ack_code code;
-    if (hl7_msg_parse(in->msg, p, len, &il->parse, &err) != 0) {
+    if (hl7_msg_parse(in->msg, p, len, &il->parse, &err) != 0 &&
+        err.code == HL7_E_SEGMENT_SEQUENCE && has_trailer(p, len)) {
+        /* MSH … BTS/FTS: a batch with a trailer and no header. */
+        handle_batch(in, c, seq, il, p, len);
+        return;
+    }
+    in->st.received++;
+    if (err.code != 0) {
         log_info("hl7_rejected", "listener=%s peer=%s code=%d reason=\"%s\"", il->name,
                  mllp_conn_peer(c), err.code, err.text);
         code = answer(in, c, seq, in->msg, HL7_REJECT, NULL, "Message cannot be parsed", &err);

@@ -45,6 +45,7 @@ struct ingest_stats {
     uint64_t control_id_reused; /* stored: same MSH-3/4/10 as a stored message, other content */
     uint64_t store_failures;
     uint64_t batches;
+    uint64_t batch_count_mismatch; /* BTS-1/FTS-1 not matching: warned, not refused */
     uint64_t filtered;          /* accepted, no rule selected them */
     uint64_t quarantined;       /* accepted, kept aside */
     uint64_t mapping_rejected;  /* AE from the rules */

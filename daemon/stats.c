@@ -912,6 +912,10 @@ int stats_render_prometheus(const struct stats_snapshot *s, struct buf *out)
                    "Messages accepted and kept aside by the mapping rules.", g->ingest.quarantined);
     rc |= prom_one(out, "hl7bridge_messages_filtered_total", "counter",
                    "Messages accepted that no mapping rule selected.", g->ingest.filtered);
+    rc |= prom_one(out, "hl7bridge_batch_count_mismatch_total", "counter",
+                   "Batches whose BTS-1 or FTS-1 count did not match their content"
+                   " (warned; the members were judged one by one).",
+                   g->ingest.batch_count_mismatch);
     rc |= prom_one(out, "hl7bridge_batches_total", "counter", "HL7 batches received.",
                    g->ingest.batches);
     rc |= prom_head(out, "hl7bridge_store_free_disk_bytes", "gauge",

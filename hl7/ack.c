@@ -1,11 +1,16 @@
 /* hl7/ack.c — acknowledgement choice and ACK message construction.
  *
- * An ACK is written straight into the caller's buffer in one pass.  Values
- * echoed from the incoming message (MSH-3/4 as receiver, MSH-9.2, MSH-10,
- * MSH-11, MSH-12) are copied raw: they are already escaped with the same
- * delimiters, which the ACK reuses.  Our own text (application, facility,
- * control id, MSA-3, error text) goes through hl7_escape so no value can
- * break the message structure.
+ * An ACK is written straight into the caller's buffer in one pass.  It uses
+ * the sender's delimiters when they are usable for an ACK (none is a letter,
+ * digit or one of . + - that our own fixed text holds: "MSA", "AA", "2.5",
+ * the timestamp), else |^~\&.  Values echoed from the incoming message
+ * (MSH-3/4 as receiver, MSH-9.2, MSH-10, MSH-11, MSH-12) are copied raw when
+ * the delimiters are the sender's (they are already escaped with them), and
+ * re-escaped for ours otherwise; a control byte in them is never echoed but
+ * written as \Xhh\.  Our own text (application, facility, control id,
+ * MSA-3, error text) goes through hl7_escape so no value can break the
+ * message structure.  MSH-11 is echoed as it came, empty included; P is
+ * written only when there was no MSH to echo.
  *
  * Version-dependent form (decided from MSH-12.1, 2.5 when unknown):
  *  - MSH-9 is ACK^<trigger>^ACK from v2.3.1 on (the message structure
@@ -72,8 +77,28 @@ enum hl7_ack_code hl7_ack_choose(const struct hl7_msg *m, int enhanced, enum hl7
 /* What an ACK echoes, whatever it acknowledges. */
 struct ack_in {
     const struct hl7_delims *d;
+    int raw_ok;      /* d are the sender's own: echoed values need no escaping */
+    int have_header; /* an incoming header was read (else MSH-11 P, MSH-12 2.5) */
     struct hl7_slice recv_app, recv_fac, trigger, proc_id, version, echo_id;
 };
+
+static int plain(uint8_t c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+           c == '.' || c == '+' || c == '-';
+}
+
+/* The sender's delimiters serve for the ACK unless one of them could be
+ * read inside the fixed text an ACK holds. */
+static const struct hl7_delims *ack_delims(const struct hl7_delims *d, int *raw_ok)
+{
+    *raw_ok = 0;
+    if (!d || plain(d->field) || plain(d->comp) || plain(d->rep) || plain(d->esc) ||
+        plain(d->sub) || (d->trunc && plain(d->trunc)))
+        return &std_delims;
+    *raw_ok = 1;
+    return d;
+}
 
 struct w {
     struct buf *out;
@@ -88,7 +113,33 @@ static void raw(struct w *w, const void *p, size_t n)
 
 static void ch(struct w *w, uint8_t c) { raw(w, &c, 1); }
 static void lit(struct w *w, const char *s) { raw(w, s, strlen(s)); }
-static void sl(struct w *w, struct hl7_slice s) { raw(w, s.p, s.len); }
+
+/* An echoed value: raw when the delimiters are the sender's, control bytes
+ * always as \Xhh\, and re-escaped for our delimiters otherwise. */
+static void echo(struct w *w, const struct ack_in *in, struct hl7_slice s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    const struct hl7_delims *d = in->d;
+    size_t run = 0;
+    if (s.len == 0)
+        return; /* an absent value may be a NULL view */
+    for (size_t i = 0; i < s.len; i++) {
+        uint8_t c = s.p[i];
+        int ctl = c < 0x20 || c == 0x7f;
+        if (!ctl && (in->raw_ok || (c != d->field && c != d->comp && c != d->rep &&
+                                    c != d->esc && c != d->sub && c != d->trunc)))
+            continue;
+        raw(w, s.p + run, i - run);
+        run = i + 1;
+        if (ctl) {
+            uint8_t x[5] = {d->esc, 'X', (uint8_t)hex[c >> 4], (uint8_t)hex[c & 15], d->esc};
+            raw(w, x, sizeof x);
+        } else if (!w->failed && hl7_escape(d, &c, 1, w->out) != 0) {
+            w->failed = 1;
+        }
+    }
+    raw(w, s.p + run, s.len - run);
+}
 
 static void esc(struct w *w, const struct hl7_delims *d, const char *s)
 {
@@ -177,9 +228,9 @@ static int ack_write(const struct ack_in *in, enum hl7_ack_code code, const char
     ch(&w, d->field);
     esc(&w, d, ctx ? ctx->facility : NULL);
     ch(&w, d->field);
-    sl(&w, in->recv_app);
+    echo(&w, in, in->recv_app);
     ch(&w, d->field);
-    sl(&w, in->recv_fac);
+    echo(&w, in, in->recv_fac);
     ch(&w, d->field);
     timestamp(&w, ctx ? ctx->now_ms : 0);
     ch(&w, d->field);
@@ -187,23 +238,23 @@ static int ack_write(const struct ack_in *in, enum hl7_ack_code code, const char
     lit(&w, "ACK");
     if (ver >= 2003001u) {
         ch(&w, d->comp);
-        sl(&w, in->trigger);
+        echo(&w, in, in->trigger);
         ch(&w, d->comp);
         lit(&w, "ACK");
     } else if (in->trigger.len) {
         ch(&w, d->comp);
-        sl(&w, in->trigger);
+        echo(&w, in, in->trigger);
     }
     ch(&w, d->field);
     esc(&w, d, ctx ? ctx->control_id : NULL);
     ch(&w, d->field);
-    if (in->proc_id.len)
-        sl(&w, in->proc_id);
+    if (in->have_header)
+        echo(&w, in, in->proc_id);
     else
         lit(&w, "P");
     ch(&w, d->field);
     if (in->version.len)
-        sl(&w, in->version);
+        echo(&w, in, in->version);
     else
         lit(&w, "2.5");
     ch(&w, '\r');
@@ -213,7 +264,7 @@ static int ack_write(const struct ack_in *in, enum hl7_ack_code code, const char
     ch(&w, d->field);
     lit(&w, hl7_ack_code_name(code));
     ch(&w, d->field);
-    sl(&w, in->echo_id);
+    echo(&w, in, in->echo_id);
     if (text && text[0]) {
         ch(&w, d->field);
         esc(&w, d, text);
@@ -267,8 +318,9 @@ int hl7_ack_build(const struct hl7_msg *m, enum hl7_ack_code code, const char *t
 {
     struct ack_in in;
     memset(&in, 0, sizeof in);
-    in.d = hl7_msg_delims(m);
-    if (m) {
+    in.d = ack_delims(m && m->delims_ok ? &m->d : NULL, &in.raw_ok);
+    if (m && (m->nseg > 0 || m->h_recovered)) {
+        in.have_header = 1;
         in.recv_app = m->h.send_app;
         in.recv_fac = m->h.send_fac;
         in.trigger = m->h.trigger;
@@ -284,7 +336,7 @@ int hl7_ack_build_batch(const struct hl7_batch_iter *it, enum hl7_ack_code code,
 {
     struct ack_in in;
     memset(&in, 0, sizeof in);
-    in.d = it && it->d.comp ? &it->d : &std_delims;
+    in.d = ack_delims(it && it->d.comp ? &it->d : NULL, &in.raw_ok);
     if (it) {
         in.recv_app = it->send_app;
         in.recv_fac = it->send_fac;

@@ -6,8 +6,11 @@
  * broken envelope is refused before any message is handed out; then
  * hl7_batch_next returns each message as a view from its MSH up to the next
  * MSH or envelope segment, and checks BTS-1/FTS-1 counts when it reaches
- * them.  Envelopes with BHS only, FHS+BHS, FHS only, with or without
- * trailers, and a bare run of MSH messages are all accepted.
+ * them — a mismatch is noted for a warning, never an error, since BHS/BTS
+ * are optional and the messages themselves are fine.  Envelopes with BHS
+ * only, FHS+BHS, FHS only, with or without trailers, a trailer without a
+ * header, and a bare run of MSH messages are all accepted; every MSH must
+ * use the header's delimiters.
  *
  * The iterator holds no allocation; any thread. */
 #include "hl7/hl7_int.h"
@@ -106,12 +109,12 @@ int hl7_is_batch(const uint8_t *p, size_t len)
     return (id == ID_FHS || id == ID_BHS) && e - s >= 4 && sep_ok(p[s + 3]);
 }
 
-/* Takes BHS (or FHS) fields as the current batch's identity.  Absent fields
- * are empty views that still point into the envelope segment: the BTS count
- * check uses batch_control_id.p as the batch's starting point. */
+/* Takes BHS (or FHS) fields as the current batch's identity, and its
+ * offset as the start the BTS count is taken from. */
 static void take_envelope(struct hl7_batch_iter *it, size_t s, size_t e)
 {
     const uint8_t *a = it->p + s, *b = it->p + e;
+    it->batch_start = s;
     if (e - s < 4) { /* a bare "BHS": no fields at all */
         it->send_app = it->send_fac = it->batch_control_id = hl7__slice(b, 0);
         return;
@@ -120,6 +123,20 @@ static void take_envelope(struct hl7_batch_iter *it, size_t s, size_t e)
     it->send_app = hl7__raw_field(a, b, fs, 3, 1);
     it->send_fac = hl7__raw_field(a, b, fs, 4, 1);
     it->batch_control_id = hl7__raw_field(a, b, fs, 11, 1);
+}
+
+/* 1 when the segment at a (n bytes) has the iterator's field separator and
+ * encoding characters. */
+static int same_delims(const struct hl7_batch_iter *it, const uint8_t *a, size_t n)
+{
+    if (n < 4 || a[3] != it->d.field)
+        return 0;
+    struct hl7_slice enc = hl7__raw_field(a, a + n, a[3], 2, 1);
+    struct hl7_delims d = {.field = a[3]};
+    if (hl7__read_delims(enc.p, enc.len, &d) != 0)
+        return 0;
+    return d.comp == it->d.comp && d.rep == it->d.rep && d.esc == it->d.esc &&
+           d.sub == it->d.sub && d.trunc == it->d.trunc;
 }
 
 int hl7_batch_begin(struct hl7_batch_iter *it, const uint8_t *p, size_t len, struct hl7_err *err)
@@ -156,11 +173,14 @@ int hl7_batch_begin(struct hl7_batch_iter *it, const uint8_t *p, size_t len, str
     int rc = hl7__read_delims(enc.p, enc.len, &it->d);
     if (rc != 0)
         return envelope_fail(err, rc, id, 2, s, "invalid envelope encoding characters");
-    if (id != ID_MSH)
+    if (id != ID_MSH) {
         take_envelope(it, s, e);
+        it->has_header = 1;
+    }
 
     /* Shape check in one pass. */
     int have_fhs = 0, open = 0, any_bhs = 0, implicit_done = 0, in_msg = 0, ended = 0;
+    int seen_msh = 0;
     size_t idx = 0, pos = 0;
     while (next_seg(it->p, it->len, pos, &s, &e)) {
         id = seg_id(it->p, s, e);
@@ -172,6 +192,9 @@ int hl7_batch_begin(struct hl7_batch_iter *it, const uint8_t *p, size_t len, str
                 return envelope_fail(err, HL7_E_SEGMENT_SEQUENCE, id, 0, s, "FHS inside a file");
             have_fhs = 1;
         } else if (id == ID_BHS) {
+            if (!same_delims(it, it->p + s, e - s))
+                return envelope_fail(err, HL7_E_DATA_TYPE, id, 2, s,
+                                     "batch header delimiters differ from the file header's");
             if (open || (any_bhs == 0 && idx > (size_t)have_fhs))
                 return envelope_fail(err, HL7_E_SEGMENT_SEQUENCE, id, 0, s,
                                      "BHS inside an open batch");
@@ -182,10 +205,18 @@ int hl7_batch_begin(struct hl7_batch_iter *it, const uint8_t *p, size_t len, str
             in_msg = 0;
         } else if (id == ID_MSH) {
             in_msg = 1;
-            if (it->version.len == 0) {
-                const uint8_t *m = it->p + s;
-                if (e - s >= 4)
-                    it->version = hl7__raw_field(m, it->p + e, m[3], 12, 1);
+            const uint8_t *m = it->p + s;
+            if (!same_delims(it, m, e - s))
+                return envelope_fail(err, HL7_E_DATA_TYPE, id, 2, s,
+                                     "message delimiters differ from the batch header's");
+            if (!seen_msh) {
+                seen_msh = 1;
+                it->version = hl7__raw_field(m, it->p + e, m[3], 12, 1);
+                if (!it->has_header) {
+                    it->send_app = hl7__raw_field(m, it->p + e, m[3], 3, 1);
+                    it->send_fac = hl7__raw_field(m, it->p + e, m[3], 4, 1);
+                    it->batch_control_id = hl7__raw_field(m, it->p + e, m[3], 10, 1);
+                }
             }
         } else if (id == ID_BTS) {
             if (open)
@@ -224,26 +255,28 @@ static unsigned count_from(const uint8_t *p, size_t from, size_t to, uint32_t wa
     return n;
 }
 
-static int check_count(struct hl7_batch_iter *it, size_t s, size_t e, uint32_t id, unsigned have,
-                       unsigned *declared, struct hl7_err *err)
+/* Compares BTS-1 / FTS-1 with what the batch holds; a mismatch (or a
+ * count that is no number) is noted in it->count_*, not returned. */
+static void check_count(struct hl7_batch_iter *it, size_t s, size_t e, uint32_t id, unsigned have,
+                        unsigned *declared)
 {
     struct hl7_slice f = hl7__raw_field(it->p + s, it->p + e, it->d.field, 1, 0);
     *declared = 0;
     if (f.len == 0)
-        return 0;
+        return;
     uint64_t v;
-    if (num_parse_u64(f.p, f.len, 1000000000u, &v) != 0) {
-        it->pos = it->len;
-        return envelope_fail(err, HL7_E_DATA_TYPE, id, 1, s, "envelope count is not a number");
+    int bad = num_parse_u64(f.p, f.len, 1000000000u, &v) != 0;
+    if (!bad) {
+        *declared = (unsigned)v;
+        if (v == have)
+            return;
     }
-    *declared = (unsigned)v;
-    if (v != have) {
-        it->pos = it->len;
-        return envelope_fail(err, HL7_E_SEGMENT_SEQUENCE, id, 1, s,
-                             id == ID_BTS ? "BTS-1 message count does not match the batch"
-                                          : "FTS-1 batch count does not match the file");
-    }
-    return 0;
+    if (it->count_mismatches++ == 0)
+        (void)envelope_fail(&it->count_err, bad ? HL7_E_DATA_TYPE : HL7_E_SEGMENT_SEQUENCE, id,
+                            1, s,
+                            bad ? "envelope count is not a number"
+                            : id == ID_BTS ? "BTS-1 message count does not match the batch"
+                                           : "FTS-1 batch count does not match the file");
 }
 
 int hl7_batch_next(struct hl7_batch_iter *it, struct hl7_slice *msg, struct hl7_err *err)
@@ -265,17 +298,19 @@ int hl7_batch_next(struct hl7_batch_iter *it, struct hl7_slice *msg, struct hl7_
             it->pos = e;
         } else if (id == ID_BTS) {
             /* The batch began at its BHS (or FHS); a bare stream at the top. */
-            size_t anchor = (size_t)(it->batch_control_id.p - it->p);
-            unsigned have = count_from(it->p, anchor, s, ID_MSH, anchor != 0);
+            size_t anchor = it->has_header ? it->batch_start : 0;
+            unsigned have = count_from(it->p, anchor, s, ID_MSH, it->has_header);
             unsigned dummy;
-            if (check_count(it, s, e, id, have, &dummy, err) != 0)
-                return -1;
+            check_count(it, s, e, id, have, &dummy);
             it->declared_count = dummy;
             it->pos = e;
         } else if (id == ID_FTS) {
-            unsigned have = count_from(it->p, 0, s, ID_BTS, 0), dummy;
-            if (check_count(it, s, e, id, have, &dummy, err) != 0)
-                return -1;
+            /* Batches in the file: BHS segments, or one implicit batch when
+             * the file holds messages without any. */
+            unsigned have = count_from(it->p, 0, s, ID_BHS, 0), dummy;
+            if (have == 0 && count_from(it->p, 0, s, ID_MSH, 0) > 0)
+                have = 1;
+            check_count(it, s, e, id, have, &dummy);
             it->pos = e;
         } else if (id == ID_MSH) {
             size_t end = it->len, pos = e, s2, e2;

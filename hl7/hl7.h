@@ -103,14 +103,16 @@ void hl7_msg_free(struct hl7_msg *m);
  * MSH or a segment id is invalid, 101 for a truncated MSH without encoding
  * characters, 207 for a message beyond HL7_MAX_SEGMENTS).  After a failure
  * the header fields that could be read are still available, so an ACK can
- * echo them.  Never reads outside [p, p+len). `opts` may be NULL. */
+ * echo them — also when MSH-1/MSH-2 were refused: MSH-3..MSH-16 are then
+ * read by best effort from the first line (hl7_msg_delims stays standard).  Never reads outside [p, p+len). `opts` may be NULL. */
 int hl7_msg_parse(struct hl7_msg *m, const uint8_t *p, size_t len,
                   const struct hl7_parse_opts *opts, struct hl7_err *err)
     __attribute__((warn_unused_result));
 
-/* Checks what hl7bridge requires to accept a message: MSH-9 (type and
- * trigger), MSH-10, MSH-12 with a version 2.1–2.8.  Returns 0 or -1 with
- * *err (101 with the field's location, 203 for an unsupported version). */
+/* Checks what hl7bridge requires to accept a message: no NUL byte (102
+ * naming the segment and field), MSH-9.1 (the trigger may be empty), MSH-12
+ * with a v2 version (2.1 or later), a valid MSH-7, a known MSH-18.  Returns
+ * 0 or -1 with *err (101 with the field's location, 102, 103, 203). */
 int hl7_msg_validate(const struct hl7_msg *m, struct hl7_err *err)
     __attribute__((warn_unused_result));
 
@@ -215,23 +217,34 @@ struct hl7_batch_iter {
     const uint8_t *p;
     size_t len, pos;
     struct hl7_delims d;
-    struct hl7_slice batch_control_id;  /* BHS-11 */
-    struct hl7_slice send_app, send_fac; /* BHS-3, BHS-4 */
-    struct hl7_slice version;            /* BHS-12 (if any) */
+    int has_header;                      /* FHS or BHS (else: MSH … BTS/FTS) */
+    struct hl7_slice batch_control_id;  /* BHS-11 (FHS-11); MSH-10 of the first
+                                         * message when there is no header */
+    struct hl7_slice send_app, send_fac; /* BHS-3, BHS-4 (or the first MSH's) */
+    struct hl7_slice version;            /* MSH-12 of the first message */
     unsigned declared_count;             /* BTS-1, 0 when absent */
     unsigned seen;
+    size_t batch_start;                  /* offset of the current BHS/FHS (has_header) */
+    /* BTS-1 / FTS-1 counts that do not match (or are no number): worth a
+     * warning, never a reason to refuse messages.  The first one's location
+     * (segment, field 1) and text are in count_err. */
+    unsigned count_mismatches;
+    struct hl7_err count_err;
 };
 
 /* 1 when the bytes begin (after an optional BOM and blank lines) with FHS or
  * BHS. */
 int hl7_is_batch(const uint8_t *p, size_t len);
 /* Starts iterating a batch.  Returns 0, or -1 with *err when the envelope
- * cannot be read. */
+ * cannot be read: shape (segments outside messages, BHS inside an open
+ * batch, data after FTS) or a message whose MSH-1/MSH-2 differ from the
+ * header's delimiters (102).  A batch may have a header (FHS and/or BHS) or
+ * only a trailer (MSH … BTS/FTS). */
 int hl7_batch_begin(struct hl7_batch_iter *it, const uint8_t *p, size_t len, struct hl7_err *err)
     __attribute__((warn_unused_result));
 /* The next message of the batch as a view (MSH up to the next MSH/BTS/FTS).
- * Returns 1, 0 at the end, -1 with *err when the envelope is broken (e.g.
- * BTS-1 count mismatch, reported once at the end). */
+ * Returns 1, 0 at the end, -1 with *err when the envelope is broken.  Count
+ * mismatches are not errors: see count_mismatches. */
 int hl7_batch_next(struct hl7_batch_iter *it, struct hl7_slice *msg, struct hl7_err *err);
 
 /* ---- acknowledgements -------------------------------------------------- */

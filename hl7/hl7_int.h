@@ -27,6 +27,7 @@ struct hl7_msg {
     enum hl7_charset cs;
     int cs_unknown;   /* MSH-18 names no HL7 table 0211 value */
     int cs_override;
+    int h_recovered;  /* h read by best effort from a first line that failed */
     struct hl7_header h;
 
     /* Flat index arrays, kept allocated across parses. */

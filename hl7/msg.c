@@ -103,10 +103,16 @@ static int is_alnum(uint8_t c)
     return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
 }
 
-/* A delimiter must be a visible ASCII punctuation byte: letters and digits
- * would be ambiguous with data, controls and non-ASCII with terminators and
+/* The field separator must be a visible ASCII punctuation byte: a letter
+ * or digit there would make "MSH" plus the separator ambiguous with a
+ * segment id, controls and non-ASCII would clash with terminators and
  * charsets. */
 static int delim_ok(uint8_t c) { return c > 0x20 && c < 0x7f && !is_alnum(c); }
+
+/* The other encoding characters may be any visible ASCII byte other than
+ * the field separator, letters and digits included: the standard allows
+ * it and some engines use such sets. */
+static int enc_char_ok(uint8_t c) { return c > 0x20 && c < 0x7f; }
 
 int hl7__read_delims(const uint8_t *p, size_t n, struct hl7_delims *d)
 {
@@ -115,7 +121,7 @@ int hl7__read_delims(const uint8_t *p, size_t n, struct hl7_delims *d)
     if (n < 4 || n > 5)
         return HL7_E_DATA_TYPE;
     for (size_t i = 0; i < n; i++) {
-        if (!delim_ok(p[i]) || p[i] == d->field)
+        if (!enc_char_ok(p[i]) || p[i] == d->field)
             return HL7_E_DATA_TYPE;
         for (size_t j = 0; j < i; j++)
             if (p[j] == p[i])
@@ -337,6 +343,39 @@ static void fill_header(struct hl7_msg *m)
 
 /* ---- parsing ----------------------------------------------------------- */
 
+/* When MSH-1/MSH-2 cannot be accepted, the header is still read from the
+ * first line by best effort (split on the field separator, components on
+ * MSH-2's first byte or '^'), so the rejection can echo MSH-3/4/10/11/12 and
+ * the sender can match it by MSA-2.  Nothing else is indexed. */
+static void recover_header(struct hl7_msg *m, const uint8_t *b, size_t n, uint8_t fs)
+{
+    size_t eol = 4;
+    while (eol < n && b[eol] != CR && b[eol] != LF)
+        eol++;
+    const uint8_t *s = b, *e = b + eol;
+    struct hl7_slice enc = hl7__raw_field(s, e, fs, 2, 1);
+    uint8_t comp = enc.len && enc.p[0] != fs ? enc.p[0] : '^';
+    uint8_t rep = enc.len > 1 && enc.p[1] != fs && enc.p[1] != comp ? enc.p[1] : fs;
+    struct hl7_header *h = &m->h;
+    memset(h, 0, sizeof *h);
+    h->send_app = hl7__raw_field(s, e, fs, 3, 1);
+    h->send_fac = hl7__raw_field(s, e, fs, 4, 1);
+    h->recv_app = hl7__raw_field(s, e, fs, 5, 1);
+    h->recv_fac = hl7__raw_field(s, e, fs, 6, 1);
+    h->timestamp = hl7__raw_field(s, e, fs, 7, 1);
+    struct hl7_slice t = hl7_slice_piece(hl7__raw_field(s, e, fs, 9, 1), rep, 1);
+    h->msg_type = hl7_slice_piece(t, comp, 1);
+    h->trigger = hl7_slice_piece(t, comp, 2);
+    h->structure = hl7_slice_piece(t, comp, 3);
+    h->control_id = hl7__raw_field(s, e, fs, 10, 1);
+    h->processing_id = hl7__raw_field(s, e, fs, 11, 1);
+    h->version = hl7__raw_field(s, e, fs, 12, 1);
+    h->version_id = hl7_slice_piece(hl7_slice_piece(h->version, rep, 1), comp, 1);
+    h->accept_ack = hl7__raw_field(s, e, fs, 15, 1);
+    h->app_ack = hl7__raw_field(s, e, fs, 16, 1);
+    m->h_recovered = 1;
+}
+
 static int fail(struct hl7_err *err, int code, const char *seg, unsigned seq, unsigned field,
                 size_t off, const char *text)
 {
@@ -457,8 +496,8 @@ int hl7_msg_parse(struct hl7_msg *m, const uint8_t *p, size_t len,
         return fail(err, HL7_E_INTERNAL, NULL, 0, 0, 0, "no index");
     int rc = parse(m, p, len, opts, err);
     /* fill_header sets every member as soon as MSH is indexed; before
-     * that the header is empty */
-    if (m->nseg == 0)
+     * that the header is empty, or what recover_header could read */
+    if (m->nseg == 0 && !m->h_recovered)
         memset(&m->h, 0, sizeof m->h);
     return rc;
 }
@@ -472,6 +511,7 @@ static int parse(struct hl7_msg *m, const uint8_t *p, size_t len,
     m->cs = HL7_CS_ASCII;
     m->cs_unknown = 0;
     m->cs_override = 0;
+    m->h_recovered = 0;
     memset(&m->d, 0, sizeof m->d);
     if (!p)
         len = 0;
@@ -495,22 +535,29 @@ static int parse(struct hl7_msg *m, const uint8_t *p, size_t len,
     uint8_t fs = b[3];
     if (is_alnum(fs))
         return fail(err, HL7_E_SEGMENT_SEQUENCE, NULL, 0, 0, 0, "message does not begin with MSH");
-    if (!delim_ok(fs))
+    if (!delim_ok(fs)) {
+        if (fs > 0x20 && fs != 0x7f)
+            recover_header(m, b, n, fs);
         return fail(err, HL7_E_DATA_TYPE, "MSH", 1, 1, 3, "invalid field separator in MSH-1");
+    }
 
     size_t j = 4;
     while (j < n && j < 10 && b[j] != fs && b[j] != CR && b[j] != LF)
         j++;
     size_t k = j - 4;
     m->d.field = fs;
-    if (k == 0)
+    if (k == 0) {
+        recover_header(m, b, n, fs);
         return fail(err, HL7_E_REQUIRED_MISSING, "MSH", 1, 2, 4, "MSH-2 encoding characters missing");
+    }
     if (k < 4 && (j == n || b[j] == CR || b[j] == LF))
         return fail(err, HL7_E_REQUIRED_MISSING, "MSH", 1, 2, 4,
                     "MSH truncated inside MSH-2 encoding characters");
     int rc = hl7__read_delims(b + 4, k, &m->d);
-    if (rc != 0)
+    if (rc != 0) {
+        recover_header(m, b, n, fs);
         return fail(err, rc, "MSH", 1, 2, 4, "invalid MSH-2 encoding characters");
+    }
     m->delims_ok = 1;
 
     size_t pos = 0;
@@ -635,6 +682,33 @@ static int vfail(const struct hl7_msg *m, struct hl7_err *err, int code, unsigne
     return -1;
 }
 
+/* A 102 naming the segment and field that hold byte `off`. */
+static int locate_fail(const struct hl7_msg *m, struct hl7_err *err, size_t off, const char *text)
+{
+    char sid[4] = {0};
+    unsigned seq = 0, field = 0;
+    for (size_t s = 0; s < m->nseg; s++) {
+        const struct hl7_seg_ix *sg = &m->segs[s];
+        if (off < sg->start)
+            break;
+        if (off >= sg->end && s + 1 < m->nseg)
+            continue;
+        sid[0] = (char)(sg->id >> 16);
+        sid[1] = (char)(sg->id >> 8);
+        sid[2] = (char)sg->id;
+        for (size_t i = 0; i <= s; i++)
+            seq += m->segs[i].id == sg->id;
+        unsigned k = 0;
+        while (k < sg->nsep && m->seps[sg->sep0 + k] < off)
+            k++;
+        field = k + (sg->id == HL7_ID('M', 'S', 'H') ? 1u : 0u);
+        break;
+    }
+    hl7_err_set(err, HL7_E_DATA_TYPE, sid, seq, field, text);
+    err->offset = off;
+    return -1;
+}
+
 int hl7_msg_validate(const struct hl7_msg *m, struct hl7_err *err)
 {
     struct hl7_err scratch;
@@ -646,21 +720,25 @@ int hl7_msg_validate(const struct hl7_msg *m, struct hl7_err *err)
         return -1;
     }
     const struct hl7_header *h = &m->h;
-    unsigned ver = 0;
     /* Any v2 minor version from 2.1 on: 2.1–2.8 are read as specified, and a
      * later or unknown 2.x (2.9, test values like 2.999) is parsed the same
      * way — refusing it would stop the sender's interface for nothing. */
+    unsigned ver = 0;
     int ver_ok = hl7__version_num(h->version_id, &ver) == 0 && ver >= 2001000u && ver < 3000000u;
 
+    /* A NUL is no text in any HL7 character set; it cuts C strings short
+     * downstream, so the message is refused and the ERR says where. */
+    const uint8_t *nul = memchr(m->p, 0, m->len);
+    if (nul)
+        return locate_fail(m, err, (size_t)(nul - m->p), "NUL byte in the message");
     struct hl7_slice f9 = field_of(m, 0, 9);
     if (f9.len == 0)
         return vfail(m, err, HL7_E_REQUIRED_MISSING, 9, 0, f9, "MSH-9 message type missing");
     if (h->msg_type.len == 0)
         return vfail(m, err, HL7_E_REQUIRED_MISSING, 9, 1, f9, "MSH-9.1 message type missing");
-    /* v2.1 carried the trigger in EVN, and plain "ACK" is common enough from
-     * engines that refusing it would only cause retries. */
-    if (h->trigger.len == 0 && !hl7_slice_eq(h->msg_type, "ACK") && !(ver_ok && ver < 2002000u))
-        return vfail(m, err, HL7_E_REQUIRED_MISSING, 9, 2, f9, "MSH-9.2 trigger event missing");
+    /* MSH-9.2 (trigger) may be empty at every version: v2.1 carried it in
+     * EVN, older feeds keep sending "ORU" alone, and plain "ACK" is common.
+     * Which rule such a message maps to is the rules' business. */
     /* An empty MSH-10 is accepted: the ACK's MSA-2 is then empty too, and
      * the store cannot recognise a re-send of it as a duplicate.  Several
      * engines' test and replay tools send such messages. */

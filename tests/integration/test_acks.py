@@ -105,6 +105,159 @@ class LenientFrameEnd(DaemonTestCase):
         self.assertEqual((ack.code, ack.control_id_text), ("AA", "LEN00004"))
 
 
+def msg(cid, msh9="ADT^A01", version="2.5", enc="^~\\&", proc="P", app="ACKAPP", body=None):
+    """A small message of our own with the given MSH-2/MSH-9/MSH-11/MSH-12."""
+    segs = [f"MSH|{enc}|{app}|ACKFAC|HL7BRIDGE|HL7BRIDGE|20260301120000||{msh9}|{cid}|{proc}|{version}",
+            "EVN|A01|20260301120000",
+            body or "PID|1||MRN555^^^HOSP^MR||DOE^JOHN||19700101|M"]
+    return ("\r".join(segs) + "\r").encode("latin-1")
+
+
+def send_cmd(testcase, daemon, files, *opts):
+    try:
+        return subprocess.run([str(binary_path()), "send", *opts, daemon.address, *map(str, files)],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, timeout=60)
+    except subprocess.TimeoutExpired:
+        testcase.fail("hl7bridge send did not finish within 60 s")
+
+
+class AckDefects(DaemonTestCase):
+    """One test per defect class of the ACK issue."""
+
+    def stored(self, cid):
+        return self.daemon.count_control_id(cid)
+
+    # 1. a batch ACK says exactly what was stored; counts only warn
+    def test_fhs_fts_without_bhs_all_members_stored_gets_aa(self):
+        batch = (b"FHS|^~\\&|ACKAPP|ACKFAC|||20260301120000||||FILE0001\r"
+                 + msg("FB000001") + msg("FB000002") + b"FTS|1\r")
+        acks = [Ack(a) for a in mllp_send(self, self.daemon, [batch])]
+        self.assertEqual(len(acks), 1)
+        self.assertEqual((acks[0].code, acks[0].control_id_text), ("AA", "FILE0001"))
+        self.assertIn("2 of 2 messages stored", acks[0].text)
+        self.assertIsNone(acks[0].err_segment)
+        self.assertEqual((self.stored("FB000001"), self.stored("FB000002")), (1, 1))
+
+    def test_batch_count_mismatch_is_a_warning_not_a_negative_answer(self):
+        f = self.daemon.dir / "batch.hl7"
+        f.write_bytes(b"BHS|^~\\&|ACKAPP|ACKFAC|||20260301120000||||BAT00001\r"
+                      + msg("BC000001") + msg("BC000002") + b"BTS|5\r")
+        r = send_cmd(self, self.daemon, [f])
+        out = r.stdout.decode()
+        self.assertEqual(r.returncode, 0, out + r.stderr.decode())
+        self.assertIn("MSA|AA|BAT00001|Batch accepted: 2 of 2 messages stored; warning: BTS-1", out)
+        self.assertEqual((self.stored("BC000001"), self.stored("BC000002")), (1, 1))
+        self.assertRegex(self.daemon.log(), r"level=warn event=batch_count_mismatch listener=it "
+                                            r".*segment=BTS")
+
+    def test_batch_with_one_bad_member_names_what_was_stored(self):
+        batch = (b"BHS|^~\\&|ACKAPP|ACKFAC|||20260301120000||||BAT00002\r"
+                 + msg("BM000001") + msg("BM000002", version="9.9") + msg("BM000003") + b"BTS|3\r")
+        with self.daemon.connect() as c:
+            ack = c.request(batch)
+        self.assertEqual((ack.code, ack.control_id_text), ("AE", "BAT00002"))
+        self.assertIn("2 of 3 messages stored, 1 not accepted (first: message 2)", ack.text)
+        self.assertEqual(ack.err_code, "203")
+        self.assertEqual([self.stored(c) for c in ("BM000001", "BM000002", "BM000003")], [1, 0, 1])
+
+    # 2. a batch with a trailer and no header
+    def test_trailer_without_header_is_a_batch(self):
+        with self.daemon.connect() as c:
+            one = c.request(msg("TR000001") + b"BTS|1\r")
+            two = c.request(msg("TR000002") + msg("TR000003") + b"BTS|2\r")
+        self.assertEqual((one.code, one.control_id_text), ("AA", "TR000001"))
+        self.assertEqual((two.code, two.control_id_text), ("AA", "TR000002"))
+        self.assertIn("2 of 2 messages stored", two.text)
+        self.assertEqual([self.stored(c) for c in ("TR000001", "TR000002", "TR000003")], [1, 1, 1])
+
+    # 3. MSH-9 without a trigger
+    def test_msh9_without_trigger_accepted_at_every_version(self):
+        files = []
+        for i, v in enumerate(("2.1", "2.2", "2.3", "2.4", "2.5", "2.5.1")):
+            f = self.daemon.dir / f"oru{i}.hl7"
+            f.write_bytes(msg(f"NT00000{i}", msh9="ORU", version=v,
+                              body="OBX|1|ST|GLU^Glucose||95"))
+            files.append(f)
+        r = send_cmd(self, self.daemon, files)
+        out = r.stdout.decode()
+        self.assertEqual(r.returncode, 0, out + r.stderr.decode())
+        for i in range(6):
+            self.assertIn(f"MSA|AA|NT00000{i}|", out)
+            self.assertEqual(self.stored(f"NT00000{i}"), 1)
+        row = self.daemon.query("SELECT msg_type, \"trigger\" FROM messages WHERE control_id = 'NT000004'")
+        self.assertEqual(row, [(b"ORU", b"")])
+
+    # 4. legal but unusual delimiters
+    def test_letter_and_unusual_delimiters_are_accepted(self):
+        cases = [("LD000001", "^R\\&", "ADT^A01"),   # a letter as repetition separator
+                 ("LD000002", "Q~\\&", "ADTQA01"),   # a letter as component separator
+                 ("LD000003", "*@!%", "ADT*A01")]   # punctuation throughout
+        with self.daemon.connect() as c:
+            acks = [c.request(msg(cid, enc=enc, msh9=m9)) for cid, enc, m9 in cases]
+        for (cid, _, _), ack in zip(cases, acks):
+            self.assertEqual((ack.code, ack.control_id_text), ("AA", cid), ack.raw)
+            self.assertEqual(self.stored(cid), 1)
+        self.assertTrue(acks[2].raw.startswith(b"MSH|*@!%|"), acks[2].raw)  # echoed
+        self.assertIn(b"|ACK*A01*ACK|", acks[2].raw)
+        self.assertTrue(acks[0].raw.startswith(b"MSH|^~\\&|"), acks[0].raw)  # a letter: ours
+
+    # 5. an AR whose MSH-10 could be read carries it in MSA-2
+    def test_rejections_echo_the_control_id(self):
+        cases = [("BR000001", msg("BR000001", enc="^^\\&")),      # duplicate encoding character
+                 ("BR000002", msg("BR000002", enc="^~\\\\&")),    # escape character doubled
+                 ("BR000003", msg("BR000003", enc="")),           # MSH-2 missing
+                 ("BR000004", msg("BR000004", version="9.9")),
+                 ("BR000005", msg("BR000005") + b"pid|1\r")]      # bad segment id
+        acks = [Ack(a) for a in mllp_send(self, self.daemon, [m for _, m in cases])]
+        self.assertEqual(len(acks), len(cases))
+        for (cid, _), ack in zip(cases, acks):
+            self.assertEqual(ack.code, "AR", ack.raw)
+            self.assertEqual(ack.control_id_text, cid, ack.raw)
+            self.assertTrue(ack.err_code, ack.raw)
+            self.assertEqual(self.stored(cid), 0)
+
+    # 6. NUL bytes
+    def test_nul_byte_gets_ar_naming_the_location_and_is_never_echoed(self):
+        bad = msg("NU000001", body="PID|1||MRN1^^^HOSP^MR||DOE\x00^JOHN")
+        bad_id = msg("NU00\x00002")
+        f = self.daemon.dir / "nul.hl7"
+        f.write_bytes(bad + bad_id)
+        with self.daemon.connect() as c:
+            a = c.request(bad)
+            b = c.request(bad_id)
+        self.assertEqual((a.code, a.control_id_text, a.err_code), ("AR", "NU000001", "102"))
+        self.assertIn(b"|PID^1^5|", a.err_segment)
+        self.assertEqual(b.code, "AR")
+        self.assertEqual(b.control_id, b"NU00\\X00\\002")
+        for ack in (a, b):
+            self.assertNotIn(b"\x00", ack.raw)
+        r = send_cmd(self, self.daemon, [f])
+        out = r.stdout.decode("latin-1")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("MSA|AR|NU000001|", out)
+        self.assertIn("MSA|AR|NU00\\X00\\002|", out)
+        self.assertEqual(self.daemon.query("SELECT COUNT(*) FROM messages"), [(0,)])
+
+    # 7. a batch header with other delimiters than its messages
+    def test_batch_delimiters_differ_from_messages_gets_ar(self):
+        batch = (b"BHS|^~\\&#|ACKAPP|ACKFAC|||20260301120000||||BAT00003\r"
+                 + msg("BD000001") + b"BTS|1\r")
+        with self.daemon.connect() as c:
+            ack = c.request(batch)
+        self.assertEqual((ack.code, ack.control_id_text, ack.err_code), ("AR", "BAT00003", "102"))
+        self.assertEqual(self.stored("BD000001"), 0)
+
+    # 9. MSH-11 echoed, empty included
+    def test_msh11_is_echoed(self):
+        with self.daemon.connect() as c:
+            empty = c.request(msg("PI000001", proc=""))
+            training = c.request(msg("PI000002", proc="T"))
+        self.assertEqual(empty.code, "AA")
+        self.assertEqual(empty.msh.split(b"|")[10], b"")
+        self.assertEqual(training.msh.split(b"|")[10], b"T")
+
+
 class ControlIdReused(unittest.TestCase):
     """A re-send is recognised by its content (everything but MSH-7); the
     same MSH-3/4/10 with other content is a new message: stored, AA,

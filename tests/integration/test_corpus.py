@@ -109,19 +109,38 @@ class WellFormedCorpus(DaemonTestCase):
         self.assertEqual(len(accepted), with_id, f"{singles} messages")
         if not accepted:
             self.skipTest("no message of the corpus has a control id")
+        # Public samples reuse control ids for different messages: each key
+        # is stored once per distinct content (a re-send is not stored again).
+        contents = {}
+        for label, msg in accepted:
+            msh = first_segment(msg)
+            key = (field(msh, 3), field(msh, 4), field(msh, 10))
+            contents.setdefault(key, set()).add(content_for_duplicates(msg))
         for label, msg in accepted:
             with self.subTest(message=label):
                 msh = first_segment(msg)
-                n = self.daemon.count_control_id(field(msh, 10), send_app=field(msh, 3),
-                                                 send_fac=field(msh, 4))
-                self.assertEqual(n, 1, f"{label}: rows with its MSH-3/4/10")
+                key = (field(msh, 3), field(msh, 4), field(msh, 10))
+                n = self.daemon.count_control_id(key[2], send_app=key[0], send_fac=key[1])
+                self.assertEqual(n, len(contents[key]), f"{label}: rows with its MSH-3/4/10")
         # The raw message is stored as received (after a BOM, if any).
         label, msg = accepted[0]
         msh = first_segment(msg)
         raw = self.daemon.query("SELECT raw FROM messages WHERE CAST(control_id AS BLOB) = ? "
                                 "AND CAST(send_app AS BLOB) = ?", (field(msh, 10), field(msh, 3)))
-        self.assertEqual(len(raw), 1)
-        self.assertEqual(bytes(raw[0][0]).rstrip(b"\r\n"), strip_bom(msg).rstrip(b"\r\n"))
+        self.assertIn(strip_bom(msg).rstrip(b"\r\n"), [bytes(r[0]).rstrip(b"\r\n") for r in raw])
+
+
+def content_for_duplicates(msg):
+    """What the daemon compares to tell a re-send (README): the segments,
+    line endings and blank lines aside, with MSH-7 left empty."""
+    segs = [s for s in re.split(rb"\r\n|\r|\n", strip_bom(msg)) if s.strip(b" \t")]
+    if segs and segs[0].startswith(b"MSH") and len(segs[0]) > 3:
+        fs = segs[0][3:4]
+        parts = segs[0].split(fs)
+        if len(parts) > 6:
+            parts[6] = b""
+        segs[0] = fs.join(parts)
+    return b"\r".join(segs)
 
 
 class CommandLineClients(DaemonTestCase):

@@ -438,7 +438,6 @@ static void test_malformed_inline(void **state)
         {"MSH|^~\\|A", 102, 0, 2},
         {"MSH|^^\\&|A", 102, 0, 2},
         {"MSH|^~\\&|||||||\r", 0, 101, 9},
-        {"MSH|^~\\&|||||||ADT|1|P|2.5\r", 0, 101, 9},
         {"MSH|^~\\&|||||||ADT^A01|1|P\r", 0, 101, 12},
         {"MSH|^~\\&|||||||ADT^A01|1|P|3.0\r", 0, 203, 12},
         {"MSH|^~\\&|||||||ADT^A01|1|P|1.9\r", 0, 203, 12},
@@ -537,12 +536,37 @@ static void test_validate_rules(void **state)
             fail_msg("case %u: %d %s", i, e.code, e.text);
     }
     struct hl7_err e;
-    parse_ok(m, "MSH|^~\\&|||||||ADT|1|P|2.5");
+    /* MSH-9 without a trigger, at every version (older feeds send "ORU"). */
+    static const char *const no_trigger[] = {"2.2", "2.3", "2.4", "2.5", "2.8"};
+    for (unsigned i = 0; i < 5; i++) {
+        char msh[96];
+        snprintf(msh, sizeof msh, "MSH|^~\\&|||||||ORU|1|P|%s", no_trigger[i]);
+        parse_ok(m, msh);
+        if (hl7_msg_validate(m, &e) != 0)
+            fail_msg("no trigger at %s: %d %s", no_trigger[i], e.code, e.text);
+        assert_int_equal(hl7_msg_header(m)->trigger.len, 0);
+    }
+    parse_ok(m, "MSH|^~\\&|||||||^A01|1|P|2.5");
     assert_int_equal(hl7_msg_validate(m, &e), -1);
     assert_int_equal(e.code, 101);
     assert_int_equal(e.field, 9);
-    assert_int_equal(e.comp, 2);
+    assert_int_equal(e.comp, 1);
     assert_int_equal(e.offset, strlen("MSH|^~\\&|||||||"));
+    /* A NUL anywhere: 102 naming segment, sequence and field. */
+    static const char nul[] = "MSH|^~\\&|||||||ADT^A01|1|P|2.5\rPID|1||M1\rNTE|1\rNTE|1|x\0y\r";
+    assert_int_equal(hl7_msg_parse(m, U(nul), sizeof nul - 1, NULL, &e), 0);
+    assert_int_equal(hl7_msg_validate(m, &e), -1);
+    assert_int_equal(e.code, 102);
+    assert_string_equal(e.seg, "NTE");
+    assert_int_equal(e.seg_seq, 2);
+    assert_int_equal(e.field, 2);
+    /* Letters and digits as component, repetition, escape or subcomponent
+     * separator are legal. */
+    parse_ok(m, "MSH|QRE&|A|B|C|D|20260301120000||ADTQA01|L1|P|2.5\rPID|1||M1RM2\r");
+    assert_int_equal(hl7_msg_validate(m, &e), 0);
+    assert_true(slice_is(hl7_msg_header(m)->msg_type, "ADT"));
+    assert_true(slice_is(hl7_msg_header(m)->trigger, "A01"));
+    assert_int_equal(hl7_msg_delims(m)->rep, 'R');
     hl7_msg_free(m);
 }
 
@@ -1025,7 +1049,7 @@ static void test_batches(void **state)
     assert_int_equal(split("BHS|^~\\&\r" M1 "BTS|1\rFTS|1\r", ids, 3, &it, &e, &n), 0);
     assert_int_equal(split(M1 M2 M3, ids, 3, &it, &e, &n), 0);
     assert_int_equal(n, 3);
-    assert_int_equal(it.batch_control_id.len, 0);
+    assert_true(slice_is(it.batch_control_id, "BM0001")); /* no header: the first MSH-10 */
     assert_int_equal(hl7_is_batch(U(M1), strlen(M1)), 0);
     assert_int_equal(split("\xef\xbb\xbf\r\nBHS|^~\\&|A|B|||||||B2\r\n\r\n" M1 "\r\n" M2 "BTS|2\r\n", ids,
                            3, &it, &e, &n), 0);
@@ -1049,15 +1073,39 @@ static void test_batches(void **state)
     assert_int_equal(n, 3);
     assert_true(slice_is(it.batch_control_id, "B2"));
 
-    /* Count mismatches are reported when the trailer is reached. */
-    assert_int_equal(split("BHS|^~\\&|R|H|||||||B1\r" M1 M2 "BTS|3\r", ids, 3, &it, &e, &n), -1);
+    /* Count mismatches are noted (for a warning), never an error: every
+     * message is still handed out. */
+    assert_int_equal(split("BHS|^~\\&|R|H|||||||B1\r" M1 M2 "BTS|3\r", ids, 3, &it, &e, &n), 0);
     assert_int_equal(n, 2);
-    assert_string_equal(e.seg, "BTS");
-    assert_int_equal(e.field, 1);
-    assert_int_equal(hl7_batch_next(&it, NULL, &e), 0); /* once */
-    assert_int_equal(split("FHS|^~\\&\rBHS|^~\\&\r" M1 "BTS|1\rFTS|2\r", ids, 3, &it, &e, &n), -1);
-    assert_string_equal(e.seg, "FTS");
-    assert_int_equal(split("BHS|^~\\&\r" M1 "BTS|x\r", ids, 3, &it, &e, &n), -1);
+    assert_int_equal(it.count_mismatches, 1);
+    assert_string_equal(it.count_err.seg, "BTS");
+    assert_int_equal(it.count_err.field, 1);
+    assert_int_equal(split("FHS|^~\\&\rBHS|^~\\&\r" M1 "BTS|1\rFTS|2\r", ids, 3, &it, &e, &n), 0);
+    assert_int_equal(it.count_mismatches, 1);
+    assert_string_equal(it.count_err.seg, "FTS");
+    assert_int_equal(split("BHS|^~\\&\r" M1 "BTS|x\r", ids, 3, &it, &e, &n), 0);
+    assert_int_equal(it.count_err.code, 102);
+    /* FHS/FTS without BHS: one implicit batch, so FTS-1 = 1 matches. */
+    assert_int_equal(split("FHS|^~\\&|R|H|||||||F1\r" M1 M2 "FTS|1\r", ids, 3, &it, &e, &n), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(it.count_mismatches, 0);
+    assert_true(slice_is(it.batch_control_id, "F1"));
+    /* A trailer without a header: MSA-2 will be the first MSH-10. */
+    assert_int_equal(split(M1 M2 "BTS|2\r", ids, 3, &it, &e, &n), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(it.count_mismatches, 0);
+    assert_int_equal(it.has_header, 0);
+    assert_true(slice_is(it.batch_control_id, "BM0001"));
+    assert_true(slice_is(it.send_app, "REG"));
+    assert_true(slice_is(it.version, "2.5"));
+    assert_int_equal(split(M1 "BTS|1\r", ids, 3, &it, &e, &n), 0);
+    assert_int_equal(it.count_mismatches, 0);
+    /* Messages whose delimiters differ from the header's are refused. */
+    assert_int_equal(split("BHS|^~\\&|R|H\r" "MSH|^~\\#|A|B|C|D|20260301||ADT^A01|X|P|2.5\r",
+                           ids, 0, &it, &e, &n), -2);
+    assert_int_equal(e.code, 102);
+    assert_string_equal(e.seg, "MSH");
+    assert_int_equal(split("FHS|^~\\&\rBHS#^~\\&\r" M1, ids, 0, &it, &e, &n), -2);
     assert_int_equal(e.code, 102);
 
     /* Broken envelopes are refused before any message is handed out. */
@@ -1146,12 +1194,39 @@ static void test_ack_golden(void **state)
                         "MSH|^~\\&|HL7BRIDGE|CONTOSO|||20260301124000.123+0000||ACK^^ACK|ACK0001|P|2.5\r"
                         "MSA|AR|\r"
                         "ERR|||100^Segment sequence error^HL70357|E||||no MSH\r");
-    const char *junk = "MSH|^^\\&|A|B|C|D||ADT^A01|X1|P|2.3\r";
+    /* Broken MSH-2: MSH-3/4/9.2/10/11/12 recovered by best effort, so the
+     * sender can match the rejection by MSA-2. */
+    const char *junk = "MSH|^^\\&|A|B|C|D|||ADT^A01|X1|T|2.5\r";
     assert_int_equal(hl7_msg_parse(m, U(junk), strlen(junk), NULL, &e), -1);
     assert_string_equal(build_ack(m, HL7_ACK_AR, NULL, &e),
-                        "MSH|^~\\&|HL7BRIDGE|CONTOSO|||20260301124000.123+0000||ACK^^ACK|ACK0001|P|2.5\r"
-                        "MSA|AR|\r"
+                        "MSH|^~\\&|HL7BRIDGE|CONTOSO|A|B|20260301124000.123+0000||ACK^A01^ACK|ACK0001|T|2.5\r"
+                        "MSA|AR|X1\r"
                         "ERR||MSH^1^2|102^Data type error^HL70357|E||||invalid MSH-2 encoding characters\r");
+    const char *dbl = "MSH|^~\\\\&|A|B|C|D|||ADT^A01|X2|P|2.5\r"; /* escape character doubled */
+    assert_int_equal(hl7_msg_parse(m, U(dbl), strlen(dbl), NULL, &e), -1);
+    assert_non_null(strstr(build_ack(m, HL7_ACK_AR, NULL, &e), "\rMSA|AR|X2\r"));
+    const char *nomsh2 = "MSH||A|B|C|D|||ADT^A01|X3|P|2.5\r";
+    assert_int_equal(hl7_msg_parse(m, U(nomsh2), strlen(nomsh2), NULL, &e), -1);
+    assert_non_null(strstr(build_ack(m, HL7_ACK_AR, NULL, &e), "\rMSA|AR|X3\r"));
+
+    /* Control bytes are never echoed; empty MSH-11 is echoed empty. */
+    static const char ctl[] = "MSH|^~\\&|A\0B|F|C|D|20260301120000||ADT^A01|N\0\x01|||2.5\r";
+    assert_int_equal(hl7_msg_parse(m, U(ctl), sizeof ctl - 1, NULL, &e), 0);
+    assert_string_equal(build_ack(m, HL7_ACK_AR, NULL, NULL),
+                        "MSH|^~\\&|HL7BRIDGE|CONTOSO|A\\X00\\B|F|20260301124000.123+0000||ACK^A01^ACK|ACK0001||2.5\r"
+                        "MSA|AR|N\\X00\\\\X01\\\r");
+
+    /* Unusual but legal delimiters: a letter cannot be used in the ACK (its
+     * fixed text holds letters), so the ACK uses |^~\& and re-escapes. */
+    parse_ok(m, "MSH|QRE&|A^1|B|C|D|20260301120000||ADTQA01|L~1|P|2.5\r");
+    assert_string_equal(build_ack(m, HL7_ACK_AA, NULL, NULL),
+                        "MSH|^~\\&|HL7BRIDGE|CONTOSO|A\\S\\1|B|20260301124000.123+0000||ACK^A01^ACK|ACK0001|P|2.5\r"
+                        "MSA|AA|L\\R\\1\r");
+    /* Unusual punctuation is echoed as the sender wrote it. */
+    parse_ok(m, "MSH#*@!%#A|B#C#D#E#20260301120000##ADT*A01#P1#P#2.5\r");
+    assert_string_equal(build_ack(m, HL7_ACK_AA, NULL, NULL),
+                        "MSH#*@!%#HL7BRIDGE#CONTOSO#A|B#C#20260301124000.123+0000##ACK*A01*ACK#ACK0001#P#2.5\r"
+                        "MSA#AA#P1\r");
 
     /* v2.7 truncation character is kept in the ACK's MSH-2. */
     parse_ok(m, "MSH|^~\\&#|A|B|C|D|20260301120000||ADT^A01^ADT_A01|T1|P|2.7\r");
@@ -1232,17 +1307,13 @@ static void test_ack_batch(void **state)
     assert_int_equal(b.len, strlen(want));
     assert_memory_equal(buf_data(&b), want, b.len);
 
-    /* A broken count gets an AE with the trailer's location. */
-    const char *bad = "BHS|^~\\&|REG|HOSP|||||||B7\r" M1 "BTS|4\r";
-    assert_int_equal(hl7_batch_begin(&it, U(bad), strlen(bad), &e), 0);
-    struct hl7_slice s;
-    assert_int_equal(hl7_batch_next(&it, &s, &e), 1);
-    assert_int_equal(hl7_batch_next(&it, &s, &e), -1);
+    /* A trailer without a header: MSA-2 is the first message's MSH-10. */
+    const char *tail = M1 M2 "BTS|2\r";
+    assert_int_equal(hl7_batch_begin(&it, U(tail), strlen(tail), &e), 0);
     buf_reset(&b);
-    assert_int_equal(hl7_ack_build_batch(&it, HL7_ACK_AE, NULL, &e, &ctx, &b), 0);
+    assert_int_equal(hl7_ack_build_batch(&it, HL7_ACK_AA, NULL, NULL, &ctx, &b), 0);
     want = "MSH|^~\\&|HL7BRIDGE|CONTOSO|REG|HOSP|20260301124000.123+0000||ACK^^ACK|ACK0001|P|2.5\r"
-           "MSA|AE|B7\r"
-           "ERR||BTS^1^1|100^Segment sequence error^HL70357|E||||BTS-1 message count does not match the batch\r";
+           "MSA|AA|BM0001\r";
     assert_int_equal(b.len, strlen(want));
     assert_memory_equal(buf_data(&b), want, b.len);
     buf_release(&b);
