@@ -136,6 +136,7 @@ class AckDefects(DaemonTestCase):
         self.assertEqual(len(acks), 1)
         self.assertEqual((acks[0].code, acks[0].control_id_text), ("AA", "FILE0001"))
         self.assertIn("2 of 2 messages stored", acks[0].text)
+        self.assertNotIn("warning", acks[0].text)  # FHS/FTS without BHS: one batch
         self.assertIsNone(acks[0].err_segment)
         self.assertEqual((self.stored("FB000001"), self.stored("FB000002")), (1, 1))
 
@@ -256,6 +257,50 @@ class AckDefects(DaemonTestCase):
         self.assertEqual(empty.code, "AA")
         self.assertEqual(empty.msh.split(b"|")[10], b"")
         self.assertEqual(training.msh.split(b"|")[10], b"T")
+
+
+class EnhancedModeSend(DaemonTestCase):
+    """10. `hl7bridge send` reads MSH-15 and does not wait where no accept
+    ACK is due."""
+    DAEMON_OPTS = {"ack_mode": "enhanced"}
+
+    def enh(self, cid, accept, app_ack="AL", version="2.5"):
+        m = msg(cid, version=version).split(b"\r", 1)
+        return m[0] + f"|||{accept}|{app_ack}".encode() + b"\r" + m[1]
+
+    def test_no_ack_due_is_not_waited_for(self):
+        f = self.daemon.dir / "enh.hl7"
+        f.write_bytes(self.enh("EN000001", "NE") + self.enh("EN000002", "ER")
+                      + self.enh("EN000003", "AL") + self.enh("EN000004", "SU")
+                      + self.enh("EN000005", "NE", app_ack="NE") + self.enh("EN000006", "ER"))
+        for window in ("1", "4"):
+            r = send_cmd(self, self.daemon, [f], "--timeout", "30", "--window", window)
+            out = r.stdout.decode()
+            self.assertEqual(r.returncode, 0, out + r.stderr.decode())
+            self.assertNotIn("timed out", out + r.stderr.decode())
+            lines = out.splitlines()
+            self.assertEqual(len(lines), 6, out)
+            self.assertIn("#1 no ACK (MSH-15 NE: none due)", lines[0])
+            self.assertIn("#2 no ACK (MSH-15 ER: accepted)", lines[1])
+            self.assertIn("#3 MSA|CA|EN000003|", lines[2])
+            self.assertIn("#4 MSA|CA|EN000004|", lines[3])
+            self.assertIn("#5 no ACK (MSH-15 NE: none due)", lines[4])
+            self.assertIn("#6 no ACK (MSH-15 ER: accepted)", lines[5])
+        for i in range(1, 7):
+            self.assertEqual(self.daemon.count_control_id(f"EN00000{i}"), 1)
+
+    def test_error_answers_are_matched_to_their_message(self):
+        f = self.daemon.dir / "enh-bad.hl7"
+        f.write_bytes(self.enh("EB000001", "ER") + self.enh("EB000002", "ER", version="9.9")
+                      + self.enh("EB000003", "SU", version="9.9") + self.enh("EB000004", "AL"))
+        r = send_cmd(self, self.daemon, [f], "--timeout", "30")
+        out = r.stdout.decode()
+        self.assertEqual(r.returncode, 1, out)
+        self.assertNotIn("timed out", out + r.stderr.decode())
+        self.assertIn("#1 no ACK (MSH-15 ER: accepted)", out)
+        self.assertIn("#2 MSA|CR|EB000002|", out)
+        self.assertIn("#3 no ACK (MSH-15 SU: not accepted)", out)
+        self.assertIn("#4 MSA|CA|EB000004|", out)
 
 
 class ControlIdReused(unittest.TestCase):
