@@ -8,11 +8,12 @@
  *
  * Enhanced mode: MSH-15 says which messages get an accept ACK at all (NE
  * never, ER only on error, SU only on success, AL or empty always).  A
- * message that gets none is not waited for: NE ones are done once sent;
- * ER/SU ones do not count against the window, and are settled by the
- * answers to later messages (the receiver answers in order, so an answer
- * carrying a later MSA-2 means none came for them) or, at the end, by a
- * short wait.  Application ACKs (MSH-16) are not awaited. */
+ * message that may get none (NE, ER, SU) does not count against the window:
+ * it is settled by the answer to a later message (the receiver answers in
+ * order, so an answer carrying another MSA-2 means none came for it; one
+ * carrying its MSA-2 is its own, as a receiver in original mode answers
+ * every message) or, at the end, at once for NE and after a short wait for
+ * ER/SU.  Application ACKs (MSH-16) are not awaited. */
 #include "daemon/cli.h"
 #include "daemon/msgfile.h"
 #include "hl7/hl7.h"
@@ -220,15 +221,15 @@ int cmd_send(int argc, char **argv)
             waiting += due[sent].due == DUE_ALWAYS;
             sent++;
         }
-        /* No answer is due for NE: settled once sent. */
-        if (acked < sent && due[acked].due == DUE_NEVER) {
+        /* Only optional answers outstanding and nothing left to send: none
+         * is due for NE, so it is settled at once; ER and SU get a short
+         * wait for an error (ER) or success (SU) answer. */
+        int only_optional = waiting == 0 && sent == l.n;
+        if (only_optional && due[acked].due == DUE_NEVER) {
             rc |= settle_silent(&l.v[acked], &due[acked], quiet);
             acked++;
             continue;
         }
-        /* Only optional answers outstanding and nothing left to send: a
-         * short wait for an error (ER) or success (SU) answer. */
-        int only_optional = waiting == 0 && sent == l.n;
         int wait_ms = only_optional && timeout_ms > 2000 ? 2000 : timeout_ms;
         const uint8_t *ack;
         size_t alen;
@@ -245,10 +246,11 @@ int cmd_send(int argc, char **argv)
             goto done;
         }
         /* Whose answer is it?  Answers come in order: optional ones before
-         * it whose MSA-2 differs got none. */
+         * it whose MSA-2 differs got none.  (A receiver in original mode
+         * answers NE messages too: MSA-2 tells.) */
         struct hl7_slice id = answer_id(am, ack, alen);
         while (acked < sent && due[acked].due != DUE_ALWAYS &&
-               (due[acked].due == DUE_NEVER || !same_id(id, due[acked].control_id))) {
+               !same_id(id, due[acked].control_id)) {
             rc |= settle_silent(&l.v[acked], &due[acked], quiet);
             acked++;
         }

@@ -140,10 +140,12 @@ class CommandLine(unittest.TestCase):
         self.assertNotIn("event=listening", r.stderr)
 
     def test_map_row_never_carries_control_bytes(self):
-        """NUL, ESC, DEL, a C1 control and a tab inside PID-5.1, raw and as
-        \\Xhh\\: `map` (what the audit sink writes) prints them as spaces."""
+        """Control bytes (STX, SOH, ESC, DEL, a C1 control, a tab) inside
+        PID-5.1, raw and as \\Xhh\\ (NUL included): `map` (what the audit sink
+        writes) prints them as spaces.  A raw NUL is refused (AR 102) before
+        any rule runs."""
         msg = (ROOT / "tests/fixtures/messages/adt-a01.hl7").read_bytes()
-        msg = msg.replace(b"|DOE^JANE^", b"|DO\x00E\x01\x1b\x7f\xc2\x85\\X00\\\\X0A\\X\tY^JANE^", 1)
+        msg = msg.replace(b"|DOE^JANE^", b"|DO\x02E\x01\x1b\x7f\xc2\x85\\X00\\\\X0A\\X\tY^JANE^", 1)
         path = self.tmp / "ctl.hl7"
         path.write_bytes(msg)
         for fmt in ("tsv", "csv", "psv"):
