@@ -259,6 +259,38 @@ class AckDefects(DaemonTestCase):
         self.assertEqual(training.msh.split(b"|")[10], b"T")
 
 
+class NodeClient(DaemonTestCase):
+    """npm's node-hl7-client (tests/integration/node/send.mjs) reads our
+    answers: MSH-9 without trigger, empty MSH-11, a reused control id."""
+
+    def test_node_client_matches_every_answer(self):
+        from test_node_client import NODE_DIR, ensure_node_modules
+        node = ensure_node_modules(self)
+        files = []
+        for name, data in (("oru.hl7", msg("NC000001", msh9="ORU", version="2.3",
+                                           body="OBX|1|ST|GLU^Glucose||95")),
+                           ("noproc.hl7", msg("NC000002", proc="")),
+                           ("first.hl7", msg("NC000003")),
+                           ("reused.hl7", msg("NC000003", body="PID|1||MRN777^^^HOSP^MR||ROE^ANN"))):
+            f = self.daemon.dir / name
+            f.write_bytes(data)
+            files.append(str(f))
+        try:
+            r = subprocess.run([node, "send.mjs", "--port", str(self.daemon.port), "--count", "0",
+                                "--timeout-ms", "10000", *files], cwd=str(NODE_DIR),
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, timeout=60)
+        except subprocess.TimeoutExpired:
+            self.fail("node send.mjs did not finish within 60 s")
+        self.assertEqual(r.returncode, 0, r.stdout.decode() + r.stderr.decode())
+        import json
+        lines = [json.loads(l) for l in r.stdout.decode().splitlines() if l.strip()]
+        acks = [(l["sent"], l["msa1"], l["msa2"]) for l in lines if "msa1" in l]
+        self.assertEqual(acks, [("NC000001", "AA", "NC000001"), ("NC000002", "AA", "NC000002"),
+                                ("NC000003", "AA", "NC000003"), ("NC000003", "AA", "NC000003")])
+        self.assertEqual(self.daemon.count_control_id("NC000003"), 2)
+
+
 class EnhancedModeSend(DaemonTestCase):
     """10. `hl7bridge send` reads MSH-15 and does not wait where no accept
     ACK is due."""
