@@ -98,6 +98,20 @@ struct config_input_file {
     unsigned min_age_s;       /* untouched this long before it is taken, default 10 */
 };
 
+/* The four SMS texts; a NULL one falls back (see sinks.sms.languages). */
+struct config_sms_templates {
+    char *scheduled;
+    char *updated;
+    char *cancelled;
+    char *reminder;
+};
+/* Templates for the patients whose language (PID-15) is one of `codes`. */
+struct config_sms_language {
+    char **codes;                       /* compared without case; "es" also takes "es-MX" */
+    size_t n_codes;
+    struct config_sms_templates templates; /* NULL: the default template */
+};
+
 struct config {
     char *path;                         /* the file it was read from */
     char *base_dir;                     /* absolute directory of `path` that relative
@@ -182,7 +196,7 @@ struct config {
             char *access_key_file;          /* the file it came from, or NULL */
             char *from;                     /* E.164 sender, required for acs */
             char *default_country;          /* calling code for national numbers, "1" */
-            char *time_zone;                /* IANA name, default "UTC" */
+            char *time_zone;                /* IANA name, default mapping.time_zone */
             char *ca_file;                  /* NULL: system store */
             struct {
                 char *field;                /* HL7 field holding consent, "ZCN-2" */
@@ -197,12 +211,12 @@ struct config {
                 unsigned start_min;         /* minutes after midnight, local time */
                 unsigned end_min;
             } quiet_hours;
-            struct {
-                char *scheduled;
-                char *updated;
-                char *cancelled;
-                char *reminder;
-            } templates;
+            struct config_sms_templates templates;
+            struct {                        /* each kind of text on or off, default all on */
+                bool scheduled, updated, cancelled, reminder;
+            } send;
+            struct config_sms_language *languages; /* templates by PID-15 code */
+            size_t n_languages;
             char *link;                     /* substituted for {link}, default "" */
             unsigned max_segments;          /* default 3 */
             unsigned grace_period_s;        /* default 2h */

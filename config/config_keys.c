@@ -12,6 +12,7 @@
 #include <pwd.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
@@ -544,8 +545,35 @@ static const struct cfg_key template_keys[] = {
 };
 static const struct cfg_section template_sec = {template_keys, NKEYS(template_keys), 0, NULL, NULL};
 
+#define LOFF_SMS(f) offsetof(struct config_sms_language, f)
+static const struct cfg_key lang_template_keys[] = {
+    {.name = "scheduled", .type = CT_STR, .off = LOFF_SMS(templates.scheduled), .check = check_nonempty},
+    {.name = "updated", .type = CT_STR, .off = LOFF_SMS(templates.updated), .check = check_nonempty},
+    {.name = "cancelled", .type = CT_STR, .off = LOFF_SMS(templates.cancelled), .check = check_nonempty},
+    {.name = "reminder", .type = CT_STR, .off = LOFF_SMS(templates.reminder), .check = check_nonempty},
+};
+static const struct cfg_section lang_template_sec = {
+    lang_template_keys, NKEYS(lang_template_keys), 0, NULL, NULL,
+};
+static const struct cfg_key language_keys[] = {
+    {.name = "codes", .type = CT_STRLIST, .flags = CK_REQUIRED, .off = LOFF_SMS(codes),
+     .off2 = LOFF_SMS(n_codes), .min_n = 1, .max_n = 16, .check = check_nonempty},
+    {.name = "templates", .type = CT_SECTION, .sub = &lang_template_sec},
+};
+static const struct cfg_section language_sec = {
+    language_keys, NKEYS(language_keys), sizeof(struct config_sms_language), NULL, NULL,
+};
+
+static const struct cfg_key send_keys[] = {
+    {.name = "scheduled", .type = CT_BOOL, .off = OFF(sinks.sms.send.scheduled), .def = "true"},
+    {.name = "updated", .type = CT_BOOL, .off = OFF(sinks.sms.send.updated), .def = "true"},
+    {.name = "cancelled", .type = CT_BOOL, .off = OFF(sinks.sms.send.cancelled), .def = "true"},
+    {.name = "reminder", .type = CT_BOOL, .off = OFF(sinks.sms.send.reminder), .def = "true"},
+};
+static const struct cfg_section send_sec = {send_keys, NKEYS(send_keys), 0, NULL, NULL};
+
 enum { SK_TYPE, SK_ENDPOINT, SK_KEY, SK_KEY_FILE, SK_FROM, SK_COUNTRY, SK_TZ, SK_CA, SK_CONSENT,
-       SK_REMINDERS, SK_QUIET, SK_TEMPLATES, SK_LINK, SK_SEGMENTS, SK_GRACE, SK_PATH,
+       SK_REMINDERS, SK_QUIET, SK_TEMPLATES, SK_SEND, SK_LANGUAGES, SK_LINK, SK_SEGMENTS, SK_GRACE, SK_PATH,
        SK_MASK };
 
 static const struct cfg_key sms_keys[] = {
@@ -560,7 +588,7 @@ static const struct cfg_key sms_keys[] = {
     [SK_FROM] = {.name = "from", .type = CT_STR, .off = OFF(sinks.sms.from), .check = check_e164},
     [SK_COUNTRY] = {.name = "default_country", .type = CT_STR, .off = OFF(sinks.sms.default_country),
                     .def = "1", .check = check_country},
-    [SK_TZ] = {.name = "time_zone", .type = CT_STR, .off = OFF(sinks.sms.time_zone), .def = "UTC",
+    [SK_TZ] = {.name = "time_zone", .type = CT_STR, .off = OFF(sinks.sms.time_zone),
                .check = check_tz},
     [SK_CA] = {.name = "ca_file", .type = CT_STR, .off = OFF(sinks.sms.ca_file), .flags = CK_PATH,
                .check = check_readable},
@@ -570,6 +598,9 @@ static const struct cfg_key sms_keys[] = {
                       .max_n = 16, .defs = (const char *const[]){"24h", "2h", NULL}},
     [SK_QUIET] = {.name = "quiet_hours", .type = CT_SECTION, .sub = &quiet_sec},
     [SK_TEMPLATES] = {.name = "templates", .type = CT_SECTION, .sub = &template_sec},
+    [SK_SEND] = {.name = "send", .type = CT_SECTION, .sub = &send_sec},
+    [SK_LANGUAGES] = {.name = "languages", .type = CT_SECTIONS, .off = OFF(sinks.sms.languages),
+                      .off2 = OFF(sinks.sms.n_languages), .max_n = 64, .sub = &language_sec},
     [SK_LINK] = {.name = "link", .type = CT_STR, .off = OFF(sinks.sms.link), .def = ""},
     [SK_SEGMENTS] = {.name = "max_segments", .type = CT_UINT, .off = OFF(sinks.sms.max_segments),
                      .min = 1, .max = 10, .def = "3"},
@@ -658,6 +689,11 @@ static void validate_root(struct cfg_walk *w, void *base, const char *path,
     (void)path;
     (void)seen;
     (void)given;
+    /* Patients see their clinic's time: without its own zone the SMS sink
+     * uses the one the rules read HL7 times in. */
+    if (!c->sinks.sms.time_zone && c->mapping.time_zone &&
+        !(c->sinks.sms.time_zone = strdup(c->mapping.time_zone)))
+        cfg_error(w, node, "out of memory");
     const yaml_node_t *list = cfg_find(w, node, "listen");
     size_t n_items = list && list->type == YAML_SEQUENCE_NODE
                    ? (size_t)(list->data.sequence.items.top - list->data.sequence.items.start) : 0;

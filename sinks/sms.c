@@ -66,6 +66,7 @@ static const char *const skip_names[SINK_SMS_SKIP_N] = {
     [SINK_SMS_SKIP_NO_APPT] = "no_appointment",
     [SINK_SMS_SKIP_UNPARSEABLE] = "unparseable",
     [SINK_SMS_SKIP_OTHER_TRIGGER] = "other_trigger",
+    [SINK_SMS_SKIP_KIND_OFF] = "kind_off",
 };
 
 const char *sink_sms_skip_name(enum sink_sms_skip s)
@@ -250,15 +251,50 @@ static int consent_ok(const struct sink_sms *s, const char *v)
     return 0;
 }
 
+static int kind_on(const struct config *c, enum kind k)
+{
+    return k == K_SCHEDULED ? c->sinks.sms.send.scheduled
+           : k == K_UPDATED ? c->sinks.sms.send.updated
+           : k == K_CANCELLED ? c->sinks.sms.send.cancelled
+                              : c->sinks.sms.send.reminder;
+}
+
+static const char *template_of(const struct config_sms_templates *t, enum kind k)
+{
+    return k == K_SCHEDULED ? t->scheduled : k == K_UPDATED ? t->updated
+           : k == K_CANCELLED ? t->cancelled : t->reminder;
+}
+
+/* 1 when PID-15 `lang` is `code`, without case, or a regional form of it
+ * ("es" takes "es-MX" and "es_MX"). */
+static int lang_is(const char *lang, const char *code)
+{
+    size_t n = strlen(code);
+    return strncasecmp(lang, code, n) == 0 &&
+           (lang[n] == '\0' || lang[n] == '-' || lang[n] == '_' || lang[n] == '^');
+}
+
+/* The template for kind k in the patient's language (the first
+ * sinks.sms.languages entry naming it that has one), else the default. */
+static const char *pick_template(const struct config *c, const char *lang, enum kind k)
+{
+    for (size_t i = 0; lang[0] && i < c->sinks.sms.n_languages; i++) {
+        const struct config_sms_language *l = &c->sinks.sms.languages[i];
+        for (size_t j = 0; j < l->n_codes; j++) {
+            const char *t = template_of(&l->templates, k);
+            if (t && lang_is(lang, l->codes[j]))
+                return t;
+        }
+    }
+    return template_of(&c->sinks.sms.templates, k);
+}
+
 /* Renders and queues one text; 0 / -1 (store error). */
 static int queue_text(struct sink_sms *s, const struct store_sms_appt *a, enum kind k,
                       const char *event_key, int64_t due)
 {
     const struct config *c = s->cfg;
-    const char *tmpl = k == K_SCHEDULED ? c->sinks.sms.templates.scheduled
-                       : k == K_UPDATED ? c->sinks.sms.templates.updated
-                       : k == K_CANCELLED ? c->sinks.sms.templates.cancelled
-                                          : c->sinks.sms.templates.reminder;
+    const char *tmpl = pick_template(c, a->language, k);
     struct store_sms_text *tp = &s->out_text;
     memset(tp, 0, sizeof *tp);
     copy_utf8(tp->facility, sizeof tp->facility, a->facility);
@@ -269,7 +305,8 @@ static int queue_text(struct sink_sms *s, const struct store_sms_appt *a, enum k
     tp->start_s = a->start_s;
     struct sink_sms_vars v = {
         .first_name = a->first_name, .location = a->location, .provider = a->provider,
-        .link = c->sinks.sms.link ? c->sinks.sms.link : "", .start = a->start_s,
+        .link = a->link[0] ? a->link : c->sinks.sms.link ? c->sinks.sms.link : "",
+        .appointment_id = a->appt_id, .facility = a->facility, .start = a->start_s,
         .utc_offset = tz_offset_at(s->tz, a->start_s),
     };
     sink_sms_render(tmpl, &v, tp->text, sizeof tp->text);
@@ -295,6 +332,8 @@ static int plan_reminders(struct sink_sms *s, const struct store_sms_appt *a, in
                           int count_past)
 {
     const struct config *c = s->cfg;
+    if (!c->sinks.sms.send.reminder)
+        return 0; /* switched off: none planned */
     for (size_t i = 0; i < c->sinks.sms.n_reminders; i++) {
         int64_t off = c->sinks.sms.reminders_s[i];
         int64_t due = a->start_s - off;
@@ -440,7 +479,9 @@ static int apply(struct sink_sms *s, const struct facts *f)
     if (want >= 0) {
         char key[80];
         snprintf(key, sizeof key, "%s@%lld", kind_names[want], (long long)f->event_time);
-        if (np->start_s <= 0)
+        if (!kind_on(c, (enum kind)want))
+            count(s, SINK_SMS_SKIP_KIND_OFF, 1);
+        else if (np->start_s <= 0)
             count(s, SINK_SMS_SKIP_NO_APPT, 1);
         else if (np->start_s + np->duration_min * 60 <= f->received_s)
             count(s, SINK_SMS_SKIP_PAST_APPT, 1);
@@ -917,6 +958,14 @@ struct sink_sms *sink_sms_start(const struct config *c, char *err, size_t errcap
             snprintf(err, errcap, "sinks.sms.templates.%s: %s", tm[i].name,
                      tm[i].t ? why : "missing");
             goto fail;
+        }
+        for (size_t j = 0; j < c->sinks.sms.n_languages; j++) {
+            const char *t = template_of(&c->sinks.sms.languages[j].templates, (enum kind)i);
+            if (t && sink_sms_template_check(t, why, sizeof why) < 0) {
+                snprintf(err, errcap, "sinks.sms.languages[%zu].templates.%s: %s", j, tm[i].name,
+                         why);
+                goto fail;
+            }
         }
     }
     char tzwhy[200];

@@ -60,6 +60,7 @@ enum sink_sms_skip {
     SINK_SMS_SKIP_NO_APPT,        /* no appointment id, facility or start time */
     SINK_SMS_SKIP_UNPARSEABLE,    /* (no longer counted: facts are mapped at ingest) */
     SINK_SMS_SKIP_OTHER_TRIGGER,  /* SIU trigger without a text (S16, S18…) */
+    SINK_SMS_SKIP_KIND_OFF,       /* that kind of text is switched off (sinks.sms.send) */
     SINK_SMS_SKIP_N
 };
 const char *sink_sms_skip_name(enum sink_sms_skip s);
@@ -119,11 +120,13 @@ int sink_sms_fit(char *text, unsigned max_segments);
 /* Values a template may name. */
 struct sink_sms_vars {
     const char *first_name, *location, *provider, *link;
+    const char *appointment_id, *facility;
     int64_t start;          /* UTC seconds */
     int32_t utc_offset;     /* seconds east of UTC in force at `start` */
 };
 /* Checks a template: placeholders {first_name} {location} {provider}
- * {link} {start} {start:STRFTIME}, "{{" and "}}" for literal braces.
+ * {link} {appointment_id} {facility} {start} {start:STRFTIME}, "{{" and
+ * "}}" for literal braces.
  * 0, or -1 with the problem in why. */
 int sink_sms_template_check(const char *tmpl, char *why, size_t cap)
     __attribute__((warn_unused_result));
@@ -132,6 +135,10 @@ int sink_sms_template_check(const char *tmpl, char *why, size_t cap)
  * and %l with a space; an empty {link} leaves one at the end).  {start}
  * alone is "%a %b %e %l:%M %p". */
 void sink_sms_render(const char *tmpl, const struct sink_sms_vars *v, char *out, size_t cap);
+/* Renders a checked link template (sinks.sms.link: a join URL made of the
+ * appointment's fields): every substituted value percent-encoded (RFC 3986
+ * unreserved characters kept), {link} empty, nothing folded or trimmed. */
+void sink_sms_render_link(const char *tmpl, const struct sink_sms_vars *v, char *out, size_t cap);
 
 /* Deterministic repeatability id: a name-based UUID (version 5, SHA-1, RFC
  * 4122 §4.3) of "facility\x1fappointment\x1fevent key" in hl7bridge's own

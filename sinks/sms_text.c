@@ -243,14 +243,15 @@ int sink_sms_e164(const char *in, const char *default_country, char *out, size_t
 #define DEFAULT_START_FMT "%a %b %e %l:%M %p"
 #define MAX_FMT 64
 
-enum ph { PH_FIRST, PH_LOCATION, PH_PROVIDER, PH_LINK, PH_START, PH_BAD };
+enum ph { PH_FIRST, PH_LOCATION, PH_PROVIDER, PH_LINK, PH_APPT, PH_FACILITY, PH_START, PH_BAD };
 
 static enum ph placeholder(const char *name, size_t n, const char **fmt, size_t *fmt_len)
 {
-    static const char *const names[] = { "first_name", "location", "provider", "link" };
+    static const char *const names[] = { "first_name", "location", "provider", "link",
+                                         "appointment_id", "facility" };
     *fmt = NULL;
     *fmt_len = 0;
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 6; i++)
         if (strlen(names[i]) == n && memcmp(name, names[i], n) == 0)
             return (enum ph)i;
     if (n == 5 && memcmp(name, "start", 5) == 0)
@@ -281,7 +282,7 @@ int sink_sms_template_check(const char *t, char *why, size_t cap)
             if (placeholder(t + i + 1, (size_t)(end - t - i - 1), &fmt, &fl) == PH_BAD) {
                 snprintf(why, cap,
                          "unknown placeholder {%.*s} (known: {first_name} {location} {provider} "
-                         "{link} {start} {start:FORMAT})",
+                         "{link} {appointment_id} {facility} {start} {start:FORMAT})",
                          (int)(end - t - i - 1 > 40 ? 40 : end - t - i - 1), t + i + 1);
                 return -1;
             }
@@ -325,7 +326,36 @@ static void put(struct out *o, const char *s, size_t n, int clean)
     o->p[o->len] = '\0';
 }
 
-static void put_time(struct out *o, const struct sink_sms_vars *v, const char *fmt, size_t fl)
+/* A value inside a URL: RFC 3986 unreserved bytes as they are, every other
+ * byte (UTF-8 included) as %XX, so an id with "/", "?" or "#" cannot change
+ * where the link leads. */
+static void put_url(struct out *o, const char *s, size_t n)
+{
+    static const char hx[] = "0123456789ABCDEF";
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+            c == '-' || c == '.' || c == '_' || c == '~') {
+            put(o, (const char *)&c, 1, 0);
+        } else {
+            char e[3] = { '%', hx[c >> 4], hx[c & 15] };
+            if (o->len + 3 >= o->cap)
+                break;
+            put(o, e, 3, 0);
+        }
+    }
+}
+
+static void put_val(struct out *o, const char *s, size_t n, int url)
+{
+    if (url)
+        put_url(o, s, n);
+    else
+        put(o, s, n, 1);
+}
+
+static void put_time(struct out *o, const struct sink_sms_vars *v, const char *fmt, size_t fl,
+                     int url)
 {
     char f[MAX_FMT + 1];
     if (!fmt) {
@@ -348,10 +378,10 @@ static void put_time(struct out *o, const struct sink_sms_vars *v, const char *f
 #pragma GCC diagnostic ignored "-Wformat-nonliteral"
     size_t n = strftime(buf, sizeof buf, f, &tm);
 #pragma GCC diagnostic pop
-    put(o, buf, n, 1);
+    put_val(o, buf, n, url);
 }
 
-void sink_sms_render(const char *t, const struct sink_sms_vars *v, char *dst, size_t cap)
+static void render(const char *t, const struct sink_sms_vars *v, char *dst, size_t cap, int url)
 {
     if (cap == 0)
         return;
@@ -377,17 +407,33 @@ void sink_sms_render(const char *t, const struct sink_sms_vars *v, char *dst, si
         case PH_FIRST: val = v->first_name; break;
         case PH_LOCATION: val = v->location; break;
         case PH_PROVIDER: val = v->provider; break;
-        case PH_LINK: val = v->link; break;
-        case PH_START: put_time(&o, v, fmt, fl); break;
+        case PH_LINK: val = url ? NULL : v->link; break;
+        case PH_APPT: val = v->appointment_id; break;
+        case PH_FACILITY: val = v->facility; break;
+        case PH_START: put_time(&o, v, fmt, fl, url); break;
         case PH_BAD: break;
         }
         if (val)
-            put(&o, val, strlen(val), 1);
+            put_val(&o, val, strlen(val), url);
         i = (size_t)(end - t);
     }
+}
+
+void sink_sms_render_link(const char *t, const struct sink_sms_vars *v, char *dst, size_t cap)
+{
+    if (cap == 0)
+        return;
+    render(t, v, dst, cap, 1);
+}
+
+void sink_sms_render(const char *t, const struct sink_sms_vars *v, char *dst, size_t cap)
+{
+    if (cap == 0)
+        return;
+    render(t, v, dst, cap, 0);
     /* Fold runs of spaces and trim. */
-    size_t w = 0;
-    for (size_t r = 0; r < o.len; r++) {
+    size_t w = 0, len = strlen(dst);
+    for (size_t r = 0; r < len; r++) {
         if (dst[r] == ' ' && (w == 0 || dst[w - 1] == ' ' || dst[w - 1] == '\n'))
             continue;
         dst[w++] = dst[r];

@@ -246,8 +246,8 @@ class OwnRules(SMSBase):
     def file_daemon(self, extra=()):
         out = tempfile.mkdtemp(prefix="hl7bridge-sms-")
         self.addCleanup(shutil.rmtree, out, True)
-        d = self.daemon(["type: file", f"path: {_yaml_str(out + '/sms.jsonl')}",
-                         "reminders: []", *extra])
+        rem = [] if any(e.startswith("reminders:") for e in extra) else ["reminders: []"]
+        d = self.daemon(["type: file", f"path: {_yaml_str(out + '/sms.jsonl')}", *rem, *extra])
         d.sms_file = Path(out, "sms.jsonl")
         return d
 
@@ -272,6 +272,43 @@ class OwnRules(SMSBase):
         self.assertIn("sms_event msg_id=1 trigger=S12 confirmation=scheduled", d.log())
         # the facts were read and are gone from the journal (no PHI left there)
         self.assertEqual(d.query("SELECT COUNT(*) FROM appt_facts")[0][0], 0)
+        d.assert_stops_cleanly()
+
+
+    def test_spanish_template_chosen_by_pid15(self):
+        d = self.file_daemon([
+            "languages:",
+            "  - codes: [es, spa]",
+            "    templates:",
+            "      scheduled: \"Hola {first_name}, su cita en {location} es el {start:%d/%m %H:%M}.\"",
+        ])
+        s = time.time() + 86400
+        self.send(d, siu("S12", "L1", s, language="SPA^Spanish^HL70296"),
+                  siu("S12", "L2", s, language="es-MX"),
+                  siu("S12", "L3", s, language="fr"),
+                  siu("S12", "L4", s))
+        self.settle(d)
+        got = {json.loads(l)["message"].split(",")[0] for l in d.sms_file.read_text().splitlines()}
+        msgs = [json.loads(l)["message"] for l in d.sms_file.read_text().splitlines()]
+        self.assertEqual(len(msgs), 4)
+        self.assertEqual(sum(m.startswith("Hola ANA") for m in msgs), 2, msgs)
+        self.assertEqual(sum(m.startswith("Hi ANA") for m in msgs), 2, msgs)
+        self.assertIn("Hola ANA", got)
+        d.assert_stops_cleanly()
+
+    def test_kind_switched_off_sends_nothing(self):
+        d = self.file_daemon(["reminders: [24h, 2h]",
+                              "send: {scheduled: false, updated: true, cancelled: true, "
+                              "reminder: false}"])
+        now = time.time()
+        s1, s2 = now + 3 * 86400, now + 4 * 86400
+        self.send(d, siu("S12", "K1", s1, evn=now - 30))
+        self.settle(d)
+        self.assertEqual(self.texts(d, "K1"), [])          # no confirmation, no reminders
+        self.assertEqual(d.counter("kind_off"), 1)
+        self.send(d, siu("S13", "K1", s2, evn=now - 20))     # updates stay on
+        self.settle(d)
+        self.assertEqual(self.texts(d, "K1"), [("updated", "sent")])
         d.assert_stops_cleanly()
 
 

@@ -755,6 +755,27 @@ static void test_quiet_reminders(void **state)
     assert_int_equal(start - due2, 12 * 3600 + 60);
 }
 
+/* sinks.sms.time_zone defaults to mapping.time_zone (patients see their
+ * clinic's time, not UTC); written, it wins. */
+static void test_time_zone_default(void **state)
+{
+    (void)state;
+    static const char *const cases[][2] = {
+        { "mapping: {time_zone: America/Chicago}\n", "America/Chicago" },
+        { "mapping: {time_zone: America/Chicago}\nsinks: {sms: {time_zone: Europe/Madrid}}\n",
+          "Europe/Madrid" },
+        { "", "UTC" },
+    };
+    for (size_t i = 0; i < 3; i++) {
+        struct config_errors errs = { 0 };
+        struct config *c = config_load_string("tz", cases[i][0], strlen(cases[i][0]), &errs);
+        config_errors_release(&errs);
+        assert_non_null(c);
+        assert_string_equal(c->sinks.sms.time_zone, cases[i][1]);
+        config_free(c);
+    }
+}
+
 int main(void)
 {
     log_set_level(LOG_WARN);
@@ -768,6 +789,7 @@ int main(void)
         cmocka_unit_test(test_json_escape),
         cmocka_unit_test(test_request_id),
         cmocka_unit_test(test_quiet_hours),
+        cmocka_unit_test(test_time_zone_default),
         cmocka_unit_test_setup_teardown(test_book_move_cancel, env_setup, env_teardown),
         cmocka_unit_test_setup_teardown(test_duplicates_and_order, env_setup, env_teardown),
         cmocka_unit_test_setup_teardown(test_consent_and_numbers, env_setup, env_teardown),
