@@ -68,8 +68,11 @@ FUZZ_TARGETS := $(notdir $(wildcard tests/fuzz/*))
         lint install deb clean
 all: $(BUILD)/hl7bridge
 
+# Made anew each time: `ar r` keeps members whose source is gone (a moved or
+# removed module would otherwise still be linked from an old build folder).
 $(BUILD)/libhl7bridge.a: $(LIB_OBJS)
 	@mkdir -p $(@D)
+	@rm -f $@
 	$(AR) rcs $@ $^
 
 $(BUILD)/hl7bridge: $(BIN_OBJS) $(BUILD)/libhl7bridge.a

@@ -268,5 +268,9 @@ void config_free(struct config *c);
 /* Writes the effective configuration as YAML-like text (`hl7bridge check`),
  * secrets as "(set)".  Borrows both arguments. */
 void config_dump(const struct config *c, FILE *out);
+/* The effective value of one key or section named by a dotted path
+ * ("sinks.sms"), in config_dump's form (secrets as "(set)").  Returns 0, or
+ * -1 when no such key is reachable through single sections. */
+int config_dump_part(const struct config *c, const char *dotted, FILE *out);
 
 #endif

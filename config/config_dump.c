@@ -239,3 +239,28 @@ void config_dump(const struct config *c, FILE *out)
         fputs("# relative paths resolve against the working directory\n", out);
     dump_section(c, &cfg_root, c, 0, out, 0);
 }
+
+int config_dump_part(const struct config *c, const char *dotted, FILE *out)
+{
+    const struct cfg_section *sec = &cfg_root;
+    const char *p = dotted;
+    for (;;) {
+        const char *dot = strchr(p, '.');
+        size_t n = dot ? (size_t)(dot - p) : strlen(p);
+        const struct cfg_key *k = NULL;
+        for (size_t i = 0; i < sec->n_keys; i++)
+            if (strlen(sec->keys[i].name) == n && memcmp(sec->keys[i].name, p, n) == 0)
+                k = &sec->keys[i];
+        if (!k)
+            return -1;
+        if (!dot) {
+            dump_key(c, k, c, 0, out);
+            return 0;
+        }
+        /* Only nested single sections share the root's base. */
+        if (k->type != CT_SECTION)
+            return -1;
+        sec = k->sub;
+        p = dot + 1;
+    }
+}

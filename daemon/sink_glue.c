@@ -105,6 +105,38 @@ static int same_str(const char *a, const char *b)
     return (!a || !*a) ? (!b || !*b) : (b && strcmp(a, b) == 0);
 }
 
+/* The SMS sink keeps the settings it started with (endpoint, key, templates,
+ * switches, reminders, time zone): a reload that changes any of them cannot
+ * take effect for texts and is refused, so rules and texts never disagree.
+ * Compared through the effective values config_dump prints, so a key added
+ * to sinks.sms is covered without touching this function. */
+static int sms_settings_differ(const struct config *cur, const struct config *next)
+{
+    const char *tz_a = cur->sinks.sms.time_zone && *cur->sinks.sms.time_zone
+                           ? cur->sinks.sms.time_zone : cur->mapping.time_zone;
+    const char *tz_b = next->sinks.sms.time_zone && *next->sinks.sms.time_zone
+                           ? next->sinks.sms.time_zone : next->mapping.time_zone;
+    if (!same_str(tz_a, tz_b) || !same_str(cur->sinks.sms.access_key, next->sinks.sms.access_key))
+        return 1;
+    char *a = NULL, *b = NULL;
+    size_t na = 0, nb = 0;
+    FILE *fa = open_memstream(&a, &na), *fb = open_memstream(&b, &nb);
+    int differ = 1;  /* when in doubt, refuse */
+    if (fa && fb && config_dump_part(cur, "sinks.sms", fa) == 0 &&
+        config_dump_part(next, "sinks.sms", fb) == 0) {
+        fflush(fa);
+        fflush(fb);
+        differ = na != nb || memcmp(a, b, na) != 0;
+    }
+    if (fa)
+        fclose(fa);
+    if (fb)
+        fclose(fb);
+    free(a);
+    free(b);
+    return differ;
+}
+
 int sink_glue_reload_check(const struct config *cur, const struct config *next, char *why,
                            size_t cap)
 {
@@ -133,6 +165,11 @@ int sink_glue_reload_check(const struct config *cur, const struct config *next, 
     }
     if (what) {
         snprintf(why, cap, "sinks.audit.%s changed: the audit sink needs a restart", what);
+        return -1;
+    }
+    if (sms_settings_differ(cur, next)) {
+        snprintf(why, cap, "sinks.sms changed (or the time zone its texts use): the SMS sink "
+                           "needs a restart");
         return -1;
     }
     return 0;

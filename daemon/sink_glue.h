@@ -37,7 +37,7 @@ int sink_glue_layout_of(const char *store_path, const struct mapping *mp, enum m
                         const char *eol, int64_t *layout, char *err, size_t errcap)
     __attribute__((warn_unused_result));
 
-/* SIGHUP: 0 when the running audit sink can go on under `next` (only the
+/* SIGHUP: 0 when the running audit and SMS sinks can go on under `next` (only the
  * mapping, the row format and line ending differ: those follow the rows,
  * block by block); -1 with the first setting that needs a restart named in
  * why.  `cur` is the configuration the sink was started with. */

@@ -27,7 +27,10 @@ class SchemaDaemon(Daemon):
         text = (text.replace("mapping:\n", "mapping:\n" + schema, 1) if "\nmapping:\n" in text
                 else text + "mapping:\n" + schema)
         batch = f"    batch: {{max_age_s: {o.get('max_age_s', 1)}}}\n"
-        return text.replace("    type: file\n", "    type: file\n" + batch, 1)
+        text = text.replace("    type: file\n", "    type: file\n" + batch, 1)
+        if "sms_max_segments" in o:
+            text = text.replace("  sms:\n", f"  sms:\n    max_segments: {o['sms_max_segments']}\n", 1)
+        return text
 
     def reconfigure(self, **opts):
         """Rewrites the configuration file with new options and sends SIGHUP."""
@@ -110,6 +113,20 @@ class SchemaChange(unittest.TestCase):
         d.reconfigure(schema="epic", max_age_s=7)
         self.wait_log(d, "event=reload_refused")
         self.assertRegex(d.log(), r'reason="sinks\.audit\.batch\.max_age_s changed')
+        self.send(d, 0, 2)          # still the healthcare schema
+        widths = self.assert_each_file_matches_its_header(self.files(d, 2))
+        self.assertEqual(widths, [HEALTHCARE_COLUMNS])
+        d.assert_stops_cleanly()
+
+    def test_reload_the_sms_sink_cannot_follow_is_refused(self):
+        """The SMS sink keeps the settings it started with: a reload that
+        changes them (here with a schema change the audit sink could follow)
+        is refused whole, so rules and texts never run on two configurations."""
+        d = SchemaDaemon(self, schema="healthcare", max_age_s=1, sms_max_segments=3)
+        d.start()
+        d.reconfigure(schema="epic", sms_max_segments=2)
+        self.wait_log(d, "event=reload_refused")
+        self.assertRegex(d.log(), r'reason="sinks\.sms changed')
         self.send(d, 0, 2)          # still the healthcare schema
         widths = self.assert_each_file_matches_its_header(self.files(d, 2))
         self.assertEqual(widths, [HEALTHCARE_COLUMNS])
