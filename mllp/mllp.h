@@ -98,6 +98,12 @@ struct mllp_listener_opts {
     unsigned max_connections;
     size_t max_message_bytes;
     unsigned idle_timeout_s;
+    /* TCP keep-alive on accepted connections (all zero: the kernel's default,
+     * normally off) */
+    struct mllp_keepalive {
+        int enabled;
+        unsigned idle_s, interval_s, count;
+    } keepalive;
     void *user;                /* handed back with every frame of this listener */
 };
 

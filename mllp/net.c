@@ -88,6 +88,20 @@ int mllp_client_connect(const char *addr, int timeout_ms, char *errbuf, size_t e
     return fd;
 }
 
+int mllp_keepalive_set(int fd, const struct mllp_keepalive *k)
+{
+    if (!k->enabled)
+        return 0;
+    int on = 1, idle = (int)k->idle_s, intvl = (int)k->interval_s, cnt = (int)k->count;
+    if (setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on) != 0)
+        return -1;
+    if ((idle && setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle) != 0) ||
+        (intvl && setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl) != 0) ||
+        (cnt && setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt) != 0))
+        return -1;
+    return 0;
+}
+
 static int wait_fd(int fd, short ev, int timeout_ms)
 {
     struct pollfd pfd = { .fd = fd, .events = ev };

@@ -73,6 +73,7 @@ struct listener {
     unsigned handshake_timeout_s;
     unsigned frame_timeout_s;
     int frame_end_lenient;
+    struct mllp_keepalive keepalive;
     void *user;
     unsigned nconns;
     struct cidr *allow;
@@ -912,6 +913,9 @@ static void listener_cb(void *ud, int lfd, unsigned ev)
         }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (mllp_keepalive_set(fd, &ls->keepalive) != 0)
+            log_warn("mllp_keepalive_failed", "listener=%s peer=%s errno=%d", ls->name, peer,
+                     errno);
         c->srv = s;
         c->ls = ls;
         c->fd = fd;
@@ -1106,6 +1110,7 @@ int mllp_server_listen(struct mllp_server *s, const struct mllp_listener_opts *o
     ls->handshake_timeout_s = o->handshake_timeout_s ? o->handshake_timeout_s : 10;
     ls->frame_timeout_s = o->frame_timeout_s ? o->frame_timeout_s : 60;
     ls->frame_end_lenient = o->frame_end_lenient;
+    ls->keepalive = o->keepalive;
     if (o->n_allow) {
         ls->allow = calloc(o->n_allow, sizeof *ls->allow);
         for (size_t i = 0; ls->allow && i < o->n_allow; i++) {
