@@ -176,6 +176,7 @@ install: $(BUILD)/hl7bridge
 	install -d -m 0750 $(DESTDIR)$(STATEDIR)
 	install -m 0755 $(BUILD)/hl7bridge $(DESTDIR)$(BINDIR)/hl7bridge
 	install -m 0644 $(RULE_FILES) $(DESTDIR)$(DATADIR)/mappings/
+	install -m 0644 config/users.csv $(DESTDIR)$(DATADIR)/users.csv
 	sed -e 's|\.\./var/|$(STATEDIR)/|' -e 's|/usr/local/share/hl7bridge/|$(DATADIR)/|' \
 	    config/hl7bridge.yaml > $(BUILD)/hl7bridge.yaml.installed
 	install -m 0644 $(BUILD)/hl7bridge.yaml.installed $(DESTDIR)$(DATADIR)/hl7bridge.yaml

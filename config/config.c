@@ -909,9 +909,53 @@ static void join_path(char *out, size_t len, const char *path, const char *name)
     snprintf(out, len, "%.180s%s" Q, path, *path ? "." : "", name);
 }
 
+/* CK_NAMED: `NAME: {section}` pairs; the element's first member (char *)
+ * gets NAME (letters, digits, '_', '.', '-': it is used in rules and logs). */
+static void set_named_sections(struct cfg_walk *w, const struct cfg_key *k, const yaml_node_t *at,
+                               void *base, const char *path)
+{
+    if (at->type != YAML_MAPPING_NODE) {
+        cfg_error(w, at, "%s: expected a mapping of names to sections", path);
+        return;
+    }
+    size_t n = (size_t)(at->data.mapping.pairs.top - at->data.mapping.pairs.start);
+    if (list_count_ok(w, k, at, path, n) != 0 || list_alloc(w, k, at, base, n, k->sub->elem_size) != 0)
+        return;
+    char *arr = *CFG_AT(base, k->off, char *);
+    for (size_t i = 0; i < n; i++) {
+        const yaml_node_t *kn = node_at(w, at->data.mapping.pairs.start[i].key);
+        const yaml_node_t *vn = node_at(w, at->data.mapping.pairs.start[i].value);
+        const char *kraw;
+        if (get_scalar(w, kn, path, "a name", &kraw) != 0)
+            continue;
+        char ipath[256];
+        snprintf(ipath, sizeof ipath, "%.180s." Q, path, kraw);
+        size_t kl = strlen(kraw);
+        if (kl == 0 || kl > 64 ||
+            strspn(kraw, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-") != kl) {
+            cfg_error(w, kn, "%s: a name is 1 to 64 letters, digits, '_', '.' or '-'", ipath);
+            continue;
+        }
+        for (size_t j = 0; j < i; j++) {
+            const char *other = *CFG_AT(arr + j * k->sub->elem_size, 0, char *);
+            if (other && strcmp(other, kraw) == 0)
+                cfg_error(w, kn, "%s: duplicate name", ipath);
+        }
+        char *elem = arr + i * k->sub->elem_size;
+        *CFG_AT(elem, 0, char *) = dup_or_fail(w, kn, kraw);
+        walk_section(w, k->sub, is_null(vn) ? NULL : vn, elem, ipath);
+        if (is_null(vn))
+            cfg_error(w, kn, "%s: expected a mapping of keys", ipath);
+    }
+}
+
 static void set_sections(struct cfg_walk *w, const struct cfg_key *k, const yaml_node_t *at,
                          void *base, const char *path)
 {
+    if (k->flags & CK_NAMED) {
+        set_named_sections(w, k, at, base, path);
+        return;
+    }
     if (at->type != YAML_SEQUENCE_NODE) {
         cfg_error(w, at, "%s: expected a list", path);
         return;
@@ -1107,8 +1151,11 @@ static void release_section(const struct cfg_section *sec, void *base)
             break;
         case CT_SECTIONS: {
             char *arr = *CFG_AT(base, k->off, char *);
-            for (size_t j = 0; arr && j < *CFG_AT(base, k->off2, size_t); j++)
+            for (size_t j = 0; arr && j < *CFG_AT(base, k->off2, size_t); j++) {
+                if (k->flags & CK_NAMED)
+                    free(*CFG_AT(arr + j * k->sub->elem_size, 0, char *));
                 release_section(k->sub, arr + j * k->sub->elem_size);
+            }
             free(arr);
             break;
         }

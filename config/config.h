@@ -63,6 +63,22 @@ struct config_listener {
     unsigned handshake_timeout_s;    /* TLS handshake, default 10 */
     unsigned frame_timeout_s;        /* a started frame must end within, default 60 */
     enum config_frame_end frame_end; /* strict (0x1C 0x0D only, default) | lenient */
+    /* TCP keep-alive on accepted connections: VPN and NAT devices drop idle
+     * flows silently, and the sender then writes into a dead socket. */
+    struct {
+        bool enabled;                /* default true */
+        unsigned idle_s;             /* idle time before the first probe, default 60 */
+        unsigned interval_s;         /* between probes, default 10 */
+        unsigned count;              /* unanswered probes before the connection is dropped, default 6 */
+    } keepalive;
+};
+
+/* One lookup table of the mapping rules (mapping.lookups: NAME: {...}). */
+struct config_lookup {
+    char *name;               /* the key under mapping.lookups; rules say `table: NAME` */
+    char *file;               /* CSV file with a header line */
+    char *key_column;         /* header name of the column looked up */
+    char *value_column;       /* header name of the column returned */
 };
 
 /* One `key: value` of a string→string map, in file order. */
@@ -164,6 +180,8 @@ struct config {
         char *time_zone;                /* IANA name, default "UTC" */
         enum config_unmatched unmatched; /* default accept */
         char *date_format;              /* strftime, default "%Y-%m-%dT%H:%M:%SZ" */
+        struct config_lookup *lookups;  /* lookup tables the rules may use */
+        size_t n_lookups;
     } mapping;
     struct {
         struct {

@@ -95,6 +95,17 @@ static void dump_key(const struct config *c, const struct cfg_key *k, const void
     case CT_SECTIONS: {
         const char *arr = *(const char *const *)(const void *)(b + k->off);
         size_t n = *(const size_t *)(const void *)(b + k->off2);
+        if (k->flags & CK_NAMED) {
+            fprintf(out, "%s:%s\n", k->name, n ? "" : " {}");
+            for (size_t i = 0; i < n; i++) {
+                const char *elem = arr + i * k->sub->elem_size;
+                indent(out, ind + 2);
+                put_str(out, *(char *const *)(const void *)elem);
+                fputs(":\n", out);
+                dump_section(c, k->sub, elem, ind + 4, out, 0);
+            }
+            return;
+        }
         fprintf(out, "%s:%s\n", k->name, n ? "" : " []");
         for (size_t i = 0; i < n; i++) {
             indent(out, ind + 2);

@@ -41,6 +41,8 @@ enum cfg_type {
 /* A file or directory name (CT_STR, CT_STRLIST items, CT_SECRET_FILE): a
  * relative one written in a file resolves against that file's directory. */
 #define CK_PATH 4u
+#define CK_NAMED 8u     /* CT_SECTIONS written as a mapping NAME: {section}; each
+                         * element starts with `char *name` holding NAME */
 
 struct cfg_walk;
 struct cfg_section;

@@ -267,6 +267,20 @@ static const struct cfg_section tls_sec = {
     tls_keys, NKEYS(tls_keys), 0, validate_tls, tls_present,
 };
 
+/* Linux caps TCP_KEEPIDLE/TCP_KEEPINTVL at 32767 s and TCP_KEEPCNT at 127. */
+static const struct cfg_key keepalive_keys[] = {
+    {.name = "enabled", .type = CT_BOOL, .off = LOFF(keepalive.enabled), .def = "true"},
+    {.name = "idle_s", .type = CT_UINT, .off = LOFF(keepalive.idle_s),
+     .min = 1, .max = 32767, .def = "60"},
+    {.name = "interval_s", .type = CT_UINT, .off = LOFF(keepalive.interval_s),
+     .min = 1, .max = 32767, .def = "10"},
+    {.name = "count", .type = CT_UINT, .off = LOFF(keepalive.count),
+     .min = 1, .max = 127, .def = "6"},
+};
+static const struct cfg_section keepalive_sec = {
+    keepalive_keys, NKEYS(keepalive_keys), 0, NULL, NULL,
+};
+
 static const struct cfg_key listener_keys[] = {
     {.name = "name", .type = CT_STR, .flags = CK_REQUIRED, .off = LOFF(name),
      .def = "main", .check = check_name},
@@ -292,6 +306,7 @@ static const struct cfg_key listener_keys[] = {
      .min = 1, .max = 86400, .def = "60"},
     {.name = "frame_end", .type = CT_ENUM, .off = LOFF(frame_end), .words = w_frame_end,
      .def = "strict"},
+    {.name = "keepalive", .type = CT_SECTION, .sub = &keepalive_sec},
 };
 static const struct cfg_section listener_sec = {
     listener_keys, NKEYS(listener_keys), sizeof(struct config_listener), NULL, NULL,
@@ -360,6 +375,22 @@ static const struct cfg_section log_sec = {log_keys, NKEYS(log_keys), 0, NULL, N
 
 /* ---- mapping ----------------------------------------------------------- */
 
+#define KOFF(f) offsetof(struct config_lookup, f)
+/* The file is read (and its columns checked) by the mapping loader, which
+ * reports problems as file:line: message. */
+static const struct cfg_key lookup_keys[] = {
+    {.name = "file", .type = CT_STR, .flags = CK_REQUIRED | CK_PATH, .off = KOFF(file),
+     .check = check_nonempty},
+    {.name = "key_column", .type = CT_STR, .off = KOFF(key_column), .def = "ehr_id",
+     .check = check_nonempty},
+    {.name = "value_column", .type = CT_STR, .off = KOFF(value_column), .def = "upn",
+     .check = check_nonempty},
+};
+_Static_assert(offsetof(struct config_lookup, name) == 0, "CK_NAMED: name comes first");
+static const struct cfg_section lookup_sec = {
+    lookup_keys, NKEYS(lookup_keys), sizeof(struct config_lookup), NULL, NULL,
+};
+
 static const struct cfg_key mapping_keys[] = {
     {.name = "schema", .type = CT_ENUM, .off = OFF(mapping.schema), .words = w_schema,
      .def = "healthcare"},
@@ -373,6 +404,8 @@ static const struct cfg_key mapping_keys[] = {
      .def = "accept"},
     {.name = "date_format", .type = CT_STR, .off = OFF(mapping.date_format),
      .def = "%Y-%m-%dT%H:%M:%SZ", .check = check_nonempty},
+    {.name = "lookups", .type = CT_SECTIONS, .flags = CK_NAMED, .off = OFF(mapping.lookups),
+     .off2 = OFF(mapping.n_lookups), .max_n = HB_MAX_LOOKUP_TABLES, .sub = &lookup_sec},
 };
 static const struct cfg_section mapping_sec = {mapping_keys, NKEYS(mapping_keys), 0, NULL, NULL};
 
@@ -694,6 +727,16 @@ static void validate_root(struct cfg_walk *w, void *base, const char *path,
     if (!c->sinks.sms.time_zone && c->mapping.time_zone &&
         !(c->sinks.sms.time_zone = strdup(c->mapping.time_zone)))
         cfg_error(w, node, "out of memory");
+    /* The Epic connector takes pipe- or tab-separated files only. */
+    if (c->mapping.schema == CONFIG_SCHEMA_EPIC && c->sinks.audit.format == CONFIG_FORMAT_CSV) {
+        const yaml_node_t *f = cfg_find(w, cfg_find(w, cfg_find(w, node, "sinks"), "audit"),
+                                        "format");
+        if (!f)
+            f = cfg_find(w, cfg_find(w, node, "mapping"), "schema");
+        cfg_error(w, f ? f : node,
+                  "sinks.audit.format: csv is refused by the Epic connector (mapping.schema: "
+                  "epic); use tsv or psv");
+    }
     const yaml_node_t *list = cfg_find(w, node, "listen");
     size_t n_items = list && list->type == YAML_SEQUENCE_NODE
                    ? (size_t)(list->data.sequence.items.top - list->data.sequence.items.start) : 0;

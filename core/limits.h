@@ -10,6 +10,14 @@
 #define HB_DEFAULT_IDLE_TIMEOUT_S    600
 #define HB_MAX_LISTENERS             32
 
+/* Mapping lookup tables (mapping.lookups): how many, and the ceilings of one
+ * table's CSV file, so a wrong file (a whole database export) is refused at
+ * load instead of filling memory. */
+#define HB_MAX_LOOKUP_TABLES         32
+#define HB_MAX_LOOKUP_ROWS           2000000u
+#define HB_MAX_LOOKUP_FILE_BYTES     (256u * 1024u * 1024u)
+#define HB_MAX_LOOKUP_FIELD_BYTES    1024u
+
 /* HL7 parser: segments and fields indexed per message.  Beyond these the
  * message is rejected with AR rather than indexed partially. */
 #define HL7_MAX_SEGMENTS             65536

@@ -64,6 +64,9 @@ int cmd_check(int argc, char **argv)
     printf("%s: configuration OK (%zu listener%s, %zu mapping rule%s)\n", path, c->n_listeners,
            c->n_listeners == 1 ? "" : "s", mapping_rule_count(mp),
            mapping_rule_count(mp) == 1 ? "" : "s");
+    for (size_t i = 0; i < mapping_lookup_count(mp); i++)
+        printf("lookup table %s: %zu row%s\n", mapping_lookup_name(mp, i),
+               mapping_lookup_rows(mp, i), mapping_lookup_rows(mp, i) == 1 ? "" : "s");
     if (dump) {
         config_dump(c, stdout);
         if (c->mapping.n_rules == 0) {

@@ -172,6 +172,73 @@ static const char *outcome_text(enum hl7_outcome o)
                                                                  : "Message rejected";
 }
 
+/* ---- logs of refusals and quarantines ------------------------------------ */
+
+/* Field `n` (as in MSH-n, n >= 3) of the frame's first segment, first
+ * `comps` components joined by '^', read straight from the bytes so it
+ * works for frames that did not parse.  Only letters, digits and . _ - ^
+ * are kept (others become '?', at most 48 bytes): these are system names
+ * and ids, and the log line stays one key=value token. */
+static void raw_msh_field(const uint8_t *p, size_t len, unsigned n, unsigned comps, char *out,
+                          size_t cap)
+{
+    size_t o = 0;
+    out[0] = 0;
+    if (len < 8 || memcmp(p, "MSH", 3) != 0)
+        return;
+    uint8_t fs = p[3], cs = p[4];
+    unsigned f = 1, comp = 1;
+    for (size_t i = 3; i < len && p[i] != '\r' && p[i] != '\n'; i++) {
+        if (p[i] == fs) {
+            if (++f > n)
+                break;
+            comp = 1;
+            continue;
+        }
+        if (f != n)
+            continue;
+        if (p[i] == cs) {
+            if (++comp > comps)
+                continue;
+        } else if (comp > comps) {
+            continue;
+        }
+        if (o + 1 >= cap || o >= 48)
+            break;
+        uint8_t c = p[i];
+        int ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                 c == '.' || c == '_' || c == '-' || c == cs;
+        out[o++] = c == cs ? '^' : ok ? (char)c : '?';
+    }
+    out[o] = 0;
+}
+
+/* One line for a message that is refused or kept aside: where it came from
+ * (listener, peer), who sent it (MSH-3^MSH-4), what it is (MSH-9) and its
+ * control id (MSH-10), so an analyst can find it; the reason names fields
+ * and rules, never their content. */
+static void log_msg(enum log_level lvl, const char *event, const struct ingest_listener *il,
+                    struct mllp_conn *c, const uint8_t *p, size_t len, int code,
+                    const char *reason)
+{
+    char sender[64], type[64], cid[64], why[240];
+    raw_msh_field(p, len, 3, 1, sender, sizeof sender);
+    size_t sl = strlen(sender);
+    if (sl + 1 < sizeof sender) {
+        sender[sl] = '^';
+        raw_msh_field(p, len, 4, 1, sender + sl + 1, sizeof sender - sl - 1);
+    }
+    raw_msh_field(p, len, 9, 2, type, sizeof type);
+    raw_msh_field(p, len, 10, 1, cid, sizeof cid);
+    size_t w = 0;
+    for (const char *r = reason ? reason : ""; *r && w + 1 < sizeof why; r++)
+        why[w++] = *r == '"' || *r == '\\' || (unsigned char)*r < 0x20 ? '\'' : *r;
+    why[w] = 0;
+    log_event(lvl, event,
+              "listener=%s peer=%s sender=%s type=%s control_id=%s code=%d reason=\"%s\"",
+              il ? il->name : "", c ? mllp_conn_peer(c) : "", sender, type, cid, code, why);
+}
+
 /* ---- batches ------------------------------------------------------------- */
 
 /* Counts a batch ACK for all its members, sender from BHS-3/BHS-4. */
@@ -315,6 +382,35 @@ static void note_appt(struct ingest *in, struct mapped *out)
     out->has_appt = 1;
 }
 
+/* Counts the rows of the last evaluation whose user stayed unresolved,
+ * under the rule's name. */
+static void note_unresolved(struct ingest *in)
+{
+    enum mapping_unresolved act;
+    size_t n = mapping_result_unresolved(in->mres, &act);
+    if (!n)
+        return;
+    const char *rule = mapping_result_rule(in->mres);
+    struct ingest_stats *st = &in->st;
+    unsigned i;
+    for (i = 0; i < st->n_unresolved; i++)
+        if (strcmp(st->unresolved[i].rule, rule) == 0)
+            break;
+    if (i == st->n_unresolved) {
+        if (i == INGEST_MAX_RULE_STATS - 1) {
+            rule = "other";
+            for (i = 0; i < st->n_unresolved && strcmp(st->unresolved[i].rule, rule) != 0; i++)
+                ;
+        }
+        if (i == st->n_unresolved) {
+            snprintf(st->unresolved[i].rule, sizeof st->unresolved[i].rule, "%s", rule);
+            st->n_unresolved++;
+        }
+    }
+    st->unresolved[i].rows[act] += n;
+    st->unresolved_users += n;
+}
+
 /* Runs the rules on the parsed message in in->msg.  Returns 0 with *out
  * filled (rows point into in->rows), or -1 when the rules reject the
  * message: *err then holds the ERR content. */
@@ -324,6 +420,7 @@ static int map_message(struct ingest *in, struct mapped *out, struct hl7_err *er
     if (!in->o.mapping)
         return 0;
     int oc = mapping_eval(in->o.mapping, in->msg, in->mres);
+    note_unresolved(in);
     switch (oc) {
     case MAPPING_ROWS: {
         unsigned replaced = 0;
@@ -700,6 +797,7 @@ static void handle_batch(struct ingest *in, struct mllp_conn *c, uint64_t seq,
         enum hl7_ack_code err_code = b->enhanced ? HL7_ACK_CE : HL7_ACK_AE;
         if (hl7_msg_parse(in->msg, msg.p, msg.len, &il->parse, &e) != 0 ||
             hl7_msg_validate(in->msg, &e) != 0) {
+            log_msg(LOG_INFO, "hl7_rejected", il, c, msg.p, msg.len, e.code, e.text);
             batch_fail(b, b->total, &e);
             keep_rejected(in, c, il, msg.p, msg.len, in->msg, rej, e.text, &e);
             continue;
@@ -708,6 +806,7 @@ static void handle_batch(struct ingest *in, struct mllp_conn *c, uint64_t seq,
             in->st.sender_refused++;
             hl7_err_set(&e, HL7_E_INTERNAL, "MSH", 1, 3,
                         "sender not allowed for this client certificate");
+            log_msg(LOG_INFO, "hl7_rejected", il, c, msg.p, msg.len, e.code, e.text);
             batch_fail(b, b->total, &e);
             keep_rejected(in, c, il, msg.p, msg.len, in->msg, rej, e.text, &e);
             continue;
@@ -723,11 +822,15 @@ static void handle_batch(struct ingest *in, struct mllp_conn *c, uint64_t seq,
         }
         struct mapped mr;
         if (map_message(in, &mr, &e) != 0) {
+            log_msg(LOG_INFO, "mapping_rejected", il, c, msg.p, msg.len, e.code,
+                    mapping_result_reason(in->mres));
             batch_fail(b, b->total, &e);
             keep_rejected(in, c, il, msg.p, msg.len, in->msg, err_code,
                           mapping_result_reason(in->mres), &e);
             continue;
         }
+        if (mr.quarantined)
+            log_msg(LOG_INFO, "mapping_quarantined", il, c, msg.p, msg.len, 0, mr.reason);
         b->outstanding++;
         batch_rows += mr.row_count;
         if (submit(in, c, seq, in->msg, il, b, &mr) != 0) {
@@ -799,6 +902,7 @@ static void on_frame(void *ud, struct mllp_conn *c, uint64_t seq, const uint8_t 
     }
     struct hl7_err err;
     enum hl7_ack_code code;
+        log_msg(LOG_INFO, "hl7_rejected", il, c, p, len, err.code, err.text);
     if (hl7_msg_parse(in->msg, p, len, &il->parse, &err) != 0 &&
         err.code == HL7_E_SEGMENT_SEQUENCE && has_trailer(p, len)) {
         /* MSH … BTS/FTS: a batch with a trailer and no header. */
@@ -814,8 +918,7 @@ static void on_frame(void *ud, struct mllp_conn *c, uint64_t seq, const uint8_t 
         return;
     }
     if (hl7_msg_validate(in->msg, &err) != 0) {
-        log_info("hl7_rejected", "listener=%s peer=%s code=%d reason=\"%s\"", il->name,
-                 mllp_conn_peer(c), err.code, err.text);
+        log_msg(LOG_INFO, "hl7_rejected", il, c, p, len, err.code, err.text);
         code = answer(in, c, seq, in->msg, HL7_REJECT, NULL, outcome_text(HL7_REJECT), &err);
         keep_rejected(in, c, il, p, len, in->msg, code, err.text, &err);
         return;
@@ -827,6 +930,7 @@ static void on_frame(void *ud, struct mllp_conn *c, uint64_t seq, const uint8_t 
         char q[768];
         log_warn("sender_refused", "listener=%s peer=%s cn=\"%s\"", il->name, mllp_conn_peer(c),
                  log_quote(q, sizeof q, mllp_conn_tls_name(c))); /* the peer's certificate */
+        log_msg(LOG_INFO, "hl7_rejected", il, c, p, len, err.code, err.text);
         code = answer(in, c, seq, in->msg, HL7_REJECT, NULL, "Sender not allowed", &err);
         keep_rejected(in, c, il, p, len, in->msg, code, err.text, &err);
         return;
@@ -836,19 +940,22 @@ static void on_frame(void *ud, struct mllp_conn *c, uint64_t seq, const uint8_t 
         hl7_err_set(&err, HL7_E_INTERNAL, "", 0, 0, "sink backlog full");
         log_warn("backlog_full", "listener=%s peer=%s max_pending_rows=%llu", il->name,
                  mllp_conn_peer(c), (unsigned long long)in->backlog_max);
+        log_msg(LOG_INFO, "hl7_rejected", il, c, p, len, err.code, err.text);
         code = answer(in, c, seq, in->msg, HL7_ERROR, NULL, "Sink backlog full", &err);
         keep_rejected(in, c, il, p, len, in->msg, code, err.text, &err);
         return;
     }
     struct mapped mr;
     if (map_message(in, &mr, &err) != 0) {
-        log_info("mapping_rejected", "listener=%s peer=%s code=%d reason=\"%s\"", il->name,
-                 mllp_conn_peer(c), err.code, mapping_result_reason(in->mres));
+        log_msg(LOG_INFO, "mapping_rejected", il, c, p, len, err.code,
+                mapping_result_reason(in->mres));
         code = answer(in, c, seq, in->msg, HL7_ERROR, NULL,
                       "Message not accepted by the mapping rules", &err);
         keep_rejected(in, c, il, p, len, in->msg, code, mapping_result_reason(in->mres), &err);
         return;
     }
+    if (mr.quarantined)
+        log_msg(LOG_INFO, "mapping_quarantined", il, c, p, len, 0, mr.reason);
     if (submit(in, c, seq, in->msg, il, NULL, &mr) != 0) {
         struct hl7_err f;
         hl7_err_set(&f, HL7_E_INTERNAL, "", 0, 0, "store queue full");
@@ -874,6 +981,7 @@ static void refuse_unfinished(struct ingest *in, struct mllp_conn *c, uint64_t s
     if (hl7_msg_parse(in->msg, p, n, &il->parse, &err) != 0)
         log_debug("unfinished_prefix_unparsed", "code=%d", err.code);
     hl7_err_set(&err, HL7_E_INTERNAL, "", 0, 0, why);
+    log_msg(LOG_INFO, "hl7_rejected", il, c, p, n, err.code, err.text);
     enum hl7_ack_code code = answer(in, c, seq, in->msg, HL7_REJECT, NULL, text, &err);
     keep_rejected(in, c, il, NULL, 0, in->msg, code, err.text, &err);
 }

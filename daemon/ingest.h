@@ -37,6 +37,16 @@ struct ingest_listener {
     size_t n_senders;
 };
 
+/* Rows whose user stayed unresolved, per mapping rule (by name, so the
+ * counts survive a reload) and by what the rule did with them
+ * (enum mapping_unresolved).  Past INGEST_MAX_RULE_STATS - 1 names, rules
+ * are counted under "other". */
+#define INGEST_MAX_RULE_STATS 32
+struct ingest_rule_stat {
+    char rule[64];
+    uint64_t rows[MAPPING_UNRESOLVED_N];
+};
+
 /* ACK and message counters (network thread). */
 struct ingest_stats {
     uint64_t received;          /* messages (batch members counted one by one) */
@@ -55,6 +65,9 @@ struct ingest_stats {
     uint64_t backlog_refused;   /* AE: sink backlog over store.max_pending_rows */
     uint64_t rejected_kept;     /* AE/AR messages kept in the store for the browser */
     uint64_t rejected_not_kept; /* AE/AR messages the store could not keep (queue full, error) */
+    uint64_t unresolved_users;  /* rows without a resolved user, every rule and action */
+    struct ingest_rule_stat unresolved[INGEST_MAX_RULE_STATS];
+    unsigned n_unresolved;      /* entries used in unresolved[] */
 };
 
 struct ingest *ingest_new(struct loop *l, struct store *st, const struct ingest_opts *o);

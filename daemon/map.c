@@ -1,5 +1,6 @@
 /* `hl7bridge map [-c FILE] MESSAGE-FILE...`: shows what the mapping rules make
- * of messages.  Standard output is exactly what the audit sink would write
+ * of messages, batches (FHS/BHS … BTS/FTS) member by member as the daemon
+ * takes them.  Standard output is exactly what the audit sink would write
  * (header line, then the rows, in the configured format); one note per
  * message that gives no row (filtered, quarantined, rejected, unparseable)
  * goes to standard error.  Exit status 1 if any message would be rejected. */
@@ -21,7 +22,8 @@ static void map_usage(FILE *out)
                  "\n"
                  "Maps each message with the configured rules and prints the rows exactly as\n"
                  "the audit sink writes them (header first) on standard output; messages that\n"
-                 "give no row are noted on standard error with the reason.\n"
+                 "give no row are noted on standard error with the reason.  A batch\n"
+                 "(FHS/BHS ... BTS/FTS) is mapped member by member, as the daemon does.\n"
                  "Exit status 1 if any message would be rejected.\n");
 }
 
@@ -29,6 +31,53 @@ static void write_out(const struct buf *b)
 {
     if (b->len)
         fwrite(buf_data(b), 1, b->len, stdout);
+}
+
+struct map_ctx {
+    const struct mapping *mp;
+    struct hl7_msg *m;
+    struct mapping_result *res;
+    enum mapping_format fmt;
+    const char *eol;
+    struct buf *out;
+};
+
+/* Maps one message and writes its rows, or why it gives none.  Returns 1
+ * when the daemon would reject it, else 0. */
+static int map_one(struct map_ctx *mc, const uint8_t *p, size_t len, const char *label)
+{
+    struct hl7_err e;
+    if (hl7_msg_parse(mc->m, p, len, NULL, &e) != 0 || hl7_msg_validate(mc->m, &e) != 0) {
+        fprintf(stderr, "%s: rejected (AR): error %d: %s\n", label, e.code, e.text);
+        return 1;
+    }
+    switch (mapping_eval(mc->mp, mc->m, mc->res)) {
+    case MAPPING_ROWS:
+        buf_reset(mc->out);
+        if (mapping_format_rows(mc->mp, mc->res, mc->fmt, mc->eol, mc->out, NULL) != 0) {
+            fprintf(stderr, "%s: rows too large\n", label);
+            return 1;
+        }
+        write_out(mc->out);
+        if (mapping_result_row_count(mc->res) == 0 && mapping_result_unresolved(mc->res, NULL))
+            fprintf(stderr, "%s: no row (no resolved user; appointment facts only): %s\n", label,
+                    mapping_result_reason(mc->res));
+        return 0;
+    case MAPPING_FILTERED:
+        fprintf(stderr, "%s: filtered (accepted, no row): %s\n", label,
+                mapping_result_reason(mc->res));
+        return 0;
+    case MAPPING_QUARANTINE:
+        fprintf(stderr, "%s: quarantined (accepted, kept aside): %s\n", label,
+                mapping_result_reason(mc->res));
+        return 0;
+    default: {
+        const struct hl7_err *me = mapping_result_err(mc->res);
+        fprintf(stderr, "%s: rejected (AE): error %d: %s\n", label, me ? me->code : 0,
+                mapping_result_reason(mc->res));
+        return 1;
+    }
+    }
 }
 
 int cmd_map(int argc, char **argv)
@@ -70,6 +119,7 @@ int cmd_map(int argc, char **argv)
         goto done;
     }
     write_out(&out);
+    struct map_ctx mc = {.mp = mp, .m = m, .res = res, .fmt = fmt, .eol = eol, .out = &out};
     for (; i < argc; i++) {
         size_t len;
         uint8_t *data = msgfile_read(argv[i], &len);
@@ -86,39 +136,32 @@ int cmd_map(int argc, char **argv)
         }
         for (size_t k = 0; k < l.n; k++) {
             const struct msgfile_msg *mm = &l.v[k];
+            char label[600];
+            snprintf(label, sizeof label, "%s#%u", mm->file, mm->index);
+            if (!hl7_is_batch(mm->p, mm->len)) {
+                rc |= map_one(&mc, mm->p, mm->len, label);
+                continue;
+            }
+            /* a batch: each member as the daemon takes it (FHS/BHS … BTS/FTS) */
+            struct hl7_batch_iter it;
             struct hl7_err e;
-            if (hl7_msg_parse(m, mm->p, mm->len, NULL, &e) != 0 || hl7_msg_validate(m, &e) != 0) {
-                fprintf(stderr, "%s#%u: rejected (AR): error %d: %s\n", mm->file, mm->index,
-                        e.code, e.text);
+            struct hl7_slice msg;
+            int r;
+            unsigned member = 0;
+            if (hl7_batch_begin(&it, mm->p, mm->len, &e) != 0) {
+                fprintf(stderr, "%s: rejected (AR): batch envelope: error %d: %s\n", label, e.code,
+                        e.text);
                 rc = 1;
                 continue;
             }
-            int oc = mapping_eval(mp, m, res);
-            switch (oc) {
-            case MAPPING_ROWS:
-                buf_reset(&out);
-                if (mapping_format_rows(mp, res, fmt, eol, &out, NULL) != 0) {
-                    fprintf(stderr, "%s#%u: rows too large\n", mm->file, mm->index);
-                    rc = 1;
-                } else {
-                    write_out(&out);
-                }
-                break;
-            case MAPPING_FILTERED:
-                fprintf(stderr, "%s#%u: filtered (accepted, no row): %s\n", mm->file, mm->index,
-                        mapping_result_reason(res));
-                break;
-            case MAPPING_QUARANTINE:
-                fprintf(stderr, "%s#%u: quarantined (accepted, kept aside): %s\n", mm->file,
-                        mm->index, mapping_result_reason(res));
-                break;
-            default: {
-                const struct hl7_err *me = mapping_result_err(res);
-                fprintf(stderr, "%s#%u: rejected (AE): error %d: %s\n", mm->file, mm->index,
-                        me ? me->code : 0, mapping_result_reason(res));
-                rc = 1;
-                break;
+            while ((r = hl7_batch_next(&it, &msg, &e)) == 1) {
+                char ml[640];
+                snprintf(ml, sizeof ml, "%s.%u", label, ++member);
+                rc |= map_one(&mc, msg.p, msg.len, ml);
             }
+            if (r < 0) {
+                fprintf(stderr, "%s: rejected (AR): batch: error %d: %s\n", label, e.code, e.text);
+                rc = 1;
             }
         }
         free(l.v);

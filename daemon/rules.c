@@ -28,6 +28,24 @@ struct mapping *rules_load(const struct config *c)
             hs[i].header = c->mapping.headers[i].value;
         }
     }
+    /* Without mapping.lookups the shipped rules get an empty `users`
+     * table: they load, and every row stays unresolved (and is dropped)
+     * until the operator names the directory export. */
+    static const struct mapping_lookup builtin_users = {"users", NULL, "ehr_id", "upn"};
+    struct mapping_lookup *lk = NULL;
+    if (c->mapping.n_lookups) {
+        lk = calloc(c->mapping.n_lookups, sizeof *lk);
+        if (!lk) {
+            free(hs);
+            return NULL;
+        }
+        for (size_t i = 0; i < c->mapping.n_lookups; i++) {
+            lk[i].name = c->mapping.lookups[i].name;
+            lk[i].file = c->mapping.lookups[i].file;
+            lk[i].key_column = c->mapping.lookups[i].key_column;
+            lk[i].value_column = c->mapping.lookups[i].value_column;
+        }
+    }
     struct mapping_opts o = {
         .schema = c->mapping.schema == CONFIG_SCHEMA_EPIC ? MAPPING_SCHEMA_EPIC
                                                           : MAPPING_SCHEMA_HEALTHCARE,
@@ -42,6 +60,8 @@ struct mapping *rules_load(const struct config *c)
                                                                      : MAPPING_UNMATCHED_ACCEPT,
         .date_format = c->mapping.date_format,
         .consent_field = c->sinks.sms.consent.field,
+        .lookups = lk ? lk : &builtin_users,
+        .n_lookups = lk ? c->mapping.n_lookups : 1,
     };
     struct mapping_errors errs = { 0 };
     struct mapping *mp = mapping_load(&o, &errs);
@@ -52,6 +72,7 @@ struct mapping *rules_load(const struct config *c)
             fprintf(stderr, "mapping rules: cannot load\n");
     }
     mapping_errors_release(&errs);
+    free(lk);
     free(hs);
     return mp;
 }

@@ -451,6 +451,8 @@ int cmd_run(int argc, char **argv)
             .max_connections = cl->max_connections,
             .max_message_bytes = (size_t)cl->max_message_bytes,
             .idle_timeout_s = cl->idle_timeout_s,
+            .keepalive = {.enabled = cl->keepalive.enabled, .idle_s = cl->keepalive.idle_s,
+                          .interval_s = cl->keepalive.interval_s, .count = cl->keepalive.count},
             .user = &ils[i],
         };
         if (mllp_server_listen(ingest_server(r.ingest), &lo, err, sizeof err) != 0) {

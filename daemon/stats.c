@@ -918,6 +918,19 @@ int stats_render_prometheus(const struct stats_snapshot *s, struct buf *out)
                    g->ingest.batch_count_mismatch);
     rc |= prom_one(out, "hl7bridge_batches_total", "counter", "HL7 batches received.",
                    g->ingest.batches);
+    rc |= prom_head(out, "hl7bridge_unresolved_user_rows_total", "counter",
+                    "Rows whose user the rules could not resolve, by rule and by what "
+                    "on_unresolved_user did (filter: dropped, quarantine: message kept aside, "
+                    "keep: row kept).");
+    for (unsigned i = 0; i < g->ingest.n_unresolved; i++) {
+        const struct ingest_rule_stat *u = &g->ingest.unresolved[i];
+        for (int a = 0; a < MAPPING_UNRESOLVED_N; a++) {
+            rc |= buf_append_str(out, "hl7bridge_unresolved_user_rows_total{rule=\"");
+            rc |= prom_s(out, u->rule);
+            rc |= bprintf(out, "\",action=\"%s\"} %" PRIu64 "\n",
+                          mapping_unresolved_name((enum mapping_unresolved)a), u->rows[a]);
+        }
+    }
     rc |= prom_head(out, "hl7bridge_store_free_disk_bytes", "gauge",
                     "Free space on the store's filesystem (-1 unknown).");
     rc |= bprintf(out, "hl7bridge_store_free_disk_bytes %" PRId64 "\n",
@@ -1081,6 +1094,18 @@ int stats_render_json(const struct stats_snapshot *s, struct buf *out)
                   g->connections, g->mllp.accepted, g->mllp.refused_limit, g->mllp.closed_idle,
                   g->mllp.frames, g->mllp.oversize, g->mllp.restarts, g->mllp.garbage_bytes,
                   g->mllp.bytes_in, g->mllp.bytes_out);
+    rc |= bprintf(out, "\"unresolved_users\": {\"rows\": %" PRIu64 ", \"rules\": [",
+                  g->ingest.unresolved_users);
+    for (unsigned i = 0; i < g->ingest.n_unresolved; i++) {
+        const struct ingest_rule_stat *u = &g->ingest.unresolved[i];
+        rc |= buf_append_str(out, i ? ", {\"rule\": " : "{\"rule\": ");
+        rc |= json_s(out, u->rule);
+        for (int a = 0; a < MAPPING_UNRESOLVED_N; a++)
+            rc |= bprintf(out, ", \"%s\": %" PRIu64,
+                          mapping_unresolved_name((enum mapping_unresolved)a), u->rows[a]);
+        rc |= buf_append_str(out, "}");
+    }
+    rc |= buf_append_str(out, "]}, ");
     rc |= buf_append_str(out, "\"totals\": {");
     rc |= json_counts(out, &s->total);
     rc |= bprintf(out, ", \"overflow\": %" PRIu64 "}, \"listeners\": [", s->overflow);

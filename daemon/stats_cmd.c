@@ -298,6 +298,18 @@ static int print_status(const struct config *c, const struct buf *body)
            str(get(&d, w, "percent")), num(get(&d, w, "acks")), num(get(&d, w, "seconds")),
            num(get(&d, get(&d, root, "thresholds"), "nack_percent")));
 
+    yaml_node_t *un = get(&d, root, "unresolved_users");
+    yaml_node_t *ur = get(&d, un, "rules");
+    printf("rows without a resolved user: %" PRIu64 "%s", num(get(&d, un, "rows")),
+           seq_len(ur) ? " (" : "\n");
+    for (size_t i = 0; i < seq_len(ur); i++) {
+        yaml_node_t *o = seq_at(&d, ur, i);
+        printf("%srule %s: %" PRIu64 " filtered, %" PRIu64 " quarantined, %" PRIu64 " kept%s",
+               i ? "; " : "", str(get(&d, o, "rule")), num(get(&d, o, "filter")),
+               num(get(&d, o, "quarantine")), num(get(&d, o, "keep")),
+               i + 1 == seq_len(ur) ? ")\n" : "");
+    }
+
     print_table(&d, root, "listeners", "name", "LISTENER");
     print_table(&d, root, "senders", "sender", "SENDER");
     print_table(&d, root, "types", "type", "TYPE");

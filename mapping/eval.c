@@ -518,6 +518,7 @@ static int64_t to_minutes(const uint8_t *a, size_t alen, const uint8_t *u, size_
 }
 
 static void eval_val(struct ev *e, const struct mp_val *v);
+static void replace_tail(struct ev *e, size_t start, const void *p, size_t n);
 
 static void eval_inner(struct ev *e, const struct mp_val *v)
 {
@@ -547,6 +548,20 @@ static void eval_inner(struct ev *e, const struct mp_val *v)
                 any = 1;
         }
         if (!any) /* a template of empty fields is empty, so `first` moves on */
+            a->len = start;
+        break;
+    }
+    case MP_V_LOOKUP: {
+        /* the key is built at the tail, then replaced by its value */
+        eval_val(e, &v->kids[0]);
+        const char *val;
+        size_t vlen;
+        if (e->full)
+            break;
+        if (a->len > start &&
+            mp_table_get(v->table, buf_data(a) + start, a->len - start, &val, &vlen) == 0)
+            replace_tail(e, start, val, vlen);
+        else
             a->len = start;
         break;
     }
@@ -733,6 +748,17 @@ static void missing(struct ev *e, unsigned outcol, const struct mp_val *v)
     }
 }
 
+/* Why a message is quarantined for want of a user (no PHI: paths only). */
+static void unresolved_reason(struct ev *e, const struct mp_val *v)
+{
+    char where[48] = "no source field";
+    if (v && v->src)
+        hl7_path_format(&v->src->p, where, sizeof where);
+    snprintf(e->r->reason, sizeof e->r->reason,
+             "no resolved user for column '%s' (%s; rule '%s')",
+             mp_cols[e->mp->user_col].key, where, e->rule->name);
+}
+
 static int finish_cell(struct ev *e, struct mp_cell *c, size_t start)
 {
     struct buf *a = &e->r->arena;
@@ -761,14 +787,44 @@ static int eval_row(struct ev *e)
         r->cells_cap = ncap;
     }
     struct mp_cell *row = r->cells + r->nrows * r->ncols;
+    size_t row_start = r->arena.len;
+    /* The user first: a row without one is dropped (or the message kept
+     * aside) before its other columns could quarantine it. */
+    struct mp_cell user = {0};
+    int have_user = 0;
+    const struct mp_val *uv = e->rule->cols[e->mp->user_col];
+    if (e->rule->unresolved != MAPPING_UNRESOLVED_KEEP) {
+        size_t start = r->arena.len;
+        eval_val(e, uv);
+        if (e->full)
+            return -1;
+        if (r->arena.len == start) {
+            r->unresolved++;
+            r->arena.len = row_start;
+            if (e->rule->unresolved == MAPPING_UNRESOLVED_FILTER)
+                return 0;
+            unresolved_reason(e, uv);
+            r->outcome = MAPPING_QUARANTINE;
+            return -1;
+        }
+        if (finish_cell(e, &user, start) != 0)
+            return -1;
+        have_user = 1;
+    }
     for (unsigned k = 0; k < r->ncols; k++) {
         unsigned c = e->mp->colmap[k];
         const struct mp_val *v = e->rule->cols[c];
         size_t start = r->arena.len;
+        if (have_user && (int)c == e->mp->user_col) {
+            row[k] = user;
+            continue;
+        }
         if (v)
             eval_val(e, v);
         if (e->full)
             return -1;
+        if ((int)c == e->mp->user_col && v && r->arena.len == start)
+            r->unresolved++; /* on_unresolved_user: keep — counted, then as any column */
         if (mp_cols[c].mandatory && r->arena.len == start) {
             if (e->rule->missing != MP_MISSING_DEFAULT) {
                 missing(e, k, v);
@@ -853,6 +909,7 @@ int mapping_eval(const struct mapping *mp, const struct hl7_msg *msg, struct map
     r->nrows = 0;
     r->ncols = mp->ncols;
     r->has_appt = 0;
+    r->unresolved = 0;
     r->reason[0] = 0;
     memset(&r->err, 0, sizeof r->err);
     buf_reset(&r->arena);
@@ -938,7 +995,16 @@ int mapping_eval(const struct mapping *mp, const struct hl7_msg *msg, struct map
     }
     if (r->nrows == 0 && !r->has_appt) {
         r->outcome = MAPPING_FILTERED;
-        snprintf(r->reason, sizeof r->reason, "rule '%s' produced no row", rule->name);
+        if (r->unresolved) {
+            char where[48] = "no source field";
+            const struct mp_val *uv = rule->cols[mp->user_col];
+            if (uv && uv->src)
+                hl7_path_format(&uv->src->p, where, sizeof where);
+            snprintf(r->reason, sizeof r->reason, "no resolved user (%s; rule '%s')", where,
+                     rule->name);
+        } else {
+            snprintf(r->reason, sizeof r->reason, "rule '%s' produced no row", rule->name);
+        }
     }
     return r->outcome;
 }
@@ -971,6 +1037,13 @@ const char *mapping_result_value(const struct mapping_result *r, size_t row, siz
 const struct hl7_err *mapping_result_err(const struct mapping_result *r) { return &r->err; }
 
 const char *mapping_result_reason(const struct mapping_result *r) { return r->reason; }
+
+size_t mapping_result_unresolved(const struct mapping_result *r, enum mapping_unresolved *action)
+{
+    if (action)
+        *action = r->rule ? r->rule->unresolved : MAPPING_UNRESOLVED_KEEP;
+    return r->unresolved;
+}
 
 int mapping_result_has_appt(const struct mapping_result *r) { return r->has_appt; }
 

@@ -40,7 +40,7 @@ struct ld {
 
 /* ---- errors ------------------------------------------------------------- */
 
-static void errs_add(struct mapping_errors *e, const char *msg)
+void mp_errors_add(struct mapping_errors *e, const char *msg)
 {
     if (!e)
         return;
@@ -64,19 +64,26 @@ void mapping_errors_release(struct mapping_errors *e)
     e->n = 0;
 }
 
+void mp_errors_vadd(struct mapping_errors *e, const char *where, const char *fmt, va_list ap)
+{
+    char msg[600];
+    int k = snprintf(msg, sizeof msg, "%s", where);
+    if (k > 0 && (size_t)k < sizeof msg)
+        vsnprintf(msg + k, sizeof msg - (size_t)k, fmt, ap);
+    mp_errors_add(e, msg);
+}
+
 __attribute__((format(printf, 4, 5))) static void lerr(struct ld *ld, const yaml_node_t *n,
                                                       size_t coloff, const char *fmt, ...)
 {
-    char msg[512];
-    int k = snprintf(msg, sizeof msg, "%s:%lu:%lu: ", ld->file,
-                     n ? (unsigned long)n->start_mark.line + 1 : 1ul,
-                     n ? (unsigned long)(n->start_mark.column + 1 + coloff) : 1ul);
+    char where[300];
+    snprintf(where, sizeof where, "%s:%lu:%lu: ", ld->file,
+             n ? (unsigned long)n->start_mark.line + 1 : 1ul,
+             n ? (unsigned long)(n->start_mark.column + 1 + coloff) : 1ul);
     va_list ap;
     va_start(ap, fmt);
-    if (k > 0 && (size_t)k < sizeof msg)
-        vsnprintf(msg + k, sizeof msg - (size_t)k, fmt, ap);
+    mp_errors_vadd(ld->errs, where, fmt, ap);
     va_end(ap);
-    errs_add(ld->errs, msg);
     ld->nerr++;
 }
 
@@ -580,10 +587,50 @@ static void set_mods(struct mp_val *v)
               v->units || v->has_dflt;
 }
 
+/* `lookup: {table: NAME, key: VALUE}`: the key is any value (a template, a
+ * `first` list ...); the table must be one of mapping.lookups. */
+static int lookup_compile(struct ld *ld, const yaml_node_t *x, int depth, struct mp_val *v)
+{
+    static const char *const keys[] = {"table", "key", NULL};
+    v->op = MP_V_LOOKUP;
+    if (x->type != YAML_MAPPING_NODE) {
+        lerr(ld, x, 0, "'lookup' is a mapping like {table: users, key: \"{EVN-5.1}\"}");
+        return -1;
+    }
+    if (check_keys(ld, x, "a lookup", keys) != 0)
+        return -1;
+    yaml_node_t *t = get(ld, x, "table"), *k = get(ld, x, "key");
+    if (!t || !k) {
+        lerr(ld, x, 0, "'lookup' needs 'table' and 'key'");
+        return -1;
+    }
+    if (want_scalar(ld, t, "table") != 0)
+        return -1;
+    for (size_t i = 0; i < ld->mp->n_tables; i++)
+        if (seq(t, mp_table_name(ld->mp->tables[i])))
+            v->table = ld->mp->tables[i];
+    if (!v->table) {
+        char names[200] = "";
+        size_t at = 0;
+        for (size_t i = 0; i < ld->mp->n_tables && at < sizeof names; i++)
+            at += (size_t)snprintf(names + at, sizeof names - at, "%s%s", i ? ", " : "",
+                                   mp_table_name(ld->mp->tables[i]));
+        lerr(ld, t, 0, "no lookup table named '%.60s' under mapping.lookups (%s)", sval(t),
+             ld->mp->n_tables ? names : "none is configured");
+        return -1;
+    }
+    v->kids = calloc(1, sizeof *v->kids);
+    if (!v->kids)
+        return -1;
+    v->n_kids = 1;
+    return val_compile(ld, k, depth + 1, &v->kids[0]);
+}
+
 static int val_compile(struct ld *ld, const yaml_node_t *n, int depth, struct mp_val *v)
 {
-    static const char *const keys[] = {"field", "template", "literal", "first", "where", "trim",
-                                       "case", "map", "datetime", "units", "default", NULL};
+    static const char *const keys[] = {"field", "template", "literal", "first", "lookup",
+                                       "where", "trim", "case", "map", "datetime", "units",
+                                       "default", NULL};
     v->trim = 1;
     if (depth > MP_MAX_DEPTH) {
         lerr(ld, n, 0, "values nested too deeply");
@@ -669,13 +716,18 @@ static int val_compile(struct ld *ld, const yaml_node_t *n, int depth, struct mp
             v->trim = 1;
         }
     }
+    if ((x = get(ld, n, "lookup"))) {
+        if (++kinds == 1 && lookup_compile(ld, x, depth, v) != 0)
+            rc = -1;
+    }
     if (kinds > 1) {
-        lerr(ld, n, 0, "a value has one of field, template, literal, first");
+        lerr(ld, n, 0, "a value has one of field, template, literal, first, lookup");
         return -1;
     }
     if (kinds == 0) {
         if (!get(ld, n, "default")) {
-            lerr(ld, n, 0, "a value needs one of field, template, literal, first (or a default)");
+            lerr(ld, n, 0,
+                 "a value needs one of field, template, literal, first, lookup (or a default)");
             return -1;
         }
         v->op = MP_V_LIT;
@@ -833,11 +885,33 @@ const char *mapping_appt_field_name(enum mapping_appt_field f)
     return (unsigned)f < MAPPING_APPT_N ? appt_keys[f] : "";
 }
 
+static const char *const unresolved_names[MAPPING_UNRESOLVED_N] = {"keep", "filter",
+                                                                   "quarantine"};
+
+const char *mapping_unresolved_name(enum mapping_unresolved a)
+{
+    return (unsigned)a < MAPPING_UNRESOLVED_N ? unresolved_names[a] : "";
+}
+
+/* The first MSH path a value reads (anywhere: keys of lookups, `first`
+ * alternatives, templates, units), or NULL. */
+static const struct mp_path *reads_msh(const struct mp_val *v)
+{
+    if (v->op == MP_V_FIELD && memcmp(v->path.p.seg, "MSH", 4) == 0)
+        return &v->path;
+    for (size_t i = 0; i < v->n_kids; i++) {
+        const struct mp_path *p = reads_msh(&v->kids[i]);
+        if (p)
+            return p;
+    }
+    return v->units ? reads_msh(v->units) : NULL;
+}
+
 static int rule_compile(struct ld *ld, const yaml_node_t *n, struct mp_rule *r)
 {
     static const char *const keys[] = {"name", "match", "when", "for_each",
-                                       "on_missing_mandatory", "missing_value", "columns",
-                                       "appointment", NULL};
+                                       "on_missing_mandatory", "on_unresolved_user",
+                                       "missing_value", "columns", "appointment", NULL};
     r->loc.file = ld->file;
     r->loc.line = (unsigned)n->start_mark.line + 1;
     r->loc.col = (unsigned)n->start_mark.column + 1;
@@ -909,6 +983,20 @@ static int rule_compile(struct ld *ld, const yaml_node_t *n, struct mp_rule *r)
             rc = -1;
         }
     }
+    r->unresolved = MAPPING_UNRESOLVED_KEEP;
+    yaml_node_t *unres = get(ld, n, "on_unresolved_user");
+    if (unres) {
+        int a;
+        for (a = 0; a < MAPPING_UNRESOLVED_N; a++)
+            if (seq(unres, mapping_unresolved_name((enum mapping_unresolved)a)))
+                break;
+        if (a == MAPPING_UNRESOLVED_N) {
+            lerr(ld, unres, 0, "on_unresolved_user must be filter, quarantine or keep");
+            rc = -1;
+        } else {
+            r->unresolved = (enum mapping_unresolved)a;
+        }
+    }
     x = get(ld, n, "missing_value");
     if (x && want_scalar(ld, x, "missing_value") != 0)
         rc = -1;
@@ -943,8 +1031,24 @@ static int rule_compile(struct ld *ld, const yaml_node_t *n, struct mp_rule *r)
                     rc = -1;
                     continue;
                 }
-                if (!(r->cols[ci] = val_new(ld, node(ld, pr->value))))
+                if (!(r->cols[ci] = val_new(ld, node(ld, pr->value)))) {
                     rc = -1;
+                    continue;
+                }
+                const struct mp_path *msh = ci == ld->mp->user_col ? reads_msh(r->cols[ci]) : NULL;
+                if (msh) {
+                    char pb[32];
+                    hl7_path_format(&msh->p, pb, sizeof pb);
+                    lerr(ld, k, 0,
+                         "column 'user_login' reads %s: MSH names systems, never the person "
+                         "acting (use EVN-5, SCH-20 or the feed's user field, with a lookup)",
+                         pb);
+                    rc = -1;
+                }
+            }
+            if (unres && !r->cols[ld->mp->user_col]) {
+                lerr(ld, unres, 0, "on_unresolved_user needs a user_login column");
+                rc = -1;
             }
             for (int ci = 0; ci < MP_NCOLS && rc == 0; ci++)
                 if (mp_cols[ci].mandatory && !r->cols[ci] && r->missing != MP_MISSING_DEFAULT) {
@@ -1080,7 +1184,7 @@ static int load_parser(struct mapping *mp, const char *name, yaml_parser_t *pars
                  (unsigned long)parser->problem_mark.column + 1,
                  parser->problem ? parser->problem : "syntax error", parser->context ? " " : "",
                  parser->context ? parser->context : "");
-        errs_add(errs, msg);
+        mp_errors_add(errs, msg);
         return -1;
     }
     ld.doc = &doc;
@@ -1100,7 +1204,7 @@ static int load_file(struct mapping *mp, const char *path, struct mapping_errors
     if (!f) {
         char msg[512];
         snprintf(msg, sizeof msg, "%s:1:1: cannot open rule file: %s", path, strerror(errno));
-        errs_add(errs, msg);
+        mp_errors_add(errs, msg);
         return -1;
     }
     yaml_parser_t parser;
@@ -1154,13 +1258,13 @@ static int headers_setup(struct mapping *mp, const struct mapping_opts *o,
             snprintf(msg, sizeof msg, "mapping.headers: '%.200s' is not a column of the %s schema",
                      col ? col : "(null)",
                      o->schema == MAPPING_SCHEMA_EPIC ? "epic" : "healthcare");
-            errs_add(errs, msg);
+            mp_errors_add(errs, msg);
             rc = -1;
             continue;
         }
         if (!hdr || !*hdr) {
             snprintf(msg, sizeof msg, "mapping.headers: empty header name for '%.200s'", col);
-            errs_add(errs, msg);
+            mp_errors_add(errs, msg);
             rc = -1;
             continue;
         }
@@ -1179,7 +1283,7 @@ struct mapping *mapping_load(const struct mapping_opts *o, struct mapping_errors
                                            MAPPING_DEFAULT_RULES_AUDIT};
     struct mapping *mp = calloc(1, sizeof *mp);
     if (!mp) {
-        errs_add(errs, "mapping: out of memory");
+        mp_errors_add(errs, "mapping: out of memory");
         return NULL;
     }
     int rc = 0;
@@ -1191,7 +1295,7 @@ struct mapping *mapping_load(const struct mapping_opts *o, struct mapping_errors
     if (!(mp->tz = tz_load(o->time_zone, why, sizeof why))) {
         char msg[400];
         snprintf(msg, sizeof msg, "mapping.time_zone: %s", why);
-        errs_add(errs, msg);
+        mp_errors_add(errs, msg);
         rc = -1;
     }
     if (o->consent_field && *o->consent_field) {
@@ -1201,7 +1305,7 @@ struct mapping *mapping_load(const struct mapping_opts *o, struct mapping_errors
                            &at) < 0) {
             char msg[300];
             snprintf(msg, sizeof msg, "sinks.sms.consent.field: %s", pwhy ? pwhy : "invalid path");
-            errs_add(errs, msg);
+            mp_errors_add(errs, msg);
             rc = -1;
         } else {
             mp->has_consent_path = 1;
@@ -1216,11 +1320,26 @@ struct mapping *mapping_load(const struct mapping_opts *o, struct mapping_errors
     } else if (!mp->iso_default) {
         char probe[128];
         if (mp_time_format(1700000000, fmt, 0, probe, sizeof probe) == 0) {
-            errs_add(errs, "mapping.date_format: gives an empty or over-long date (max 127 bytes)");
+            mp_errors_add(errs, "mapping.date_format: gives an empty or over-long date (max 127 bytes)");
             rc = -1;
         }
     }
     int in_memory = !(o->rules && o->n_rules) && o->sources && o->n_sources;
+    mp->user_col = mp_col_lookup("user_login", 10);
+    if (o->n_lookups) {
+        mp->tables = calloc(o->n_lookups, sizeof *mp->tables);
+        if (!mp->tables) {
+            mapping_free(mp);
+            return NULL;
+        }
+    }
+    for (size_t i = 0; i < o->n_lookups; i++) {
+        struct mp_table *t;
+        if (mp_table_load(&o->lookups[i], errs, &t) != 0)
+            rc = -1;
+        if (t)
+            mp->tables[mp->n_tables++] = t;
+    }
     const char *const *files = o->rules && o->n_rules ? o->rules : defaults;
     size_t nf = in_memory ? o->n_sources : o->rules && o->n_rules ? o->n_rules : 3;
     mp->files = calloc(nf, sizeof *mp->files);
@@ -1263,9 +1382,24 @@ void mapping_free(struct mapping *mp)
     for (size_t i = 0; i < mp->n_files; i++)
         free(mp->files[i]);
     free(mp->files);
+    for (size_t i = 0; i < mp->n_tables; i++)
+        mp_table_free(mp->tables[i]);
+    free(mp->tables);
     tz_free(mp->tz);
     free(mp->date_format);
     free(mp);
 }
 
 size_t mapping_rule_count(const struct mapping *mp) { return mp->n_rules; }
+
+size_t mapping_lookup_count(const struct mapping *mp) { return mp->n_tables; }
+
+const char *mapping_lookup_name(const struct mapping *mp, size_t i)
+{
+    return i < mp->n_tables ? mp_table_name(mp->tables[i]) : "";
+}
+
+size_t mapping_lookup_rows(const struct mapping *mp, size_t i)
+{
+    return i < mp->n_tables ? mp_table_size(mp->tables[i]) : 0;
+}

@@ -52,6 +52,25 @@ struct mapping_source {
     size_t len;
 };
 
+/* One lookup table (mapping.lookups): a CSV file with a header line; rules
+ * read `value_column` of the row whose `key_column` equals a key. */
+struct mapping_lookup {
+    const char *name;         /* what rules write as `table:` */
+    const char *file;         /* NULL: an empty table */
+    const char *key_column;
+    const char *value_column;
+};
+
+/* What a rule does with a row whose user (the user_login column) is empty
+ * after its value, lookups and alternatives: on_unresolved_user. */
+enum mapping_unresolved {
+    MAPPING_UNRESOLVED_KEEP = 0,   /* the row stays; on_missing_mandatory decides */
+    MAPPING_UNRESOLVED_FILTER,     /* the row is dropped and counted */
+    MAPPING_UNRESOLVED_QUARANTINE, /* the message is kept aside */
+    MAPPING_UNRESOLVED_N
+};
+const char *mapping_unresolved_name(enum mapping_unresolved a);
+
 /* Plain values; the daemon converts its configuration into this.  Every
  * pointer is borrowed for the duration of mapping_load only. */
 struct mapping_opts {
@@ -68,6 +87,8 @@ struct mapping_opts {
     /* HL7 field ("ZCN-2") the appointment fact `consent` is read from,
      * whatever the rules say (sinks.sms.consent.field); NULL: the rules'. */
     const char *consent_field;
+    const struct mapping_lookup *lookups; /* may be NULL */
+    size_t n_lookups;
 };
 
 /* Collected load errors, each "file:line:column: message" (1-based). */
@@ -96,6 +117,10 @@ int mapping_column_mandatory(const struct mapping *mp, size_t i);
 const char *mapping_column_key(const struct mapping *mp, size_t i);
 /* Number of rules loaded (for `hl7bridge check`). */
 size_t mapping_rule_count(const struct mapping *mp);
+/* Lookup tables loaded: count, and name and row count of table i. */
+size_t mapping_lookup_count(const struct mapping *mp);
+const char *mapping_lookup_name(const struct mapping *mp, size_t i);
+size_t mapping_lookup_rows(const struct mapping *mp, size_t i);
 
 /* ---- evaluation -------------------------------------------------------- */
 
@@ -129,6 +154,10 @@ const char *mapping_result_value(const struct mapping_result *r, size_t row, siz
  * empty mandatory column, 200/201 for an unmatched message under
  * `unmatched: reject`, 207 for oversized output). */
 const struct hl7_err *mapping_result_err(const struct mapping_result *r);
+/* Rows of this message whose user stayed unresolved, and what the rule did
+ * with them (on_unresolved_user): 0 when every row named a user.  Under
+ * `quarantine` the message is quarantined and the count is 1. */
+size_t mapping_result_unresolved(const struct mapping_result *r, enum mapping_unresolved *action);
 /* For MAPPING_REJECT / MAPPING_QUARANTINE / MAPPING_FILTERED: a short reason
  * naming the column and source path, never message content (no PHI). */
 const char *mapping_result_reason(const struct mapping_result *r);

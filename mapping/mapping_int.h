@@ -5,6 +5,7 @@
 #define MAPPING_MAPPING_INT_H
 
 #include <regex.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -90,11 +91,39 @@ struct mp_map {
     int shared;             /* owned by the file's `maps:` table */
 };
 
+/* ---- lookup tables (lookup.c) ------------------------------------------ */
+
+struct mp_table; /* immutable once loaded */
+
+/* Loads one table into *out (owned by the caller).  Returns 0, or -1 with
+ * every problem ("file:line: message") added to errs; *out is then a table
+ * that must not be used for lookups but still names itself (so rules that
+ * use it get no second error), or NULL when memory ran out. */
+int mp_table_load(const struct mapping_lookup *o, struct mapping_errors *errs,
+                  struct mp_table **out);
+/* The same from bytes in memory (o->file only names them in messages);
+ * for the fuzz target. */
+int mp_table_parse(const struct mapping_lookup *o, const char *data, size_t len,
+                   struct mapping_errors *errs, struct mp_table **out);
+void mp_table_free(struct mp_table *t);
+const char *mp_table_name(const struct mp_table *t);
+size_t mp_table_size(const struct mp_table *t);
+/* The value for `key`: 0 with a view into the table, or -1 when absent.
+ * No allocation. */
+int mp_table_get(const struct mp_table *t, const uint8_t *key, size_t len, const char **val,
+                 size_t *vlen);
+
+/* load.c: errors are "where" (e.g. "file:line:col: ") then the message */
+void mp_errors_add(struct mapping_errors *e, const char *msg);
+void mp_errors_vadd(struct mapping_errors *e, const char *where, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
+
 enum mp_vop {
     MP_V_LIT = 0,  /* literal text */
     MP_V_FIELD,    /* one path */
     MP_V_TEMPLATE, /* parts: MP_V_LIT / MP_V_FIELD; empty when every field is */
-    MP_V_FIRST     /* first non-empty child */
+    MP_V_FIRST,    /* first non-empty child */
+    MP_V_LOOKUP    /* kids[0] is the key; `table` gives the value (empty if absent) */
 };
 
 enum mp_dt { MP_DT_NONE = 0, MP_DT_FORMAT, MP_DT_ISO, MP_DT_EPOCH };
@@ -104,7 +133,8 @@ struct mp_val {
     enum mp_vop op;
     struct mp_str lit;          /* MP_V_LIT */
     struct mp_path path;        /* MP_V_FIELD */
-    struct mp_val *kids;        /* MP_V_TEMPLATE parts, MP_V_FIRST alternatives */
+    struct mp_val *kids;        /* MP_V_TEMPLATE parts, MP_V_FIRST alternatives, MP_V_LOOKUP key */
+    const struct mp_table *table; /* MP_V_LOOKUP, owned by the mapping */
     size_t n_kids;
     /* repetition chosen by conditions on the same field (`where:`) */
     struct mp_cond *where;
@@ -148,6 +178,7 @@ struct mp_rule {
     int for_each_slot;
     enum mp_missing missing;
     struct mp_str missing_value;
+    enum mapping_unresolved unresolved; /* on_unresolved_user */
     int has_columns;
     struct mp_val *cols[MP_NCOLS];        /* NULL → empty */
     int has_appt;
@@ -174,6 +205,9 @@ struct mapping {
     size_t n_maps;
     char **files;                /* rule file names (for locations) */
     size_t n_files;
+    int user_col;                /* semantic column of user_login */
+    struct mp_table **tables;    /* mapping.lookups, owned */
+    size_t n_tables;
     struct tz *tz;
     struct hl7_path consent_path;  /* mapping_opts.consent_field */
     int has_consent_path;
@@ -215,6 +249,7 @@ struct mapping_result {
     int has_appt;
     struct mp_cell appt[MAPPING_APPT_N];
     struct hl7_err err;
+    size_t unresolved;           /* rows whose user stayed empty */
     char reason[200];
     struct buf scratch;          /* conditions and date-times */
     long segidx[MP_MAX_SEGREFS];

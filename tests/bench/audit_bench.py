@@ -51,6 +51,9 @@ store:
   min_free_disk_mb: 0
 log:
   level: warn
+mapping:
+  lookups:
+    users: {{file: {ROOT}/tests/fixtures/bench/users.csv, key_column: ehr_id, value_column: upn}}
 sinks:
   audit:
     type: purview

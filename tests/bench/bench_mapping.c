@@ -128,7 +128,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: bench_mapping [ITERATIONS]\n");
         return 2;
     }
-    struct mapping_opts o = {.schema = MAPPING_SCHEMA_HEALTHCARE, .time_zone = "America/Chicago"};
+    static const struct mapping_lookup users = {"users", "tests/fixtures/mapping/users.csv",
+                                                "ehr_id", "upn"};
+    struct mapping_opts o = {.schema = MAPPING_SCHEMA_HEALTHCARE, .time_zone = "America/Chicago",
+                             .lookups = &users, .n_lookups = 1};
     struct mapping_errors errs = {0};
     struct mapping *mp = mapping_load(&o, &errs);
     if (!mp) {

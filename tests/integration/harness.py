@@ -27,6 +27,9 @@ import hl7
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "integration"
+# The users table of every generated configuration: make_message's operator
+# (EVN-5 HB01) and the benchmark fixture's (JSMITH) resolve to UPNs.
+USERS_CSV = FIXTURES / "users.csv"
 
 SB, EB, CR = b"\x0b", b"\x1c", b"\r"
 BOM = b"\xef\xbb\xbf"
@@ -146,7 +149,9 @@ def make_message(control_id, send_app="TESTAPP", send_fac="TESTFAC", version="2.
     """A small, valid ADT message (bytes, CR separated, no MLLP framing)."""
     msh = (f"MSH|^~\\&|{send_app}|{send_fac}|HL7BRIDGE|HL7BRIDGE|20260301120000||{msg_type}|"
            f"{control_id}|P|{version}|||{accept_ack}|{app_ack}")
-    segs = [msh, "EVN|A01|20260301120000",
+    # EVN-5: the operator, resolved to a UPN by the users table of the
+    # harness configuration (tests/fixtures/integration/users.csv)
+    segs = [msh, "EVN|A01|20260301120000|||HB01^CLERK^CARL",
             "PID|1||MRN123^^^HOSP^MR||DOE^JANE||19800101|F|||1 MAIN ST^^SPRINGFIELD^IL^62701"]
     segs.extend(extra_segments)
     if pad:
@@ -354,6 +359,10 @@ class Daemon:
             f"  path: {_yaml_str(self.db_path)}",
             "  retention_days: 7",
             "  min_free_disk_mb: 0",
+            "mapping:",
+            "  lookups:",
+            f"    users: {{file: {_yaml_str(o.get('users_csv', USERS_CSV))}, key_column: ehr_id, "
+            "value_column: upn}",
             "log:",
             f"  level: {o.get('log_level', 'info')}",
             "  format: logfmt",

@@ -42,9 +42,8 @@ class MetricsDaemon(Daemon):
         second = ("  - name: it2\n"
                   f"    address: 127.0.0.1:{self.port2}\n")
         text = text.replace("ack:\n", second + "ack:\n", 1)
-        metrics = ("mapping:\n"
-                   "  unmatched: reject\n"
-                   "metrics:\n"
+        text = text.replace("mapping:\n", "mapping:\n  unmatched: reject\n", 1)
+        metrics = ("metrics:\n"
                    f"  address: 127.0.0.1:{self.mport}\n"
                    "  enabled: true\n"
                    "  thresholds:\n"

@@ -26,6 +26,9 @@
 
 static char g_tmpdir[64];
 
+/* The `users` table the shipped rules look their users up in. */
+static const struct mapping_lookup g_users = {"users", FIX "users.csv", "ehr_id", "upn"};
+
 static char *read_file(const char *path, size_t *len)
 {
     FILE *f = fopen(path, "rb");
@@ -72,7 +75,7 @@ static struct mapping *load_text(const char *yaml, enum mapping_schema schema, c
 {
     const char *path = write_rules("rules.yaml", yaml);
     const char *files[] = {path};
-    struct mapping_opts o = {.schema = schema, .rules = files, .n_rules = 1, .time_zone = tz,
+    struct mapping_opts o = {.lookups = &g_users, .n_lookups = 1, .schema = schema, .rules = files, .n_rules = 1, .time_zone = tz,
                              .unmatched = um};
     struct mapping_errors errs = {0};
     struct mapping *mp = mapping_load(&o, &errs);
@@ -85,7 +88,7 @@ static struct mapping *load_text(const char *yaml, enum mapping_schema schema, c
 
 static struct mapping *load_files(const char *const *files, size_t n, enum mapping_schema schema)
 {
-    struct mapping_opts o = {.schema = schema, .rules = files, .n_rules = n,
+    struct mapping_opts o = {.lookups = &g_users, .n_lookups = 1, .schema = schema, .rules = files, .n_rules = n,
                              .time_zone = "America/Chicago"};
     struct mapping_errors errs = {0};
     struct mapping *mp = mapping_load(&o, &errs);
@@ -485,12 +488,12 @@ static const struct corpus_case corpus_cases[] = {
      "NEIGHBOR\t77 MAPLE AVE\tAPT 2\tSPRINGFIELD\t62704\tIL\tUSA\t\tBreak the glass\t"
      "Patient unconscious\tjsmith@contoso.org\tJOHN SMITH\tE12345\tSMITH\tJOHN\n"},
     {"fhir-converter/ADT-A01-01.hl7",
-     "2029-08-01T05:51:24Z\tAdmit/visit notification\tHUH AE OMU OMU B Bed 03\tPatient administration\t"
+     "2029-08-01T05:51:24Z\tPatient admitted\t\tPatient administration\t"
      "Patient request\tPATID1234\tADAM\tA\tEVERYMAN\t1000\tSte. 123\tAnn Arbor\t99999\tMI\tUSA\t"
-     "HUH AE OMU\tNot applicable\t\tC08\tKathleen Woolfson\tC08\tWoolfson\tKathleen\n"},
+     "HUH AE OMU\tNot applicable\t\tkwoolfson@contoso.org\tKathleen Woolfson\tC08\tWoolfson\tKathleen\n"},
     {"fhir-converter/SIU-S12-01.hl7",
-     "2021-09-14T09:05:00Z\tNew appointment booking\t\tScheduling\tBooked\tPATID1234\tADAM\tA\t"
-     "EVERYMAN\t1000\tSte. 123\tAnn Arbor\t99999\tMI\tUSA\t055\tNot applicable\t\t9\tCOREY DENT\t9\t"
+     "2021-09-14T09:05:00Z\tAppointment booked\t\tScheduling\tBooked\tPATID1234\tADAM\tA\t"
+     "EVERYMAN\t1000\tSte. 123\tAnn Arbor\t99999\tMI\tUSA\t055\tNot applicable\t\tcdent@contoso.org\tCOREY DENT\t9\t"
      "DENT\tCOREY\n"},
 };
 
@@ -507,7 +510,7 @@ static void test_corpus_rows(void **state)
         print_message("../shared/corpus absent: skipping\n");
         skip();
     }
-    struct mapping_opts o = {.schema = MAPPING_SCHEMA_HEALTHCARE, .time_zone = "America/Chicago"};
+    struct mapping_opts o = {.lookups = &g_users, .n_lookups = 1, .schema = MAPPING_SCHEMA_HEALTHCARE, .time_zone = "America/Chicago"};
     struct mapping_errors errs = {0};
     struct mapping *mp = mapping_load(&o, &errs);
     assert_non_null(mp);
@@ -608,7 +611,7 @@ static void test_corpus_all_no_crash(void **state)
         skip();
     }
     for (int schema = 0; schema < 2; schema++) {
-        struct mapping_opts o = {.schema = (enum mapping_schema)schema,
+        struct mapping_opts o = {.lookups = &g_users, .n_lookups = 1, .schema = (enum mapping_schema)schema,
                                  .time_zone = "America/Chicago",
                                  .unmatched = schema ? MAPPING_UNMATCHED_REJECT
                                                      : MAPPING_UNMATCHED_ACCEPT};
@@ -731,7 +734,7 @@ static void test_date_format_and_epoch(void **state)
 {
     (void)state;
     const char *path = write_rules("dt.yaml", dt_rules);
-    struct mapping_opts o = {.rules = &path, .n_rules = 1, .time_zone = "America/Chicago",
+    struct mapping_opts o = {.lookups = &g_users, .n_lookups = 1, .rules = &path, .n_rules = 1, .time_zone = "America/Chicago",
                              .date_format = "%d/%m/%Y %H:%M:%S UTC (%a %j)"};
     struct mapping_errors errs = {0};
     struct mapping *mp = mapping_load(&o, &errs);
@@ -1055,8 +1058,8 @@ static void test_missing_quarantine(void **state)
     const char *files[] = {"config/mappings/adt.yaml"};
     mp = load_files(files, 1, MAPPING_SCHEMA_EPIC);
     r = mapping_result_new();
-    eval_text(mp, "MSH|^~\\&|A|B|C|D|20240101||ADT^A08|1|P|2.5\nPID|1||M1^^^H^MR||Doe^Jane\n", r,
-              MAPPING_QUARANTINE);
+    eval_text(mp, "MSH|^~\\&|A|B|C|D|20240101||ADT^A08|1|P|2.5\nEVN|A08|20240101|||U12345\n"
+                  "PID|1||M1^^^H^MR||Doe^Jane\n", r, MAPPING_QUARANTINE);
     assert_string_equal(mapping_result_reason(r), "mandatory column 'PATIENT.ADD_LINE_1' is empty "
                                                   "(PID-11.1.1; rule 'adt')");
     mapping_result_free(r);
@@ -1097,7 +1100,7 @@ static void test_unmatched(void **state)
     assert_int_equal(mapping_result_err(r)->code, 0);
     mapping_free(mp);
 
-    struct mapping_opts o = {.rules = files, .n_rules = 3, .unmatched = MAPPING_UNMATCHED_REJECT};
+    struct mapping_opts o = {.lookups = &g_users, .n_lookups = 1, .rules = files, .n_rules = 3, .unmatched = MAPPING_UNMATCHED_REJECT};
     mp = mapping_load(&o, NULL);
     assert_non_null(mp);
     eval_text(mp, oru, r, MAPPING_REJECT);
@@ -1140,7 +1143,7 @@ static const struct bad_case bad_cases[] = {
      "1:1: 'rules' must be a list of rules\n"},
     {RULE_HEAD "    colums: {}\n",
      "5:5: unknown key 'colums' in a rule (expected one of: name, match, when, for_each, "
-     "on_missing_mandatory, missing_value, columns, appointment)\n"
+     "on_missing_mandatory, on_unresolved_user, missing_value, columns, appointment)\n"
      "2:5: rule needs 'columns' (connector rows) or 'appointment' (SMS facts)\n"},
     {RULE_HEAD "    columns:\n      event_nam: x\n",
      "6:7: unknown column 'event_nam' (see docs/mapping.md for the names)\n"},
@@ -1159,7 +1162,7 @@ static const struct bad_case bad_cases[] = {
      "6:27: field path 'PID' needs a field number (e.g. PID-5)\n"},
     {RULE_HEAD "    columns:\n      event_name: {field: PID-5, litteral: x}\n",
      "6:34: unknown key 'litteral' in a value (expected one of: field, template, literal, first, "
-     "where, trim, case, map, datetime, units, default)\n"},
+     "lookup, where, trim, case, map, datetime, units, default)\n"},
     {RULE_HEAD "    columns:\n      event_name: {field: PID-5, map: nomap}\n",
      "6:39: no value map named 'nomap' under 'maps:' in this file\n"},
     {RULE_HEAD "    columns:\n      event_name: {field: PID-5, case: title}\n",
@@ -1199,7 +1202,7 @@ static void test_bad_rules(void **state)
     (void)state;
     for (size_t i = 0; i < sizeof bad_cases / sizeof bad_cases[0]; i++) {
         const char *path = write_rules("bad.yaml", bad_cases[i].yaml);
-        struct mapping_opts o = {.rules = &path, .n_rules = 1};
+        struct mapping_opts o = {.lookups = &g_users, .n_lookups = 1, .rules = &path, .n_rules = 1};
         struct mapping_errors errs = {0};
         assert_null(mapping_load(&o, &errs));
         char got[4096] = "";
@@ -1217,7 +1220,7 @@ static void test_bad_rules(void **state)
     }
     /* errors of several files are all collected, each with its own name */
     const char *files[] = {"tests/fixtures/mapping/does-not-exist.yaml", "config/mappings/adt.yaml"};
-    struct mapping_opts o = {.rules = files, .n_rules = 2,
+    struct mapping_opts o = {.lookups = &g_users, .n_lookups = 1, .rules = files, .n_rules = 2,
                              .headers = (const struct mapping_header[]){{"Nope", "x"}},
                              .n_headers = 1};
     struct mapping_errors errs = {0};
@@ -1323,7 +1326,7 @@ static void test_headers(void **state)
     const char *files[] = {"config/mappings/access-audit.yaml"};
     const struct mapping_header hh[] = {{"Creation Time", "When"},
                                         {"user_login", "UPN, or \"sam\""}};
-    struct mapping_opts o = {.schema = MAPPING_SCHEMA_HEALTHCARE, .rules = files, .n_rules = 1,
+    struct mapping_opts o = {.lookups = &g_users, .n_lookups = 1, .schema = MAPPING_SCHEMA_HEALTHCARE, .rules = files, .n_rules = 1,
                              .headers = hh, .n_headers = 2};
     struct mapping *mp = mapping_load(&o, NULL);
     assert_non_null(mp);
@@ -1374,20 +1377,293 @@ static void test_headers(void **state)
     buf_release(&out);
 }
 
+/* ---- lookup tables and unresolved users ------------------------------------------------ */
+
+/* Loads rules `yaml` with one lookup table `users` from `csv` (key ehr_id,
+ * value upn).  Returns the set, or NULL with the errors (file names
+ * stripped, one per line) in got. */
+static struct mapping *load_lookup(const char *yaml, const char *csv, char *got, size_t cap)
+{
+    char csv_path[128];
+    snprintf(csv_path, sizeof csv_path, "%s/users.csv", g_tmpdir);
+    FILE *f = fopen(csv_path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(csv, 1, strlen(csv), f), strlen(csv));
+    fclose(f);
+    const char *path = write_rules("lk.yaml", yaml);
+    struct mapping_lookup lk = {.name = "users", .file = csv_path, .key_column = "ehr_id",
+                                .value_column = "upn"};
+    struct mapping_opts o = {.rules = &path, .n_rules = 1, .lookups = &lk, .n_lookups = 1};
+    struct mapping_errors errs = {0};
+    struct mapping *mp = mapping_load(&o, &errs);
+    size_t n = 0;
+    got[0] = 0;
+    for (size_t k = 0; k < errs.n && n < cap; k++) {
+        const char *e = errs.items[k];
+        const char *slash = strrchr(e, '/');
+        const char *colon = strchr(e, ':');
+        if (slash && colon && slash < colon)
+            e = slash + 1;
+        n += (size_t)snprintf(got + n, cap - n, "%s\n", e);
+    }
+    mapping_errors_release(&errs);
+    return mp;
+}
+
+#define LK_RULES(policy, user)                                                               \
+    "rules:\n  - name: r\n    match: ADT\n    on_missing_mandatory: default\n" policy      \
+    "    columns:\n      user_login: " user "\n      employee_id: \"{EVN-5.1}\"\n"
+
+#define LK_MSG(user) "MSH|^~\\&|EPIC|HOSP|X|Y|20240101||ADT^A04|1|P|2.5\nEVN|A04|20240101|||" user "\n"
+
+static void test_lookups(void **state)
+{
+    (void)state;
+    char got[2048];
+    /* RFC 4180: a quoted key, a quoted comma and doubled quotes, CRLF and
+     * LF, a BOM, padded unquoted fields, a row without a key, more columns */
+    static const char csv[] =
+        "\xEF\xBB\xBFname,ehr_id,upn,dept\r\n"
+        "\"Clerk, Carl\",C08,carl@contoso.org,ADM\r\n"
+        "Nine,\"9\", nine@contoso.org ,X\n"
+        "\"Quo\"\"te\",Q\"\"1,\"q@contoso.org\",Y\n"
+        "No id,,nobody@contoso.org,Z\n"
+        "\n"
+        "\"Multi\nline\",ML,ml@contoso.org,Z\n";
+    struct mapping *mp = load_lookup(LK_RULES("", "{lookup: {table: users, key: \"{EVN-5.1}\"}}"),
+                                     csv, got, sizeof got);
+    assert_string_equal(got, "users.csv:4: a quote inside an unquoted field (quote the whole field)\n");
+    assert_null(mp);
+    static const char csv_ok[] =
+        "\xEF\xBB\xBFname,ehr_id,upn,dept\r\n"
+        "\"Clerk, Carl\",C08,carl@contoso.org,ADM\r\n"
+        "Nine,\"9\", nine@contoso.org ,X\n"
+        "\"Quo\"\"te\",\"Q\"\"1\",\"q@contoso.org\",Y\n"
+        "No id,,nobody@contoso.org,Z\n"
+        "\n"
+        "\"Multi\nline\",ML,ml@contoso.org,Z\n";
+    mp = load_lookup(LK_RULES("", "{lookup: {table: users, key: \"{EVN-5.1}\"}}"), csv_ok, got,
+                     sizeof got);
+    assert_string_equal(got, "");
+    assert_non_null(mp);
+    assert_int_equal(mapping_lookup_count(mp), 1);
+    assert_string_equal(mapping_lookup_name(mp, 0), "users");
+    assert_int_equal(mapping_lookup_rows(mp, 0), 4); /* the row without a key is skipped */
+    size_t ucol = 18;                                /* healthcare: user_login */
+    static const char *const cases[][2] = {
+        {"C08^CLERK^CARL", "carl@contoso.org"},
+        {"9", "nine@contoso.org"},          /* quoted key; padded value trimmed */
+        {"Q\"1", "q@contoso.org"},
+        {"ML", "ml@contoso.org"},
+        {"C0", "Unknown"},                  /* a prefix is not a key */
+        {"C08X", "Unknown"},
+        {"", "Unknown"},                    /* no key: no lookup */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char msg[256];
+        snprintf(msg, sizeof msg, LK_MSG("%s"), cases[i][0]);
+        char *v = map_col(mp, msg, ucol);
+        if (strcmp(v, cases[i][1]) != 0)
+            print_message("case %zu: %s\n", i, v);
+        assert_string_equal(v, cases[i][1]);
+        free(v);
+    }
+    mapping_free(mp);
+
+    /* a lookup inside first, its key built by a template with a case
+     * modifier, a default after the lookup */
+    mp = load_lookup(LK_RULES("", "{first: [{lookup: {table: users, key: {field: EVN-5.1, case: upper}}}, "
+                                  "{literal: fallback}]}"),
+                     "ehr_id,upn\nC08,carl@contoso.org\n", got, sizeof got);
+    assert_non_null(mp);
+    char *v = map_col(mp, LK_MSG("c08"), ucol);
+    assert_string_equal(v, "carl@contoso.org");
+    free(v);
+    v = map_col(mp, LK_MSG("c09"), ucol);
+    assert_string_equal(v, "fallback");
+    free(v);
+    mapping_free(mp);
+
+    /* errors: duplicate key (both lines), a column missing, a short
+     * record, an open quote, an unknown table, a user read from MSH */
+    mp = load_lookup(LK_RULES("", "{lookup: {table: users, key: \"{EVN-5.1}\"}}"),
+                     "ehr_id,upn\nA,a@x\nB,b@x\nA,c@x\nC\n\"D,d@x\n", got, sizeof got);
+    assert_null(mp);
+    assert_string_equal(got, "users.csv:5: the record has 1 fields, the columns need 2\n"
+                             "users.csv:6: a quoted field is not closed\n"
+                             "users.csv:4: duplicate key 'A' (first on line 2)\n");
+    /* a NUL byte: not a text export (the string below stops at it, so the
+     * file is written by hand) */
+    {
+        char p[128];
+        snprintf(p, sizeof p, "%s/nul.csv", g_tmpdir);
+        FILE *f = fopen(p, "wb");
+        assert_non_null(f);
+        assert_int_equal(fwrite("ehr_id,upn\nA,a@x\nB,b\0x\n", 1, 24, f), 24);
+        fclose(f);
+        struct mapping_lookup nl = {.name = "users", .file = p, .key_column = "ehr_id",
+                                    .value_column = "upn"};
+        struct mapping_errors ne = {0};
+        const char *rp = write_rules("lk.yaml", LK_RULES("", "{lookup: {table: users, key: \"{EVN-5.1}\"}}"));
+        struct mapping_opts no = {.rules = &rp, .n_rules = 1, .lookups = &nl, .n_lookups = 1};
+        assert_null(mapping_load(&no, &ne));
+        assert_int_equal(ne.n, 1);
+        assert_non_null(strstr(ne.items[0], "nul.csv:3: a NUL byte: the file is not a text (CSV) export"));
+        mapping_errors_release(&ne);
+    }
+    mp = load_lookup(LK_RULES("", "{lookup: {table: users, key: \"{EVN-5.1}\"}}"),
+                     "id,mail\nA,a@x\n", got, sizeof got);
+    assert_null(mp);
+    assert_string_equal(got, "users.csv:1: no column 'ehr_id' (key_column) in the header; it has: id, mail\n"
+                             "users.csv:1: no column 'upn' (value_column) in the header; it has: id, mail\n");
+    mp = load_lookup(LK_RULES("", "{lookup: {table: people, key: \"{EVN-5.1}\"}}"),
+                     "ehr_id,upn\n", got, sizeof got);
+    assert_null(mp);
+    assert_string_equal(got, "lk.yaml:6:36: no lookup table named 'people' under mapping.lookups (users)\n");
+    mp = load_lookup(LK_RULES("", "{lookup: {table: users, key: \"{EVN-5.1}\"}, where: {}}"),
+                     "ehr_id,upn\n", got, sizeof got);
+    assert_null(mp);
+    mp = load_lookup(LK_RULES("", "{lookup: {table: users}}"), "ehr_id,upn\n", got, sizeof got);
+    assert_null(mp);
+    assert_string_equal(got, "lk.yaml:6:28: 'lookup' needs 'table' and 'key'\n");
+    /* MSH names systems: never a user, also through a lookup or first */
+    mp = load_lookup(LK_RULES("", "{first: [\"{EVN-5.1}\", {lookup: {table: users, key: \"{MSH-3}\"}}]}"),
+                     "ehr_id,upn\n", got, sizeof got);
+    assert_null(mp);
+    assert_string_equal(got, "lk.yaml:6:7: column 'user_login' reads MSH-3: MSH names systems, never "
+                             "the person acting (use EVN-5, SCH-20 or the feed's user field, with a "
+                             "lookup)\n");
+    /* a table that cannot be read is one error, not one per use */
+    struct mapping_lookup lk = {.name = "users", .file = "/nonexistent/users.csv",
+                                .key_column = "ehr_id", .value_column = "upn"};
+    const char *path = write_rules("lk.yaml", LK_RULES("", "{lookup: {table: users, key: \"{EVN-5.1}\"}}"));
+    struct mapping_opts o = {.rules = &path, .n_rules = 1, .lookups = &lk, .n_lookups = 1};
+    struct mapping_errors errs = {0};
+    assert_null(mapping_load(&o, &errs));
+    assert_int_equal(errs.n, 1);
+    assert_string_equal(errs.items[0], "/nonexistent/users.csv:1: cannot open lookup table file: "
+                                       "No such file or directory");
+    mapping_errors_release(&errs);
+}
+
+static void test_unresolved_users(void **state)
+{
+    (void)state;
+    char got[1024];
+    static const char csv[] = "ehr_id,upn\nC08,carl@contoso.org\nE1,\n";
+    const char *user = "{lookup: {table: users, key: \"{EVN-5.1}\"}}";
+    struct mapping_result *r = mapping_result_new();
+    assert_non_null(r);
+    struct tmsg t;
+    enum mapping_unresolved act;
+
+    /* filter: no row, counted; a resolved user gives the row */
+    struct mapping *mp = load_lookup(LK_RULES("    on_unresolved_user: filter\n", "%s"), csv, got,
+                                     sizeof got);
+    assert_null(mp); /* "%s" is a literal template, not a lookup: refused below */
+    char rules[512];
+    snprintf(rules, sizeof rules, LK_RULES("    on_unresolved_user: filter\n", "%s"), user);
+    mp = load_lookup(rules, csv, got, sizeof got);
+    assert_non_null(mp);
+    tmsg_parse(&t, LK_MSG("ZZ9"));
+    assert_int_equal(mapping_eval(mp, t.m, r), MAPPING_FILTERED);
+    assert_int_equal(mapping_result_row_count(r), 0);
+    assert_int_equal(mapping_result_unresolved(r, &act), 1);
+    assert_int_equal(act, MAPPING_UNRESOLVED_FILTER);
+    assert_string_equal(mapping_result_reason(r), "no resolved user (EVN-5.1; rule 'r')");
+    tmsg_release(&t);
+    tmsg_parse(&t, LK_MSG("E1")); /* known id, empty UPN: unresolved too */
+    assert_int_equal(mapping_eval(mp, t.m, r), MAPPING_FILTERED);
+    tmsg_release(&t);
+    tmsg_parse(&t, LK_MSG("C08"));
+    assert_int_equal(mapping_eval(mp, t.m, r), MAPPING_ROWS);
+    assert_int_equal(mapping_result_row_count(r), 1);
+    assert_int_equal(mapping_result_unresolved(r, NULL), 0);
+    assert_string_equal(mapping_result_value(r, 0, 18, NULL), "carl@contoso.org");
+    assert_string_equal(mapping_result_value(r, 0, 20, NULL), "C08");
+    tmsg_release(&t);
+    mapping_free(mp);
+
+    /* quarantine */
+    snprintf(rules, sizeof rules, LK_RULES("    on_unresolved_user: quarantine\n", "%s"), user);
+    mp = load_lookup(rules, csv, got, sizeof got);
+    assert_non_null(mp);
+    tmsg_parse(&t, LK_MSG("ZZ9"));
+    assert_int_equal(mapping_eval(mp, t.m, r), MAPPING_QUARANTINE);
+    assert_int_equal(mapping_result_unresolved(r, &act), 1);
+    assert_int_equal(act, MAPPING_UNRESOLVED_QUARANTINE);
+    assert_string_equal(mapping_result_reason(r),
+                        "no resolved user for column 'user_login' (EVN-5.1; rule 'r')");
+    tmsg_release(&t);
+    mapping_free(mp);
+
+    /* keep (the default): the row stays, on_missing_mandatory fills it */
+    snprintf(rules, sizeof rules, LK_RULES("", "%s"), user);
+    mp = load_lookup(rules, csv, got, sizeof got);
+    assert_non_null(mp);
+    tmsg_parse(&t, LK_MSG("ZZ9"));
+    assert_int_equal(mapping_eval(mp, t.m, r), MAPPING_ROWS);
+    assert_int_equal(mapping_result_unresolved(r, &act), 1);
+    assert_int_equal(act, MAPPING_UNRESOLVED_KEEP);
+    assert_string_equal(mapping_result_value(r, 0, 18, NULL), "Unknown");
+    tmsg_release(&t);
+    mapping_free(mp);
+
+    /* for_each: only the rows without a user go */
+    snprintf(rules, sizeof rules,
+             "rules:\n  - name: z\n    match: ZAU\n    for_each: ZAU\n"
+             "    on_missing_mandatory: default\n    on_unresolved_user: filter\n"
+             "    columns:\n      user_login: {lookup: {table: users, key: \"{ZAU-7}\"}}\n"
+             "      employee_id: \"{ZAU-7}\"\n");
+    mp = load_lookup(rules, csv, got, sizeof got);
+    assert_non_null(mp);
+    tmsg_parse(&t, "MSH|^~\\&|A|B|C|D|20240101||ZAU^Z01|1|P|2.5\nZAU|1||||||X1\nZAU|2||||||C08\n"
+                   "ZAU|3||||||X3\n");
+    assert_int_equal(mapping_eval(mp, t.m, r), MAPPING_ROWS);
+    assert_int_equal(mapping_result_row_count(r), 1);
+    assert_int_equal(mapping_result_unresolved(r, NULL), 2);
+    assert_string_equal(mapping_result_value(r, 0, 18, NULL), "carl@contoso.org");
+    tmsg_release(&t);
+    mapping_free(mp);
+
+    /* bad policy; a policy without a user column */
+    snprintf(rules, sizeof rules, LK_RULES("    on_unresolved_user: drop\n", "%s"), user);
+    assert_null(load_lookup(rules, csv, got, sizeof got));
+    assert_string_equal(got, "lk.yaml:5:25: on_unresolved_user must be filter, quarantine or keep\n");
+    assert_null(load_lookup("rules:\n  - name: r\n    match: ADT\n    on_missing_mandatory: default\n"
+                            "    on_unresolved_user: filter\n    columns: {employee_id: x}\n",
+                            csv, got, sizeof got));
+    assert_string_equal(got, "lk.yaml:5:25: on_unresolved_user needs a user_login column\n");
+    mapping_result_free(r);
+}
+
 /* The default rule set loads from the project root and reloading gives an
  * independent set (SIGHUP swaps them). */
 static void test_defaults_and_reload(void **state)
 {
     (void)state;
-    struct mapping_opts o = {.schema = MAPPING_SCHEMA_EPIC, .time_zone = "America/Chicago"};
+    struct mapping_opts o = {.lookups = &g_users, .n_lookups = 1, .schema = MAPPING_SCHEMA_EPIC, .time_zone = "America/Chicago"};
     struct mapping *a = mapping_load(&o, NULL);
     struct mapping *b = mapping_load(&o, NULL);
     assert_non_null(a);
     assert_non_null(b);
     assert_int_equal(mapping_rule_count(a), 3);
     mapping_free(a);
-    char *v = map_col(b, "MSH|^~\\&|A|B|C|D|20240101||ADT^A03|1|P|2.5\n", 1);
+    char *v = map_col(b, "MSH|^~\\&|A|B|C|D|20240101||ADT^A03|1|P|2.5\nEVN|A03|20240101|||U12345\n", 1);
     assert_string_equal(v, "mandatory column 'PATIENT.PAT_FIRST_NAME' is empty (PID-5.2; rule 'adt')");
+    free(v);
+    /* no operator, or one the users table does not know: no row, and
+     * never the sending application (MSH-3) in its place */
+    v = map_col(b, "MSH|^~\\&|A|B|C|D|20240101||ADT^A03|1|P|2.5\nPID|1||M1||Doe^Jane\n", 1);
+    assert_string_equal(v, "no resolved user (EVN-5.1; rule 'adt')");
+    free(v);
+    v = map_col(b, "MSH|^~\\&|A|B|C|D|20240101||ADT^A03|1|P|2.5\nEVN|A03|20240101|||NOBODY\n"
+                   "PID|1||M1||Doe^Jane\n", 1);
+    assert_string_equal(v, "no resolved user (EVN-5.1; rule 'adt')");
+    free(v);
+    /* tracking and bed-status triggers are not a person acting on a record */
+    v = map_col(b, "MSH|^~\\&|A|B|C|D|20240101||ADT^A20|1|P|2.5\nEVN|A20|20240101|||U12345\n", 1);
+    assert_string_equal(v, "no mapping rule selects ADT^A20");
     free(v);
     mapping_free(b);
     mapping_free(NULL);
@@ -1418,6 +1694,8 @@ int main(void)
         cmocka_unit_test(test_control_bytes),
         cmocka_unit_test(test_headers),
         cmocka_unit_test(test_defaults_and_reload),
+        cmocka_unit_test(test_lookups),
+        cmocka_unit_test(test_unresolved_users),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -1,9 +1,11 @@
 /* libFuzzer target: rule evaluation on arbitrary messages.  The shipped rule
- * files are loaded once (run from the project root); each input is parsed as
- * a message and, when it parses, evaluated and formatted in all three
- * formats.  A second rule set with unmatched: reject and the Epic schema
- * exercises the other outcome paths.  Any crash, leak or sanitizer report is
- * a finding. */
+ * files are loaded once (run from the project root) with the fixtures'
+ * users table; each input is parsed as a message and, when it parses,
+ * evaluated and formatted in all three formats.  A second rule set with
+ * unmatched: reject and the Epic schema exercises the other outcome paths.
+ * An input that starts with "CSV\n" is a lookup table instead: parsed as
+ * the users export (key ehr_id, value upn) and probed.  Any crash, leak or
+ * sanitizer report is a finding. */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -11,6 +13,7 @@
 
 #include "hl7/hl7.h"
 #include "mapping/mapping.h"
+#include "mapping/mapping_int.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -20,7 +23,10 @@ static struct hl7_msg *g_msg;
 
 static void setup(void)
 {
-    struct mapping_opts o = {.schema = MAPPING_SCHEMA_HEALTHCARE, .time_zone = "America/Chicago"};
+    static const struct mapping_lookup users = {"users", "tests/fixtures/mapping/users.csv",
+                                                "ehr_id", "upn"};
+    struct mapping_opts o = {.schema = MAPPING_SCHEMA_HEALTHCARE, .time_zone = "America/Chicago",
+                             .lookups = &users, .n_lookups = 1};
     g_rules[0] = mapping_load(&o, NULL);
     o.schema = MAPPING_SCHEMA_EPIC;
     o.unmatched = MAPPING_UNMATCHED_REJECT;
@@ -53,6 +59,27 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (!g_res)
         setup();
+    if (size >= 4 && memcmp(data, "CSV\n", 4) == 0) {
+        static const struct mapping_lookup lk = {"users", "fuzz.csv", "ehr_id", "upn"};
+        struct mapping_errors errs = {0};
+        struct mp_table *t;
+        int rc = mp_table_parse(&lk, (const char *)data + 4, size - 4, &errs, &t);
+        if (rc == 0 && (!t || errs.n))
+            abort(); /* success means no problem reported */
+        if (rc == 0) {
+            static const char *const keys[] = {"", "C08", "9", "a", "\"", "ehr_id"};
+            for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+                const char *v;
+                size_t vl;
+                if (mp_table_get(t, (const uint8_t *)keys[i], strlen(keys[i]), &v, &vl) == 0 &&
+                    strlen(v) != vl)
+                    abort();
+            }
+        }
+        mp_table_free(t);
+        mapping_errors_release(&errs);
+        return 0;
+    }
     struct hl7_err err;
     if (hl7_msg_parse(g_msg, data, size, NULL, &err) != 0)
         return 0;
