@@ -28,7 +28,8 @@ import hl7
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "integration"
 # The users table of every generated configuration: make_message's operator
-# (EVN-5 HB01) and the benchmark fixture's (JSMITH) resolve to UPNs.
+# (EVN-5 HB01), the benchmark fixture's (JSMITH) and the SMS fixtures'
+# scheduler (SCH-20 N0001) resolve to UPNs.
 USERS_CSV = FIXTURES / "users.csv"
 
 SB, EB, CR = b"\x0b", b"\x1c", b"\r"

@@ -8,7 +8,7 @@ import tempfile
 import unittest
 from pathlib import Path
 
-from harness import ROOT, Daemon, free_port, require_binary
+from harness import ROOT, USERS_CSV, Daemon, free_port, require_binary
 
 
 class CommandLine(unittest.TestCase):
@@ -146,13 +146,16 @@ class CommandLine(unittest.TestCase):
         any rule runs."""
         msg = (ROOT / "tests/fixtures/messages/adt-a01.hl7").read_bytes()
         msg = msg.replace(b"|DOE^JANE^", b"|DO\x02E\x01\x1b\x7f\xc2\x85\\X00\\\\X0A\\X\tY^JANE^", 1)
+        # an operator the users table knows, so the shipped rules make a row
+        msg = msg.replace(b"|20231105143000-0500||||", b"|20231105143000-0500|||HB01|", 1)
         path = self.tmp / "ctl.hl7"
         path.write_bytes(msg)
         for fmt in ("tsv", "csv", "psv"):
             with self.subTest(format=fmt):
                 cfg = self.tmp / f"{fmt}.yaml"
                 cfg.write_text(f"sinks:\n  audit:\n    format: {fmt}\n    line_ending: lf\n"
-                               f"store:\n  path: {self.tmp}/s.db\nmetrics:\n  enabled: false\n")
+                               f"store:\n  path: {self.tmp}/s.db\nmetrics:\n  enabled: false\n"
+                               f"mapping:\n  lookups:\n    users: {{file: {USERS_CSV}}}\n")
                 r = subprocess.run([self.bin, "map", "-c", str(cfg), str(path)], cwd=str(ROOT),
                                    stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
                 self.assertEqual(r.returncode, 0, r.stderr)

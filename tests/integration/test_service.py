@@ -19,7 +19,7 @@ import unittest
 import uuid
 from pathlib import Path
 
-from harness import (ROOT, START_TIMEOUT_S, Daemon, MLLPConnection, free_port, make_message,
+from harness import (ROOT, START_TIMEOUT_S, USERS_CSV, Daemon, MLLPConnection, free_port, make_message,
                      require_binary)
 
 
@@ -34,7 +34,8 @@ def run_bin(tc, *args, cwd, timeout=30):
 
 class RelativeDaemon(Daemon):
     """A daemon whose configuration names its files relative to itself and
-    has no `mapping:` section, started from an unrelated empty directory."""
+    no mapping rules (the built-in ones; only the users table that resolves
+    make_message's operator), started from an unrelated empty directory."""
 
     def __init__(self, testcase):
         super().__init__(testcase)
@@ -54,6 +55,7 @@ class RelativeDaemon(Daemon):
             "sinks:",
             "  audit: {type: file, directory: out, batch: {max_age_s: 1}}",
             "  sms: {type: file, path: texts/sms.jsonl}",
+            f"mapping: {{lookups: {{users: {{file: {USERS_CSV}}}}}}}",
             "metrics: {enabled: false}",
         ]) + "\n"
 
