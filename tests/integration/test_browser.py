@@ -57,11 +57,11 @@ class BrowserDaemon(Daemon):
                             "    batch: {max_age_s: 1}\n")
         text = text.replace("metrics:\n  enabled: false\n",
                             f"metrics:\n  enabled: true\n  address: 127.0.0.1:{self.metrics_port}\n")
-        text += ("mapping:\n  rules:\n"
+        rules = ("  rules:\n"
                  f"    - {harness._yaml_str(self.rules)}\n"
                  f"    - {harness._yaml_str(ROOT / 'config/mappings/siu.yaml')}\n"
-                 f"    - {harness._yaml_str(ROOT / 'config/mappings/access-audit.yaml')}\n")
-        return text
+                 f"    - {harness._yaml_str(ROOT / 'config/mappings/access-audit.yaml')}")
+        return text.replace("\nmapping:\n", "\nmapping:\n" + rules + "\n", 1)
 
     def fix_rules(self, policy="default"):
         text = self.rules.read_text()

@@ -86,9 +86,9 @@ class NoPHI(unittest.TestCase):
         out = d.dir / "out"
         plan = [
             # accepted: full demographics and a note
-            (msg(msh("PHI-OK"), "EVN|A01|20260301120000", pid(), f"NTE|1||{NOTE}"), "AA"),
+            (msg(msh("PHI-OK"), "EVN|A01|20260301120000|||HB01", pid(), f"NTE|1||{NOTE}"), "AA"),
             # quarantined: a mandatory column (the name) empty
-            (msg(msh("PHI-Q"), "EVN|A01|20260301120000", pid(family="", given=""),
+            (msg(msh("PHI-Q"), "EVN|A01|20260301120000|||HB01", pid(family="", given=""),
                  f"NTE|1||{NOTE}"), "AA"),
             # rejected by the parser: a bad segment id after the PHI
             (msg(msh("PHI-AR1"), pid(), f"1BAD|{NOTE}"), "AR"),
@@ -115,7 +115,7 @@ class NoPHI(unittest.TestCase):
         out.write_text("blocked\n")
         with MLLPConnection(port) as c:
             for i in range(3):
-                ack = c.request(msg(msh(f"PHI-FAIL{i}"), "EVN|A01|20260301120000", pid(),
+                ack = c.request(msg(msh(f"PHI-FAIL{i}"), "EVN|A01|20260301120000|||HB01", pid(),
                                     f"NTE|1||{NOTE}"))
                 self.assertEqual(ack.code, "AA", ack.raw)
         self.wait(lambda: "event=audit_block_retry" in d.log(), "the audit sink never failed")
@@ -152,7 +152,7 @@ class NoPHIFromTheConnector(AuditSinkBase):
         emu, d = self.start_pair()
         emu.upload_faults = ["400:echo"]
         with MLLPConnection(d.port) as c:
-            ack = c.request(msg(msh("PHI-UP"), "EVN|A01|20260301120000", pid(), f"NTE|1||{NOTE}"))
+            ack = c.request(msg(msh("PHI-UP"), "EVN|A01|20260301120000|||HB01", pid(), f"NTE|1||{NOTE}"))
             self.assertEqual(ack.code, "AA", ack.raw)
         deadline = time.monotonic() + 30
         while d.batch_states().get(b"failed", 0) == 0:

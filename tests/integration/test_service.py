@@ -19,8 +19,8 @@ import unittest
 import uuid
 from pathlib import Path
 
-from harness import (ROOT, START_TIMEOUT_S, USERS_CSV, Daemon, MLLPConnection, free_port, make_message,
-                     require_binary)
+from harness import (ROOT, START_TIMEOUT_S, USERS_CSV, Daemon, MLLPConnection, free_port,
+                     make_message, require_binary)
 
 
 def run_bin(tc, *args, cwd, timeout=30):
