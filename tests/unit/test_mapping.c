@@ -452,7 +452,8 @@ static void test_appointment_facts_when_quarantined(void **state)
     assert_string_equal(mapping_result_appt_named(r, "link"), "");
     mapping_free(mp);
 
-    struct mapping_opts o = {.schema = MAPPING_SCHEMA_HEALTHCARE, .rules = files, .n_rules = 1,
+    struct mapping_opts o = {.lookups = &g_users, .n_lookups = 1,
+                             .schema = MAPPING_SCHEMA_HEALTHCARE, .rules = files, .n_rules = 1,
                              .time_zone = "America/Chicago", .consent_field = "ZCN-3"};
     mp = mapping_load(&o, NULL);
     assert_non_null(mp);
