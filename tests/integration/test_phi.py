@@ -42,7 +42,8 @@ def siu(ctl, start):
     tmpl = (ROOT / "tests" / "fixtures" / "sms" / "siu.hl7.tmpl").read_text()
     text = tmpl.format(trigger="S12", appt=ctl, start=when, evn=now,
                        phone=f"^PRN^CP^^1^847^{PHONE_LOCAL}", consent="Y", room="Exam 3",
-                       duration=30, facility="CONTOSO", first=GIVEN, ctrl=ctl)
+                       duration=30, facility="CONTOSO", first=GIVEN, ctrl=ctl,
+                       address=f"{ADDRESS}^^SPRINGFIELD^IL^62701", language="")
     return text.replace("SMITH^", f"{FAMILY}^").encode("utf-8")
 
 
