@@ -902,7 +902,6 @@ static void on_frame(void *ud, struct mllp_conn *c, uint64_t seq, const uint8_t 
     }
     struct hl7_err err;
     enum hl7_ack_code code;
-        log_msg(LOG_INFO, "hl7_rejected", il, c, p, len, err.code, err.text);
     if (hl7_msg_parse(in->msg, p, len, &il->parse, &err) != 0 &&
         err.code == HL7_E_SEGMENT_SEQUENCE && has_trailer(p, len)) {
         /* MSH … BTS/FTS: a batch with a trailer and no header. */
@@ -911,8 +910,7 @@ static void on_frame(void *ud, struct mllp_conn *c, uint64_t seq, const uint8_t 
     }
     in->st.received++;
     if (err.code != 0) {
-        log_info("hl7_rejected", "listener=%s peer=%s code=%d reason=\"%s\"", il->name,
-                 mllp_conn_peer(c), err.code, err.text);
+        log_msg(LOG_INFO, "hl7_rejected", il, c, p, len, err.code, err.text);
         code = answer(in, c, seq, in->msg, HL7_REJECT, NULL, "Message cannot be parsed", &err);
         keep_rejected(in, c, il, p, len, in->msg, code, err.text, &err);
         return;
