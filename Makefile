@@ -161,7 +161,7 @@ FUZZ_SECONDS ?= 60
 fuzz:
 	@scripts/fuzz.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 fuzz-short:
-	@scripts/fuzz.sh $${FUZZ_SHORT_SECONDS:-20} $(FUZZ_TARGETS)
+	@scripts/fuzz.sh $${FUZZ_SHORT_SECONDS:-12} $(FUZZ_TARGETS)
 
 lint:
 	@scripts/lint.sh
