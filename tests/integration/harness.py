@@ -4,7 +4,7 @@ Starts the real binary on a free loopback port with a temporary store and a
 generated YAML configuration, talks MLLP to it, parses ACKs with python-hl7
 and reads the SQLite store.  Run by Debian's /usr/bin/python3 (python3-hl7):
 
-    cd /work/main && /usr/bin/python3 -m unittest discover -s tests/integration -p 'test_*.py' -v
+    /usr/bin/python3 -m unittest discover -s tests/integration -p 'test_*.py' -v
 
 Environment: HL7BRIDGE_BIN (default build/hl7bridge), LOADGEN_BIN (default
 build/bench/loadgen), HL7BRIDGE_CORPUS (default ../shared/corpus); relative

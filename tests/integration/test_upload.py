@@ -154,7 +154,9 @@ class UploadTest(AuditSinkBase):
         tmp.write_bytes(data.read_bytes())
         tmp.rename(inbox / "export.txt")
         deadline = time.monotonic() + RUN_TIMEOUT_S
-        while time.monotonic() < deadline and not (done / "export.txt").exists():
+        # The file is moved first and the line logged after it: wait for both.
+        while time.monotonic() < deadline and not ((done / "export.txt").exists()
+                                                   and "event=input_file_delivered" in d.log()):
             time.sleep(0.1)
         self.assertTrue((done / "export.txt").exists(), d.log())
         self.assertFalse((inbox / "export.txt").exists())
