@@ -1,6 +1,7 @@
 /* MLLP load generator for `make bench`.
  *
  *   loadgen --addr HOST:PORT --conns N --window W --messages M --file MSG.hl7
+ *           [--interval S] [--max-seconds T]
  *
  * Opens N connections and keeps W messages in flight on each (W = 1 is the
  * usual send-and-wait engine; W > 1 pipelines) until M messages have been
@@ -10,6 +11,13 @@
  * every ACK's MSA-2 matches the message it answers, in order, and prints
  * one line of figures:
  *   messages=… seconds=… rate=… p50_us=… p99_us=… max_us=… aa=… not_aa=… errors=…
+ * With --interval S (for `make soak`) it also prints, every S seconds, the
+ * figures of the messages acknowledged in that interval, and at the end the
+ * figures of each tenth of the messages, so a long run shows whether it
+ * slowed down:
+ *   interval t=… messages=… rate=… p50_us=… p99_us=… max_us=…
+ *   tenth k=1..10 seconds=… rate=… p50_us=… p99_us=… max_us=…
+ * The run stops after T seconds (default 600) whatever it reached.
  * Single thread, epoll, non-blocking sockets. */
 #include "core/clock.h"
 #include "core/num.h"
@@ -39,8 +47,11 @@ static uint8_t *tmpl;
 static size_t tmpl_len, ctrl_off, ctrl_len;
 static unsigned window = 1;
 static uint64_t target, total_sent, total_acked, aa, not_aa, errors;
-static uint64_t *lat;
+static uint64_t *lat;     /* ACK latencies in µs, in the order the ACKs came */
 static size_t nlat;
+static uint64_t *scratch; /* an interval's latencies, sorted there */
+static uint64_t tenth_ns[10];
+static unsigned tenths_seen;
 
 static int cmp_u64(const void *a, const void *b)
 {
@@ -79,6 +90,47 @@ static void ctrl_id(const struct lconn *c, uint64_t n, char id[CTRL_WIDTH + 1])
 {
     snprintf(id, CTRL_WIDTH + 1, "L%06x%03u%010llu", run_tag & 0xffffffu, c->id % 1000u,
              (unsigned long long)(n % 10000000000ull));
+}
+
+/* p50, p99 and max of n latencies, sorted in place. */
+static void pct(uint64_t *v, size_t n, uint64_t *p50, uint64_t *p99, uint64_t *mx)
+{
+    qsort(v, n, sizeof *v, cmp_u64);
+    *p50 = n ? v[n / 2] : 0;
+    *p99 = n ? v[(n * 99) / 100] : 0;
+    *mx = n ? v[n - 1] : 0;
+}
+
+/* One interval line: the ACKs from lat[from] on, over `secs` seconds. */
+static void report_interval(double t, double secs, size_t from)
+{
+    size_t n = nlat - from;
+    memcpy(scratch, lat + from, n * sizeof *lat);
+    uint64_t p50, p99, mx;
+    pct(scratch, n, &p50, &p99, &mx);
+    printf("interval t=%.1f messages=%zu rate=%.0f p50_us=%llu p99_us=%llu max_us=%llu\n", t, n,
+           secs > 0 ? (double)n / secs : 0.0, (unsigned long long)p50, (unsigned long long)p99,
+           (unsigned long long)mx);
+    fflush(stdout);
+}
+
+/* The tenths of the run by message count: time taken and latencies of each.
+ * Sorts each tenth of lat in place (the whole is sorted afterwards). */
+static void report_tenths(uint64_t t0)
+{
+    uint64_t prev = t0;
+    for (unsigned k = 0; k < tenths_seen; k++) {
+        size_t a = (size_t)(target * k / 10), b = (size_t)(target * (k + 1) / 10);
+        if (b > nlat)
+            b = nlat;
+        uint64_t p50, p99, mx;
+        pct(lat + a, b - a, &p50, &p99, &mx);
+        double secs = (double)(tenth_ns[k] - prev) / 1e9;
+        printf("tenth k=%u seconds=%.3f rate=%.0f p50_us=%llu p99_us=%llu max_us=%llu\n", k + 1,
+               secs, secs > 0 ? (double)(b - a) / secs : 0.0, (unsigned long long)p50,
+               (unsigned long long)p99, (unsigned long long)mx);
+        prev = tenth_ns[k];
+    }
 }
 
 static void queue_msg(struct lconn *c)
@@ -155,14 +207,16 @@ static void check_ack(struct lconn *c, const uint8_t *p, size_t len)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: loadgen --addr HOST:PORT --conns N --window W --messages M --file FILE\n");
+    fprintf(stderr, "usage: loadgen --addr HOST:PORT --conns N --window W --messages M --file FILE"
+                    " [--interval S] [--max-seconds T]\n");
     exit(2);
 }
 
 int main(int argc, char **argv)
 {
     const char *addr = NULL, *file = NULL;
-    unsigned conns = 8;
+    unsigned conns = 8, interval_s = 0;
+    uint64_t max_s = 600;
     target = 100000;
     run_tag = (unsigned)(clock_wall_ms() ^ ((uint64_t)getpid() << 12));
     for (int i = 1; i + 1 < argc; i += 2) {
@@ -173,6 +227,10 @@ int main(int argc, char **argv)
         else if (strcmp(argv[i], "--conns") == 0 && isnum && v > 0) conns = (unsigned)v;
         else if (strcmp(argv[i], "--window") == 0 && isnum && v > 0) window = (unsigned)v;
         else if (strcmp(argv[i], "--messages") == 0 && isnum && v > 0) target = v;
+        else if (strcmp(argv[i], "--interval") == 0 && isnum && v > 0 && v <= 3600)
+            interval_s = (unsigned)v;
+        else if (strcmp(argv[i], "--max-seconds") == 0 && isnum && v > 0 && v <= 864000)
+            max_s = v;
         else usage();
     }
     if (!addr || !file)
@@ -196,6 +254,11 @@ int main(int argc, char **argv)
         return 2;
     }
     lat = malloc(target * sizeof *lat);
+    scratch = interval_s ? malloc(target * sizeof *scratch) : NULL;
+    if (!lat || (interval_s && !scratch)) {
+        fprintf(stderr, "loadgen: out of memory for %llu latencies\n", (unsigned long long)target);
+        return 2;
+    }
     struct lconn *cs = calloc(conns, sizeof *cs);
     int ep = epoll_create1(0);
     for (unsigned i = 0; i < conns; i++) {
@@ -217,9 +280,20 @@ int main(int argc, char **argv)
         if (flush_out(&cs[i]) != 0)
             return 1;
     }
-    uint64_t deadline = t0 + 600ull * 1000000000ull;
+    uint64_t deadline = t0 + max_s * 1000000000ull;
+    uint64_t step_ns = (uint64_t)interval_s * 1000000000ull, next_report = t0 + step_ns;
+    size_t mark = 0;
     struct epoll_event evs[64];
     while (total_acked < target && clock_mono_ns() < deadline) {
+        if (interval_s) {
+            uint64_t now = clock_mono_ns();
+            if (now >= next_report) {
+                report_interval((double)(now - t0) / 1e9,
+                                (double)(now - (next_report - step_ns)) / 1e9, mark);
+                mark = nlat;
+                next_report += step_ns;
+            }
+        }
         int n = epoll_wait(ep, evs, 64, 1000);
         for (int k = 0; k < n; k++) {
             struct lconn *c = &cs[evs[k].data.u32];
@@ -240,6 +314,8 @@ int main(int argc, char **argv)
                     lat[nlat++] = (now - c->t_sent[c->acked % window]) / 1000u;
                     c->acked++;
                     total_acked++;
+                    if (tenths_seen < 10 && total_acked * 10 >= target * (tenths_seen + 1))
+                        tenth_ns[tenths_seen++] = now;
                     fill(c);
                 }
             }
@@ -251,9 +327,13 @@ int main(int argc, char **argv)
     }
     uint64_t t1 = clock_mono_ns();
     double secs = (double)(t1 - t0) / 1e9;
-    qsort(lat, nlat, sizeof *lat, cmp_u64);
-    uint64_t p50 = nlat ? lat[nlat / 2] : 0, p99 = nlat ? lat[(nlat * 99) / 100] : 0;
-    uint64_t mx = nlat ? lat[nlat - 1] : 0;
+    if (interval_s) {
+        if (nlat > mark)
+            report_interval(secs, (double)(t1 - (next_report - step_ns)) / 1e9, mark);
+        report_tenths(t0);
+    }
+    uint64_t p50, p99, mx;
+    pct(lat, nlat, &p50, &p99, &mx);
     printf("messages=%llu seconds=%.3f rate=%.0f p50_us=%llu p99_us=%llu max_us=%llu aa=%llu "
            "not_aa=%llu errors=%llu\n",
            (unsigned long long)total_acked, secs, (double)total_acked / secs,
@@ -267,6 +347,7 @@ int main(int argc, char **argv)
     }
     free(cs);
     free(lat);
+    free(scratch);
     free(tmpl);
     close(ep);
     return (total_acked == target && errors == 0) ? 0 : 1;
