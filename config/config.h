@@ -145,9 +145,10 @@ struct config {
     struct {
         char *path;                     /* default var/hl7bridge.db */
         unsigned retention_days;        /* default 7, 0..3650; caps retention.raw */
-        /* How long each kind of PHI-bearing record is kept (seconds; the
-         * housekeeping runs every minute, so a minute is the finest step
-         * that means anything).  Purged by the store writer's housekeeping. */
+        /* How long each kind of PHI-bearing record is kept (seconds).
+         * Purged by the store writer's housekeeping, which looks every
+         * minute or every tenth of the shortest of these, at least every
+         * second (store_housekeep_interval_ms). */
         struct config_retention {
             unsigned raw_s;             /* raw body after delivery, default 7d */
             unsigned delivered_s;       /* delivered message + its rows, default 7d */

@@ -167,6 +167,18 @@ static void fail_group(struct store *s, size_t n)
     atomic_fetch_add_explicit(&s->st.failures, n, memory_order_relaxed);
 }
 
+uint64_t store_housekeep_interval_ms(const struct store_opts *o)
+{
+    uint64_t shortest = (uint64_t)o->retention_days * 86400000u;
+    for (int k = 0; o->use_keep && k < STORE_KIND_N; k++)
+        if (o->keep_ms[k] < shortest)
+            shortest = o->keep_ms[k];
+    uint64_t every = shortest / 10;
+    if (every < STORE_HOUSEKEEP_MIN_MS)
+        every = STORE_HOUSEKEEP_MIN_MS;
+    return every < STORE_HOUSEKEEP_MS ? every : STORE_HOUSEKEEP_MS;
+}
+
 static void housekeep(struct store *s, uint64_t now_ms)
 {
     int more = 0;
@@ -176,7 +188,7 @@ static void housekeep(struct store *s, uint64_t now_ms)
     if (more)
         s->next_housekeep_ms = now_ms + STORE_DISK_CHECK_MS;
     else
-        s->next_housekeep_ms = now_ms + STORE_HOUSEKEEP_MS;
+        s->next_housekeep_ms = now_ms + store_housekeep_interval_ms(&s->opts);
     if (purged > 0)
         log_info("store_retention", " purged=%ld", purged);
 }

@@ -214,6 +214,12 @@ size_t store_pending(const struct store *s);
  * thread. */
 uint64_t store_writer_stalled_ms(const struct store *s, uint64_t now_ms);
 
+/* How often the writer's housekeeping looks for records past retention: a
+ * tenth of the shortest retention configured, between 1 s and a minute, so
+ * a record is never kept much longer than its retention (a minute's
+ * retention looked at once a minute kept records up to twice as long). */
+uint64_t store_housekeep_interval_ms(const struct store_opts *o);
+
 /* Asks the writer to run its housekeeping step (retention) at its next turn
  * instead of waiting for the periodic one.  Any thread. */
 void store_request_housekeeping(struct store *s);

@@ -24,9 +24,12 @@
 /* Free-disk probe: statvfs at most this often. */
 #define STORE_DISK_CHECK_MS       100
 
-/* Housekeeping (retention) cadence, and how many bodies one step purges so
- * that a large backlog never holds the write lock for long. */
+/* Housekeeping (retention) cadence — at most STORE_HOUSEKEEP_MS, shorter
+ * for short retentions (store_housekeep_interval_ms) — and how many bodies
+ * one step purges so that a large backlog never holds the write lock for
+ * long. */
 #define STORE_HOUSEKEEP_MS        60000
+#define STORE_HOUSEKEEP_MIN_MS    1000
 #define STORE_HOUSEKEEP_FIRST_MS  5000
 #define STORE_RETENTION_CHUNK     2000
 

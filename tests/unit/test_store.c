@@ -906,6 +906,31 @@ static void test_retention_ranges(void **state)
     assert_int_equal(c.undelivered, 600);
 }
 
+/* The housekeeping cadence follows the shortest retention: a tenth of it,
+ * between a second and a minute, so that a one-minute retention (soak runs)
+ * is purged during the run and not a minute late. */
+static void test_housekeep_interval(void **state)
+{
+    (void)state;
+    struct store_opts o = { .retention_days = 7 };
+    assert_int_equal(store_housekeep_interval_ms(&o), 60000);      /* days: once a minute */
+    o.use_keep = 1;
+    for (int k = 0; k < STORE_KIND_N; k++)
+        o.keep_ms[k] = STORE_KEEP_FOREVER;
+    assert_int_equal(store_housekeep_interval_ms(&o), 60000);
+    o.keep_ms[STORE_KIND_DELIVERED] = 60000;                       /* 1m → every 6 s */
+    assert_int_equal(store_housekeep_interval_ms(&o), 6000);
+    o.keep_ms[STORE_KIND_RAW] = 30000;                             /* the shortest kind wins */
+    assert_int_equal(store_housekeep_interval_ms(&o), 3000);
+    o.keep_ms[STORE_KIND_RAW] = 0;                                 /* never more often than 1 s */
+    assert_int_equal(store_housekeep_interval_ms(&o), 1000);
+    o.keep_ms[STORE_KIND_RAW] = 3600000;
+    o.keep_ms[STORE_KIND_DELIVERED] = 3600000;                     /* 1h: still once a minute */
+    assert_int_equal(store_housekeep_interval_ms(&o), 60000);
+    o.retention_days = 0;                                          /* retention_days caps raw */
+    assert_int_equal(store_housekeep_interval_ms(&o), 1000);
+}
+
 /* Retention per kind (store.retention): delivered messages and the rows of
  * done blocks past their time are deleted, a chunk per step (3,000 need
  * two steps of each), quarantined messages by their own time; undelivered
@@ -1590,6 +1615,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_quarantine, setup, teardown),
         cmocka_unit_test_setup_teardown(test_appt_facts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retention, setup, teardown),
+        cmocka_unit_test(test_housekeep_interval),
         cmocka_unit_test_setup_teardown(test_retention_kinds, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retention_ranges, setup, teardown),
         cmocka_unit_test_setup_teardown(test_upgrade_from_schema_2, setup, teardown),
