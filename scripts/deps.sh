@@ -2,6 +2,7 @@
 # Installs the Debian packages hl7bridge needs that this machine lacks.
 #   scripts/deps.sh build   — what building and running the daemon needs
 #   scripts/deps.sh test    — that plus what the tests need
+#   scripts/deps.sh bench   — build plus what `make soak` needs (the chart)
 # As root it runs apt-get; otherwise it prints the exact command to run.
 set -euo pipefail
 mode=${1:-build}
@@ -11,9 +12,11 @@ build_pkgs=(gcc make pkg-config libssl-dev libcurl4-openssl-dev libsqlite3-dev l
 test_pkgs=(libcmocka-dev python3 python3-hl7 openssl sqlite3 clang libclang-rt-14-dev
            cppcheck clang-tidy valgrind prometheus chromium libfaketime
            systemd dpkg-dev)   # systemd-analyze verify; dpkg-shlibdeps for make deb
+bench_pkgs=(python3 python3-yaml openssl gnuplot-nox)   # make soak: config, emulator, chart
 
 want=("${build_pkgs[@]}")
 if [ "$mode" = test ]; then want+=("${test_pkgs[@]}"); fi
+if [ "$mode" = bench ]; then want+=("${bench_pkgs[@]}"); fi
 
 missing=()
 for p in "${want[@]}"; do
