@@ -127,6 +127,20 @@ struct config_sms_language {
     size_t n_codes;
     struct config_sms_templates templates; /* NULL: the default template */
 };
+/* Settings for the appointments of some scheduling facilities (the rules'
+ * `facility` fact, compared exactly).  What an entry leaves out comes from
+ * sinks.sms itself. */
+struct config_sms_facility {
+    char **codes;                       /* facility codes; each in one entry only */
+    size_t n_codes;
+    char *from;                         /* E.164 sender, NULL: sinks.sms.from */
+    char *time_zone;                    /* IANA name, NULL: sinks.sms.time_zone */
+    char *link;                         /* link template, NULL: sinks.sms.link */
+    struct config_sms_templates templates; /* a NULL kind: sinks.sms.templates */
+    struct config_sms_language *languages; /* written: these replace sinks.sms.languages */
+    size_t n_languages;
+    bool has_languages;                 /* `languages` was written (even as []) */
+};
 
 struct config {
     char *path;                         /* the file it was read from */
@@ -236,7 +250,9 @@ struct config {
             } send;
             struct config_sms_language *languages; /* templates by PID-15 code */
             size_t n_languages;
-            char *link;                     /* substituted for {link}, default "" */
+            char *link;                     /* {link} template (URL-encoded fields), default "" */
+            struct config_sms_facility *facilities; /* by scheduling facility, none by default */
+            size_t n_facilities;
             unsigned max_segments;          /* default 3 */
             unsigned grace_period_s;        /* default 2h */
             char *path;                     /* file sink output, default var/sms.jsonl */

@@ -95,6 +95,10 @@ static void dump_key(const struct config *c, const struct cfg_key *k, const void
     case CT_SECTIONS: {
         const char *arr = *(const char *const *)(const void *)(b + k->off);
         size_t n = *(const size_t *)(const void *)(b + k->off2);
+        if (k->sub->present && !k->sub->present(base)) {
+            fprintf(out, "%s: ~\n", k->name);
+            return;
+        }
         if (k->flags & CK_NAMED) {
             fprintf(out, "%s:%s\n", k->name, n ? "" : " {}");
             for (size_t i = 0; i < n; i++) {

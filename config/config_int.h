@@ -80,7 +80,9 @@ struct cfg_section {
     size_t elem_size;               /* element size when used by CT_SECTIONS */
     cfg_validate_fn validate;
     /* For optional sections (quiet_hours): whether it is in effect; the
-     * dump prints "~" otherwise.  NULL means always. */
+     * dump prints "~" otherwise.  NULL means always.  For a list of
+     * sections (CT_SECTIONS) it is asked about the object holding the
+     * list. */
     int (*present)(const void *base);
 };
 

@@ -597,6 +597,92 @@ static const struct cfg_section language_sec = {
     language_keys, NKEYS(language_keys), sizeof(struct config_sms_language), NULL, NULL,
 };
 
+#define FOFF_SMS(f) offsetof(struct config_sms_facility, f)
+static const struct cfg_key fac_template_keys[] = {
+    {.name = "scheduled", .type = CT_STR, .off = FOFF_SMS(templates.scheduled), .check = check_nonempty},
+    {.name = "updated", .type = CT_STR, .off = FOFF_SMS(templates.updated), .check = check_nonempty},
+    {.name = "cancelled", .type = CT_STR, .off = FOFF_SMS(templates.cancelled), .check = check_nonempty},
+    {.name = "reminder", .type = CT_STR, .off = FOFF_SMS(templates.reminder), .check = check_nonempty},
+};
+static const struct cfg_section fac_template_sec = {
+    fac_template_keys, NKEYS(fac_template_keys), 0, NULL, NULL,
+};
+/* A facility's languages: the same entries as sinks.sms.languages, shown
+ * as "~" by the dump when not written (the global list applies). */
+static int fac_languages_present(const void *base)
+{
+    return ((const struct config_sms_facility *)base)->has_languages;
+}
+static const struct cfg_section fac_language_sec = {
+    language_keys, NKEYS(language_keys), sizeof(struct config_sms_language), NULL,
+    fac_languages_present,
+};
+enum { FK_CODES, FK_FROM, FK_TZ, FK_LINK, FK_TEMPLATES, FK_LANGUAGES };
+static const struct cfg_key facility_keys[] = {
+    [FK_CODES] = {.name = "codes", .type = CT_STRLIST, .flags = CK_REQUIRED, .off = FOFF_SMS(codes),
+                  .off2 = FOFF_SMS(n_codes), .min_n = 1, .max_n = HB_MAX_SMS_FACILITY_CODES,
+                  .check = check_nonempty},
+    [FK_FROM] = {.name = "from", .type = CT_STR, .off = FOFF_SMS(from), .check = check_e164},
+    [FK_TZ] = {.name = "time_zone", .type = CT_STR, .off = FOFF_SMS(time_zone), .check = check_tz},
+    [FK_LINK] = {.name = "link", .type = CT_STR, .off = FOFF_SMS(link)},
+    [FK_TEMPLATES] = {.name = "templates", .type = CT_SECTION, .sub = &fac_template_sec},
+    [FK_LANGUAGES] = {.name = "languages", .type = CT_SECTIONS, .off = FOFF_SMS(languages),
+                      .off2 = FOFF_SMS(n_languages), .max_n = 64, .sub = &fac_language_sec},
+};
+/* A facility's own languages list, even an empty one, replaces the global
+ * list for its patients; not written, the global one applies. */
+static void validate_facility(struct cfg_walk *w, void *base, const char *path,
+                              const yaml_node_t *node, const yaml_node_t *const *seen,
+                              const int *given)
+{
+    (void)w;
+    (void)path;
+    (void)node;
+    (void)seen;
+    ((struct config_sms_facility *)base)->has_languages = given[FK_LANGUAGES] != 0;
+}
+static const struct cfg_section facility_sec = {
+    facility_keys, NKEYS(facility_keys), sizeof(struct config_sms_facility), validate_facility,
+    NULL,
+};
+
+/* A facility code names one entry: a second one would be dead
+ * configuration that looks alive. */
+static void check_facility_codes(struct cfg_walk *w, const struct config *c, const char *path,
+                                 const yaml_node_t *node)
+{
+    const yaml_node_t *list = cfg_find(w, node, "facilities");
+    size_t n_items = list && list->type == YAML_SEQUENCE_NODE
+                   ? (size_t)(list->data.sequence.items.top - list->data.sequence.items.start) : 0;
+    if (n_items != c->sinks.sms.n_facilities)
+        return;
+    for (size_t i = 0; i < n_items; i++) {
+        const struct config_sms_facility *f = &c->sinks.sms.facilities[i];
+        const yaml_node_t *item = yaml_document_get_node(cfg_doc(w), list->data.sequence.items.start[i]);
+        const yaml_node_t *codes = cfg_find(w, item, "codes");
+        for (size_t k = 0; k < f->n_codes; k++) {
+            for (size_t j = 0; j <= i; j++) {
+                const struct config_sms_facility *g = &c->sinks.sms.facilities[j];
+                size_t upto = j == i ? k : g->n_codes;
+                size_t m = 0;
+                while (m < upto && strcmp(g->codes[m], f->codes[k]) != 0)
+                    m++;
+                if (m == upto)
+                    continue;
+                const yaml_node_t *at = codes ? codes : item;
+                if (codes && codes->type == YAML_SEQUENCE_NODE &&
+                    (size_t)(codes->data.sequence.items.top - codes->data.sequence.items.start) ==
+                        f->n_codes)
+                    at = yaml_document_get_node(cfg_doc(w), codes->data.sequence.items.start[k]);
+                cfg_error(w, at,
+                          "%s.facilities[%zu].codes[%zu]: duplicate facility code \"%.64s\" "
+                          "(already in facilities[%zu])", path, i, k, f->codes[k], j);
+                break;
+            }
+        }
+    }
+}
+
 static const struct cfg_key send_keys[] = {
     {.name = "scheduled", .type = CT_BOOL, .off = OFF(sinks.sms.send.scheduled), .def = "true"},
     {.name = "updated", .type = CT_BOOL, .off = OFF(sinks.sms.send.updated), .def = "true"},
@@ -607,7 +693,7 @@ static const struct cfg_section send_sec = {send_keys, NKEYS(send_keys), 0, NULL
 
 enum { SK_TYPE, SK_ENDPOINT, SK_KEY, SK_KEY_FILE, SK_FROM, SK_COUNTRY, SK_TZ, SK_CA, SK_CONSENT,
        SK_REMINDERS, SK_QUIET, SK_TEMPLATES, SK_SEND, SK_LANGUAGES, SK_LINK, SK_SEGMENTS, SK_GRACE, SK_PATH,
-       SK_MASK };
+       SK_MASK, SK_FACILITIES };
 
 static const struct cfg_key sms_keys[] = {
     [SK_TYPE] = {.name = "type", .type = CT_ENUM, .off = OFF(sinks.sms.type),
@@ -643,6 +729,9 @@ static const struct cfg_key sms_keys[] = {
                  .def = "var/sms.jsonl", .check = check_nonempty},
     [SK_MASK] = {.name = "mask_numbers", .type = CT_BOOL, .off = OFF(sinks.sms.mask_numbers),
                  .def = "true"},
+    [SK_FACILITIES] = {.name = "facilities", .type = CT_SECTIONS, .off = OFF(sinks.sms.facilities),
+                       .off2 = OFF(sinks.sms.n_facilities), .max_n = HB_MAX_SMS_FACILITIES,
+                       .sub = &facility_sec},
 };
 
 static void validate_sms(struct cfg_walk *w, void *base, const char *path,
@@ -651,6 +740,7 @@ static void validate_sms(struct cfg_walk *w, void *base, const char *path,
 {
     struct config *c = base;
     one_secret_source(w, path, seen, given, SK_KEY, SK_KEY_FILE, sms_keys);
+    check_facility_codes(w, c, path, node);
     if (c->sinks.sms.type != CONFIG_SMS_ACS)
         return;
     const char *cond = "type is acs";

@@ -18,6 +18,11 @@
 #define HB_MAX_LOOKUP_FILE_BYTES     (256u * 1024u * 1024u)
 #define HB_MAX_LOOKUP_FIELD_BYTES    1024u
 
+/* SMS settings by scheduling facility (sinks.sms.facilities): entries, and
+ * facility codes in one entry.  Each entry's zone is loaded at start-up. */
+#define HB_MAX_SMS_FACILITIES        64
+#define HB_MAX_SMS_FACILITY_CODES    64
+
 /* HL7 parser: segments and fields indexed per message.  Beyond these the
  * message is rejected with AR rather than indexed partially. */
 #define HL7_MAX_SEGMENTS             65536

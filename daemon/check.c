@@ -4,11 +4,17 @@
 #include "config/config.h"
 #include "daemon/rules.h"
 #include "mllp/mllp.h"
+#include "sinks/sms.h"
 
 #include <stdio.h>
 #include <string.h>
 
 struct config *load_config_or_report(const char *path, int explicit_path, const char **used);
+
+static void print_problem(void *ud, const char *problem)
+{
+    fprintf(stderr, "%s: %s\n", *(const char **)ud, problem);
+}
 
 int cmd_check(int argc, char **argv)
 {
@@ -41,9 +47,12 @@ int cmd_check(int argc, char **argv)
     if (!c)
         return 1;
     /* Everything `run` reads before it serves, reported together: the
-     * rules and every listener's certificate, key and client CAs. */
+     * rules, every listener's certificate, key and client CAs, and the SMS
+     * templates and links. */
     struct mapping *mp = rules_load(c);
     int bad = !mp;
+    if (sink_sms_config_check(c, print_problem, &path) > 0)
+        bad = 1;
     for (size_t i = 0; i < c->n_listeners; i++) {
         const struct config_listener *cl = &c->listeners[i];
         struct mllp_tls_opts to = { 0 };

@@ -83,11 +83,21 @@ static const char *counter_name(int i)
     return i < SINK_SMS_SKIP_N ? skip_names[i] : more[i - SINK_SMS_SKIP_N];
 }
 
+/* Where an appointment's texts take their settings from: one per
+ * sinks.sms.facilities entry, then the global settings (the last one). */
+struct place {
+    const struct config_sms_facility *fac;  /* NULL: the global settings */
+    struct tz *tz;                          /* owned */
+    struct sink_sms_zone zone;
+    const char *from;                       /* borrowed from the config; may be NULL */
+    const char *link;                       /* link template, "" for none */
+};
+
 struct sink_sms {
     enum config_sms_type type;
     const struct config *cfg;
-    struct tz *tz;
-    struct sink_sms_zone zone;
+    struct place *places;        /* n_places: facilities, then the global one */
+    size_t n_places;
     uint8_t key[256];
     size_t key_len;
 
@@ -265,6 +275,25 @@ static const char *template_of(const struct config_sms_templates *t, enum kind k
            : k == K_CANCELLED ? t->cancelled : t->reminder;
 }
 
+int sink_sms_facility_index(const struct config *c, const char *facility)
+{
+    for (size_t i = 0; facility && i < c->sinks.sms.n_facilities; i++) {
+        const struct config_sms_facility *f = &c->sinks.sms.facilities[i];
+        for (size_t j = 0; j < f->n_codes; j++)
+            if (strcmp(f->codes[j], facility) == 0)
+                return (int)i;
+    }
+    return -1;
+}
+
+/* The settings of an appointment's facility (its entry, else the global
+ * ones). */
+static const struct place *place_of(const struct sink_sms *s, const char *facility)
+{
+    int i = sink_sms_facility_index(s->cfg, facility);
+    return &s->places[i >= 0 ? (size_t)i : s->n_places - 1];
+}
+
 /* 1 when PID-15 `lang` is `code`, without case, or a regional form of it
  * ("es" takes "es-MX" and "es_MX"). */
 static int lang_is(const char *lang, const char *code)
@@ -274,19 +303,30 @@ static int lang_is(const char *lang, const char *code)
            (lang[n] == '\0' || lang[n] == '-' || lang[n] == '_' || lang[n] == '^');
 }
 
-/* The template for kind k in the patient's language (the first
- * sinks.sms.languages entry naming it that has one), else the default. */
-static const char *pick_template(const struct config *c, const char *lang, enum kind k)
+/* The template for kind k: in the patient's language when the languages
+ * list that applies (the facility's own when it wrote one, else
+ * sinks.sms.languages) has one for it, else the facility's template, else
+ * the global one.  A text the patient can read comes before the clinic's
+ * wording; a facility that wants its wording in every language lists its
+ * languages. */
+const char *sink_sms_pick_template(const struct config *c, int facility, const char *lang,
+                                   unsigned kind)
 {
-    for (size_t i = 0; lang[0] && i < c->sinks.sms.n_languages; i++) {
-        const struct config_sms_language *l = &c->sinks.sms.languages[i];
-        for (size_t j = 0; j < l->n_codes; j++) {
-            const char *t = template_of(&l->templates, k);
-            if (t && lang_is(lang, l->codes[j]))
+    enum kind k = kind < K_N ? (enum kind)kind : K_SCHEDULED;
+    const struct config_sms_facility *f =
+        facility >= 0 && (size_t)facility < c->sinks.sms.n_facilities
+            ? &c->sinks.sms.facilities[facility] : NULL;
+    const struct config_sms_language *langs = f && f->has_languages ? f->languages
+                                                                     : c->sinks.sms.languages;
+    size_t n_langs = f && f->has_languages ? f->n_languages : c->sinks.sms.n_languages;
+    for (size_t i = 0; lang && lang[0] && i < n_langs; i++) {
+        const char *t = template_of(&langs[i].templates, k);
+        for (size_t j = 0; t && j < langs[i].n_codes; j++)
+            if (lang_is(lang, langs[i].codes[j]))
                 return t;
-        }
     }
-    return template_of(&c->sinks.sms.templates, k);
+    const char *t = f ? template_of(&f->templates, k) : NULL;
+    return t ? t : template_of(&c->sinks.sms.templates, k);
 }
 
 /* Renders and queues one text; 0 / -1 (store error). */
@@ -294,7 +334,9 @@ static int queue_text(struct sink_sms *s, const struct store_sms_appt *a, enum k
                       const char *event_key, int64_t due)
 {
     const struct config *c = s->cfg;
-    const char *tmpl = pick_template(c, a->language, k);
+    int fi = sink_sms_facility_index(c, a->facility);
+    const struct place *pl = place_of(s, a->facility);
+    const char *tmpl = sink_sms_pick_template(c, fi, a->language, k);
     struct store_sms_text *tp = &s->out_text;
     memset(tp, 0, sizeof *tp);
     copy_utf8(tp->facility, sizeof tp->facility, a->facility);
@@ -305,10 +347,18 @@ static int queue_text(struct sink_sms *s, const struct store_sms_appt *a, enum k
     tp->start_s = a->start_s;
     struct sink_sms_vars v = {
         .first_name = a->first_name, .location = a->location, .provider = a->provider,
-        .link = a->link[0] ? a->link : c->sinks.sms.link ? c->sinks.sms.link : "",
-        .appointment_id = a->appt_id, .facility = a->facility, .start = a->start_s,
-        .utc_offset = tz_offset_at(s->tz, a->start_s),
+        .link = "", .appointment_id = a->appt_id, .facility = a->facility, .start = a->start_s,
+        .utc_offset = tz_offset_at(pl->tz, a->start_s),
     };
+    /* The link the rules mapped from the message wins; else the facility's
+     * (or global) link template over this appointment's fields. */
+    char link[STORE_SMS_LINK_MAX];
+    if (a->link[0]) {
+        v.link = a->link;
+    } else if (pl->link[0]) {
+        sink_sms_render_link(pl->link, &v, link, sizeof link);
+        v.link = link;
+    }
     sink_sms_render(tmpl, &v, tp->text, sizeof tp->text);
     if (sink_sms_fit(tp->text, c->sinks.sms.max_segments))
         count(s, C_TRUNCATED, 1);
@@ -334,11 +384,12 @@ static int plan_reminders(struct sink_sms *s, const struct store_sms_appt *a, in
     const struct config *c = s->cfg;
     if (!c->sinks.sms.send.reminder)
         return 0; /* switched off: none planned */
+    const struct place *pl = place_of(s, a->facility);
     for (size_t i = 0; i < c->sinks.sms.n_reminders; i++) {
         int64_t off = c->sinks.sms.reminders_s[i];
         int64_t due = a->start_s - off;
-        if (c->sinks.sms.quiet_hours.enabled)
-            due = sink_sms_quiet_adjust(due, &s->zone, c->sinks.sms.quiet_hours.start_min,
+        if (c->sinks.sms.quiet_hours.enabled)  /* in the clinic's own local time */
+            due = sink_sms_quiet_adjust(due, &pl->zone, c->sinks.sms.quiet_hours.start_min,
                                         c->sinks.sms.quiet_hours.end_min);
         if (due <= arrival) {
             if (count_past)
@@ -673,6 +724,7 @@ static void deliver_file(struct sink_sms *s, const struct store_sms_text *t)
         snprintf(to, sizeof to, "%s", t->to);
     char now[32];
     sink_sms_rfc1123(clock_wall_ms() / 1000, now);
+    const char *from = place_of(s, t->facility)->from;
     struct buf *b = &s->scratch;
     buf_reset(b);
     char num[64];
@@ -681,8 +733,7 @@ static void deliver_file(struct sink_sms *s, const struct store_sms_text *t)
         buf_append_str(b, "{\"time\":\"") || buf_append_str(b, now) ||
         buf_append_str(b, "\",\"kind\":\"") || buf_append_str(b, t->kind) ||
         buf_append_str(b, "\",\"from\":\"") ||
-        sink_sms_json_escape(b, c->sinks.sms.from ? c->sinks.sms.from : "",
-                             c->sinks.sms.from ? strlen(c->sinks.sms.from) : 0) ||
+        sink_sms_json_escape(b, from ? from : "", from ? strlen(from) : 0) ||
         buf_append_str(b, "\",\"to\":\"") || sink_sms_json_escape(b, to, strlen(to)) ||
         buf_append_str(b, "\",\"message\":\"") ||
         sink_sms_json_escape(b, t->text, strlen(t->text)) ||
@@ -705,12 +756,13 @@ static void deliver_file(struct sink_sms *s, const struct store_sms_text *t)
 
 static void deliver_acs(struct sink_sms *s, const struct store_sms_text *t)
 {
-    const struct config *c = s->cfg;
     struct buf *b = &s->scratch;
     buf_reset(b);
     char tag[40];
     snprintf(tag, sizeof tag, "hl7bridge-%s", t->kind);
-    if (sink_acs_body(b, c->sinks.sms.from, t->to, t->request_id, t->first_sent, t->text, 0, tag) <
+    /* The number of the appointment's facility, looked up now: the outbox
+     * keeps the facility, and the settings are fixed while the sink runs. */
+    if (sink_acs_body(b, place_of(s, t->facility)->from, t->to, t->request_id, t->first_sent, t->text, 0, tag) <
         0) {
         finish(s, t, STORE_SMS_FAILED, 0, "body too large", NULL, C_FAILED);
         return;
@@ -894,7 +946,9 @@ static void sms_free(struct sink_sms *s)
     sink_acs_client_free(s->acs);
     if (s->fd >= 0)
         close(s->fd);
-    tz_free(s->tz);
+    for (size_t i = 0; i < s->n_places; i++)
+        tz_free(s->places[i].tz);
+    free(s->places);
     buf_release(&s->scratch);
     OPENSSL_cleanse(s->key, sizeof s->key);
     pthread_mutex_destroy(&s->mu_storage);
@@ -924,6 +978,117 @@ static int open_file_sink(struct sink_sms *s, const char *path, char *err, size_
     return 0;
 }
 
+/* ---- settings ------------------------------------------------------------- */
+
+/* Checks the templates of one set (the global one, a language's or a
+ * facility's); `need` when every kind must be there. */
+static unsigned check_templates(const struct config_sms_templates *t, const char *where, int need,
+                                sink_sms_problem_fn fn, void *ud)
+{
+    unsigned bad = 0;
+    for (unsigned k = 0; k < K_N; k++) {
+        const char *v = template_of(t, (enum kind)k);
+        char why[200], msg[400];
+        if (!v && !need)
+            continue;
+        if (v && sink_sms_template_check(v, why, sizeof why) == 0)
+            continue;
+        snprintf(msg, sizeof msg, "%s.templates.%s: %s", where, kind_names[k], v ? why : "missing");
+        fn(ud, msg);
+        bad++;
+    }
+    return bad;
+}
+
+static unsigned check_languages(const struct config_sms_language *l, size_t n, const char *where,
+                                sink_sms_problem_fn fn, void *ud)
+{
+    unsigned bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        char at[160];
+        snprintf(at, sizeof at, "%s.languages[%zu]", where, i);
+        bad += check_templates(&l[i].templates, at, 0, fn, ud);
+    }
+    return bad;
+}
+
+/* A link is a template too, but it cannot hold itself. */
+static unsigned check_link(const char *link, const char *where, sink_sms_problem_fn fn, void *ud)
+{
+    char why[200], msg[400];
+    if (!link || !*link)
+        return 0;
+    if (sink_sms_template_check(link, why, sizeof why) == 0) {
+        if (!strstr(link, "{link}"))
+            return 0;
+        snprintf(why, sizeof why, "{link} cannot be used inside the link itself");
+    }
+    snprintf(msg, sizeof msg, "%s.link: %s", where, why);
+    fn(ud, msg);
+    return 1;
+}
+
+unsigned sink_sms_config_check(const struct config *c, sink_sms_problem_fn fn, void *ud)
+{
+    const __typeof__(c->sinks.sms) *m = &c->sinks.sms;
+    if (m->type == CONFIG_SMS_NONE)
+        return 0;
+    unsigned bad = check_templates(&m->templates, "sinks.sms", 1, fn, ud) +
+                   check_languages(m->languages, m->n_languages, "sinks.sms", fn, ud) +
+                   check_link(m->link, "sinks.sms", fn, ud);
+    for (size_t i = 0; i < m->n_facilities; i++) {
+        const struct config_sms_facility *f = &m->facilities[i];
+        char at[64];
+        snprintf(at, sizeof at, "sinks.sms.facilities[%zu]", i);
+        bad += check_templates(&f->templates, at, 0, fn, ud) +
+               check_languages(f->languages, f->n_languages, at, fn, ud) +
+               check_link(f->link, at, fn, ud);
+    }
+    return bad;
+}
+
+struct first_problem {
+    char *err;
+    size_t cap;
+};
+static void first_problem(void *ud, const char *msg)
+{
+    struct first_problem *p = ud;
+    if (p->cap && !p->err[0])
+        snprintf(p->err, p->cap, "%s", msg);
+}
+
+/* One place per facility entry, then the global one: each with its zone
+ * loaded once, so a text never reads zone files. */
+static int load_places(struct sink_sms *s, char *err, size_t errcap)
+{
+    const __typeof__(s->cfg->sinks.sms) *m = &s->cfg->sinks.sms;
+    s->n_places = m->n_facilities + 1;
+    if (!(s->places = calloc(s->n_places, sizeof *s->places))) {
+        snprintf(err, errcap, "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < s->n_places; i++) {
+        struct place *p = &s->places[i];
+        const struct config_sms_facility *f = i < m->n_facilities ? &m->facilities[i] : NULL;
+        const char *zone = f && f->time_zone ? f->time_zone : m->time_zone;
+        const char *link = f && f->link ? f->link : m->link;
+        char why[200];
+        p->fac = f;
+        p->from = f && f->from ? f->from : m->from;
+        p->link = link ? link : "";
+        if (!(p->tz = tz_load(zone, why, sizeof why))) {
+            if (f)
+                snprintf(err, errcap, "sinks.sms.facilities[%zu].time_zone: %s", i, why);
+            else
+                snprintf(err, errcap, "sinks.sms.time_zone: %s", why);
+            return -1;
+        }
+        p->zone = (struct sink_sms_zone){ zone_offset, zone_to_utc, p->tz };
+    }
+    return 0;
+}
+
 struct sink_sms *sink_sms_start(const struct config *c, char *err, size_t errcap)
 {
     if (errcap)
@@ -946,34 +1111,11 @@ struct sink_sms *sink_sms_start(const struct config *c, char *err, size_t errcap
     buf_init(&s->scratch, 1024 * 1024);
     if (s->type == CONFIG_SMS_NONE)
         return s;
-    const struct { const char *name, *t; } tm[] = {
-        { "scheduled", c->sinks.sms.templates.scheduled },
-        { "updated", c->sinks.sms.templates.updated },
-        { "cancelled", c->sinks.sms.templates.cancelled },
-        { "reminder", c->sinks.sms.templates.reminder },
-    };
-    for (size_t i = 0; i < 4; i++) {
-        char why[200];
-        if (!tm[i].t || sink_sms_template_check(tm[i].t, why, sizeof why) < 0) {
-            snprintf(err, errcap, "sinks.sms.templates.%s: %s", tm[i].name,
-                     tm[i].t ? why : "missing");
-            goto fail;
-        }
-        for (size_t j = 0; j < c->sinks.sms.n_languages; j++) {
-            const char *t = template_of(&c->sinks.sms.languages[j].templates, (enum kind)i);
-            if (t && sink_sms_template_check(t, why, sizeof why) < 0) {
-                snprintf(err, errcap, "sinks.sms.languages[%zu].templates.%s: %s", j, tm[i].name,
-                         why);
-                goto fail;
-            }
-        }
-    }
-    char tzwhy[200];
-    if (!(s->tz = tz_load(c->sinks.sms.time_zone, tzwhy, sizeof tzwhy))) {
-        snprintf(err, errcap, "sinks.sms.time_zone: %s", tzwhy);
+    struct first_problem fp = { err, errcap };
+    if (sink_sms_config_check(c, first_problem, &fp) > 0)
         goto fail;
-    }
-    s->zone = (struct sink_sms_zone){ zone_offset, zone_to_utc, s->tz };
+    if (load_places(s, err, errcap) < 0)
+        goto fail;
     if (s->type == CONFIG_SMS_ACS) {
         if (!c->sinks.sms.access_key ||
             sink_acs_key_decode(c->sinks.sms.access_key, s->key, sizeof s->key, &s->key_len) < 0) {
@@ -1009,8 +1151,9 @@ struct sink_sms *sink_sms_start(const struct config *c, char *err, size_t errcap
         goto fail;
     }
     s->started = 1;
-    log_info("sms_started", "type=%s reminders=%zu quiet_hours=%s max_segments=%u",
-             s->type == CONFIG_SMS_ACS ? "acs" : "file", c->sinks.sms.n_reminders,
+    log_info("sms_started", "type=%s facilities=%zu reminders=%zu quiet_hours=%s max_segments=%u",
+             s->type == CONFIG_SMS_ACS ? "acs" : "file", c->sinks.sms.n_facilities,
+             c->sinks.sms.n_reminders,
              c->sinks.sms.quiet_hours.enabled ? "on" : "off", c->sinks.sms.max_segments);
     return s;
 fail:

@@ -92,6 +92,25 @@ struct sink_sms_stats {
  * figures.  Any thread; s may be NULL (zeroes). */
 void sink_sms_get_stats(const struct sink_sms *s, struct sink_sms_stats *out);
 
+/* Problems of the SMS settings the configuration loader cannot judge (it
+ * does not know the template language): every template and link template
+ * (global, per language, per facility) is checked; a link may not name
+ * {link}.  Each problem goes to fn as "sinks.sms.…: reason"; returns how
+ * many there were.  `check` and sink_sms_start both call it.  Any thread. */
+typedef void (*sink_sms_problem_fn)(void *ud, const char *problem);
+unsigned sink_sms_config_check(const struct config *c, sink_sms_problem_fn fn, void *ud);
+
+/* The sinks.sms.facilities entry whose codes hold `facility` (compared
+ * exactly), or -1: the global settings apply. */
+int sink_sms_facility_index(const struct config *c, const char *facility);
+/* The template of a kind (0 scheduled, 1 updated, 2 cancelled, 3 reminder)
+ * for facility entry `facility` (-1: none) and PID-15 `lang` (may be ""):
+ * the languages list that applies (the facility's own when it wrote one,
+ * even empty, else sinks.sms.languages) in the patient's language first,
+ * then the facility's template, then sinks.sms.templates.  Borrowed from c. */
+const char *sink_sms_pick_template(const struct config *c, int facility, const char *lang,
+                                   unsigned kind);
+
 /* ---- text helpers (exposed for tests) ------------------------------------- */
 
 /* Number → E.164 ("+" and 8..15 digits).  Accepts "+CC…", "00CC…", national

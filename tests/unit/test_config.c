@@ -667,6 +667,54 @@ static void test_string_checks(void **state)
                   "t.yaml:1:15: store.path: must not be empty", NULL);
 }
 
+/* sinks.sms.facilities: settings by scheduling facility; codes unique
+ * across entries, zones and numbers checked like the global ones. */
+static void test_sms_facilities(void **state)
+{
+    (void)state;
+    struct config *c = load_ok("sinks:\n  sms:\n    facilities:\n"
+                               "      - {codes: [NORTH, N2], from: \"+18005550111\", "
+                               "time_zone: America/Chicago, link: \"https://n/{appointment_id}\", "
+                               "templates: {reminder: \"R {start}\"}, languages: []}\n"
+                               "      - {codes: [SOUTH]}\n");
+    assert_int_equal(c->sinks.sms.n_facilities, 2);
+    const struct config_sms_facility *f = &c->sinks.sms.facilities[0];
+    assert_int_equal(f->n_codes, 2);
+    assert_string_equal(f->codes[1], "N2");
+    assert_string_equal(f->from, "+18005550111");
+    assert_string_equal(f->time_zone, "America/Chicago");
+    assert_string_equal(f->link, "https://n/{appointment_id}");
+    assert_string_equal(f->templates.reminder, "R {start}");
+    assert_null(f->templates.scheduled);
+    assert_true(f->has_languages);
+    f = &c->sinks.sms.facilities[1];
+    assert_null(f->from);
+    assert_null(f->time_zone);
+    assert_null(f->link);
+    assert_false(f->has_languages);
+    config_free(c);
+    c = load_ok("");
+    assert_int_equal(c->sinks.sms.n_facilities, 0);
+    config_free(c);
+    expect_errors("sinks:\n  sms:\n    facilities:\n      - {codes: [A, B, A]}\n"
+                  "      - {codes: [C, B]}\n",
+                  "t.yaml:4:24: sinks.sms.facilities[0].codes[2]: duplicate facility code \"A\" "
+                  "(already in facilities[0])",
+                  "t.yaml:5:21: sinks.sms.facilities[1].codes[1]: duplicate facility code \"B\" "
+                  "(already in facilities[0])", NULL);
+    expect_errors("sinks: {sms: {facilities: [{codes: [A], from: \"8005550100\", "
+                  "time_zone: Mars/Olympus}]}}\n",
+                  "t.yaml:1:47: sinks.sms.facilities[0].from: expected an E.164 number: \"+\" "
+                  "then up to 15 digits, like +14155550100",
+                  "t.yaml:1:72: sinks.sms.facilities[0].time_zone: unknown time zone "
+                  "\"Mars/Olympus\" (no /usr/share/zoneinfo/Mars/Olympus)", NULL);
+    expect_errors("sinks: {sms: {facilities: [{from: \"+18005550100\"}]}}\n",
+                  "t.yaml:1:28: sinks.sms.facilities[0].codes: required key is missing", NULL);
+    expect_errors("sinks: {sms: {facilities: [{codes: []}]}}\n",
+                  "t.yaml:1:36: sinks.sms.facilities[0].codes: needs at least 1 item",
+                  NULL);
+}
+
 static void test_time_zone(void **state)
 {
     (void)state;
@@ -1022,6 +1070,7 @@ int main(void)
         cmocka_unit_test(test_address),
         cmocka_unit_test(test_lists_and_maps),
         cmocka_unit_test(test_string_checks),
+        cmocka_unit_test(test_sms_facilities),
         cmocka_unit_test(test_endpoints_https_only),
         cmocka_unit_test(test_user_must_exist),
         cmocka_unit_test(test_time_zone),

@@ -66,6 +66,109 @@ static void test_render(void **state)
     assert_int_equal(sink_sms_template_check("a }} {{ b", why, sizeof why), 0);
 }
 
+/* A link template (sinks.sms.link): every substituted value is
+ * percent-encoded, the template's own text is not, {link} is empty. */
+static void test_render_link(void **state)
+{
+    (void)state;
+    struct sink_sms_vars v = { .appointment_id = "A 1/2?x&y=\xC3\xA9#", .facility = "NORTH",
+                               .link = "https://not-this.test/", .first_name = "Ana",
+                               .start = 1773070200, .utc_offset = -5 * 3600 };
+    char out[512];
+    sink_sms_render_link("https://v.test/j/{appointment_id}?f={facility}&t={start:%H:%M}&l={link}",
+                         &v, out, sizeof out);
+    assert_string_equal(out, "https://v.test/j/A%201%2F2%3Fx%26y%3D%C3%A9%23?f=NORTH&t=10%3A30&l=");
+    /* unreserved characters stay; nothing is folded or trimmed */
+    v.appointment_id = "a-b.c_d~9";
+    sink_sms_render_link("x  {appointment_id} ", &v, out, sizeof out);
+    assert_string_equal(out, "x  a-b.c_d~9 ");
+    /* a small buffer never ends inside an escape */
+    v.appointment_id = "//////";
+    sink_sms_render_link("{appointment_id}", &v, out, 8);
+    assert_string_equal(out, "%2F%2F");
+}
+
+/* Templates and links the configuration loader cannot judge: checked by
+ * sink_sms_config_check (what `check` prints) and refused by the sink. */
+static void collect(void *ud, const char *problem)
+{
+    char *all = ud;
+    size_t n = strlen(all);
+    snprintf(all + n, 2048 - n, "%s\n", problem);
+}
+
+static void test_config_check(void **state)
+{
+    (void)state;
+    static const char yaml[] =
+        "sinks:\n  sms:\n    path: /nonexistent/dir/sms.jsonl\n"
+        "    link: \"https://g.test/{appointment}\"\n"
+        "    languages: [{codes: [es], templates: {reminder: \"R {hora}\"}}]\n"
+        "    facilities:\n"
+        "      - {codes: [A], link: \"https://a.test/{link}\", templates: {updated: \"U {x\"}}\n"
+        "      - {codes: [B], languages: [{codes: [fr], templates: {cancelled: \"}\"}}]}\n"
+        "      - {codes: [C], link: \"https://c.test/{facility}/{appointment_id}\"}\n";
+    struct config_errors errs = { 0 };
+    struct config *c = config_load_string("t", yaml, strlen(yaml), &errs);
+    config_errors_release(&errs);
+    assert_non_null(c);
+    char all[2048] = "";
+    assert_int_equal(sink_sms_config_check(c, collect, all), 5);
+    assert_string_equal(all,
+        "sinks.sms.languages[0].templates.reminder: unknown placeholder {hora} (known: "
+        "{first_name} {location} {provider} {link} {appointment_id} {facility} {start} "
+        "{start:FORMAT})\n"
+        "sinks.sms.link: unknown placeholder {appointment} (known: {first_name} {location} "
+        "{provider} {link} {appointment_id} {facility} {start} {start:FORMAT})\n"
+        "sinks.sms.facilities[0].templates.updated: unclosed \"{\" at offset 2\n"
+        "sinks.sms.facilities[0].link: {link} cannot be used inside the link itself\n"
+        "sinks.sms.facilities[1].languages[0].templates.cancelled: lone \"}\" at offset 0 "
+        "(write }} for a brace)\n");
+    /* the sink refuses to start with the first of them */
+    char err[300];
+    assert_null(sink_sms_start(c, err, sizeof err));
+    assert_non_null(strstr(err, "sinks.sms.languages[0].templates.reminder: unknown placeholder"));
+    config_free(c);
+}
+
+/* Facility codes, and which template a text gets: the patient's language
+ * (the facility's own list when it has one, else the global list), then
+ * the facility's template, then the global one. */
+static void test_pick_template(void **state)
+{
+    (void)state;
+    static const char yaml[] =
+        "sinks:\n  sms:\n"
+        "    templates: {scheduled: G-S, updated: G-U, cancelled: G-C, reminder: G-R}\n"
+        "    languages: [{codes: [es], templates: {scheduled: ES-S}}]\n"
+        "    facilities:\n"
+        "      - {codes: [A, A2], templates: {scheduled: A-S, reminder: A-R}}\n"
+        "      - {codes: [B], templates: {scheduled: B-S}, languages: []}\n"
+        "      - {codes: [C], languages: [{codes: [fr], templates: {updated: C-FR-U}}]}\n";
+    struct config_errors errs = { 0 };
+    struct config *c = config_load_string("t", yaml, strlen(yaml), &errs);
+    config_errors_release(&errs);
+    assert_non_null(c);
+    assert_int_equal(sink_sms_facility_index(c, "A"), 0);
+    assert_int_equal(sink_sms_facility_index(c, "A2"), 0);
+    assert_int_equal(sink_sms_facility_index(c, "C"), 2);
+    assert_int_equal(sink_sms_facility_index(c, "a"), -1); /* exact: HL7 codes */
+    assert_int_equal(sink_sms_facility_index(c, "A "), -1);
+    assert_int_equal(sink_sms_facility_index(c, ""), -1);
+    assert_int_equal(sink_sms_facility_index(c, "X"), -1);
+    assert_string_equal(sink_sms_pick_template(c, -1, "", 0), "G-S");
+    assert_string_equal(sink_sms_pick_template(c, -1, "es-MX", 0), "ES-S");
+    assert_string_equal(sink_sms_pick_template(c, 0, "", 0), "A-S");
+    assert_string_equal(sink_sms_pick_template(c, 0, "", 1), "G-U");   /* left out: global */
+    assert_string_equal(sink_sms_pick_template(c, 0, "", 3), "A-R");
+    assert_string_equal(sink_sms_pick_template(c, 0, "es", 0), "ES-S"); /* language first */
+    assert_string_equal(sink_sms_pick_template(c, 0, "es", 3), "A-R");  /* es has no reminder */
+    assert_string_equal(sink_sms_pick_template(c, 1, "es", 0), "B-S");  /* own empty list */
+    assert_string_equal(sink_sms_pick_template(c, 2, "fr", 1), "C-FR-U");
+    assert_string_equal(sink_sms_pick_template(c, 2, "es", 0), "G-S");  /* own list replaces */
+    config_free(c);
+}
+
 /* ---- segments -------------------------------------------------------------- */
 
 static void count_of(const char *s, struct sink_sms_segments *sg)
@@ -757,6 +860,94 @@ static void test_quiet_reminders(void **state)
 
 /* sinks.sms.time_zone defaults to mapping.time_zone (patients see their
  * clinic's time, not UTC); written, it wins. */
+/* Lines of the file sink holding both strings. */
+static int lines_with(const struct env *e, const char *a, const char *b)
+{
+    FILE *f = fopen(e->jsonl, "r");
+    assert_non_null(f);
+    char line[4096];
+    int n = 0;
+    while (fgets(line, sizeof line, f))
+        n += strstr(line, a) && strstr(line, b);
+    fclose(f);
+    return n;
+}
+
+static int facilities_setup(void **state)
+{
+    /* quiet 21:00–08:00 everywhere; NORTH at UTC-6 (POSIX sign: Etc/GMT+6),
+     * SOUTH at UTC+9, the rest at UTC */
+    extra_yaml =
+        "    from: \"+18005550100\"\n"
+        "    quiet_hours: {start: \"21:00\", end: \"08:00\"}\n"
+        "    link: \"https://g.test/j/{appointment_id}\"\n"
+        "    templates: {scheduled: \"G {start:%H:%M %z} {link}\"}\n"
+        "    facilities:\n"
+        "      - codes: [NORTH, N2]\n"
+        "        from: \"+18005550111\"\n"
+        "        time_zone: Etc/GMT+6\n"
+        "        link: \"https://n.test/v?id={appointment_id}&at={start:%H:%M}\"\n"
+        "        templates: {scheduled: \"N {start:%H:%M %z} {link}\"}\n"
+        "      - codes: [SOUTH]\n"
+        "        from: \"+18005550122\"\n"
+        "        time_zone: Etc/GMT-9\n"
+        "        templates: {scheduled: \"S {start:%H:%M %z} {link}\"}\n";
+    int r = env_setup(state);
+    extra_yaml = "";
+    return r;
+}
+
+/* Each facility's texts with its own number, zone, template and link;
+ * others with the global settings; the rules' link wins over a template. */
+static void test_facilities(void **state)
+{
+    struct env *e = *state;
+    int64_t now = time(NULL);
+    int64_t day = (now / 86400 + 3) * 86400; /* a UTC midnight */
+    int64_t start = day + 15 * 3600;         /* 09:00 at UTC-6, 00:00 at UTC+9 */
+    static const struct siu_more north = { .facility = "NORTH" }, n2 = { .facility = "N2" },
+                                 south = { .facility = "SOUTH" },
+                                 ruled = { .facility = "NORTH", .link = "https://rules.test/x?a=1" };
+    journal_more(e, &(struct siu){ "S12", now, start, "N1/a b", "Exam 3", "8475550122", "Y" },
+                 &north);
+    journal_more(e, &(struct siu){ "S12", now, start, "N2", "Exam 3", "8475550122", "Y" }, &n2);
+    journal_more(e, &(struct siu){ "S12", now, start, "S1", "Exam 3", "8475550122", "Y" }, &south);
+    journal_more(e, &(struct siu){ "S12", now, start, "G1", "Exam 3", "8475550122", "Y" }, NULL);
+    journal_more(e, &(struct siu){ "S12", now, start, "R1", "Exam 3", "8475550122", "Y" }, &ruled);
+    settle(e);
+    assert_int_equal(lines_with(e, "\"from\":\"+18005550111\"",
+                                "\"message\":\"N 09:00 -0600 https://n.test/v?id=N1%2Fa%20b&at=09%3A00\""),
+                     1);
+    assert_int_equal(lines_with(e, "\"from\":\"+18005550111\"",
+                                "\"message\":\"N 09:00 -0600 https://n.test/v?id=N2&at=09%3A00\""),
+                     1);
+    /* SOUTH has no link of its own: the global template */
+    assert_int_equal(lines_with(e, "\"from\":\"+18005550122\"",
+                                "\"message\":\"S 00:00 +0900 https://g.test/j/S1\""), 1);
+    assert_int_equal(lines_with(e, "\"from\":\"+18005550100\"",
+                                "\"message\":\"G 15:00 +0000 https://g.test/j/G1\""), 1);
+    assert_int_equal(lines_with(e, "\"from\":\"+18005550111\"",
+                                "\"message\":\"N 09:00 -0600 https://rules.test/x?a=1\""), 1);
+    assert_int_equal(lines_with(e, "\"kind\":\"scheduled\"", "\"from\":\"+1800555"), 5);
+    /* Quiet hours in the clinic's zone: NORTH's 2h reminder (07:00 local)
+     * moves to 20:59 the evening before; at UTC (13:00) it stays. */
+    char sql[256];
+    snprintf(sql, sizeof sql,
+             "SELECT due_s FROM sms_outbox WHERE appt_id = 'N2' AND event_key = "
+             "'reminder@7200@%lld'", (long long)start);
+    assert_int_equal(start - q1(e, sql), 12 * 3600 + 60);
+    snprintf(sql, sizeof sql,
+             "SELECT due_s FROM sms_outbox WHERE appt_id = 'G1' AND event_key = "
+             "'reminder@7200@%lld'", (long long)start);
+    assert_int_equal(start - q1(e, sql), 7200);
+    /* SOUTH starts at midnight local: its 2h reminder (22:00 local) moves
+     * to 20:59 local, 3 h 01 min before the start */
+    snprintf(sql, sizeof sql,
+             "SELECT due_s FROM sms_outbox WHERE appt_id = 'S1' AND event_key = "
+             "'reminder@7200@%lld'", (long long)start);
+    assert_int_equal(start - q1(e, sql), 3 * 3600 + 60);
+}
+
 static void test_time_zone_default(void **state)
 {
     (void)state;
@@ -781,6 +972,9 @@ int main(void)
     log_set_level(LOG_WARN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_render),
+        cmocka_unit_test(test_render_link),
+        cmocka_unit_test(test_config_check),
+        cmocka_unit_test(test_pick_template),
         cmocka_unit_test(test_segments),
         cmocka_unit_test(test_fit),
         cmocka_unit_test(test_e164),
@@ -794,6 +988,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_duplicates_and_order, env_setup, env_teardown),
         cmocka_unit_test_setup_teardown(test_consent_and_numbers, env_setup, env_teardown),
         cmocka_unit_test_setup_teardown(test_quiet_reminders, quiet_setup, env_teardown),
+        cmocka_unit_test_setup_teardown(test_facilities, facilities_setup, env_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
