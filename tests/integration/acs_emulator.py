@@ -175,7 +175,8 @@ class AcsEmulator:
                 if mid is None:
                     mid = f"Outgoing_{uuid.uuid4()}_noam"
                     self.delivered_ids[rid] = mid
-                    self.deliveries.append({"to": r["to"], "message": req["message"],
+                    self.deliveries.append({"to": r["to"], "from": req["from"],
+                                            "message": req["message"],
                                             "request_id": rid, "time": time.time(),
                                             "first_sent": r["repeatabilityFirstSent"]})
             results.append({"to": r["to"], "messageId": mid, "httpStatusCode": 202,

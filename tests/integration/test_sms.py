@@ -17,7 +17,9 @@ import subprocess
 import tempfile
 import time
 import unittest
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from harness import ROOT, Daemon, _yaml_str, free_port
 from acs_emulator import AcsEmulator
@@ -65,11 +67,13 @@ def wait_for(pred, timeout, step=0.1):
 
 
 class SMSDaemon(Daemon):
-    """A daemon whose sinks.sms section is replaced by `sms_lines`."""
+    """A daemon whose sinks.sms section is replaced by `sms_lines` (and
+    whose mapping section gets `mapping_lines`)."""
 
-    def __init__(self, testcase, sms_lines, **opts):
+    def __init__(self, testcase, sms_lines, mapping_lines=(), **opts):
         super().__init__(testcase, **opts)
         self.sms_lines = sms_lines
+        self.mapping_lines = list(mapping_lines)
 
     def config_text(self, port):
         lines = super().config_text(port).split("\n")
@@ -77,7 +81,9 @@ class SMSDaemon(Daemon):
         end = at + 1
         while end < len(lines) and lines[end].startswith("    "):
             end += 1
-        return "\n".join(lines[:at + 1] + ["    " + l for l in self.sms_lines] + lines[end:])
+        lines = lines[:at + 1] + ["    " + l for l in self.sms_lines] + lines[end:]
+        at = lines.index("mapping:")
+        return "\n".join(lines[:at + 1] + ["  " + l for l in self.mapping_lines] + lines[at + 1:])
 
     def sms_rows(self, sql, params=()):
         return self.query(sql, params)
@@ -120,8 +126,8 @@ class SMSBase(unittest.TestCase):
                 f"ca_file: {_yaml_str(self.pki + '/ca.pem')}", "grace_period: 1h",
                 *extra]
 
-    def daemon(self, lines):
-        d = SMSDaemon(self, lines)
+    def daemon(self, lines, mapping_lines=()):
+        d = SMSDaemon(self, lines, mapping_lines)
         d.start()
         return d
 
@@ -221,7 +227,10 @@ class Sequences(SMSBase):
 
     def test_consent_and_numbers(self):
         emu = self.emulator()
-        d = self.daemon(self.acs_lines(emu.port, ["reminders: []"]))
+        # (and a facility of its own sends from its own number)
+        d = self.daemon(self.acs_lines(emu.port, ["reminders: []", "facilities:",
+                                                  "  - codes: [NORTH]",
+                                                  '    from: "+18005550111"']))
         now = time.time()
         s = now + 86400
         self.send(d, siu("S12", "N1", s, consent="N"),
@@ -230,24 +239,28 @@ class Sequences(SMSBase):
                   siu("S12", "N4", s, phone="(847) 555-0122^PRN^CP"),
                   siu("S12", "N5", s, phone="^PRN^CP" + "^" * 9 + "+442079460958"),
                   # country code in XTN-5: international, not the default country
-                  siu("S12", "N6", s, phone="^PRN^CP^^44^7700^900123"))
+                  siu("S12", "N6", s, phone="^PRN^CP^^44^7700^900123"),
+                  siu("S12", "N7", s, facility="NORTH", phone="^PRN^CP^^1^312^5550177"))
         self.settle(d)
         self.assertEqual(d.counter("no_consent"), 1)
         self.assertEqual(d.counter("bad_number"), 1)
         self.assertEqual(d.counter("no_number"), 1)
-        got = sorted(g["to"] for g in emu.delivered())
-        self.assertEqual(got, ["+18475550122", "+442079460958", "+447700900123"])
+        got = sorted((g["to"], g["from"]) for g in emu.delivered())
+        self.assertEqual(got, [("+13125550177", "+18005550111"), ("+18475550122", "+18005550100"),
+                               ("+442079460958", "+18005550100"),
+                               ("+447700900123", "+18005550100")])
         self.assertNoProtocolErrors(emu)
 
 
 class OwnRules(SMSBase):
     """The texts follow the SMS settings, not the audit outcome."""
 
-    def file_daemon(self, extra=()):
+    def file_daemon(self, extra=(), mapping_lines=()):
         out = tempfile.mkdtemp(prefix="hl7bridge-sms-")
         self.addCleanup(shutil.rmtree, out, True)
         rem = [] if any(e.startswith("reminders:") for e in extra) else ["reminders: []"]
-        d = self.daemon(["type: file", f"path: {_yaml_str(out + '/sms.jsonl')}", *rem, *extra])
+        d = self.daemon(["type: file", f"path: {_yaml_str(out + '/sms.jsonl')}", *rem, *extra],
+                        mapping_lines)
         d.sms_file = Path(out, "sms.jsonl")
         return d
 
@@ -294,6 +307,57 @@ class OwnRules(SMSBase):
         self.assertEqual(sum(m.startswith("Hola ANA") for m in msgs), 2, msgs)
         self.assertEqual(sum(m.startswith("Hi ANA") for m in msgs), 2, msgs)
         self.assertIn("Hola ANA", got)
+        d.assert_stops_cleanly()
+
+    def test_facilities_and_links(self):
+        """Each scheduling facility's texts go out with its own number,
+        zone, template and link; an unlisted facility gets the global ones;
+        the join link is a template over the appointment's fields with the
+        values URL-encoded, and a link the rules map from the message wins."""
+        rules = Path(tempfile.mkdtemp(prefix="hl7bridge-sms-rules-"))
+        self.addCleanup(shutil.rmtree, rules, True)
+        siu_rules = (ROOT / "config" / "mappings" / "siu.yaml").read_text()
+        self.assertIn('# link: "{ZVV-1}"', siu_rules)
+        (rules / "siu.yaml").write_text(siu_rules.replace('# link: "{ZVV-1}"', 'link: "{ZVV-1}"'))
+        fmt = "{start:%H:%M %z}"
+        d = self.file_daemon([
+            'from: "+18005550100"',
+            "time_zone: UTC",
+            'link: "https://g.test/j/{appointment_id}"',
+            f'templates: {{scheduled: "G {fmt} {{link}}"}}',
+            "facilities:",
+            "  - codes: [NORTH, NORTH2]",
+            '    from: "+18005550111"',
+            "    time_zone: America/Chicago",
+            f'    templates: {{scheduled: "N {fmt} {{link}}"}}',
+            '    link: "https://n.test/v?id={appointment_id}&f={facility}"',
+            "  - codes: [SOUTH]",
+            '    from: "+18005550122"',
+            "    time_zone: Asia/Tokyo",
+            f'    templates: {{scheduled: "S {fmt} {{link}}"}}',
+        ], mapping_lines=["rules:", f"  - {_yaml_str(rules / 'siu.yaml')}"])
+        start = int(time.time()) + 2 * 86400
+        joined = siu("S12", "J1", start, facility="NORTH").rstrip(b"\r\n")
+        sep = b"\r" if b"\r" in joined else b"\n"
+        joined += sep + b"ZVV|https://visit.test/r/77?k=abc" + sep
+        self.send(d, siu("S12", "V 1/2?x", start, facility="NORTH"),
+                  siu("S12", "S1", start, facility="SOUTH"),
+                  siu("S12", "G1", start, facility="CONTOSO"),
+                  siu("S12", "N2", start, facility="NORTH2"),
+                  joined)
+        self.settle(d)
+
+        def local(zone):
+            return datetime.fromtimestamp(start, ZoneInfo(zone)).strftime("%H:%M %z")
+        got = sorted((l["from"], l["message"]) for l in self.lines(d))
+        self.assertEqual(got, sorted([
+            ("+18005550111", f"N {local('America/Chicago')} "
+                             "https://n.test/v?id=V%201%2F2%3Fx&f=NORTH"),
+            ("+18005550111", f"N {local('America/Chicago')} https://n.test/v?id=N2&f=NORTH2"),
+            ("+18005550111", f"N {local('America/Chicago')} https://visit.test/r/77?k=abc"),
+            ("+18005550122", f"S {local('Asia/Tokyo')} https://g.test/j/S1"),
+            ("+18005550100", f"G {local('UTC')} https://g.test/j/G1"),
+        ]), d.log())
         d.assert_stops_cleanly()
 
     def test_kind_switched_off_sends_nothing(self):
