@@ -98,6 +98,34 @@ class CommandLine(unittest.TestCase):
         self.assertIn("https://", errs[8])
         self.assertNotIn("OK", r.stdout)
 
+    def test_check_reports_sms_templates_and_links(self):
+        """Placeholders of SMS templates and link templates (global, per
+        language, per facility) are checked by `check`, and `run` refuses
+        them before it serves."""
+        path = self.tmp / "sms.yaml"
+        path.write_text("listen:\n"
+                        "  - name: main\n"
+                        f"    address: 127.0.0.1:{free_port()}\n"
+                        f"store:\n  path: {self.tmp}/s.db\nmetrics:\n  enabled: false\n"
+                        "sinks:\n"
+                        "  sms:\n"
+                        f"    path: {self.tmp}/sms.jsonl\n"
+                        '    link: "https://v.test/{appointment_id}"\n'
+                        "    facilities:\n"
+                        "      - codes: [NORTH]\n"
+                        '        templates: {reminder: "See you {when}"}\n'
+                        '        link: "https://n.test/{appt}"\n')
+        r = self.run_bin("check", "-c", str(path))
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn(f"{path}: sinks.sms.facilities[0].templates.reminder: unknown placeholder "
+                      "{when}", r.stderr)
+        self.assertIn(f"{path}: sinks.sms.facilities[0].link: unknown placeholder {{appt}}",
+                      r.stderr)
+        self.assertNotIn("OK", r.stdout)
+        r = self.run_bin("run", "-c", str(path), timeout=15)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("sinks.sms.facilities[0].templates.reminder: unknown placeholder", r.stderr)
+
     def test_check_loads_the_tls_files_as_run_does(self):
         """A certificate file that exists but is not a certificate passed
         `check` and stopped `run`: `check` loads it the same way."""
