@@ -97,6 +97,17 @@ static void collect(void *ud, const char *problem)
     snprintf(all + n, 2048 - n, "%s\n", problem);
 }
 
+static struct config *load_yaml(const char *yaml)
+{
+    struct config_errors errs = { 0 };
+    struct config *c = config_load_string("t", yaml, strlen(yaml), &errs);
+    for (size_t i = 0; i < errs.n; i++)
+        print_message("%s\n", errs.items[i]);
+    config_errors_release(&errs);
+    assert_non_null(c);
+    return c;
+}
+
 static void test_config_check(void **state)
 {
     (void)state;
@@ -108,10 +119,7 @@ static void test_config_check(void **state)
         "      - {codes: [A], link: \"https://a.test/{link}\", templates: {updated: \"U {x\"}}\n"
         "      - {codes: [B], languages: [{codes: [fr], templates: {cancelled: \"}\"}}]}\n"
         "      - {codes: [C], link: \"https://c.test/{facility}/{appointment_id}\"}\n";
-    struct config_errors errs = { 0 };
-    struct config *c = config_load_string("t", yaml, strlen(yaml), &errs);
-    config_errors_release(&errs);
-    assert_non_null(c);
+    struct config *c = load_yaml(yaml);
     char all[2048] = "";
     assert_int_equal(sink_sms_config_check(c, collect, all), 5);
     assert_string_equal(all,
@@ -145,10 +153,7 @@ static void test_pick_template(void **state)
         "      - {codes: [A, A2], templates: {scheduled: A-S, reminder: A-R}}\n"
         "      - {codes: [B], templates: {scheduled: B-S}, languages: []}\n"
         "      - {codes: [C], languages: [{codes: [fr], templates: {updated: C-FR-U}}]}\n";
-    struct config_errors errs = { 0 };
-    struct config *c = config_load_string("t", yaml, strlen(yaml), &errs);
-    config_errors_release(&errs);
-    assert_non_null(c);
+    struct config *c = load_yaml(yaml);
     assert_int_equal(sink_sms_facility_index(c, "A"), 0);
     assert_int_equal(sink_sms_facility_index(c, "A2"), 0);
     assert_int_equal(sink_sms_facility_index(c, "C"), 2);
