@@ -2,6 +2,7 @@
  * data, and the decimal formatters of the ACK builder and the mapping
  * engine, checked against snprintf over edge values and a sweep; and for
  * core/log.c: one event is one line whatever its values hold. */
+#include "core/conninfo.h"
 #include "core/log.h"
 #include "core/num.h"
 
@@ -187,12 +188,49 @@ static void test_log_one_line(void **state)
     assert_string_equal(log_quote(small, sizeof small, NULL), "");
 }
 
+/* Connection strings in logs: every password hidden, the rest kept. */
+static void test_conninfo_scrub(void **state)
+{
+    (void)state;
+    static const struct { const char *in, *out; } cases[] = {
+        { "postgresql://hb:s3cret@db.example:5432/hb?sslmode=verify-full",
+          "postgresql://hb:***@db.example:5432/hb?sslmode=verify-full" },
+        { "postgres://hb@db/hb", "postgres://hb@db/hb" },
+        { "postgresql://hb:p@ss@db/hb", "postgresql://hb:***@db/hb" },
+        { "postgresql://db/hb?user=hb&password=s3cret&sslmode=require",
+          "postgresql://db/hb?user=hb&password=***&sslmode=require" },
+        { "postgresql://hb:x@h1:5432,h2:5433/hb?sslpassword=k",
+          "postgresql://hb:***@h1:5432,h2:5433/hb?sslpassword=***" },
+        { "postgresql:///hb?host=/run/pg", "postgresql:///hb?host=/run/pg" },
+        { "host=db password=s3cret dbname=hb", "host=db password=*** dbname=hb" },
+        { "host=db password = 's e\\'c' dbname=hb", "host=db password = *** dbname=hb" },
+        { "password='unterminated", "password=***" },
+        { "  host=db   sslpassword=k  ", "  host=db   sslpassword=***  " },
+        { "host=db dbname=password", "host=db dbname=password" },
+        { "", "" },
+    };
+    char out[256];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        assert_int_equal(conninfo_scrub(cases[i].in, out, sizeof out), 0);
+        assert_string_equal(out, cases[i].out);
+        assert_int_equal(conninfo_has_password(cases[i].in),
+                         strcmp(cases[i].in, cases[i].out) != 0);
+    }
+    /* too small: -1, never a password in what was written */
+    char small[20];
+    assert_int_equal(conninfo_scrub("postgresql://hb:s3cret@db/hb", small, sizeof small), -1);
+    assert_null(strstr(small, "s3cret"));
+    assert_int_equal(conninfo_scrub(NULL, out, sizeof out), 0);
+    assert_string_equal(out, "");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parse_u64),
         cmocka_unit_test(test_parse_i64),
         cmocka_unit_test(test_format),
+        cmocka_unit_test(test_conninfo_scrub),
         cmocka_unit_test(test_format_fixed),
         cmocka_unit_test(test_log_one_line),
     };
