@@ -24,7 +24,7 @@ DATADIR       ?= $(PREFIX)/share/hl7bridge
 DOCDIR        ?= $(PREFIX)/share/doc/hl7bridge
 UNITDIR       ?= $(PREFIX)/lib/systemd/system
 STATEDIR      ?= $(LOCALSTATEDIR)/lib/hl7bridge
-PKGS    := openssl libcurl sqlite3 yaml-0.1 libmicrohttpd jansson
+PKGS    := openssl libcurl sqlite3 yaml-0.1 libmicrohttpd jansson libpq
 
 WARN := -std=c11 -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
         -Wpointer-arith -Wcast-qual -Wwrite-strings -Wvla -Wformat=2 -fno-common -Werror

@@ -90,7 +90,10 @@ struct config_pair {
 enum config_ack_mode { CONFIG_ACK_ORIGINAL = 0, CONFIG_ACK_ENHANCED };
 enum config_schema { CONFIG_SCHEMA_HEALTHCARE = 0, CONFIG_SCHEMA_EPIC };
 enum config_unmatched { CONFIG_UNMATCHED_ACCEPT = 0, CONFIG_UNMATCHED_REJECT };
-enum config_audit_type { CONFIG_AUDIT_FILE = 0, CONFIG_AUDIT_PURVIEW };
+/* none: no audit sink runs; mapped rows stay in the store undelivered (the
+ * audit sink does not run on PostgreSQL yet). */
+enum config_audit_type { CONFIG_AUDIT_FILE = 0, CONFIG_AUDIT_PURVIEW, CONFIG_AUDIT_NONE };
+enum config_store_type { CONFIG_STORE_SQLITE = 0, CONFIG_STORE_POSTGRESQL };
 enum config_audit_format { CONFIG_FORMAT_TSV = 0, CONFIG_FORMAT_CSV, CONFIG_FORMAT_PSV };
 enum config_line_ending { CONFIG_EOL_CRLF = 0, CONFIG_EOL_LF };
 enum config_cloud {
@@ -157,7 +160,17 @@ struct config {
         char *facility;                 /* MSH-4 of our ACKs, default "HL7BRIDGE" */
     } ack;
     struct {
-        char *path;                     /* default var/hl7bridge.db */
+        char *name;                     /* this node in a cluster, default: the host name */
+    } node;
+    struct {
+        enum config_store_type type;    /* default sqlite */
+        /* PostgreSQL: a libpq connection string or URI (never holding a
+         * password: config refuses one) and the password from ${NAME} or
+         * an owner-only file; TLS through the URL's sslmode/sslrootcert. */
+        char *url;
+        char *password;                 /* the secret itself, or NULL */
+        char *password_file;            /* the file it came from, or NULL */
+        char *path;                     /* SQLite file, default var/hl7bridge.db */
         unsigned retention_days;        /* default 7, 0..3650; caps retention.raw */
         /* How long each kind of PHI-bearing record is kept (seconds).
          * Purged by the store writer's housekeeping, which looks every

@@ -20,6 +20,7 @@
 
 #include "config/config_int.h"
 #include "core/limits.h"
+#include "core/conninfo.h"
 #include "core/num.h"
 
 #define OFF(f) offsetof(struct config, f)
@@ -37,6 +38,7 @@ _Static_assert(sizeof(enum config_audit_format) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum config_line_ending) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum config_cloud) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum config_sms_type) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum config_store_type) == sizeof(int), "enum size");
 
 /* ---- value checks ------------------------------------------------------ */
 
@@ -182,7 +184,8 @@ static const char *const w_log_level[] = {"debug", "info", "warn", "error", NULL
 static const char *const w_log_format[] = {"logfmt", "json", NULL};
 static const char *const w_schema[] = {"healthcare", "epic", NULL};
 static const char *const w_unmatched[] = {"accept", "reject", NULL};
-static const char *const w_audit_type[] = {"file", "purview", NULL};
+static const char *const w_audit_type[] = {"file", "purview", "none", NULL};
+static const char *const w_store_type[] = {"sqlite", "postgresql", NULL};
 static const char *const w_format[] = {"tsv", "csv", "psv", NULL};
 static const char *const w_eol[] = {"crlf", "lf", NULL};
 static const char *const w_cloud[] = {"commercial", "gcc", "itar-l4", "itar-l5", NULL};
@@ -343,7 +346,30 @@ static const struct cfg_key retention_keys[] = {
 static const struct cfg_section retention_sec = {retention_keys, NKEYS(retention_keys), 0, NULL,
                                                  NULL};
 
+/* A connection string libpq can read is checked by libpq itself (check,
+ * run); here only what must never be in it: a password typed in clear. */
+static int check_conninfo(const char *v, char *why, size_t len)
+{
+    if (!*v) {
+        snprintf(why, len, "must not be empty");
+        return -1;
+    }
+    if (conninfo_has_password(v)) {
+        snprintf(why, len, "holds a password; put it in store.password (${NAME}) or "
+                 "store.password_file");
+        return -1;
+    }
+    return 0;
+}
+
+enum { STK_TYPE, STK_URL, STK_PASSWORD, STK_PASSWORD_FILE };
 static const struct cfg_key store_keys[] = {
+    [STK_TYPE] = {.name = "type", .type = CT_ENUM, .off = OFF(store.type), .words = w_store_type,
+                  .def = "sqlite"},
+    [STK_URL] = {.name = "url", .type = CT_STR, .off = OFF(store.url), .check = check_conninfo},
+    [STK_PASSWORD] = {.name = "password", .type = CT_SECRET, .off = OFF(store.password)},
+    [STK_PASSWORD_FILE] = {.name = "password_file", .type = CT_SECRET_FILE, .flags = CK_PATH,
+                           .off = OFF(store.password), .off2 = OFF(store.password_file)},
     {.name = "path", .type = CT_STR, .off = OFF(store.path), .flags = CK_PATH, .def = "var/hl7bridge.db",
      .check = check_nonempty},
     {.name = "retention_days", .type = CT_UINT, .off = OFF(store.retention_days),
@@ -356,7 +382,47 @@ static const struct cfg_key store_keys[] = {
     {.name = "max_pending_rows", .type = CT_U64, .off = OFF(store.max_pending_rows),
      .min = 1, .max = 1000000000000ull, .def = "10000000"},
 };
-static const struct cfg_section store_sec = {store_keys, NKEYS(store_keys), 0, NULL, NULL};
+static void one_secret_source(struct cfg_walk *w, const char *path, const yaml_node_t *const *seen,
+                              const int *given, size_t k_secret, size_t k_file,
+                              const struct cfg_key *keys);
+
+static void validate_store(struct cfg_walk *w, void *base, const char *path,
+                           const yaml_node_t *node, const yaml_node_t *const *seen,
+                           const int *given)
+{
+    struct config *c = base;
+    one_secret_source(w, path, seen, given, STK_PASSWORD, STK_PASSWORD_FILE, store_keys);
+    if (c->store.type == CONFIG_STORE_POSTGRESQL) {
+        if (!c->store.url && !given[STK_URL])
+            cfg_error(w, node, "%s.url: required when type is postgresql", path);
+        return;
+    }
+    for (size_t k = STK_URL; k <= STK_PASSWORD_FILE; k++)
+        if (given[k] && seen[k])
+            cfg_error(w, seen[k], "%s.%s: only read with %s.type: postgresql", path,
+                      store_keys[k].name, path);
+}
+static const struct cfg_section store_sec = {store_keys, NKEYS(store_keys), 0, validate_store,
+                                             NULL};
+
+/* A node's name goes into the store beside what it wrote and into logs. */
+static int check_node_name(const char *v, char *why, size_t len)
+{
+    size_t n = strlen(v);
+    int ok = n > 0 && n <= 63;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = (v[i] >= 'a' && v[i] <= 'z') || (v[i] >= 'A' && v[i] <= 'Z') ||
+             (v[i] >= '0' && v[i] <= '9') || v[i] == '-' || v[i] == '_' || v[i] == '.';
+    if (ok)
+        return 0;
+    snprintf(why, len, "1 to 63 letters, digits, '-', '_' or '.'");
+    return -1;
+}
+static const struct cfg_key node_keys[] = {
+    {.name = "name", .type = CT_STR, .off = OFF(node.name), .check = check_node_name},
+    /* not written: the host name */
+};
+static const struct cfg_section node_sec = {node_keys, NKEYS(node_keys), 0, NULL, NULL};
 
 /* 256 MiB: a 2-core VM has a few GiB; per connection max_message_bytes
  * (16 MiB) times max_connections (512) would allow 8 GiB. */
@@ -804,6 +870,32 @@ static int addr_clash(const char *h1, unsigned p1, const char *h2, unsigned p2)
     return strcmp(h1, any) == 0 || strcmp(h2, any) == 0;
 }
 
+/* What does not run on PostgreSQL yet is refused, one line each, rather
+ * than left silently undone (README: "Running more than one node"). */
+static void refuse_on_postgresql(struct cfg_walk *w, const struct config *c,
+                                 const yaml_node_t *root)
+{
+    const yaml_node_t *sinks = cfg_find(w, root, "sinks");
+    const yaml_node_t *at;
+    if (c->sinks.audit.type != CONFIG_AUDIT_NONE) {
+        at = cfg_find(w, cfg_find(w, sinks, "audit"), "type");
+        cfg_error(w, at ? at : root,
+                  "sinks.audit.type: the audit sink does not run on store.type postgresql yet; "
+                  "set sinks.audit.type: none (rows are kept in the store)");
+    }
+    if (c->sinks.sms.type != CONFIG_SMS_NONE) {
+        at = cfg_find(w, cfg_find(w, sinks, "sms"), "type");
+        cfg_error(w, at ? at : root,
+                  "sinks.sms.type: the SMS sink does not run on store.type postgresql yet; "
+                  "set sinks.sms.type: none");
+    }
+    if (c->inputs.n_files) {
+        at = cfg_find(w, cfg_find(w, root, "inputs"), "files");
+        cfg_error(w, at ? at : root,
+                  "inputs.files: file uploads do not run on store.type postgresql yet");
+    }
+}
+
 static void validate_root(struct cfg_walk *w, void *base, const char *path,
                           const yaml_node_t *node, const yaml_node_t *const *seen,
                           const int *given)
@@ -817,6 +909,22 @@ static void validate_root(struct cfg_walk *w, void *base, const char *path,
     if (!c->sinks.sms.time_zone && c->mapping.time_zone &&
         !(c->sinks.sms.time_zone = strdup(c->mapping.time_zone)))
         cfg_error(w, node, "out of memory");
+    /* node.name not written: the host name, cut to a valid name. */
+    if (!c->node.name) {
+        char host[256] = "";
+        if (gethostname(host, sizeof host - 1) != 0 || !host[0])
+            snprintf(host, sizeof host, "node");
+        host[strcspn(host, ".")] = '\0';
+        if (strlen(host) > 63)
+            host[63] = '\0';
+        char why[8];
+        if (check_node_name(host, why, sizeof why) != 0)
+            snprintf(host, sizeof host, "node");
+        if (!(c->node.name = strdup(host)))
+            cfg_error(w, node, "out of memory");
+    }
+    if (c->store.type == CONFIG_STORE_POSTGRESQL)
+        refuse_on_postgresql(w, c, node);
     /* The Epic connector takes pipe- or tab-separated files only. */
     if (c->mapping.schema == CONFIG_SCHEMA_EPIC && c->sinks.audit.format == CONFIG_FORMAT_CSV) {
         const yaml_node_t *f = cfg_find(w, cfg_find(w, cfg_find(w, node, "sinks"), "audit"),
@@ -892,6 +1000,7 @@ static const struct cfg_key root_keys[] = {
     {.name = "listen", .type = CT_SECTIONS, .off = OFF(listeners), .off2 = OFF(n_listeners),
      .min_n = 1, .max_n = HB_MAX_LISTENERS, .sub = &listener_sec},
     {.name = "ack", .type = CT_SECTION, .sub = &ack_sec},
+    {.name = "node", .type = CT_SECTION, .sub = &node_sec},
     {.name = "store", .type = CT_SECTION, .sub = &store_sec},
     {.name = "limits", .type = CT_SECTION, .sub = &limits_sec},
     {.name = "log", .type = CT_SECTION, .sub = &log_sec},

@@ -49,6 +49,10 @@ int cmd_backup(int argc, char **argv)
     struct config *cfg = load_config_or_report(path, explicit_path, &path);
     if (!cfg)
         return 1;
+    if (cli_sqlite_only(cfg, "backup")) {
+        config_free(cfg);
+        return 1;
+    }
     struct store_backup_info info;
     char err[512];
     int rc = store_backup(cfg->store.path, target, &info, err, sizeof err);

@@ -349,6 +349,10 @@ int cmd_messages(int argc, char **argv)
     struct config *cfg = load_config_or_report(path, explicit_path, &path);
     if (!cfg)
         return 1;
+    if (cli_sqlite_only(cfg, "messages")) {
+        config_free(cfg);
+        return 1;
+    }
     char err[512];
     int rc = 1;
     struct store_browser *b = store_browser_open(cfg->store.path, 0, err, sizeof err);
@@ -499,6 +503,10 @@ int cmd_show(int argc, char **argv)
     struct config *cfg = load_config_or_report(path, explicit_path, &path);
     if (!cfg)
         return 1;
+    if (cli_sqlite_only(cfg, "show")) {
+        config_free(cfg);
+        return 1;
+    }
     int rc = 1;
     char err[512], ubuf[256];
     struct buf raw;

@@ -5,6 +5,7 @@
 #include "daemon/rules.h"
 #include "mllp/mllp.h"
 #include "sinks/sms.h"
+#include "store/store.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -29,7 +30,8 @@ int cmd_check(int argc, char **argv)
             printf("usage: hl7bridge check [-c FILE] [--dump]\n"
                    "\n"
                    "Validates the configuration (default %s) and what it names (mapping\n"
-                   "rules, TLS certificates and keys, the user to run as), as `run` would.\n"
+                   "rules, TLS certificates and keys, the user to run as, a PostgreSQL\n"
+                   "store: server reachable, credentials, schema), as `run` would.\n"
                    "Prints each problem as file:line:column: message;\n"
                    "exit status 1 if any.  --dump prints the effective configuration\n"
                    "(secrets shown as (set)) and where each relative path led: a path\n"
@@ -65,6 +67,17 @@ int cmd_check(int argc, char **argv)
             bad = 1;
         }
     }
+    /* PostgreSQL: reach the server as `run` would and say what is wrong. */
+    char pg_info[512] = "";
+    if (c->store.type == CONFIG_STORE_POSTGRESQL) {
+        struct store_opts so = { .type = STORE_POSTGRESQL, .url = c->store.url,
+                                 .password = c->store.password, .node = c->node.name };
+        char err[768];
+        if (store_check_postgresql(&so, pg_info, sizeof pg_info, err, sizeof err) != 0) {
+            fprintf(stderr, "%s: store: %s\n", path, err);
+            bad = 1;
+        }
+    }
     if (bad) {
         mapping_free(mp);
         config_free(c);
@@ -73,6 +86,8 @@ int cmd_check(int argc, char **argv)
     printf("%s: configuration OK (%zu listener%s, %zu mapping rule%s)\n", path, c->n_listeners,
            c->n_listeners == 1 ? "" : "s", mapping_rule_count(mp),
            mapping_rule_count(mp) == 1 ? "" : "s");
+    if (pg_info[0])
+        printf("store: %s; node %s\n", pg_info, c->node.name);
     for (size_t i = 0; i < mapping_lookup_count(mp); i++)
         printf("lookup table %s: %zu row%s\n", mapping_lookup_name(mp, i),
                mapping_lookup_rows(mp, i), mapping_lookup_rows(mp, i) == 1 ? "" : "s");

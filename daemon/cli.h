@@ -21,6 +21,12 @@ int cmd_backup(int argc, char **argv);
  * was such an option (advancing *i), 0 if not, -1 on a missing value. */
 int cli_config_opt(int argc, char **argv, int *i, const char **path);
 
+/* Subcommands that read the SQLite file (browse, reprocess, backup,
+ * redrive, daily totals, upload) do not run on PostgreSQL yet: prints one
+ * line saying so and returns 1 for store.type postgresql, else 0. */
+struct config;
+int cli_sqlite_only(const struct config *c, const char *cmd);
+
 /* The TLS options of a listener of the configuration (run.c; `check`
  * loads them as `run` does). */
 struct config_listener;

@@ -82,6 +82,7 @@ struct http_monitor {
     size_t ring_cap, ring_n, ring_pos;
     unsigned degraded;
     int store_failing;
+    uint64_t last_reconnects;
     uint64_t last_commits, last_failures;
     struct stats_counts *flushed;    /* per series: what the daily totals already have */
     struct store_daily_row *rows;    /* flush scratch, one per (listener, sender) */
@@ -261,6 +262,8 @@ static void sub_counts(struct stats_counts *d, const struct stats_counts *a,
  * `day`.  On failure nothing is marked flushed: the next flush retries. */
 static void flush_daily(struct http_monitor *m, const char *day)
 {
+    if (!m->daily)
+        return; /* PostgreSQL: daily totals are not kept there yet */
     struct stats_snapshot *s = stats_snapshot_new(m->stats);
     if (!s)
         return;
@@ -366,7 +369,13 @@ static void evaluate(struct http_monitor *m, int64_t now_ms)
     h.free_disk_mb = free_disk_mb(m);
     int disk_low = c->store.min_free_disk_mb && h.free_disk_mb >= 0 &&
                    (uint64_t)h.free_disk_mb < c->store.min_free_disk_mb;
-    h.store_writable = !m->store_failing && !disk_low;
+    /* PostgreSQL: unreachable until the writer connects again; a new
+     * connection clears an earlier failed commit, so a node the load
+     * balancer took out (no traffic) becomes ready again by itself. */
+    if (g.store.reconnects > m->last_reconnects)
+        m->store_failing = 0;
+    m->last_reconnects = g.store.reconnects;
+    h.store_writable = !m->store_failing && !disk_low && !g.store.unavailable;
     if (!h.store_writable)
         h.degraded |= STATS_DEG_STORE;
 
@@ -670,7 +679,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (strcmp(url, "/") == 0 || strcmp(url, "/index.html") == 0)
         return reply_page(m, conn, PAGE_HTML);
     if (strcmp(url, "/messages") == 0)
-        return reply_messages(m, conn);
+        return m->cfg->store.type == CONFIG_STORE_SQLITE
+                   ? reply_messages(m, conn)
+                   : reply_text(conn, MHD_HTTP_NOT_IMPLEMENTED,
+                                "the message browser does not run on store.type postgresql yet\n");
     if (strcmp(url, "/healthz") == 0)
         return reply_text(conn, MHD_HTTP_OK, "ok\n");
     if (strcmp(url, "/readyz") == 0)
@@ -713,9 +725,13 @@ struct http_monitor *http_monitor_new(struct loop *l, struct ingest *in, struct 
         snprintf(errbuf, errcap, "out of memory");
         goto fail;
     }
-    m->daily = store_daily_open(cfg->store.path, errbuf, errcap);
-    if (!m->daily)
-        goto fail;
+    /* Daily totals and the browser read the SQLite file; on PostgreSQL
+     * neither exists yet (README: "Running more than one node"). */
+    if (cfg->store.type == CONFIG_STORE_SQLITE) {
+        m->daily = store_daily_open(cfg->store.path, errbuf, errcap);
+        if (!m->daily)
+            goto fail;
+    }
     local_day(clock_wall_ms(), m->day);
     m->next_flush_ms = clock_mono_ms() + HTTP_DAILY_FLUSH_MS;
 

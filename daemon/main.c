@@ -1,5 +1,6 @@
 /* hl7bridge entry point: dispatches to the subcommands. */
 #include "daemon/cli.h"
+#include "config/config.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -35,6 +36,14 @@ static void usage(FILE *out)
             "  help                    this text\n"
             "\n"
             "Run 'hl7bridge COMMAND --help' for a command's options.\n");
+}
+
+int cli_sqlite_only(const struct config *c, const char *cmd)
+{
+    if (c->store.type != CONFIG_STORE_POSTGRESQL)
+        return 0;
+    fprintf(stderr, "hl7bridge %s: not available with store.type postgresql yet\n", cmd);
+    return 1;
 }
 
 int cli_config_opt(int argc, char **argv, int *i, const char **path)

@@ -249,7 +249,7 @@ int cmd_reprocess(int argc, char **argv)
     rq.trigger = fa.f.trigger;
 
     struct config *cfg = load_config_or_report(path, explicit_path, &path);
-    if (!cfg)
+    if (!cfg || cli_sqlite_only(cfg, "reprocess"))
         goto out;
     char sock[256];
     int via = -2;

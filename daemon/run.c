@@ -188,7 +188,8 @@ static void reload(struct runner *r)
         return;
     }
     if (sink_glue_reload_check(r->cur, c, err, sizeof err) != 0 ||
-        sink_glue_layout(c, mp, &layout, err, sizeof err) != 0) {
+        (c->store.type == CONFIG_STORE_SQLITE &&
+         sink_glue_layout(c, mp, &layout, err, sizeof err) != 0)) {
         char q[600];
         log_error("reload_refused", "config=%s reason=\"%s\" keeping=previous_configuration", used,
                   log_quote(q, sizeof q, err));
@@ -389,19 +390,34 @@ int cmd_run(int argc, char **argv)
 
     privs_raise_nofile();
     struct store_opts so = {
+        .type = cfg->store.type == CONFIG_STORE_POSTGRESQL ? STORE_POSTGRESQL : STORE_SQLITE,
+        .url = cfg->store.url,
+        .password = cfg->store.password,
+        .node = cfg->node.name,
         .path = cfg->store.path,
         .retention_days = cfg->store.retention_days,
         .min_free_disk_mb = cfg->store.min_free_disk_mb,
     };
     run_retention_opts(cfg, &so);
+    int on_pg = cfg->store.type == CONFIG_STORE_POSTGRESQL;
     st = store_open(&so, err, sizeof err);
     if (!st) {
-        log_error("store_open_failed", "path=%s error=\"%s\"", cfg->store.path, err);
+        /* err names the server without its password (core/conninfo.h) */
+        char q[600];
+        if (on_pg)
+            log_error("store_open_failed", "backend=postgresql error=\"%s\"",
+                      log_quote(q, sizeof q, err));
+        else
+            log_error("store_open_failed", "path=%s error=\"%s\"", cfg->store.path, err);
         goto out;
     }
-    /* The layout the rows are formatted in, recorded before any row is. */
+    if (on_pg)
+        log_warn("store_retention_off", "backend=postgresql reason=\"retention does not run on "
+                 "PostgreSQL yet: purge by the server's own means\"");
+    /* The layout the rows are formatted in, recorded before any row is
+     * (in the SQLite file; PostgreSQL rows carry none yet). */
     int64_t layout = 0;
-    if (sink_glue_layout(cfg, mp, &layout, err, sizeof err) != 0) {
+    if (!on_pg && sink_glue_layout(cfg, mp, &layout, err, sizeof err) != 0) {
         log_error("startup_failed", "reason=\"%s\"", err); /* mp_own is freed at out */
         goto out;
     }
@@ -469,8 +485,10 @@ int cmd_run(int argc, char **argv)
         goto out;
     }
     /* After the privilege drop, so the sink's files belong to the run user. */
-    audit = sink_glue_start(cfg, mp, err, sizeof err);
-    if (!audit) {
+    /* sinks.audit.type none: no sink; rows stay in the store. */
+    audit = cfg->sinks.audit.type == CONFIG_AUDIT_NONE ? NULL
+                                                       : sink_glue_start(cfg, mp, err, sizeof err);
+    if (!audit && cfg->sinks.audit.type != CONFIG_AUDIT_NONE) {
         log_error("startup_failed", "reason=\"%s\"", err);
         goto out;
     }
@@ -501,8 +519,10 @@ int cmd_run(int argc, char **argv)
         http_monitor_set_sms(mon, sms);
     }
     /* After the privilege drop, so the socket belongs to the run user. */
-    ctl = ctl_server_start(cfg, r.live, err, sizeof err);
-    if (!ctl) {
+    /* The control socket serves reprocessing, which reads the SQLite
+     * journal: not on PostgreSQL yet. */
+    ctl = on_pg ? NULL : ctl_server_start(cfg, r.live, err, sizeof err);
+    if (!ctl && !on_pg) {
         log_error("startup_failed", "reason=\"control socket: %s\"", err);
         goto out;
     }
@@ -515,8 +535,9 @@ int cmd_run(int argc, char **argv)
         log_error("startup_failed", "reason=notify_timer errno=%d", errno);
         goto out;
     }
-    log_info("started", "version=%s config=%s store=%s rules=%zu pid=%d", HL7BRIDGE_VERSION,
-             path, cfg->store.path, mapping_rule_count(mp), (int)getpid());
+    log_info("started", "version=%s config=%s store=%s node=%s rules=%zu pid=%d",
+             HL7BRIDGE_VERSION, path, on_pg ? "postgresql" : cfg->store.path, cfg->node.name,
+             mapping_rule_count(mp), (int)getpid());
     /* Listening, store open, sinks running: the service is up. */
     notify_ready(&r, "");
     if (loop_run(r.loop) != 0)

@@ -163,6 +163,13 @@ int sink_glue_reload_check(const struct config *cur, const struct config *next, 
         snprintf(why, cap, "store.path changed: the audit sink and the store need a restart");
         return -1;
     }
+    if (cur->store.type != next->store.type || !same_str(cur->store.url, next->store.url) ||
+        !same_str(cur->store.password, next->store.password) ||
+        !same_str(cur->node.name, next->node.name)) {
+        snprintf(why, cap, "store.type, store.url, store.password or node.name changed: the "
+                           "store needs a restart");
+        return -1;
+    }
     if (what) {
         snprintf(why, cap, "sinks.audit.%s changed: the audit sink needs a restart", what);
         return -1;
@@ -238,6 +245,10 @@ int cmd_redrive(int argc, char **argv)
     struct config *cfg = load_config_or_report(path, explicit_path, &path);
     if (!cfg)
         return 1;
+    if (cli_sqlite_only(cfg, "redrive")) {
+        config_free(cfg);
+        return 1;
+    }
     char err[512];
     uint64_t n = 0;
     int rc = 1;

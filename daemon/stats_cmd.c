@@ -437,6 +437,8 @@ int cmd_stats(int argc, char **argv)
     } else if (!daily) {
         printf("metrics are disabled in %s\n", path);
     }
+    if (cli_sqlite_only(cfg, "stats --daily"))
+        goto out;
     rc = print_daily(cfg, (unsigned)days) == 0 ? 0 : 1;
 out:
     config_free(cfg);

@@ -378,6 +378,11 @@ int cmd_upload(int argc, char **argv)
         return 2;
     }
     struct config *cfg = load_config_or_report(path, explicit_path, &path);
+    if (cfg && cli_sqlite_only(cfg, "upload")) {
+        config_free(cfg);
+        free(files);
+        return 1;
+    }
     /* Progress goes to stdout, problems to stderr: the log says only what
      * goes wrong. */
     if (cfg && cfg->log.level < LOG_WARN)

@@ -8,10 +8,11 @@ set -euo pipefail
 mode=${1:-build}
 
 build_pkgs=(gcc make pkg-config libssl-dev libcurl4-openssl-dev libsqlite3-dev libyaml-dev
-            libmicrohttpd-dev libjansson-dev tzdata)
+            libmicrohttpd-dev libjansson-dev libpq-dev tzdata)
 test_pkgs=(libcmocka-dev python3 python3-hl7 openssl sqlite3 clang libclang-rt-14-dev
            cppcheck clang-tidy valgrind prometheus chromium libfaketime
-           systemd dpkg-dev)   # systemd-analyze verify; dpkg-shlibdeps for make deb
+           systemd dpkg-dev    # systemd-analyze verify; dpkg-shlibdeps for make deb
+           postgresql)         # a throwaway server for tests/integration/test_postgresql.py
 bench_pkgs=(python3 python3-yaml openssl gnuplot-nox)   # make soak: config, emulator, chart
 
 want=("${build_pkgs[@]}")

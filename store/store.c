@@ -182,7 +182,7 @@ uint64_t store_housekeep_interval_ms(const struct store_opts *o)
 static void housekeep(struct store *s, uint64_t now_ms)
 {
     int more = 0;
-    long purged = store_db_housekeep(s, clock_wall_ms(), &more);
+    long purged = s->be->housekeep(s, clock_wall_ms(), &more);
     /* Work left means a backlog: come back soon, between groups, rather
      * than holding the write lock for one long purge. */
     if (more)
@@ -216,10 +216,13 @@ static void *writer_main(void *arg)
             if (s->q_count || s->stopping || s->housekeep_asked)
                 break;
             uint64_t now = clock_mono_ms();
-            if (now >= s->next_housekeep_ms)
+            uint64_t wake = s->next_housekeep_ms;
+            if (s->be_wake_ms && s->be_wake_ms < wake)
+                wake = s->be_wake_ms;
+            if (now >= wake)
                 break;
             struct timespec ts;
-            deadline_ts(&ts, s->next_housekeep_ms - now);
+            deadline_ts(&ts, wake - now);
             s->writer_waiting = 1;
             atomic_store_explicit(&s->busy_since_ms, 0, memory_order_relaxed);
             pthread_cond_timedwait(&s->cv, &s->mu, &ts);
@@ -262,16 +265,21 @@ static void *writer_main(void *arg)
         if (stop)
             break;
         uint64_t now = clock_mono_ms();
+        if (s->be->tick)
+            s->be->tick(s, now);
         if (n) {
-            if (store_db_disk_low(s, now))
+            if (s->be->unavailable(s, now))
                 fail_group(s, n);
             else
-                store_db_write_group(s, n);
+                s->be->write_group(s, n);
             publish(s, n);
-            store_db_checkpoint_tail(s);
+            if (s->be->after_group)
+                s->be->after_group(s);
         }
-        if (hk || now >= s->next_housekeep_ms)
+        if (s->be->housekeep && (hk || now >= s->next_housekeep_ms))
             housekeep(s, now);
+        else if (!s->be->housekeep && now >= s->next_housekeep_ms)
+            s->next_housekeep_ms = now + STORE_HOUSEKEEP_MS;
     }
     return NULL;
 }
@@ -280,7 +288,7 @@ static void *writer_main(void *arg)
 
 static void store_destroy(struct store *s)
 {
-    store_db_close(s);
+    s->be->close(s);
     /* Anything still queued can only be left when the writer never started. */
     while (s->q && s->q_count) {
         /* q_count <= cap, so the ring index never revisits a freed slot */
@@ -313,8 +321,9 @@ struct store *store_open(const struct store_opts *o, char *errbuf, size_t errcap
 {
     if (errcap)
         errbuf[0] = '\0';
-    if (!o || !o->path || !o->path[0]) {
-        snprintf(errbuf, errcap, "store: no database path");
+    int pg = o && o->type == STORE_POSTGRESQL;
+    if (!o || (pg ? !o->url || !o->url[0] : !o->path || !o->path[0])) {
+        snprintf(errbuf, errcap, pg ? "store: no PostgreSQL url" : "store: no database path");
         return NULL;
     }
     struct store *s = calloc(1, sizeof *s);
@@ -324,6 +333,7 @@ struct store *store_open(const struct store_opts *o, char *errbuf, size_t errcap
     }
     s->efd = -1;
     s->opts = *o;
+    s->be = pg ? &store_pg_backend : &store_sqlite_backend;
     s->cap = o->queue_capacity ? o->queue_capacity : STORE_QUEUE_CAPACITY;
     if (!s->opts.max_group)
         s->opts.max_group = STORE_MAX_GROUP;
@@ -358,8 +368,10 @@ struct store *store_open(const struct store_opts *o, char *errbuf, size_t errcap
     }
     s->opts.n_files = 0; /* the copies above are the ones used */
 
-    s->path_buf = strdup(o->path);
-    s->dir_buf = fs_dir_of(o->path);
+    /* PostgreSQL: the path only names where local files would go. */
+    const char *path = o->path && o->path[0] ? o->path : "hl7bridge.db";
+    s->path_buf = strdup(path);
+    s->dir_buf = fs_dir_of(path);
     s->q = calloc(s->cap, sizeof *s->q);
     s->res = calloc(s->cap, sizeof *s->res);
     s->grp = calloc(s->opts.max_group, sizeof *s->grp);
@@ -376,11 +388,7 @@ struct store *store_open(const struct store_opts *o, char *errbuf, size_t errcap
         snprintf(errbuf, errcap, "store: eventfd: %s", strerror(e));
         goto fail;
     }
-    if (store_db_prepare_path(s->path_buf, errbuf, errcap) < 0)
-        goto fail;
-    if (store_db_open(s, errbuf, errcap) < 0)
-        goto fail;
-    if (store_db_ckpt_open(s, errbuf, errcap) < 0)
+    if (s->be->open(s, errbuf, errcap) < 0)
         goto fail;
 
     /* Retention first runs shortly after start, not during start-up. */
@@ -391,8 +399,9 @@ struct store *store_open(const struct store_opts *o, char *errbuf, size_t errcap
         goto fail;
     }
     s->writer_started = 1;
-    log_info("store_open", " path=%s queue=%zu max_group=%u", s->path_buf, s->cap,
-             s->opts.max_group);
+    if (!pg)
+        log_info("store_open", " path=%s queue=%zu max_group=%u", s->path_buf, s->cap,
+                 s->opts.max_group);
     return s;
 
 fail:
@@ -528,6 +537,8 @@ void store_get_stats(const struct store *s, struct store_stats *out)
     out->max_group_seen = atomic_load_explicit(&s->st.max_group_seen, memory_order_relaxed);
     out->commit_ns_total = atomic_load_explicit(&s->st.commit_ns_total, memory_order_relaxed);
     out->rejected = atomic_load_explicit(&s->st.rejected, memory_order_relaxed);
+    out->reconnects = atomic_load_explicit(&s->st.reconnects, memory_order_relaxed);
+    out->unavailable = atomic_load_explicit(&s->st.unavailable, memory_order_relaxed);
     pthread_mutex_lock(s->rt_mu);
     out->retention = s->rt_report;
     pthread_mutex_unlock(s->rt_mu);

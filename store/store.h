@@ -58,8 +58,17 @@ struct store_file_keep {
 };
 #define STORE_MAX_FILE_KEEPS 4
 
+enum store_type { STORE_SQLITE = 0, STORE_POSTGRESQL };
+
 struct store_opts {
-    const char *path;          /* database file; its directory is created 0700 */
+    enum store_type type;      /* which backend the writer runs on */
+    const char *path;          /* SQLite: database file; its directory is created 0700 */
+    /* PostgreSQL: a libpq connection string or URI; the password apart
+     * (NULL: libpq's own sources, e.g. ~/.pgpass); the node's name, written
+     * beside each message. */
+    const char *url;
+    const char *password;
+    const char *node;
     unsigned retention_days;   /* raw messages kept after delivery (caps keep_ms[RAW]) */
     /* Non-zero: keep_ms[] below says how long each kind is kept (ms, or
      * STORE_KEEP_FOREVER).  Zero: only raw bodies are purged, after
@@ -198,9 +207,22 @@ struct store_stats {
     uint64_t control_id_reused;  /* stored although their key was seen with other content */
     uint64_t max_group_seen;
     uint64_t commit_ns_total;
+    /* PostgreSQL: 1 while the writer has no connection to the server (every
+     * message is failed, nothing claimed, until it reconnects); times it
+     * connected again.  Always 0 on SQLite. */
+    int unavailable;
+    uint64_t reconnects;
     struct store_retention_report retention;
 };
 void store_get_stats(const struct store *s, struct store_stats *out);
+
+/* `hl7bridge check` for a PostgreSQL store: connects with o->url and
+ * o->password, reads the schema version and says what is wrong (cannot
+ * reach the server, authentication, a schema newer than this build).
+ * Returns 0 with a summary in info (no password in it), or -1 with the
+ * reason in errbuf.  Any thread; blocks up to libpq's connect_timeout. */
+int store_check_postgresql(const struct store_opts *o, char *info, size_t infocap, char *errbuf,
+                           size_t errcap) __attribute__((warn_unused_result));
 
 /* Messages submitted whose results are not yet published (still queued or
  * being written).  A draining producer keeps taking results until this and

@@ -1126,3 +1126,23 @@ out:
     sqlite3_close(db);
     return ret;
 }
+
+/* ---- the SQLite writer half -------------------------------------------- */
+
+static int sqlite_open(struct store *s, char *errbuf, size_t errcap)
+{
+    if (store_db_prepare_path(s->path_buf, errbuf, errcap) < 0 ||
+        store_db_open(s, errbuf, errcap) < 0 || store_db_ckpt_open(s, errbuf, errcap) < 0)
+        return -1;
+    return 0;
+}
+
+const struct store_backend store_sqlite_backend = {
+    .open = sqlite_open,
+    .close = store_db_close,
+    .unavailable = store_db_disk_low,
+    .write_group = store_db_write_group,
+    .after_group = store_db_checkpoint_tail,
+    .housekeep = store_db_housekeep,
+    .tick = NULL,
+};

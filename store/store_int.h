@@ -81,6 +81,28 @@ static inline const uint8_t *store_msg_ptr(const struct store_msg *m, enum store
     return m->data + m->span[f].off;
 }
 
+/* The writer half of one backend.  store.c (queue, results, event fd,
+ * stats, the writer loop) is shared; these run the database.  open and
+ * close on the main thread, the rest on the writer thread. */
+struct store_backend {
+    int (*open)(struct store *s, char *errbuf, size_t errcap);
+    void (*close)(struct store *s);
+    /* 1: fail the next group without trying (disk low, no connection). */
+    int (*unavailable)(struct store *s, uint64_t now_ms);
+    /* Writes one group; fills s->grp_res[0..n) (tag excluded), updates stats. */
+    void (*write_group)(struct store *s, size_t n);
+    /* After a group's results went out (e.g. a checkpoint); may be NULL. */
+    void (*after_group)(struct store *s);
+    /* One retention step (see store_db_housekeep); may be NULL. */
+    long (*housekeep)(struct store *s, int64_t now_wall_ms, int *more);
+    /* Called on every writer turn, also when idle (e.g. reconnecting);
+     * may set s->be_wake_ms to be called again then.  May be NULL. */
+    void (*tick)(struct store *s, uint64_t now_ms);
+};
+extern const struct store_backend store_sqlite_backend;
+extern const struct store_backend store_pg_backend;
+struct store_pg; /* store/pg_db.c */
+
 /* The writer's prepared statements and SQLite state (writer thread only once
  * the thread runs). */
 struct store_db {
@@ -102,6 +124,9 @@ struct store_file_state {
 
 struct store {
     struct store_opts opts;      /* path copied into path_buf */
+    const struct store_backend *be;
+    struct store_pg *pg;         /* PostgreSQL writer state, NULL on SQLite */
+    uint64_t be_wake_ms;         /* writer-only: the backend's next tick, 0 none */
     char *path_buf;
     char *dir_buf;               /* directory probed by statvfs */
 
@@ -161,6 +186,8 @@ struct store {
         _Atomic uint64_t commits, messages, duplicates, failures;
         _Atomic uint64_t max_group_seen, commit_ns_total;
         _Atomic uint64_t rejected, control_id_reused;
+        _Atomic uint64_t reconnects;
+        _Atomic int unavailable;
     } st;
 };
 

@@ -886,6 +886,98 @@ static void test_env_substitution(void **state)
 
 #define SECRET "s3cr3t-Value~42"
 
+/* ---- store.type postgresql ----------------------------------------------- */
+
+#define PG_OK_SINKS "sinks: {audit: {type: none}, sms: {type: none}}\n"
+
+static void test_store_postgresql(void **state)
+{
+    (void)state;
+    setenv("HB_TEST_PG_PW", SECRET, 1);
+    struct config *c = load_ok("node: {name: node-a.1}\n"
+                               "store: {type: postgresql, url: \"host=db dbname=hb sslmode=verify-full\","
+                               " password: \"${HB_TEST_PG_PW}\"}\n" PG_OK_SINKS);
+    assert_int_equal(c->store.type, CONFIG_STORE_POSTGRESQL);
+    assert_string_equal(c->store.url, "host=db dbname=hb sslmode=verify-full");
+    assert_string_equal(c->store.password, SECRET);
+    assert_string_equal(c->node.name, "node-a.1");
+    char *buf = dump_raw(c);
+    assert_null(strstr(buf, SECRET));
+    assert_non_null(strstr(buf, "  password: (set)\n"));
+    free(buf);
+    config_free(c);
+
+    /* the host name when not written */
+    c = load_ok("");
+    char host[256] = "";
+    assert_int_equal(gethostname(host, sizeof host - 1), 0);
+    host[strcspn(host, ".")] = '\0';
+    assert_string_equal(c->node.name, host);
+    assert_int_equal(c->store.type, CONFIG_STORE_SQLITE);
+    config_free(c);
+
+    /* the password file, owner-only */
+    char path[64], text[512];
+    temp_file(path, sizeof path, SECRET "\n", 0600);
+    snprintf(text, sizeof text, "store:\n  type: postgresql\n  url: postgresql://hb@db/hb\n"
+             "  password_file: %s\n" PG_OK_SINKS, path);
+    c = load_ok(text);
+    assert_string_equal(c->store.password, SECRET);
+    config_free(c);
+    assert_int_equal(chmod(path, 0604), 0);
+    struct config_errors e;
+    assert_null(load(text, &e));
+    assert_int_equal(e.n, 1);
+    assert_non_null(strstr(e.items[0], "store.password_file: "));
+    assert_non_null(strstr(e.items[0], "has mode 0604;"));
+    assert_no_error_contains(&e, SECRET);
+    config_errors_release(&e);
+    unlink(path);
+}
+
+static void test_store_postgresql_refusals(void **state)
+{
+    (void)state;
+    setenv("HB_TEST_PG_PW", SECRET, 1);
+    expect_errors("store: {type: postgresql}\n" PG_OK_SINKS,
+                  "t.yaml:1:8: store.url: required when type is postgresql", NULL);
+    /* a password in the url, as a URI or a keyword; the value never quoted */
+    expect_errors("store: {type: postgresql, url: \"postgresql://hb:" SECRET "@db/hb\"}\n"
+                  PG_OK_SINKS,
+                  "t.yaml:1:32: store.url: holds a password; put it in store.password (${NAME}) "
+                  "or store.password_file", NULL);
+    expect_errors("store: {type: postgresql, url: \"host=db password=${HB_TEST_PG_PW}\"}\n"
+                  PG_OK_SINKS,
+                  "t.yaml:1:32: store.url: holds a password; put it in store.password (${NAME}) "
+                  "or store.password_file", NULL);
+    expect_errors("store: {type: postgresql, url: \"host=db\", password: " SECRET "}\n"
+                  PG_OK_SINKS,
+                  "t.yaml:1:53: store.password: secret written in clear; put it in an "
+                  "environment variable (password: ${NAME}) or a file (password_file: PATH)",
+                  NULL);
+    /* PostgreSQL settings on a SQLite store are a mistake */
+    expect_errors("store: {url: \"host=db\"}\n",
+                  "t.yaml:1:9: store.url: only read with store.type: postgresql", NULL);
+    /* what does not run on PostgreSQL yet: one line each */
+    expect_errors("store: {type: postgresql, url: \"host=db\"}\n"
+                  "sinks: {audit: {type: file}, sms: {type: acs, endpoint: \"https://x.example\","
+                  " from: \"+15550100\", access_key: \"${HB_TEST_PG_PW}\"}}\n"
+                  "inputs: {files: [{directory: /tmp/in, done_directory: /tmp/done}]}\n",
+                  "t.yaml:2:23: sinks.audit.type: the audit sink does not run on store.type "
+                  "postgresql yet; set sinks.audit.type: none (rows are kept in the store)",
+                  "t.yaml:2:42: sinks.sms.type: the SMS sink does not run on store.type "
+                  "postgresql yet; set sinks.sms.type: none",
+                  "t.yaml:3:17: inputs.files: file uploads do not run on store.type postgresql yet",
+                  NULL);
+    expect_errors("store: {type: postgresql, url: \"host=db\"}\n",
+                  "t.yaml:1:1: sinks.audit.type: the audit sink does not run on store.type "
+                  "postgresql yet; set sinks.audit.type: none (rows are kept in the store)",
+                  "t.yaml:1:1: sinks.sms.type: the SMS sink does not run on store.type "
+                  "postgresql yet; set sinks.sms.type: none", NULL);
+    expect_errors("node: {name: \"a b\"}\n",
+                  "t.yaml:1:14: node.name: 1 to 63 letters, digits, '-', '_' or '.'", NULL);
+}
+
 static void test_secret_clear_text_refused(void **state)
 {
     (void)state;
@@ -1057,6 +1149,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sample_file_loads),
+        cmocka_unit_test(test_store_postgresql),
+        cmocka_unit_test(test_store_postgresql_refusals),
         cmocka_unit_test(test_defaults_when_absent),
         cmocka_unit_test(test_sample_matches_defaults),
         cmocka_unit_test(test_full_fixture),

@@ -1,0 +1,359 @@
+"""store.type postgresql: several nodes on one PostgreSQL store.
+
+One throwaway server (pgserver.py: initdb as an unprivileged user, a free
+127.0.0.1 port, password authentication) serves the whole module; each test
+gets its own database.
+
+- two nodes on one database under load through both, every 10th message
+  re-sent to the other node: answered AA and stored once; the same message
+  sent to both nodes at the same moment: stored once, both AA;
+- the server stopped under load: AE "Cannot store message" and /readyz 503
+  while it is down, every AA'd message stored once, accepting again (and
+  /readyz 200) by itself once it is back;
+- a schema newer than the build refused by `check` and `run`;
+- `check`: what is wrong (password, unreachable server), the password never
+  printed or logged; a password file others may read, a password in
+  store.url, and sinks that do not run on PostgreSQL yet refused.
+"""
+
+import os
+import threading
+import time
+import unittest
+import urllib.error
+import urllib.request
+
+from harness import (Daemon, USERS_CSV, _yaml_str, free_port, make_message, require_binary)
+import pgserver
+
+SERVER = None
+PW_ENV = "HB_TEST_PG_PASSWORD"
+
+
+def setUpModule():
+    global SERVER
+    if not pgserver.available():
+        raise unittest.SkipTest(
+            f"PostgreSQL server binaries not found in {pgserver.PG_BIN} (Debian package "
+            "postgresql; scripts/deps.sh test installs it)")
+    SERVER = pgserver.PgServer().start()
+
+
+def tearDownModule():
+    if SERVER is not None:
+        SERVER.close()
+
+
+_db_seq = [0]
+
+
+def new_db():
+    _db_seq[0] += 1
+    return SERVER.create_db(f"hb{os.getpid()}_{_db_seq[0]}")
+
+
+class PgDaemon(Daemon):
+    """A node on the module's server: store.type postgresql, password from
+    the environment, metrics on (for /readyz), no sinks."""
+
+    def __init__(self, testcase, db, node, **opts):
+        super().__init__(testcase, **opts)
+        self.pg_db = db
+        self.node = node
+        self.metrics_port = free_port()
+        self.env = {PW_ENV: pgserver.PASSWORD}
+
+    def config_text(self, port):
+        lines = [
+            "node:",
+            f"  name: {self.node}",
+            "listen:",
+            "  - name: it",
+            f"    address: 127.0.0.1:{port}",
+            "store:",
+            "  type: postgresql",
+            f"  url: {_yaml_str(SERVER.url(self.pg_db))}",
+            f"  password: ${{{PW_ENV}}}",
+            f"  path: {_yaml_str(self.db_path)}",
+            "mapping:",
+            "  lookups:",
+            f"    users: {{file: {_yaml_str(USERS_CSV)}, key_column: ehr_id, value_column: upn}}",
+            "log:",
+            "  level: info",
+            "sinks:",
+            "  audit:",
+            "    type: none",
+            "  sms:",
+            "    type: none",
+            "metrics:",
+            f"  address: 127.0.0.1:{self.metrics_port}",
+        ]
+        return "\n".join(lines) + "\n"
+
+    def readyz(self):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/readyz",
+                                        timeout=5) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+
+def wait_for(pred, timeout=30, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class TwoNodes(unittest.TestCase):
+    def setUp(self):
+        self.db = new_db()
+        self.a = PgDaemon(self, self.db, "node-a")
+        self.b = PgDaemon(self, self.db, "node-b")
+        self.a.start()
+        self.b.start()
+
+    def stored(self):
+        """{control id: count} of the journal."""
+        rows = SERVER.psql("SELECT control_id, COUNT(*) FROM messages GROUP BY 1", self.db)
+        return {r[0]: int(r[1]) for r in rows}
+
+    def test_load_through_both_resends_to_the_other_node(self):
+        senders, per_sender = 4, 150
+        errors, resent = [], []
+
+        def sender(i):
+            home, other = (self.a, self.b) if i % 2 == 0 else (self.b, self.a)
+            try:
+                with home.connect() as ch, other.connect() as co:
+                    for k in range(per_sender):
+                        cid = f"S{i}-{k}"
+                        msg = make_message(cid, send_app=f"APP{i}")
+                        ack = ch.request(msg)
+                        if (ack.code, ack.control_id_text) != ("AA", cid):
+                            errors.append(f"{cid}: {ack.code} from its node")
+                        if k % 10 == 9:
+                            # the engine saw no ACK and re-sends through the other node
+                            again = co.request(msg)
+                            resent.append(cid)
+                            if (again.code, again.control_id_text) != ("AA", cid):
+                                errors.append(f"{cid}: re-send answered {again.code}")
+            except Exception as e:  # reported below with the others
+                errors.append(f"sender {i}: {e!r}")
+
+        threads = [threading.Thread(target=sender, args=(i,)) for i in range(senders)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        self.assertEqual(errors, [])
+        counts = self.stored()
+        self.assertEqual(len(counts), senders * per_sender)
+        self.assertEqual({c for c, n in counts.items() if n != 1}, set())
+        dup = SERVER.psql("SELECT COALESCE(SUM(dup_count), 0) FROM messages", self.db)
+        self.assertEqual(int(dup[0][0]), len(resent))
+        nodes = SERVER.psql("SELECT node, COUNT(*) FROM messages GROUP BY 1 ORDER BY 1", self.db)
+        self.assertEqual([r[0] for r in nodes], ["node-a", "node-b"])
+        # mapped rows went into the same transactions (EVN-5 resolves)
+        rows = SERVER.psql("SELECT COUNT(*) FROM rows r JOIN messages m ON m.id = r.msg_id",
+                           self.db)
+        self.assertGreater(int(rows[0][0]), 0)
+        for d in (self.a, self.b):
+            self.assertNotIn(pgserver.PASSWORD, d.log())
+            d.assert_stops_cleanly()
+
+    def test_same_message_to_both_nodes_at_once(self):
+        n = 60
+        acks = {self.a: [], self.b: []}
+        gate = threading.Barrier(2, timeout=30)
+
+        def sender(d):
+            with d.connect() as c:
+                for k in range(n):
+                    gate.wait()
+                    acks[d].append(c.request(make_message(f"RACE-{k}", send_app="RACE")))
+
+        threads = [threading.Thread(target=sender, args=(d,)) for d in (self.a, self.b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        for d in (self.a, self.b):
+            self.assertEqual([(x.code, x.control_id_text) for x in acks[d]],
+                             [("AA", f"RACE-{k}") for k in range(n)])
+        counts = self.stored()
+        self.assertEqual(sorted(counts), sorted(f"RACE-{k}" for k in range(n)))
+        self.assertEqual(set(counts.values()), {1})
+        dup = SERVER.psql("SELECT SUM(dup_count) FROM messages", self.db)
+        self.assertEqual(int(dup[0][0]), n)
+
+
+class CommitFails(unittest.TestCase):
+    def test_no_accept_when_commit_fails(self):
+        """A transaction whose COMMIT the server refuses (a deferred
+        constraint, checked only at COMMIT) is answered AE: the statements
+        before it succeeded, so only the COMMIT's answer can tell."""
+        db = new_db()
+        d = PgDaemon(self, db, "node-a")
+        d.start()
+        SERVER.psql(
+            "CREATE FUNCTION refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$"
+            " BEGIN IF NEW.control_id = 'FAILCOMMIT' THEN"
+            "  RAISE EXCEPTION 'refused at commit'; END IF; RETURN NULL; END $$;"
+            "CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON messages"
+            " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_at_commit()",
+            db)
+        with d.connect() as c:
+            self.assertEqual(c.request(make_message("BEFORE")).code, "AA")
+            ack = c.request(make_message("FAILCOMMIT"))
+            self.assertEqual((ack.code, ack.text), ("AE", "Cannot store message"))
+            self.assertEqual(c.request(make_message("AFTER")).code, "AA")
+        rows = SERVER.psql("SELECT control_id FROM messages ORDER BY id", db)
+        self.assertEqual(rows, [["BEFORE"], ["AFTER"]])
+        d.assert_stops_cleanly()
+
+
+class ServerOutage(unittest.TestCase):
+    def test_server_stopped_and_started_under_load(self):
+        db = new_db()
+        d = PgDaemon(self, db, "node-a")
+        d.start()
+        self.assertEqual(d.readyz(), 200)
+        aa, ae, other = [], [], []
+        stop = threading.Event()
+        seen_ae_after_restart = threading.Event()
+
+        def sender(i):
+            k = 0
+            with d.connect() as c:
+                while not stop.is_set() and k < 20000:
+                    cid = f"L{i}-{k}"
+                    k += 1
+                    ack = c.request(make_message(cid))
+                    if ack.code == "AA":
+                        aa.append(cid)
+                    elif ack.code == "AE" and "Cannot store message" in ack.text:
+                        ae.append(cid)
+                    else:
+                        other.append((cid, ack.code))
+
+        threads = [threading.Thread(target=sender, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        try:
+            wait_for(lambda: len(aa) >= 100, what="first AAs")
+            SERVER.stop("fast")
+            try:
+                wait_for(lambda: len(ae) >= 20, what="AE while the server is down")
+                wait_for(lambda: d.readyz() == 503, what="/readyz 503")
+                aa_before = len(aa)
+            finally:
+                SERVER.start_again()
+            wait_for(lambda: len(aa) > aa_before + 100, what="AA again after the restart")
+            wait_for(lambda: d.readyz() == 200, what="/readyz 200 again")
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(60)
+        self.assertEqual(other, [])
+        rows = SERVER.psql("SELECT control_id, COUNT(*) FROM messages GROUP BY 1", db)
+        counts = {r[0]: int(r[1]) for r in rows}
+        self.assertEqual([c for c in aa if counts.get(c) != 1], [], "AA'd but not stored once")
+        self.assertIn("event=store_unavailable", d.log())
+        self.assertIn("event=store_connected", d.log())
+        d.assert_stops_cleanly()
+
+
+class SchemaAndCheck(unittest.TestCase):
+    def setUp(self):
+        self.bin = require_binary(self)
+
+    def cmd(self, d, *args):
+        import subprocess
+        env = dict(os.environ, **(d.env or {}))
+        return subprocess.run([str(self.bin)] + list(args) + ["-c", str(d.config_path)],
+                              stdin=subprocess.DEVNULL, capture_output=True, timeout=60,
+                              env=env)
+
+    def write(self, d):
+        d.config_path.write_text(d.config_text(free_port()))
+
+    def test_schema_newer_than_known_refused(self):
+        db = new_db()
+        SERVER.psql("CREATE TABLE schema_version (version INTEGER PRIMARY KEY,"
+                    " applied_ms BIGINT NOT NULL, node TEXT);"
+                    "INSERT INTO schema_version VALUES (999, 0, 'future')", db)
+        d = PgDaemon(self, db, "node-a")
+        self.write(d)
+        r = self.cmd(d, "check")
+        self.assertEqual(r.returncode, 1, r)
+        self.assertIn(b"database schema 999 is newer than this build", r.stderr)
+        r = self.cmd(d, "run")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn(b"newer than this build", r.stdout + r.stderr)
+        # nothing was created beside the newer schema
+        self.assertEqual(SERVER.psql("SELECT to_regclass('messages') IS NULL", db), [["t"]])
+
+    def test_check_reports_what_is_wrong(self):
+        db = new_db()
+        d = PgDaemon(self, db, "node-a")
+        self.write(d)
+        r = self.cmd(d, "check")
+        self.assertEqual(r.returncode, 0, r)
+        self.assertIn(b"PostgreSQL 15, schema 0 of", r.stdout)
+        self.assertIn(b"node node-a", r.stdout)
+        # a wrong password: the server says so, the password is not shown
+        d.env = {PW_ENV: "not-the-password"}
+        r = self.cmd(d, "check")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(b"password authentication failed", r.stderr)
+        self.assertNotIn(b"not-the-password", r.stdout + r.stderr)
+        # no server on that port
+        d.env = {PW_ENV: pgserver.PASSWORD}
+        d.config_path.write_text(d.config_text(free_port()).replace(
+            f":{SERVER.port}/", f":{free_port()}/"))
+        r = self.cmd(d, "check")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(b"cannot connect to postgresql://hb@127.0.0.1:", r.stderr)
+        self.assertIn(b"Connection refused", r.stderr)
+
+    def test_password_sources_and_unsupported_sinks_refused(self):
+        d = PgDaemon(self, "unused", "node-a")
+        pwfile = d.dir / "pgpass"
+        pwfile.write_text(pgserver.PASSWORD + "\n")
+        os.chmod(pwfile, 0o644)
+        base = d.config_text(free_port())
+        d.config_path.write_text(base.replace(f"  password: ${{{PW_ENV}}}",
+                                              f"  password_file: {_yaml_str(pwfile)}"))
+        r = self.cmd(d, "check")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(b"password_file", r.stderr)
+        self.assertIn(b"0644", r.stderr)
+        # owner-only: accepted (the server is not needed to load it)
+        os.chmod(pwfile, 0o600)
+        r = self.cmd(d, "check")
+        self.assertNotIn(b"password_file", r.stderr)
+        # a password written into the url
+        d.config_path.write_text(base.replace("postgresql://hb@", "postgresql://hb:sekrit@"))
+        r = self.cmd(d, "check")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(b"store.url: holds a password", r.stderr)
+        self.assertNotIn(b"sekrit", r.stdout + r.stderr)
+        # sinks that do not run on PostgreSQL yet: one line each
+        d.config_path.write_text(base.replace("    type: none\n", "    type: file\n"))
+        r = self.cmd(d, "check")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(b"sinks.audit.type: the audit sink does not run on store.type postgresql "
+                      b"yet", r.stderr)
+        self.assertIn(b"sinks.sms.type: the SMS sink does not run on store.type postgresql yet",
+                      r.stderr)
+        r = self.cmd(d, "run")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(b"sinks.audit.type", r.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
