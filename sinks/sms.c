@@ -86,7 +86,6 @@ static const char *counter_name(int i)
 /* Where an appointment's texts take their settings from: one per
  * sinks.sms.facilities entry, then the global settings (the last one). */
 struct place {
-    const struct config_sms_facility *fac;  /* NULL: the global settings */
     struct tz *tz;                          /* owned */
     struct sink_sms_zone zone;
     const char *from;                       /* borrowed from the config; may be NULL */
@@ -1074,7 +1073,6 @@ static int load_places(struct sink_sms *s, char *err, size_t errcap)
         const char *zone = f && f->time_zone ? f->time_zone : m->time_zone;
         const char *link = f && f->link ? f->link : m->link;
         char why[200];
-        p->fac = f;
         p->from = f && f->from ? f->from : m->from;
         p->link = link ? link : "";
         if (!(p->tz = tz_load(zone, why, sizeof why))) {
