@@ -1032,6 +1032,12 @@ static long purge_raw(struct store *s, int64_t now_wall_ms, int *more)
     uint64_t keep = (uint64_t)s->opts.retention_days * 86400000u;
     if (s->opts.use_keep && s->opts.keep_ms[STORE_KIND_RAW] < keep)
         keep = s->opts.keep_ms[STORE_KIND_RAW];
+    /* A body whose whole message goes no later than it (delivered kept no
+     * longer than raw, the shipped setting) leaves with the message in the
+     * same step: NULLing it first rewrote every row just before its delete
+     * (measured: a third of a purge step). */
+    if (s->opts.use_keep && s->opts.keep_ms[STORE_KIND_DELIVERED] <= keep)
+        return 0;
     if (keep > (uint64_t)now_wall_ms)
         return 0;
     int64_t cutoff = now_wall_ms - (int64_t)keep;

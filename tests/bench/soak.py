@@ -32,6 +32,7 @@ Environment (defaults meet issue 13's soak):
   SOAK_RETENTION    1m        store.retention raw and delivered (a duration:
                               30s, 1m, 10m…); short enough that purging runs
                               during the run
+  SOAK_RAW_RETENTION  SOAK_RETENTION  store.retention.raw alone
   SOAK_SINK         purview   purview (connector emulator) or file
   SOAK_MAX_SECONDS  3600      the load stops after this long whatever it reached
   SOAK_FILE         tests/fixtures/bench/adt-a01-600b.hl7
@@ -117,7 +118,7 @@ def soak_config(work, mllp, mport, emu_port, ca, retention, sink):
     cfg["listen"][0]["address"] = f"127.0.0.1:{mllp}"
     st = cfg["store"]
     st["path"] = str(work / "store" / "hl7bridge.db")
-    st["retention"]["raw"] = retention
+    st["retention"]["raw"] = env("SOAK_RAW_RETENTION", retention)
     st["retention"]["delivered"] = retention
     if sink == "file":   # the key's own minimum is a minute
         st["retention"]["audit_files"] = retention if duration_s(retention) >= 60 else "1m"

@@ -936,12 +936,13 @@ static void test_housekeep_interval(void **state)
  * two steps of each), quarantined messages by their own time; undelivered
  * messages, recent ranges and recent blocks stay.  The report counts what
  * went. */
-static void test_retention_kinds(void **state)
+static void retention_kinds(void **state, uint64_t raw_keep_ms)
 {
     struct fixture *fx = *state;
     struct store_opts o = { .path = fx->path, .retention_days = 3650, .use_keep = 1 };
     for (int k = 0; k < STORE_KIND_N; k++)
         o.keep_ms[k] = STORE_KEEP_FOREVER;
+    o.keep_ms[STORE_KIND_RAW] = raw_keep_ms;
     o.keep_ms[STORE_KIND_DELIVERED] = o.keep_ms[STORE_KIND_ROWS] = 7LL * 86400000;
     o.keep_ms[STORE_KIND_QUARANTINED] = 30LL * 86400000;
     char err[256];
@@ -1028,7 +1029,21 @@ static void test_retention_kinds(void **state)
     assert_int_equal(st.retention.keep_ms[STORE_KIND_QUARANTINED], 30LL * 86400000);
     assert_int_equal(st.retention.keep_ms[STORE_KIND_SMS], STORE_KEEP_FOREVER);
     assert_true(st.retention.oldest_ms[STORE_KIND_DELIVERED] > 0);
+    /* Bodies of messages deleted whole are never NULLed first. */
+    assert_int_equal(st.retention.purged[STORE_KIND_RAW], 0);
     store_close(s);
+}
+
+static void test_retention_kinds(void **state)
+{
+    retention_kinds(state, STORE_KEEP_FOREVER);
+}
+
+/* raw kept as long as delivered (the shipped 7d/7d): the bodies go with
+ * their messages, in the delete, not in an UPDATE just before it. */
+static void test_retention_raw_with_message(void **state)
+{
+    retention_kinds(state, 7LL * 86400000);
 }
 
 /* ---- the browser (store/browse.c) ---------------------------------------- */
@@ -1617,6 +1632,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_retention, setup, teardown),
         cmocka_unit_test(test_housekeep_interval),
         cmocka_unit_test_setup_teardown(test_retention_kinds, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_retention_raw_with_message, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retention_ranges, setup, teardown),
         cmocka_unit_test_setup_teardown(test_upgrade_from_schema_2, setup, teardown),
         cmocka_unit_test_setup_teardown(test_upgrade_from_schema_7, setup, teardown),
