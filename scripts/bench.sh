@@ -1,16 +1,29 @@
 #!/usr/bin/env bash
 # `make bench`: hl7bridge against the null MLLP responder (same transport and
 # HL7 code, no storage), same load, same run, so the ratio is meaningful on a
-# shared machine.  Then the mapping throughput.  Figures go to stdout and to
-# build/bench-results.txt.
-#   BENCH_MESSAGES (default 200000), BENCH_FILE (default the 600-byte ADT^A01),
-#   BENCH_AUDIT_MESSAGES (default 200000) and BENCH_BACKLOG (default 5000000)
-#   for the audit sink: rows/s MLLP in → connector emulator, and the time to
-#   push a backlog of that many rows.
+# shared machine.  Then the mapping throughput and the audit sink end to end.
+# Figures go to stdout and to build/bench-results.txt.
+#
+# A store behaves differently new and after a while, so hl7bridge is
+# measured in phases on one store:
+#   cold    a new store, its first BENCH_COLD messages (8 conns × window 1);
+#   warm-up BENCH_WARMUP messages (8 × 32, not reported);
+#   steady  BENCH_MESSAGES messages each, 8 × 1 and 8 × 32;
+#   restart the daemon stopped and started again on that store, metrics on:
+#           BENCH_MESSAGES each, 8 × 1 and 8 × 32.
+#   BENCH_COLD (60000), BENCH_WARMUP (150000), BENCH_MESSAGES (60000),
+#   BENCH_FILE (the 600-byte ADT^A01), BENCH_AUDIT_MESSAGES (200000),
+#   BENCH_AUDIT_WARMUP (150000) and BENCH_BACKLOG (500000) for the audit
+#   sink: rows/s MLLP in → connector emulator after a warm-up, and the time
+#   to push a backlog of that many rows.  BENCH_INGEST_ONLY=1 stops after
+#   the ingest table (for A/B runs of two builds: `scripts/bench.sh DIR`
+#   takes hl7bridge and bench/ from DIR).
 set -u
 cd "$(dirname "$0")/.."
 build=${1:-build}
-msgs=${BENCH_MESSAGES:-200000}
+cold=${BENCH_COLD:-60000}
+warm=${BENCH_WARMUP:-150000}
+msgs=${BENCH_MESSAGES:-60000}
 file=${BENCH_FILE:-tests/fixtures/bench/adt-a01-600b.hl7}
 work=$(mktemp -d -p "$PWD/var" bench.XXXXXX 2>/dev/null || { mkdir -p var; mktemp -d -p "$PWD/var" bench.XXXXXX; })
 pids=()
@@ -19,30 +32,30 @@ trap cleanup EXIT
 
 free_port() { /usr/bin/python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+load1() { cut -d' ' -f1 /proc/loadavg; }
 
-scenarios=("8 1" "8 32")
 declare -A res
 
-run_load() { # name port
-    for sc in "${scenarios[@]}"; do
-        set -- "$1" "$2" $sc
-        out=$("$build"/bench/loadgen --addr 127.0.0.1:"$2" --conns "$3" --window "$4" \
-              --messages "$msgs" --file "$file") || { echo "bench: loadgen failed against $1: $out"; exit 1; }
-        res["$1,$3,$4"]=$out
-        echo "$1 conns=$3 window=$4: $out"
-    done
+# load NAME PORT CONNS WINDOW MESSAGES: one loadgen run, kept as res[NAME].
+load() {
+    local out
+    out=$("$build"/bench/loadgen --addr 127.0.0.1:"$2" --conns "$3" --window "$4" \
+          --messages "$5" --file "$file") || { echo "bench: loadgen failed ($1): $out"; exit 1; }
+    grep -q ' not_aa=0 ' <<<"$out" || { echo "bench: not every message got AA ($1): $out"; exit 1; }
+    res["$1"]="$out load=$(load1)"
+    echo "$1 conns=$3 window=$4: ${res[$1]}"
 }
 
-echo "bench: $msgs messages of $(wc -c < "$file") bytes per scenario"
+echo "bench: $(wc -c < "$file")-byte message; cold $cold, warm-up $warm, then $msgs per scenario"
 port=$(free_port)
 "$build"/bench/null_responder --port "$port" > "$work/null.log" 2>&1 & pids+=($!)
 wait_port "$port" || { echo "bench: null responder did not start"; exit 1; }
-run_load null "$port"
+load null-8x1 "$port" 8 1 "$msgs"
+load null-8x32 "$port" 8 32 "$msgs"
 kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null
 
-start_hb() { # name metrics(true|false)
-    port=$(free_port); mport=$(free_port)
-    rm -rf "$work/store"
+port=$(free_port); mport=$(free_port)
+start_hb() { # log-name metrics(true|false)
     cat > "$work/bench.yaml" <<YAML
 listen:
   - name: bench
@@ -66,33 +79,38 @@ YAML
 }
 
 start_hb hl7bridge false
-run_load hl7bridge "$port"
+load cold-8x1 "$port" 8 1 "$cold"
+load warm-up "$port" 8 32 "$warm"
+load steady-8x1 "$port" 8 1 "$msgs"
+load steady-8x32 "$port" 8 32 "$msgs"
 kill -TERM "$hb"; wait "$hb" 2>/dev/null
-start_hb metrics true
-run_load metrics "$port"
+start_hb restart true
+load restart-8x1 "$port" 8 1 "$msgs"
+load restart-8x32 "$port" 8 32 "$msgs"
 kill -TERM "$hb"; wait "$hb" 2>/dev/null
 
 field() { grep -oE "$2=[0-9.]+" <<<"$1" | cut -d= -f2; }
 {
 echo
-printf '%-20s %11s %11s %7s %9s %9s %11s %9s\n' scenario null_msg/s hl7b_msg/s ratio \
-    p50_us p99_us metrics_on on/off
-for sc in "${scenarios[@]}"; do
-    set -- $sc
-    n=${res["null,$1,$2"]}; h=${res["hl7bridge,$1,$2"]}; m=${res["metrics,$1,$2"]}
-    nr=$(field "$n" rate); hr=$(field "$h" rate); mr=$(field "$m" rate)
+printf '%-22s %11s %11s %7s %9s %9s %6s\n' phase null_msg/s hl7b_msg/s ratio p50_us p99_us load
+for row in cold-8x1:null-8x1 steady-8x1:null-8x1 steady-8x32:null-8x32 \
+           restart-8x1:null-8x1 restart-8x32:null-8x32; do
+    h=${res[${row%%:*}]}; n=${res[${row##*:}]}
+    nr=$(field "$n" rate); hr=$(field "$h" rate)
     ratio=$(awk -v a="$hr" -v b="$nr" 'BEGIN{printf "%.3f", a/b}')
-    onoff=$(awk -v a="$mr" -v b="$hr" 'BEGIN{printf "%.3f", a/b}')
-    printf '%-20s %11s %11s %7s %9s %9s %11s %9s\n' "conns=$1 window=$2" "$nr" "$hr" "$ratio" \
-        "$(field "$h" p50_us)" "$(field "$h" p99_us)" "$mr" "$onoff"
+    printf '%-22s %11s %11s %7s %9s %9s %6s\n' "${row%%:*}" "$nr" "$hr" "$ratio" \
+        "$(field "$h" p50_us)" "$(field "$h" p99_us)" "$(field "$h" load)"
 done
-echo "(ratio = hl7bridge / null responder; on/off = metrics on / metrics off; each fsyncs every"
-echo " accepted message before its ACK)"
-# The writer's own account of both scenarios (metrics off run): how many
-# messages shared a commit and what a commit cost, fsync included.
+echo "(ratio = hl7bridge / null responder, same load, same run; each fsyncs every accepted"
+echo " message before its ACK; cold = a new store's first $cold messages, steady = after"
+echo " $((cold + warm)), restart = the same store after a restart with metrics on;"
+echo " load = 1-minute load average of the machine when the scenario ended)"
+# The writer's own account (cold + warm-up + steady): how many messages
+# shared a commit and what a commit cost, fsync included.
 grep -o 'event=store_close.*' "$work/hl7bridge.log" | sed 's/^event=store_close/store writer:/' || true
+[ -n "${BENCH_INGEST_ONLY:-}" ] && exit 0
 if [ -x "$build/bench/bench_mapping" ]; then echo; "$build/bench/bench_mapping"; fi
 echo
 /usr/bin/python3 tests/bench/audit_bench.py --messages "${BENCH_AUDIT_MESSAGES:-200000}" \
-    --backlog "${BENCH_BACKLOG:-5000000}"
-} | tee build/bench-results.txt
+    --warmup "${BENCH_AUDIT_WARMUP:-150000}" --backlog "${BENCH_BACKLOG:-500000}"
+} | tee "$build/bench-results.txt"

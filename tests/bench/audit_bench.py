@@ -1,12 +1,14 @@
 """Audit-sink throughput on loopback (run from the project root after `make`
 and `make build/bench/loadgen`):
 
-    /usr/bin/python3 tests/bench/audit_bench.py [--messages 200000] [--backlog 500000]
-        [--max-rows 5000] [--parallel 2]
+    /usr/bin/python3 tests/bench/audit_bench.py [--messages 200000] [--warmup 0]
+        [--backlog 500000] [--max-rows 5000] [--parallel 2]
 
-1. live: loadgen sends --messages ADT^A01 messages over MLLP; the figure is
-   rows accepted by the HTTPS connector emulator per second, from the first
-   message sent to the last row accepted.
+1. live: loadgen sends --warmup ADT^A01 messages (not measured; their rows
+   are awaited), then --messages more; the figure is rows accepted by the
+   HTTPS connector emulator per second, from the first measured message sent
+   to the last row accepted.  Each message yields one row (EVN-5 is in the
+   bench users table).
 2. backlog: --backlog messages are stored while the connector is
    unreachable; then the daemon is restarted with it reachable, and the
    figure is the time from that start to the last row accepted.
@@ -116,6 +118,7 @@ def stop(p):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=200000)
+    ap.add_argument("--warmup", type=int, default=0)
     ap.add_argument("--backlog", type=int, default=500000)
     ap.add_argument("--max-rows", type=int, default=5000)
     ap.add_argument("--parallel", type=int, default=2)
@@ -138,17 +141,21 @@ def main():
         cfg.write_text(config(work / "live", mllp, emu_port, a.max_rows, a.parallel, ca))
         d = start_daemon(cfg, work / "live.log")
         wait_port(mllp)
+        if a.warmup:
+            loadgen(mllp, a.warmup)
+            wait_rows(emu, a.warmup, 300)
         t0 = time.monotonic()
         lg = loadgen(mllp, a.messages)
         t_in = time.monotonic() - t0
-        wait_rows(emu, a.messages, 300)
+        wait_rows(emu, a.warmup + a.messages, 300)
         t_all = emu.last_accept - t0
         stop(d)
         emu.stop()
-        results.append(f"live: {a.messages} messages, MLLP in {t_in:.2f} s ({lg}); "
+        results.append(f"live: {a.messages} messages after a warm-up of {a.warmup}, MLLP in {t_in:.2f} s ({lg}); "
                        f"all rows accepted after {t_all:.2f} s = {a.messages / t_all:,.0f} rows/s "
                        f"end to end (max_rows={a.max_rows}, parallel={a.parallel}, "
-                       f"{len(emu.uploads)} uploads, violations={len(emu.violations)})")
+                       f"{len(emu.uploads)} uploads, violations={len(emu.violations)}; "
+                       f"load {os.getloadavg()[0]:.2f})")
         print(results[-1], flush=True)
 
         # 2. backlog: store it with the connector unreachable, then push
@@ -176,7 +183,8 @@ def main():
         results.append(f"backlog: {a.backlog} rows stored in {t_store:.1f} s, pushed in "
                        f"{t_push:.1f} s = {a.backlog / t_push:,.0f} rows/s "
                        f"({len(emu.uploads)} uploads, violations={len(emu.violations)}); "
-                       f"5,000,000 rows at that rate: {5e6 / (a.backlog / t_push) / 60:.1f} min")
+                       f"5,000,000 rows at that rate: {5e6 / (a.backlog / t_push) / 60:.1f} min; "
+                       f"load {os.getloadavg()[0]:.2f}")
         print(results[-1], flush=True)
         errs = re.findall(r"level=error.*", log)
         if errs:
