@@ -80,6 +80,9 @@ struct store_opts {
     size_t queue_capacity;     /* 0 → STORE_QUEUE_CAPACITY */
     unsigned max_group;        /* most messages per transaction; 0 → STORE_MAX_GROUP */
     uint64_t min_free_disk_mb; /* below it, submissions fail with STORE_FAILED ("cannot store") */
+    /* WAL frames at which a checkpoint starts; 0 → STORE_WAL_CKPT_PAGES.
+     * Tests lower it so that the log restarts (and is reused) often. */
+    unsigned wal_ckpt_pages;
 };
 
 /* One message to store.  Created by store_msg_new (which copies every byte it

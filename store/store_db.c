@@ -390,7 +390,8 @@ static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
     (void)db;
     (void)name;
     struct store *s = arg;
-    if (pages >= STORE_WAL_CKPT_PAGES &&
+    unsigned at = s->opts.wal_ckpt_pages ? s->opts.wal_ckpt_pages : STORE_WAL_CKPT_PAGES;
+    if ((unsigned)pages >= at &&
         atomic_load_explicit(&s->ckpt_state, memory_order_acquire) == STORE_CKPT_IDLE) {
         atomic_store_explicit(&s->ckpt_state, STORE_CKPT_RUNNING, memory_order_release);
         pthread_mutex_lock(&s->ckpt_mu);
