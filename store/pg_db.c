@@ -2,15 +2,17 @@
  * reconnection, schema migrations, and the group write.
  *
  * Design: several nodes write into one database.  A group is one
- * transaction sent as one pipeline (BEGIN, one call of hb_store_message()
- * per message, COMMIT, Sync) so it costs one round trip and one commit
- * however many messages it holds; results are published only after the
- * COMMIT's answer came back (AA after COMMIT).  Duplicates across nodes rest
- * on a unique index over (send_app, send_fac, control_id, digest): the
- * function inserts with ON CONFLICT DO NOTHING, which waits for another
- * node's uncommitted insert of the same message and then finds it, so a
- * re-send answered by any node gets the original's id and ACK code.  The
- * same key with other content is stored as new (key_reused), as on SQLite.
+ * transaction sent as one pipeline (BEGIN, one multi-row statement holding
+ * every message of the group with its rows and appointment facts as array
+ * parameters, COMMIT, Sync): one round trip and one commit however many
+ * messages it holds; results are published only after the COMMIT's answer
+ * came back (AA after COMMIT).  Duplicates across nodes rest on a unique
+ * index over (send_app, send_fac, control_id, digest): the insert skips a
+ * stored message with ON CONFLICT DO NOTHING, which waits for another
+ * node's uncommitted insert of the same message; once the group committed,
+ * the skipped ones read their originals' ids and ACK codes, so a re-send
+ * answered by any node gets the original's ACK code.  The same key with
+ * other content is stored as new (key_reused), as on SQLite.
  *
  * Losing the server: a group that fails because the connection broke is
  * answered AE; the connection is dropped and tried again with a doubling
@@ -48,7 +50,7 @@
 #define STORE_PG_TRIES            4
 
 /* Bumped whenever a migration is appended below. */
-#define STORE_PG_SCHEMA_VERSION   1
+#define STORE_PG_SCHEMA_VERSION   2
 
 /* Any fixed number: the advisory lock two nodes starting at once take
  * around the migrations. */
@@ -194,6 +196,12 @@ static const char *const pg_migrations[STORE_PG_SCHEMA_VERSION] = {
     "  END LOOP;"
     "  RAISE EXCEPTION 'message key conflict not resolved';"
     " END $$;",
+    /* 2: a group is written by one multi-row statement (hb_group, prepared
+     * by each node), about eight times cheaper per message on the server
+     * than a function call each: the function of version 1 goes. */
+    "DROP FUNCTION hb_store_message(TEXT, BIGINT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT,"
+    " TEXT, BYTEA, INTEGER, TEXT, INTEGER, INTEGER, BIGINT, BIGINT, BYTEA[], BOOLEAN, TEXT, TEXT,"
+    " TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, BIGINT, BIGINT, BIGINT);",
 };
 
 struct store_pg {
@@ -203,9 +211,12 @@ struct store_pg {
     uint64_t next_try_ms, backoff_ms;
     int down_logged;
     uint64_t last_fail_log_ms, fail_log_suppressed;
-    /* Scratch for one message's parameters (binary), reused. */
-    struct buf rows_arr;
-    size_t *idx;                  /* the group's messages still being written */
+    /* Writer scratch, sized at open: the statements' array parameters
+     * (G_COUNT of them, kept across groups, and one for a rejected
+     * message's texts), the group's messages still
+     * being written, their order in hb_group, the rejected ones. */
+    struct pg_arr *arr;
+    size_t *idx, *ord, *rej;
 };
 
 /* ---- connection -------------------------------------------------------- */
@@ -321,76 +332,144 @@ fail:
     return -1;
 }
 
-/* Parameter types of the two prepared statements (binary format). */
-#define OID_BOOL   16
+/* Binary element types and array types of the statements' parameters. */
 #define OID_BYTEA  17
 #define OID_INT8   20
 #define OID_INT4   23
 #define OID_TEXT   25
+#define OID_INT4_ARRAY  1007
+#define OID_TEXT_ARRAY  1009
 #define OID_BYTEA_ARRAY 1001
+#define OID_INT8_ARRAY  1016
 
-enum { P_NODE, P_RECEIVED, P_LISTENER, P_PEER, P_APP, P_FAC, P_CTL, P_TYPE, P_TRIGGER,
-       P_VERSION, P_ACK, P_RAW, P_QUARANTINED, P_REASON, P_ROW_COUNT, P_FILTERED, P_DIGEST,
-       P_LAYOUT, P_ROWS, P_APPT, P_A_TEXT, /* STORE_APPT_NTEXT texts, then 3 numbers */
-       P_COUNT = P_A_TEXT + STORE_APPT_NTEXT + 3 };
-/* The function's order of the appointment texts. */
+/* hb_group: the whole group's messages in one statement.  Every column is
+ * an array with one element per message (rows and appointment facts: one
+ * per row / fact, with the message's ordinal), unnested side by side.  Ids
+ * come from the sequence in the materialized input, so rows and facts join
+ * their message exactly; ON CONFLICT skips a message whose key and digest
+ * are stored already (committed by any node, or earlier in this statement),
+ * waiting for another node's uncommitted insert of it.  The result says per
+ * message whether it was inserted, and whether its key was stored before
+ * with other content. */
+enum { G_NODE, G_RECEIVED, G_LISTENER, G_PEER, G_APP, G_FAC, G_CTL, G_TYPE, G_TRIGGER,
+       G_VERSION, G_ACK, G_RAW, G_QUARANTINED, G_REASON, G_ROW_COUNT, G_FILTERED, G_DIGEST,
+       G_LAYOUT, G_R_ORD, G_R_SEQ, G_R_DATA, G_A_ORD, G_A_TEXT,
+       G_A_NUM = G_A_TEXT + STORE_APPT_NTEXT, G_COUNT = G_A_NUM + 3 };
+
+static const char sql_group[] =
+    "WITH input AS MATERIALIZED ("
+    " SELECT nextval('messages_id_seq') AS id, t.* FROM unnest($2::int8[], $3::text[],"
+    "  $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],"
+    "  $11::text[], $12::bytea[], $13::int4[], $14::text[], $15::int4[], $16::int4[],"
+    "  $17::int8[], $18::int8[]) WITH ORDINALITY AS t(received_ms, listener, peer, send_app,"
+    "  send_fac, control_id, msg_type, trig, version, ack_code, raw, quarantined, reason,"
+    "  row_count, filtered, digest, layout, ord)),"
+    " ins AS ("
+    " INSERT INTO messages (id, node, received_ms, listener, peer, send_app, send_fac,"
+    "  control_id, msg_type, \"trigger\", version, ack_code, raw, quarantined, reason, row_count,"
+    "  filtered, digest)"
+    " SELECT id, $1, received_ms, listener, peer, send_app, send_fac, control_id, msg_type, trig,"
+    "  version, ack_code, raw, quarantined, reason, row_count, filtered, digest FROM input"
+    "  ORDER BY ord"
+    " ON CONFLICT (send_app, send_fac, control_id, digest)"
+    "  WHERE control_id IS NOT NULL AND made_by IS NULL DO NOTHING"
+    " RETURNING id),"
+    " rw AS ("
+    " INSERT INTO rows (msg_id, seq, data, layout)"
+    " SELECT i.id, r.seq, r.data, i.layout"
+    "  FROM unnest($19::int4[], $20::int4[], $21::bytea[]) AS r(ord, seq, data)"
+    "  JOIN input i ON i.ord = r.ord WHERE i.id IN (SELECT id FROM ins)),"
+    " ap AS ("
+    " INSERT INTO appt_facts (msg_id, received_ms, facility, appt_id, event, location, provider,"
+    "  first_name, phone, consent, language, link, event_time, start_s, duration_min)"
+    " SELECT i.id, i.received_ms, a.facility, a.appt_id, a.event, a.location, a.provider,"
+    "  a.first_name, a.phone, a.consent, a.language, a.link, a.event_time, a.start_s,"
+    "  a.duration_min"
+    "  FROM unnest($22::int4[], $23::text[], $24::text[], $25::text[], $26::text[], $27::text[],"
+    "   $28::text[], $29::text[], $30::text[], $31::text[], $32::text[], $33::int8[],"
+    "   $34::int8[], $35::int8[]) AS a(ord, facility, appt_id, event, location, provider,"
+    "   first_name, phone, consent, language, link, event_time, start_s, duration_min)"
+    "  JOIN input i ON i.ord = a.ord WHERE i.id IN (SELECT id FROM ins))"
+    " SELECT i.ord, i.id, i.id IN (SELECT id FROM ins),"
+    "  i.control_id IS NOT NULL AND EXISTS (SELECT 1 FROM messages m WHERE"
+    "   m.send_app = i.send_app AND m.send_fac = i.send_fac AND m.control_id = i.control_id"
+    "   AND m.digest <> i.digest AND m.made_by IS NULL)"
+    " FROM input i ORDER BY i.ord";
+
+/* hb_dups: the originals of the messages hb_group skipped, and their
+ * duplicate counts (for the browser).  Run after the group's COMMIT, in a
+ * transaction of its own: by then every original is committed (an insert
+ * skipped by ON CONFLICT waited for the other transaction, which
+ * committed), whichever node or group stored it. */
+enum { D_APP, D_FAC, D_CTL, D_DIGEST, D_RECEIVED, D_COUNT };
+static const char sql_dups[] =
+    "WITH k AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[])"
+    "  WITH ORDINALITY AS k(app, fac, ctl, digest, received, ord)),"
+    " o AS MATERIALIZED (SELECT k.ord, k.received, (SELECT m.id FROM messages m"
+    "  WHERE m.send_app = k.app AND m.send_fac = k.fac AND m.control_id = k.ctl"
+    "  AND m.digest = k.digest AND m.made_by IS NULL ORDER BY m.id LIMIT 1) AS id FROM k),"
+    " u AS (UPDATE messages m SET dup_count = m.dup_count + c.n,"
+    "  last_dup_ms = GREATEST(COALESCE(m.last_dup_ms, 0), c.last)"
+    "  FROM (SELECT id, COUNT(*) AS n, MAX(received) AS last FROM o WHERE id IS NOT NULL"
+    "   GROUP BY id) c WHERE m.id = c.id)"
+    " SELECT o.ord, o.id, m.ack_code FROM o LEFT JOIN messages m ON m.id = o.id ORDER BY o.ord";
+
+enum { R_NODE, R_RECEIVED, R_LISTENER, R_PEER, R_APP, R_FAC, R_CTL, R_TYPE, R_TRIGGER,
+       R_VERSION, R_ACK, R_RAW, R_REASON, R_ERR_CODE, R_ERR_WHERE, R_COUNT };
+
+/* The function's order of the appointment texts (the table's columns). */
 static const enum store_appt_text appt_order[STORE_APPT_NTEXT] = {
     STORE_APPT_FACILITY, STORE_APPT_ID, STORE_APPT_EVENT, STORE_APPT_LOCATION,
     STORE_APPT_PROVIDER, STORE_APPT_FIRST_NAME, STORE_APPT_PHONE, STORE_APPT_CONSENT,
     STORE_APPT_LANGUAGE, STORE_APPT_LINK,
 };
 
-enum { R_NODE, R_RECEIVED, R_LISTENER, R_PEER, R_APP, R_FAC, R_CTL, R_TYPE, R_TRIGGER,
-       R_VERSION, R_ACK, R_RAW, R_REASON, R_ERR_CODE, R_ERR_WHERE, R_COUNT };
-
-static int pg_prepare(PGconn *c, char *errbuf, size_t errcap)
+static int prepare_one(PGconn *c, const char *name, const char *sql, int n, const Oid *types,
+                       char *errbuf, size_t errcap)
 {
-    Oid t[P_COUNT];
-    for (int i = 0; i < P_COUNT; i++)
-        t[i] = OID_TEXT;
-    t[P_RECEIVED] = t[P_DIGEST] = t[P_LAYOUT] = OID_INT8;
-    t[P_QUARANTINED] = t[P_ROW_COUNT] = t[P_FILTERED] = OID_INT4;
-    t[P_RAW] = OID_BYTEA;
-    t[P_ROWS] = OID_BYTEA_ARRAY;
-    t[P_APPT] = OID_BOOL;
-    for (int i = 0; i < 3; i++)
-        t[P_A_TEXT + STORE_APPT_NTEXT + i] = OID_INT8;
-    char sql[512];
-    int o = snprintf(sql, sizeof sql, "SELECT r_id, r_status, r_ack FROM hb_store_message(");
-    for (int i = 0; i < P_COUNT; i++)
-        o += snprintf(sql + o, sizeof sql - (size_t)o, "%s$%d", i ? "," : "", i + 1);
-    snprintf(sql + o, sizeof sql - (size_t)o, ")");
-    PGresult *r = PQprepare(c, "hb_store", sql, P_COUNT, t);
+    PGresult *r = PQprepare(c, name, sql, n, types);
     int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
-    char m[256];
-    if (!ok)
+    if (!ok) {
+        char m[256];
         pg_msg(PQresultErrorMessage(r), m, sizeof m);
-    PQclear(r);
-    if (ok) {
-        Oid tr[R_COUNT];
-        for (int i = 0; i < R_COUNT; i++)
-            tr[i] = OID_TEXT;
-        tr[R_RECEIVED] = OID_INT8;
-        tr[R_RAW] = OID_BYTEA;
-        tr[R_ERR_CODE] = OID_INT4;
-        r = PQprepare(c, "hb_reject",
-                      "INSERT INTO rejected (node, received_ms, listener, peer, send_app, send_fac,"
-                      " control_id, msg_type, \"trigger\", version, ack_code, raw, reason, err_code,"
-                      " err_where) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,"
-                      " $14, $15) RETURNING id",
-                      R_COUNT, tr);
-        ok = PQresultStatus(r) == PGRES_COMMAND_OK;
-        if (!ok)
-            pg_msg(PQresultErrorMessage(r), m, sizeof m);
-        PQclear(r);
+        snprintf(errbuf, errcap, "store: prepare %s: %s", name, m);
     }
-    if (!ok)
-        snprintf(errbuf, errcap, "store: prepare: %s", m);
+    PQclear(r);
     return ok ? 0 : -1;
 }
 
-/* A connection ready for groups: migrated, statements prepared, in
- * pipeline mode and non-blocking.  NULL with errbuf. */
+static int pg_prepare(PGconn *c, char *errbuf, size_t errcap)
+{
+    Oid g[G_COUNT];
+    for (int i = 0; i < G_COUNT; i++)
+        g[i] = OID_TEXT_ARRAY;
+    g[G_NODE] = OID_TEXT;
+    g[G_RECEIVED] = g[G_DIGEST] = g[G_LAYOUT] = OID_INT8_ARRAY;
+    g[G_QUARANTINED] = g[G_ROW_COUNT] = g[G_FILTERED] = OID_INT4_ARRAY;
+    g[G_R_ORD] = g[G_R_SEQ] = g[G_A_ORD] = OID_INT4_ARRAY;
+    g[G_RAW] = g[G_R_DATA] = OID_BYTEA_ARRAY;
+    for (int i = 0; i < 3; i++)
+        g[G_A_NUM + i] = OID_INT8_ARRAY;
+    Oid d[D_COUNT] = { OID_TEXT_ARRAY, OID_TEXT_ARRAY, OID_TEXT_ARRAY, OID_INT8_ARRAY,
+                       OID_INT8_ARRAY };
+    Oid tr[R_COUNT];
+    for (int i = 0; i < R_COUNT; i++)
+        tr[i] = OID_TEXT;
+    tr[R_RECEIVED] = OID_INT8;
+    tr[R_RAW] = OID_BYTEA;
+    tr[R_ERR_CODE] = OID_INT4;
+    if (prepare_one(c, "hb_group", sql_group, G_COUNT, g, errbuf, errcap) < 0 ||
+        prepare_one(c, "hb_dups", sql_dups, D_COUNT, d, errbuf, errcap) < 0 ||
+        prepare_one(c, "hb_reject",
+                    "INSERT INTO rejected (node, received_ms, listener, peer, send_app, send_fac,"
+                    " control_id, msg_type, \"trigger\", version, ack_code, raw, reason, err_code,"
+                    " err_where) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,"
+                    " $14, $15) RETURNING id",
+                    R_COUNT, tr, errbuf, errcap) < 0)
+        return -1;
+    return 0;
+}
+
 static PGconn *pg_open_conn(struct store_pg *pg, char *errbuf, size_t errcap)
 {
     PGconn *c = pg_connect(pg->url, pg->password, pg->node);
@@ -526,297 +605,6 @@ static int64_t get_i64(const char *p)
     return (int64_t)u;
 }
 
-static int32_t get_i32(const char *p)
-{
-    uint32_t u;
-    memcpy(&u, p, 4);
-    return (int32_t)ntohl(u);
-}
-
-/* The binary form of a one-dimensional bytea[] holding the message's rows
- * (one per non-blank line). */
-static int rows_array(struct buf *b, const struct store_msg *m)
-{
-    buf_reset(b);
-    uint8_t hdr[20];
-    put_i32(hdr, 1);          /* dimensions */
-    put_i32(hdr + 4, 0);      /* no NULLs */
-    put_i32(hdr + 8, OID_BYTEA);
-    put_i32(hdr + 12, 0);     /* count, set below */
-    put_i32(hdr + 16, 1);     /* lower bound */
-    if (buf_append(b, hdr, sizeof hdr) != 0)
-        return -1;
-    const uint8_t *p = store_msg_ptr(m, SF_ROWS);
-    const uint8_t *end = p + m->span[SF_ROWS].len;
-    int32_t count = 0;
-    while (p < end) {
-        const uint8_t *nl = memchr(p, '\n', (size_t)(end - p));
-        const uint8_t *line_end = nl ? nl : end;
-        if (line_end > p) {
-            uint8_t len[4];
-            put_i32(len, (int32_t)(line_end - p));
-            if (buf_append(b, len, 4) != 0 || buf_append(b, p, (size_t)(line_end - p)) != 0)
-                return -1;
-            count++;
-        }
-        p = nl ? nl + 1 : end;
-    }
-    if ((unsigned)count != m->row_count)
-        log_warn("store_row_count", " expected=%u found=%d", m->row_count, (int)count);
-    put_i32(buf_data(b) + 12, count);
-    return 0;
-}
-
-/* Queues one message's statement on the pipeline. */
-static int send_one(struct store *s, const struct store_msg *m)
-{
-    struct store_pg *pg = s->pg;
-    const char *v[P_COUNT];
-    int len[P_COUNT], fmt[P_COUNT];
-    uint8_t received[8], digest[8], layout[8], q[4], rc[4], filt[4], nums[3][8], appt[1],
-        errc[4];
-    for (int i = 0; i < P_COUNT; i++) {
-        v[i] = NULL;
-        len[i] = 0;
-        fmt[i] = 1;
-    }
-#define SPAN(i, f) do { v[i] = (const char *)store_msg_ptr(m, f); len[i] = (int)m->span[f].len; \
-                        if (!len[i]) v[i] = ""; } while (0)
-    put_i64(received, m->received_ms);
-    if (m->rejected) {
-        v[R_NODE] = pg->node;
-        len[R_NODE] = (int)strlen(pg->node);
-        v[R_RECEIVED] = (const char *)received;
-        len[R_RECEIVED] = 8;
-        SPAN(R_LISTENER, SF_LISTENER);
-        SPAN(R_PEER, SF_PEER);
-        SPAN(R_APP, SF_SEND_APP);
-        SPAN(R_FAC, SF_SEND_FAC);
-        SPAN(R_CTL, SF_CONTROL_ID);
-        if (!m->span[SF_CONTROL_ID].len)
-            v[R_CTL] = NULL;
-        SPAN(R_TYPE, SF_MSG_TYPE);
-        SPAN(R_TRIGGER, SF_TRIGGER);
-        SPAN(R_VERSION, SF_VERSION);
-        v[R_ACK] = m->ack_code;
-        len[R_ACK] = 2;
-        SPAN(R_RAW, SF_RAW);
-        SPAN(R_REASON, SF_REASON);
-        put_i32(errc, m->err_code);
-        v[R_ERR_CODE] = (const char *)errc;
-        len[R_ERR_CODE] = 4;
-        SPAN(R_ERR_WHERE, SF_ERR_WHERE);
-        return PQsendQueryPrepared(pg->conn, "hb_reject", R_COUNT, v, len, fmt, 1) == 1 ? 0 : -1;
-    }
-    v[P_NODE] = pg->node;
-    len[P_NODE] = (int)strlen(pg->node);
-    v[P_RECEIVED] = (const char *)received;
-    len[P_RECEIVED] = 8;
-    SPAN(P_LISTENER, SF_LISTENER);
-    SPAN(P_PEER, SF_PEER);
-    SPAN(P_APP, SF_SEND_APP);
-    SPAN(P_FAC, SF_SEND_FAC);
-    SPAN(P_CTL, SF_CONTROL_ID);
-    if (!m->span[SF_CONTROL_ID].len)
-        v[P_CTL] = NULL; /* never recognised as a re-send (as on SQLite) */
-    SPAN(P_TYPE, SF_MSG_TYPE);
-    SPAN(P_TRIGGER, SF_TRIGGER);
-    SPAN(P_VERSION, SF_VERSION);
-    v[P_ACK] = m->ack_code;
-    len[P_ACK] = 2;
-    SPAN(P_RAW, SF_RAW);
-    put_i32(q, m->quarantined);
-    v[P_QUARANTINED] = (const char *)q;
-    len[P_QUARANTINED] = 4;
-    if (m->quarantined || m->filtered)
-        SPAN(P_REASON, SF_REASON);
-    put_i32(rc, (int32_t)m->row_count);
-    v[P_ROW_COUNT] = (const char *)rc;
-    len[P_ROW_COUNT] = 4;
-    put_i32(filt, m->filtered);
-    v[P_FILTERED] = (const char *)filt;
-    len[P_FILTERED] = 4;
-    put_i64(digest, (int64_t)m->digest);
-    v[P_DIGEST] = (const char *)digest;
-    len[P_DIGEST] = 8;
-    if (m->layout > 0) {
-        put_i64(layout, m->layout);
-        v[P_LAYOUT] = (const char *)layout;
-        len[P_LAYOUT] = 8;
-    }
-    if (rows_array(&pg->rows_arr, m) != 0)
-        return -1;
-    v[P_ROWS] = (const char *)buf_data(&pg->rows_arr);
-    len[P_ROWS] = (int)pg->rows_arr.len;
-    appt[0] = m->has_appt ? 1 : 0;
-    v[P_APPT] = (const char *)appt;
-    len[P_APPT] = 1;
-    if (m->has_appt) {
-        const char *t[STORE_APPT_NTEXT];
-        const char *p = (const char *)store_msg_ptr(m, SF_APPT);
-        const char *end = p + m->span[SF_APPT].len;
-        for (int i = 0; i < STORE_APPT_NTEXT; i++) {
-            if (p >= end)
-                return -1; /* store_msg_new wrote them all */
-            t[i] = p;
-            p += strlen(p) + 1;
-        }
-        for (int i = 0; i < STORE_APPT_NTEXT; i++) {
-            enum store_appt_text k = appt_order[i];
-            int keyed = k == STORE_APPT_ID || k == STORE_APPT_FACILITY || k == STORE_APPT_EVENT;
-            if (t[k][0] || keyed) {
-                v[P_A_TEXT + i] = t[k];
-                len[P_A_TEXT + i] = (int)strlen(t[k]);
-            }
-        }
-        const int64_t n3[3] = { m->appt_event_time, m->appt_start_s, m->appt_duration_min };
-        for (int i = 0; i < 3; i++) {
-            if (n3[i] < 0)
-                continue;
-            put_i64(nums[i], n3[i]);
-            v[P_A_TEXT + STORE_APPT_NTEXT + i] = (const char *)nums[i];
-            len[P_A_TEXT + STORE_APPT_NTEXT + i] = 8;
-        }
-    }
-#undef SPAN
-    return PQsendQueryPrepared(pg->conn, "hb_store", P_COUNT, v, len, fmt, 1) == 1 ? 0 : -1;
-}
-
-/* How a pipeline ended. */
-enum pg_outcome {
-    PG_OK = 0,
-    PG_MSG_FAILED,   /* the message at *bad was refused (data): retry without it */
-    PG_RETRY,        /* deadlock / serialization: retry the same group */
-    PG_DEAD_EARLY,   /* the connection was dead before BEGIN ran: nothing done */
-    PG_DEAD,         /* the connection broke: outcome of the group unknown */
-    PG_FAILED,       /* the server refused the group (e.g. disk full) */
-};
-
-static int sqlstate_is(const PGresult *r, const char *code)
-{
-    const char *st = PQresultErrorField(r, PG_DIAG_SQLSTATE);
-    return st && strcmp(st, code) == 0;
-}
-
-/* Reads every result of a group pipeline over idx[0..n); fills grp_res. */
-static enum pg_outcome read_group(struct store *s, const size_t *idx, size_t n, size_t *bad,
-                                  char *why, size_t whycap)
-{
-    PGconn *c = s->pg->conn;
-    uint64_t deadline = clock_mono_ms() + STORE_PG_IO_TIMEOUT_MS;
-    enum pg_outcome out = PG_OK;
-    int dead = 0, begin_ok = 0;
-    why[0] = '\0';
-    /* n + 2 statements (BEGIN, the messages, COMMIT), each ended by NULL,
-     * then the Sync. */
-    for (size_t q = 0; q < n + 2 && !dead; q++) {
-        PGresult *r;
-        int seen = 0;
-        while ((r = next_result(c, deadline, &dead)) != NULL) {
-            ExecStatusType st = PQresultStatus(r);
-            seen = 1;
-            if (q == 0 && st == PGRES_COMMAND_OK)
-                begin_ok = 1;
-            if (st == PGRES_FATAL_ERROR && out == PG_OK) {
-                pg_msg(PQresultErrorMessage(r), why, whycap);
-                if (sqlstate_is(r, "40P01") || sqlstate_is(r, "40001"))
-                    out = PG_RETRY;
-                else if (q >= 1 && q <= n) {
-                    const char *code = PQresultErrorField(r, PG_DIAG_SQLSTATE);
-                    /* Data and constraint errors belong to one message. */
-                    if (code && (code[0] == '2' && (code[1] == '2' || code[1] == '3'))) {
-                        out = PG_MSG_FAILED;
-                        *bad = q - 1;
-                    } else {
-                        out = PG_FAILED;
-                    }
-                } else {
-                    out = PG_FAILED;
-                }
-            } else if (q >= 1 && q <= n && st == PGRES_TUPLES_OK && out == PG_OK) {
-                struct store_result *res = &s->grp_res[idx[q - 1]];
-                const struct store_msg *m = s->grp[idx[q - 1]];
-                res->key_reused = 0;
-                memcpy(res->ack_code, m->ack_code, 3);
-                if (PQntuples(r) != 1 || PQgetlength(r, 0, 0) != 8) {
-                    snprintf(why, whycap, "unexpected answer from the server");
-                    out = PG_FAILED;
-                } else if (m->rejected) {
-                    res->id = get_i64(PQgetvalue(r, 0, 0));
-                    res->status = STORE_STORED;
-                } else {
-                    res->id = get_i64(PQgetvalue(r, 0, 0));
-                    int32_t status = PQgetlength(r, 0, 1) == 4 ? get_i32(PQgetvalue(r, 0, 1)) : -1;
-                    res->status = status == 1 ? STORE_DUPLICATE : STORE_STORED;
-                    res->key_reused = status == 2;
-                    if (status == 1 && PQgetlength(r, 0, 2) == 2) {
-                        memcpy(res->ack_code, PQgetvalue(r, 0, 2), 2);
-                        res->ack_code[2] = '\0';
-                    }
-                }
-            } else if (q == n + 1 && st == PGRES_COMMAND_OK && out == PG_OK &&
-                       strcmp(PQcmdStatus(r), "COMMIT") != 0) {
-                /* COMMIT of a failed transaction answers ROLLBACK. */
-                snprintf(why, whycap, "transaction rolled back");
-                out = PG_FAILED;
-            }
-            PQclear(r);
-        }
-        if (!seen && !dead) {
-            snprintf(why, whycap, "pipeline out of step");
-            dead = 1;
-        }
-    }
-    if (!dead) {
-        PGresult *r = next_result(c, deadline, &dead);
-        if (r && PQresultStatus(r) != PGRES_PIPELINE_SYNC)
-            dead = 1;
-        PQclear(r);
-    }
-    if (dead || PQstatus(c) != CONNECTION_OK) {
-        if (!why[0])
-            pg_msg(PQerrorMessage(c), why, whycap);
-        /* The server answers in order: without BEGIN's answer, it ran
-         * nothing of this group (a server stopping sends its FATAL first). */
-        return begin_ok ? PG_DEAD : PG_DEAD_EARLY;
-    }
-    if (out != PG_OK && PQtransactionStatus(c) != PQTRANS_IDLE) {
-        /* A failed explicit transaction stays open until rolled back. */
-        int d2 = 0;
-        if (PQsendQueryParams(c, "ROLLBACK", 0, NULL, NULL, NULL, NULL, 0) != 1 ||
-            PQpipelineSync(c) != 1)
-            return PG_DEAD;
-        PGresult *r;
-        while ((r = next_result(c, deadline, &d2)) != NULL)
-            PQclear(r);
-        r = next_result(c, deadline, &d2);
-        if (d2 || !r || PQresultStatus(r) != PGRES_PIPELINE_SYNC) {
-            PQclear(r);
-            return PG_DEAD;
-        }
-        PQclear(r);
-    }
-    return out;
-}
-
-/* One transaction over grp[idx[0..n)). */
-static enum pg_outcome write_set(struct store *s, const size_t *idx, size_t n, size_t *bad,
-                                 char *why, size_t whycap)
-{
-    PGconn *c = s->pg->conn;
-    int ok = PQsendQueryParams(c, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) == 1;
-    for (size_t i = 0; ok && i < n; i++)
-        ok = send_one(s, s->grp[idx[i]]) == 0;
-    ok = ok && PQsendQueryParams(c, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) == 1 &&
-         PQpipelineSync(c) == 1;
-    if (!ok) {
-        pg_msg(PQerrorMessage(c), why, whycap);
-        /* Nothing was sent, or the stream is in an unknown state. */
-        return PQstatus(c) == CONNECTION_OK ? PG_DEAD : PG_DEAD_EARLY;
-    }
-    return read_group(s, idx, n, bad, why, whycap);
-}
-
 static void fail_msgs(struct store *s, const size_t *idx, size_t n, const char *why)
 {
     struct store_pg *pg = s->pg;
@@ -841,25 +629,636 @@ static void fail_msgs(struct store *s, const size_t *idx, size_t n, const char *
     }
 }
 
+/* ---- binary arrays ----------------------------------------------------- */
+
+/* A one-dimensional array in PostgreSQL's binary form, built element by
+ * element into a buffer kept across groups. */
+struct pg_arr {
+    struct buf b;
+    int32_t n;
+    Oid elem;
+    int bad;     /* out of memory (or over the buffer's ceiling) */
+};
+
+static void arr_start(struct pg_arr *a, Oid elem)
+{
+    buf_reset(&a->b);
+    a->n = 0;
+    a->elem = elem;
+    a->bad = 0;
+    uint8_t hdr[20];
+    put_i32(hdr, 1);          /* dimensions */
+    put_i32(hdr + 4, 1);      /* may hold NULLs */
+    put_i32(hdr + 8, (int32_t)elem);
+    put_i32(hdr + 12, 0);     /* count: arr_end */
+    put_i32(hdr + 16, 1);     /* lower bound */
+    a->bad = buf_append(&a->b, hdr, sizeof hdr) != 0;
+}
+
+/* len < 0: NULL. */
+static void arr_add(struct pg_arr *a, const void *p, int32_t len)
+{
+    uint8_t l[4];
+    put_i32(l, len < 0 ? -1 : len);
+    if (buf_append(&a->b, l, 4) != 0 || (len > 0 && buf_append(&a->b, p, (size_t)len) != 0))
+        a->bad = 1;
+    a->n++;
+}
+
+static void arr_i64(struct pg_arr *a, int64_t v)
+{
+    uint8_t b[8];
+    put_i64(b, v);
+    arr_add(a, b, 8);
+}
+
+static void arr_i32(struct pg_arr *a, int32_t v)
+{
+    uint8_t b[4];
+    put_i32(b, v);
+    arr_add(a, b, 4);
+}
+
+/* 1 when p[0..n) is UTF-8 the server takes as text: well-formed, no
+ * overlong forms, no surrogates, nothing above U+10FFFF, no NUL. */
+static int utf8_ok(const uint8_t *p, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        uint8_t c = p[i];
+        if (c == 0)
+            return 0;
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t k = c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3
+                 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+        if (!k || n - i < k)
+            return 0;
+        for (size_t j = 1; j < k; j++)
+            if ((p[i + j] & 0xc0) != 0x80)
+                return 0;
+        uint8_t c1 = p[i + 1];
+        if ((c == 0xe0 && c1 < 0xa0) || (c == 0xed && c1 > 0x9f) || (c == 0xf0 && c1 < 0x90) ||
+            (c == 0xf4 && c1 > 0x8f))
+            return 0;
+        i += k;
+    }
+    return 1;
+}
+
+/* A text element.  Header fields come as the sender wrote them; bytes that
+ * are not UTF-8 (an 8859/1 facility name) would make the server refuse the
+ * whole group, so such a value is stored read as ISO 8859-1 (NUL as
+ * U+FFFD) — the same bytes give the same text on every node, so duplicate
+ * detection is unchanged. */
+static void arr_text(struct pg_arr *a, const uint8_t *p, size_t n)
+{
+    if (utf8_ok(p, n)) {
+        arr_add(a, p, (int32_t)n);
+        return;
+    }
+    size_t out = 0;
+    for (size_t i = 0; i < n; i++)
+        out += p[i] == 0 ? 3 : p[i] < 0x80 ? 1 : 2;
+    uint8_t l[4];
+    put_i32(l, (int32_t)out);
+    uint8_t *w = buf_append(&a->b, l, 4) == 0 ? buf_reserve(&a->b, out) : NULL;
+    if (!w) {
+        a->bad = 1;
+        a->n++;
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] == 0) {
+            *w++ = 0xef;
+            *w++ = 0xbf;
+            *w++ = 0xbd;
+        } else if (p[i] < 0x80) {
+            *w++ = p[i];
+        } else {
+            *w++ = (uint8_t)(0xc0 | (p[i] >> 6));
+            *w++ = (uint8_t)(0x80 | (p[i] & 0x3f));
+        }
+    }
+    buf_commit(&a->b, out);
+    a->n++;
+}
+
+static void arr_span(struct pg_arr *a, const struct store_msg *m, enum store_field f, int null_empty)
+{
+    if (!m->span[f].len && null_empty)
+        arr_add(a, NULL, -1);
+    else if (a->elem == OID_TEXT)
+        arr_text(a, store_msg_ptr(m, f), m->span[f].len);
+    else
+        arr_add(a, store_msg_ptr(m, f), (int32_t)m->span[f].len);
+}
+
+/* Finishes the array; an empty one is written with no dimensions, as the
+ * server expects.  Returns its length, -1 when it could not be built. */
+static int arr_end(struct pg_arr *a)
+{
+    if (a->bad || a->b.len > INT32_MAX)
+        return -1;
+    if (a->n == 0) {
+        put_i32(buf_data(&a->b), 0);  /* no dimensions */
+        put_i32(buf_data(&a->b) + 4, 0);
+        return 12;
+    }
+    put_i32(buf_data(&a->b) + 12, a->n);
+    return (int)a->b.len;
+}
+
+/* ---- the group --------------------------------------------------------- */
+
+/* Fills the arrays of hb_group with the messages grp[idx[0..n)] that are
+ * not rejected; ord[k] = grp index of the k-th (1-based ord k+1). */
+static int build_group(struct store *s, const size_t *idx, size_t n, size_t *ord, size_t *nord)
+{
+    struct store_pg *pg = s->pg;
+    struct pg_arr *a = pg->arr;
+    for (int i = 1; i < G_COUNT; i++)
+        arr_start(&a[i], i == G_RECEIVED || i == G_DIGEST || i == G_LAYOUT ||
+                         (i >= G_A_NUM && i < G_A_NUM + 3) ? OID_INT8
+                         : i == G_QUARANTINED || i == G_ROW_COUNT || i == G_FILTERED ||
+                                   i == G_R_ORD || i == G_R_SEQ || i == G_A_ORD ? OID_INT4
+                         : i == G_RAW || i == G_R_DATA ? OID_BYTEA : OID_TEXT);
+    size_t k = 0;
+    for (size_t j = 0; j < n; j++) {
+        const struct store_msg *m = s->grp[idx[j]];
+        if (m->rejected)
+            continue;
+        ord[k++] = idx[j];
+        int32_t o = (int32_t)k;
+        arr_i64(&a[G_RECEIVED], m->received_ms);
+        arr_span(&a[G_LISTENER], m, SF_LISTENER, 0);
+        arr_span(&a[G_PEER], m, SF_PEER, 0);
+        arr_span(&a[G_APP], m, SF_SEND_APP, 0);
+        arr_span(&a[G_FAC], m, SF_SEND_FAC, 0);
+        /* no MSH-10: NULL, never recognised as a re-send (as on SQLite) */
+        arr_span(&a[G_CTL], m, SF_CONTROL_ID, 1);
+        arr_span(&a[G_TYPE], m, SF_MSG_TYPE, 0);
+        arr_span(&a[G_TRIGGER], m, SF_TRIGGER, 0);
+        arr_span(&a[G_VERSION], m, SF_VERSION, 0);
+        arr_add(&a[G_ACK], m->ack_code, 2);
+        arr_span(&a[G_RAW], m, SF_RAW, 0);
+        arr_i32(&a[G_QUARANTINED], m->quarantined);
+        if (m->quarantined || m->filtered)
+            arr_span(&a[G_REASON], m, SF_REASON, 0);
+        else
+            arr_add(&a[G_REASON], NULL, -1);
+        arr_i32(&a[G_ROW_COUNT], (int32_t)m->row_count);
+        arr_i32(&a[G_FILTERED], m->filtered);
+        arr_i64(&a[G_DIGEST], (int64_t)m->digest);
+        if (m->layout > 0)
+            arr_i64(&a[G_LAYOUT], m->layout);
+        else
+            arr_add(&a[G_LAYOUT], NULL, -1);
+        /* rows: one per non-blank line */
+        const uint8_t *p = store_msg_ptr(m, SF_ROWS);
+        const uint8_t *end = p + m->span[SF_ROWS].len;
+        int32_t seq = 0;
+        while (p < end) {
+            const uint8_t *nl = memchr(p, '\n', (size_t)(end - p));
+            const uint8_t *line_end = nl ? nl : end;
+            if (line_end > p) {
+                arr_i32(&a[G_R_ORD], o);
+                arr_i32(&a[G_R_SEQ], seq++);
+                arr_add(&a[G_R_DATA], p, (int32_t)(line_end - p));
+            }
+            p = nl ? nl + 1 : end;
+        }
+        if ((unsigned)seq != m->row_count)
+            log_warn("store_row_count", " expected=%u found=%d", m->row_count, (int)seq);
+        if (m->has_appt) {
+            const char *t[STORE_APPT_NTEXT];
+            const char *q = (const char *)store_msg_ptr(m, SF_APPT);
+            const char *qend = q + m->span[SF_APPT].len;
+            for (int i = 0; i < STORE_APPT_NTEXT; i++) {
+                if (q >= qend)
+                    return -1; /* store_msg_new wrote them all */
+                t[i] = q;
+                q += strlen(q) + 1;
+            }
+            arr_i32(&a[G_A_ORD], o);
+            for (int i = 0; i < STORE_APPT_NTEXT; i++) {
+                enum store_appt_text x = appt_order[i];
+                /* facility, appointment id and event are NOT NULL ("" when
+                 * absent); the rest NULL when empty */
+                int keyed = x == STORE_APPT_ID || x == STORE_APPT_FACILITY ||
+                            x == STORE_APPT_EVENT;
+                if (t[x][0] || keyed)
+                    arr_text(&a[G_A_TEXT + i], (const uint8_t *)t[x], strlen(t[x]));
+                else
+                    arr_add(&a[G_A_TEXT + i], NULL, -1);
+            }
+            const int64_t nums[3] = { m->appt_event_time, m->appt_start_s, m->appt_duration_min };
+            for (int i = 0; i < 3; i++) {
+                if (nums[i] >= 0)
+                    arr_i64(&a[G_A_NUM + i], nums[i]);
+                else
+                    arr_add(&a[G_A_NUM + i], NULL, -1);
+            }
+        }
+    }
+    *nord = k;
+    return 0;
+}
+
+static int send_group(struct store *s, size_t nord)
+{
+    struct store_pg *pg = s->pg;
+    const char *v[G_COUNT];
+    int len[G_COUNT], fmt[G_COUNT];
+    (void)nord;
+    v[G_NODE] = pg->node;
+    len[G_NODE] = (int)strlen(pg->node);
+    fmt[G_NODE] = 1;
+    for (int i = 1; i < G_COUNT; i++) {
+        len[i] = arr_end(&pg->arr[i]);
+        if (len[i] < 0)
+            return -1;
+        v[i] = (const char *)buf_data(&pg->arr[i].b);
+        fmt[i] = 1;
+    }
+    return PQsendQueryPrepared(pg->conn, "hb_group", G_COUNT, v, len, fmt, 1) == 1 ? 0 : -1;
+}
+
+/* A rejected message goes into `rejected`, one statement each (they are
+ * few). */
+static int send_reject(struct store *s, const struct store_msg *m)
+{
+    struct store_pg *pg = s->pg;
+    const char *v[R_COUNT];
+    int len[R_COUNT], fmt[R_COUNT];
+    uint8_t received[8], errc[4];
+    static const enum store_field span_of[R_COUNT] = {
+        [R_LISTENER] = SF_LISTENER, [R_PEER] = SF_PEER, [R_APP] = SF_SEND_APP,
+        [R_FAC] = SF_SEND_FAC, [R_CTL] = SF_CONTROL_ID, [R_TYPE] = SF_MSG_TYPE,
+        [R_TRIGGER] = SF_TRIGGER, [R_VERSION] = SF_VERSION, [R_RAW] = SF_RAW,
+        [R_REASON] = SF_REASON, [R_ERR_WHERE] = SF_ERR_WHERE,
+    };
+    /* Text fields through arr_text (see there), into the scratch array
+     * after the group's: offsets first, pointers once it stops growing. */
+    struct pg_arr *t = &pg->arr[G_COUNT];
+    size_t off[R_COUNT];
+    arr_start(t, OID_TEXT);
+    for (int i = 0; i < R_COUNT; i++) {
+        fmt[i] = 1;
+        enum store_field f = span_of[i];
+        v[i] = m->span[f].len ? (const char *)store_msg_ptr(m, f) : "";
+        len[i] = (int)m->span[f].len;
+        off[i] = 0;
+        if (i != R_RAW && span_of[i] != SF_RAW) {
+            off[i] = t->b.len + 4;
+            arr_text(t, (const uint8_t *)v[i], m->span[f].len);
+            len[i] = (int)(t->b.len - off[i]);
+        }
+    }
+    if (t->bad)
+        return -1;
+    for (int i = 0; i < R_COUNT; i++)
+        if (off[i])
+            v[i] = (const char *)buf_data(&t->b) + off[i];
+    v[R_NODE] = pg->node;
+    len[R_NODE] = (int)strlen(pg->node);
+    put_i64(received, m->received_ms);
+    v[R_RECEIVED] = (const char *)received;
+    len[R_RECEIVED] = 8;
+    if (!m->span[SF_CONTROL_ID].len)
+        v[R_CTL] = NULL;
+    v[R_ACK] = m->ack_code;
+    len[R_ACK] = 2;
+    put_i32(errc, m->err_code);
+    v[R_ERR_CODE] = (const char *)errc;
+    len[R_ERR_CODE] = 4;
+    return PQsendQueryPrepared(pg->conn, "hb_reject", R_COUNT, v, len, fmt, 1) == 1 ? 0 : -1;
+}
+
+/* How a pipeline ended. */
+enum pg_outcome {
+    PG_OK = 0,
+    PG_DATA,         /* the server refused a message's data: retry one by one */
+    PG_RETRY,        /* deadlock / serialization: retry the same group */
+    PG_DEAD_EARLY,   /* the connection was dead before BEGIN ran: nothing done */
+    PG_DEAD,         /* the connection broke: outcome of the group unknown */
+    PG_FAILED,       /* the server refused the group (e.g. disk full) */
+};
+
+static int sqlstate_is(const PGresult *r, const char *code)
+{
+    const char *st = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+    return st && strcmp(st, code) == 0;
+}
+
+static int64_t col_i64(const PGresult *r, int row, int col, int64_t null_value)
+{
+    if (PQgetisnull(r, row, col) || PQgetlength(r, row, col) != 8)
+        return null_value;
+    return get_i64(PQgetvalue(r, row, col));
+}
+
+static int col_bool(const PGresult *r, int row, int col)
+{
+    return !PQgetisnull(r, row, col) && PQgetlength(r, row, col) == 1 &&
+           PQgetvalue(r, row, col)[0] != 0;
+}
+
+/* Reads the results of `nq` statements (the first one BEGIN when `tx`) and
+ * the Sync.  cb sees each statement's successful result (q from 0).  On a
+ * failed explicit transaction, rolls it back. */
+typedef int (*pg_result_cb)(struct store *s, size_t q, const PGresult *r, void *ud);
+static enum pg_outcome read_pipeline(struct store *s, size_t nq, int tx, pg_result_cb cb,
+                                     void *ud, char *why, size_t whycap)
+{
+    PGconn *c = s->pg->conn;
+    uint64_t deadline = clock_mono_ms() + STORE_PG_IO_TIMEOUT_MS;
+    enum pg_outcome out = PG_OK;
+    int dead = 0, first_ok = 0;
+    why[0] = '\0';
+    for (size_t q = 0; q < nq && !dead; q++) {
+        PGresult *r;
+        int seen = 0;
+        while ((r = next_result(c, deadline, &dead)) != NULL) {
+            ExecStatusType st = PQresultStatus(r);
+            seen = 1;
+            if (q == 0 && (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK))
+                first_ok = 1;
+            if (st == PGRES_FATAL_ERROR && out == PG_OK) {
+                pg_msg(PQresultErrorMessage(r), why, whycap);
+                const char *code = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+                if (sqlstate_is(r, "40P01") || sqlstate_is(r, "40001"))
+                    out = PG_RETRY;
+                else if (code && code[0] == '2' && (code[1] == '2' || code[1] == '3'))
+                    out = PG_DATA; /* data and constraint errors belong to a message */
+                else
+                    out = PG_FAILED;
+            } else if (out == PG_OK && (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)) {
+                if (st == PGRES_COMMAND_OK && strcmp(PQcmdStatus(r), "ROLLBACK") == 0 &&
+                    q == nq - 1 && tx) {
+                    /* COMMIT of a failed transaction answers ROLLBACK. */
+                    snprintf(why, whycap, "transaction rolled back");
+                    out = PG_FAILED;
+                } else if (cb && cb(s, q, r, ud) != 0) {
+                    snprintf(why, whycap, "unexpected answer from the server");
+                    out = PG_FAILED;
+                }
+            }
+            PQclear(r);
+        }
+        if (!seen && !dead) {
+            snprintf(why, whycap, "pipeline out of step");
+            dead = 1;
+        }
+    }
+    if (!dead) {
+        PGresult *r = next_result(c, deadline, &dead);
+        if (r && PQresultStatus(r) != PGRES_PIPELINE_SYNC)
+            dead = 1;
+        PQclear(r);
+    }
+    if (dead || PQstatus(c) != CONNECTION_OK) {
+        if (!why[0])
+            pg_msg(PQerrorMessage(c), why, whycap);
+        /* The server answers in order: without the first statement's answer
+         * it ran nothing of this pipeline (a server stopping sends its FATAL
+         * first). */
+        return first_ok ? PG_DEAD : PG_DEAD_EARLY;
+    }
+    if (out != PG_OK && PQtransactionStatus(c) != PQTRANS_IDLE) {
+        /* A failed explicit transaction stays open until rolled back. */
+        int d2 = 0;
+        if (PQsendQueryParams(c, "ROLLBACK", 0, NULL, NULL, NULL, NULL, 0) != 1 ||
+            PQpipelineSync(c) != 1)
+            return PG_DEAD;
+        PGresult *r;
+        while ((r = next_result(c, deadline, &d2)) != NULL)
+            PQclear(r);
+        r = next_result(c, deadline, &d2);
+        if (d2 || !r || PQresultStatus(r) != PGRES_PIPELINE_SYNC) {
+            PQclear(r);
+            return PG_DEAD;
+        }
+        PQclear(r);
+    }
+    return out;
+}
+
+struct group_read {
+    const size_t *ord;        /* grp index per hb_group ordinal */
+    size_t nord;
+    const size_t *rej;        /* grp indexes of the rejected messages, in order */
+    size_t nrej;
+    int has_group;
+};
+
+/* Statement q of the group pipeline: 0 BEGIN, then hb_group (when any),
+ * then one hb_reject per rejected message, then COMMIT. */
+static int group_result(struct store *s, size_t q, const PGresult *r, void *ud)
+{
+    const struct group_read *g = ud;
+    if (q == 0)
+        return 0;
+    q--;
+    if (g->has_group) {
+        if (q == 0) {
+            if ((size_t)PQntuples(r) != g->nord || PQnfields(r) != 4)
+                return -1;
+            for (int row = 0; row < PQntuples(r); row++) {
+                int64_t o = col_i64(r, row, 0, 0);
+                if (o < 1 || (size_t)o > g->nord)
+                    return -1;
+                size_t gi = g->ord[o - 1];
+                struct store_result *res = &s->grp_res[gi];
+                memcpy(res->ack_code, s->grp[gi]->ack_code, 3);
+                res->key_reused = col_bool(r, row, 3);
+                if (col_bool(r, row, 2)) {
+                    res->status = STORE_STORED;
+                    res->id = col_i64(r, row, 1, 0);
+                } else {
+                    res->status = STORE_DUPLICATE; /* original found after COMMIT */
+                    res->id = 0;
+                    res->key_reused = 0;
+                }
+            }
+            return 0;
+        }
+        q--;
+    }
+    if (q < g->nrej) {
+        if (PQntuples(r) != 1)
+            return -1;
+        struct store_result *res = &s->grp_res[g->rej[q]];
+        res->status = STORE_STORED;
+        res->id = col_i64(r, 0, 0, 0);
+        res->key_reused = 0;
+        memcpy(res->ack_code, s->grp[g->rej[q]]->ack_code, 3);
+    }
+    return 0;
+}
+
+/* One transaction over grp[idx[0..n)]: BEGIN, hb_group, rejected messages,
+ * COMMIT, Sync — one round trip.  Results are filled only when the COMMIT
+ * returned; duplicates are marked for resolve_dups. */
+static enum pg_outcome write_set(struct store *s, const size_t *idx, size_t n, char *why,
+                                 size_t whycap)
+{
+    struct store_pg *pg = s->pg;
+    PGconn *c = pg->conn;
+    size_t nord = 0, nrej = 0;
+    for (size_t j = 0; j < n; j++)
+        if (s->grp[idx[j]]->rejected)
+            pg->rej[nrej++] = idx[j];
+    if (build_group(s, idx, n, pg->ord, &nord) != 0) {
+        snprintf(why, whycap, "out of memory");
+        return PG_FAILED;
+    }
+    int ok = PQsendQueryParams(c, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) == 1;
+    if (ok && nord)
+        ok = send_group(s, nord) == 0;
+    for (size_t j = 0; ok && j < nrej; j++)
+        ok = send_reject(s, s->grp[pg->rej[j]]) == 0;
+    ok = ok && PQsendQueryParams(c, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) == 1 &&
+         PQpipelineSync(c) == 1;
+    if (!ok) {
+        pg_msg(PQerrorMessage(c), why, whycap);
+        /* A parameter that could not be built, or a dead connection: the
+         * stream may be out of step, start afresh. */
+        return PQstatus(c) == CONNECTION_OK ? PG_DEAD : PG_DEAD_EARLY;
+    }
+    struct group_read g = { pg->ord, nord, pg->rej, nrej, nord > 0 };
+    return read_pipeline(s, 2 + (nord > 0) + nrej, 1, group_result, &g, why, whycap);
+}
+
+struct dups_read {
+    const size_t *gi;   /* grp index per hb_dups ordinal */
+    size_t n;
+};
+
+static int dups_result(struct store *s, size_t q, const PGresult *r, void *ud)
+{
+    const struct dups_read *d = ud;
+    if (q != 2) /* BEGIN, SET LOCAL, hb_dups, COMMIT */
+        return 0;
+    if ((size_t)PQntuples(r) != d->n || PQnfields(r) != 3)
+        return -1;
+    for (int row = 0; row < PQntuples(r); row++) {
+        int64_t o = col_i64(r, row, 0, 0);
+        if (o < 1 || (size_t)o > d->n)
+            return -1;
+        struct store_result *res = &s->grp_res[d->gi[o - 1]];
+        res->id = col_i64(r, row, 1, 0);
+        if (!PQgetisnull(r, row, 2) && PQgetlength(r, row, 2) == 2) {
+            memcpy(res->ack_code, PQgetvalue(r, row, 2), 2);
+            res->ack_code[2] = '\0';
+        }
+    }
+    return 0;
+}
+
+/* The committed group's duplicates: their originals' ids and ACK codes,
+ * and the originals' duplicate counts.  A duplicate whose original cannot
+ * be read is failed (AE; the sender's next re-send finds it). */
+static void resolve_dups(struct store *s, const size_t *idx, size_t n)
+{
+    struct store_pg *pg = s->pg;
+    size_t nd = 0;
+    for (size_t j = 0; j < n; j++)
+        if (s->grp_res[idx[j]].status == STORE_DUPLICATE)
+            pg->ord[nd++] = idx[j];
+    if (!nd)
+        return;
+    struct pg_arr *a = pg->arr;
+    arr_start(&a[D_APP], OID_TEXT);
+    arr_start(&a[D_FAC], OID_TEXT);
+    arr_start(&a[D_CTL], OID_TEXT);
+    arr_start(&a[D_DIGEST], OID_INT8);
+    arr_start(&a[D_RECEIVED], OID_INT8);
+    for (size_t j = 0; j < nd; j++) {
+        const struct store_msg *m = s->grp[pg->ord[j]];
+        arr_span(&a[D_APP], m, SF_SEND_APP, 0);
+        arr_span(&a[D_FAC], m, SF_SEND_FAC, 0);
+        arr_span(&a[D_CTL], m, SF_CONTROL_ID, 1);
+        arr_i64(&a[D_DIGEST], (int64_t)m->digest);
+        arr_i64(&a[D_RECEIVED], m->received_ms);
+    }
+    const char *v[D_COUNT];
+    int len[D_COUNT], fmt[D_COUNT];
+    int ok = 1;
+    for (int i = 0; i < D_COUNT; i++) {
+        len[i] = arr_end(&a[i]);
+        v[i] = (const char *)buf_data(&a[i].b);
+        fmt[i] = 1;
+        ok = ok && len[i] >= 0;
+    }
+    char why[256] = "out of memory";
+    PGconn *c = pg->conn;
+    /* Only the browser's counts are written here: no need to wait for the
+     * WAL flush. */
+    ok = ok && PQsendQueryParams(c, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) == 1 &&
+         PQsendQueryParams(c, "SET LOCAL synchronous_commit TO off", 0, NULL, NULL, NULL, NULL,
+                           0) == 1 &&
+         PQsendQueryPrepared(c, "hb_dups", D_COUNT, v, len, fmt, 1) == 1 &&
+         PQsendQueryParams(c, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) == 1 &&
+         PQpipelineSync(c) == 1;
+    for (size_t j = 0; j < nd; j++)
+        s->grp_res[pg->ord[j]].id = 0;
+    struct dups_read d = { pg->ord, nd };
+    enum pg_outcome o = ok ? read_pipeline(s, 4, 1, dups_result, &d, why, sizeof why)
+                           : PG_DEAD;
+    if (o == PG_DEAD || o == PG_DEAD_EARLY)
+        set_down(s, clock_mono_ms());
+    size_t nfail = 0;
+    for (size_t j = 0; j < nd; j++) {
+        struct store_result *r = &s->grp_res[pg->ord[j]];
+        if (o != PG_OK || r->id <= 0)
+            pg->ord[nfail++] = pg->ord[j];
+    }
+    if (nfail)
+        fail_msgs(s, pg->ord, nfail, o == PG_OK ? "original of a duplicate not found" : why);
+}
+
 static void pg_write_group(struct store *s, size_t n)
 {
     struct store_pg *pg = s->pg;
     size_t *idx = pg->idx;
     size_t k = n;
-    for (size_t i = 0; i < k; i++)
+    for (size_t i = 0; i < k; i++) {
         idx[i] = i;
+        /* Filled by a pipeline only once its COMMIT returned. */
+        s->grp_res[i].status = STORE_FAILED;
+        s->grp_res[i].id = 0;
+        s->grp_res[i].key_reused = 0;
+    }
     char why[256] = "";
-    int reconnected = 0;
+    int reconnected = 0, singly = 0;
     uint64_t t0 = clock_mono_ns();
-    for (int tries = 0; k;) {
-        size_t bad = 0;
-        enum pg_outcome o = pg->conn ? write_set(s, idx, k, &bad, why, sizeof why) : PG_DEAD_EARLY;
-        if (o == PG_OK)
-            break;
-        if (o == PG_MSG_FAILED) {
-            fail_msgs(s, &idx[bad], 1, why);
-            memmove(&idx[bad], &idx[bad + 1], (k - bad - 1) * sizeof idx[0]);
+    size_t at = 0;   /* singly: the message being written on its own */
+    uint64_t commits = 0;
+    for (int tries = 0;;) {
+        const size_t *set = singly ? &idx[at] : idx;
+        size_t nset = singly ? 1 : k;
+        enum pg_outcome o = pg->conn ? write_set(s, set, nset, why, sizeof why) : PG_DEAD_EARLY;
+        if (o == PG_OK) {
+            commits++;
+            if (!singly || ++at == k)
+                break;
+            continue;
+        }
+        if (o == PG_DATA && !singly && k > 1) {
+            /* One message the server refused must not take its group-mates
+             * down with it: write them one transaction each. */
+            singly = 1;
+            at = 0;
+            continue;
+        }
+        if (o == PG_DATA) { /* written singly, or a group of one: set[0] it is */
+            fail_msgs(s, set, 1, why);
+            memmove(&idx[at], &idx[at + 1], (k - at - 1) * sizeof idx[0]);
             k--;
+            if (!singly || at == k)
+                break;
             continue;
         }
         if (o == PG_RETRY && ++tries < STORE_PG_TRIES) {
@@ -886,19 +1285,32 @@ static void pg_write_group(struct store *s, size_t n)
                           log_quote(q, sizeof q, why));
             pg->down_logged = 1;
         }
-        fail_msgs(s, idx, k, why);
-        return;
+        /* Everything not yet committed fails (written singly, the ones
+         * before `at` are committed). */
+        fail_msgs(s, &idx[singly ? at : 0], singly ? k - at : k, why);
+        k = singly ? at : 0;
+        break;
     }
     if (!k)
         return;
-    uint64_t dups = 0, rejected = 0, reused = 0;
+    if (pg->conn)
+        resolve_dups(s, idx, k);
+    else
+        for (size_t i = 0; i < k; i++)
+            if (s->grp_res[idx[i]].status == STORE_DUPLICATE)
+                fail_msgs(s, &idx[i], 1, why);
+    uint64_t dups = 0, rejected = 0, reused = 0, stored = 0;
     for (size_t i = 0; i < k; i++) {
-        dups += s->grp_res[idx[i]].status == STORE_DUPLICATE;
+        const struct store_result *r = &s->grp_res[idx[i]];
+        if (r->status == STORE_FAILED)
+            continue;
+        stored++;
+        dups += r->status == STORE_DUPLICATE;
         rejected += (uint64_t)s->grp[idx[i]]->rejected;
-        reused += (uint64_t)s->grp_res[idx[i]].key_reused;
+        reused += (uint64_t)r->key_reused;
     }
-    atomic_fetch_add_explicit(&s->st.commits, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&s->st.messages, k - dups - rejected, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->st.commits, commits, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->st.messages, stored - dups - rejected, memory_order_relaxed);
     atomic_fetch_add_explicit(&s->st.rejected, rejected, memory_order_relaxed);
     atomic_fetch_add_explicit(&s->st.duplicates, dups, memory_order_relaxed);
     atomic_fetch_add_explicit(&s->st.control_id_reused, reused, memory_order_relaxed);
@@ -908,7 +1320,6 @@ static void pg_write_group(struct store *s, size_t n)
         atomic_store_explicit(&s->st.max_group_seen, k, memory_order_relaxed);
 }
 
-/* ---- the backend ------------------------------------------------------- */
 
 static int pg_unavailable(struct store *s, uint64_t now_ms)
 {
@@ -935,7 +1346,12 @@ static void pg_close(struct store *s)
     free(pg->node);
     free(pg->shown);
     free(pg->idx);
-    buf_release(&pg->rows_arr);
+    free(pg->ord);
+    free(pg->rej);
+    if (pg->arr)
+        for (int i = 0; i <= G_COUNT; i++)
+            buf_release(&pg->arr[i].b);
+    free(pg->arr);
     free(pg);
     s->pg = NULL;
 }
@@ -959,13 +1375,18 @@ static int pg_open(struct store *s, char *errbuf, size_t errcap)
         return -1;
     }
     s->pg = pg;
-    buf_init(&pg->rows_arr, (size_t)64 << 20);
+    pg->arr = calloc(G_COUNT + 1, sizeof *pg->arr);
+    if (pg->arr)
+        for (int i = 0; i <= G_COUNT; i++)
+            buf_init(&pg->arr[i].b, (size_t)1 << 30);
     pg->url = strdup(s->opts.url);
     pg->node = strdup(s->opts.node && s->opts.node[0] ? s->opts.node : "node");
     pg->password = s->opts.password ? strdup(s->opts.password) : NULL;
     pg->shown = shown_url(s->opts.url);
     pg->idx = calloc(s->opts.max_group, sizeof *pg->idx);
-    if (!pg->idx || !pg->url || !pg->node || !pg->shown || (s->opts.password && !pg->password)) {
+    pg->ord = calloc(s->opts.max_group, sizeof *pg->ord);
+    pg->rej = calloc(s->opts.max_group, sizeof *pg->rej);
+    if (!pg->arr || !pg->idx || !pg->ord || !pg->rej || !pg->url || !pg->node || !pg->shown || (s->opts.password && !pg->password)) {
         snprintf(errbuf, errcap, "store: out of memory");
         return -1;
     }

@@ -216,6 +216,64 @@ class CommitFails(unittest.TestCase):
         d.assert_stops_cleanly()
 
 
+class WhatIsStored(unittest.TestCase):
+    def test_kinds_of_message_and_a_refused_one_among_others(self):
+        """Rows, filtered and rejected messages land where SQLite puts them;
+        an ISO 8859-1 sender name is stored (as text) and recognised as a
+        re-send; a message the server refuses (a check the test adds) gets
+        AE while the messages committed beside it get AA."""
+        db = new_db()
+        d = PgDaemon(self, db, "node-a")
+        d.start()
+        SERVER.psql(
+            "CREATE FUNCTION refuse_row() RETURNS trigger LANGUAGE plpgsql AS $$"
+            " BEGIN IF NEW.control_id LIKE 'REFUSE%' THEN"
+            "  RAISE EXCEPTION 'refused' USING ERRCODE = 'check_violation'; END IF;"
+            " RETURN NEW; END $$;"
+            "CREATE TRIGGER refuse_row BEFORE INSERT ON messages FOR EACH ROW"
+            " EXECUTE FUNCTION refuse_row()", db)
+        latin1 = make_message("L1").replace(b"TESTFAC", b"CLIN\xc9")
+        with d.connect() as c:
+            self.assertEqual(c.request(latin1).code, "AA")
+            self.assertEqual(c.request(latin1).code, "AA")  # a re-send
+            self.assertEqual(c.request(make_message("F1", msg_type="ORU^R01")).code, "AA")
+            ar = c.request(make_message("R1", version="9.9"))
+            self.assertEqual(ar.code, "AR")
+        results, errors = {}, []
+
+        def sender(i):
+            try:
+                with d.connect() as c:
+                    for k in range(15):
+                        cid = f"REFUSE{i}" if k == 7 else f"G{i}-{k}"
+                        results[cid] = c.request(make_message(cid)).code
+            except Exception as e:
+                errors.append(repr(e))
+
+        threads = [threading.Thread(target=sender, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        self.assertEqual(errors, [])
+        self.assertEqual({c: a for c, a in results.items() if c.startswith("REFUSE")},
+                         {f"REFUSE{i}": "AE" for i in range(4)})
+        self.assertEqual({a for c, a in results.items() if c.startswith("G")}, {"AA"})
+        rows = SERVER.psql("SELECT control_id, send_fac, filtered, dup_count, row_count"
+                           " FROM messages WHERE control_id IN ('L1', 'F1') ORDER BY id", db)
+        self.assertEqual(rows, [["L1", "CLIN\u00c9", "0", "1", "1"],
+                                ["F1", "TESTFAC", "1", "0", "0"]])
+        self.assertEqual(SERVER.psql("SELECT COUNT(*) FROM rows r JOIN messages m"
+                                     " ON m.id = r.msg_id WHERE m.control_id = 'L1'", db), [["1"]])
+        self.assertEqual(SERVER.psql("SELECT node, control_id, ack_code, err_code, err_where"
+                                     " FROM rejected", db),
+                         [["node-a", "R1", "AR", "203", "MSH^1^12"]])
+        stored = {r[0] for r in SERVER.psql("SELECT control_id FROM messages", db)}
+        self.assertEqual({c for c in results if c.startswith("G")} - stored, set())
+        self.assertFalse(any(c.startswith("REFUSE") for c in stored))
+        d.assert_stops_cleanly()
+
+
 class ServerOutage(unittest.TestCase):
     def test_server_stopped_and_started_under_load(self):
         db = new_db()
