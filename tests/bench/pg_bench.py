@@ -61,6 +61,26 @@ def rate(line):
     return float(m.group(1)) if m else float("nan")
 
 
+def run_node(build, work, name, store_yaml, env, msgs, file, res, procs):
+    """One node with `store_yaml` under `store:`, no sinks, metrics off; runs
+    the scenarios into res[(name, conns, window)] and stops it."""
+    port = free_port()
+    cfg = work / f"{name}.yaml"
+    cfg.write_text(f"listen:\n  - name: bench\n    address: 127.0.0.1:{port}\nstore:\n{store_yaml}"
+                   "log:\n  level: info\nsinks:\n  audit:\n    type: none\n  sms:\n"
+                   "    type: none\nmetrics:\n  enabled: false\n")
+    with open(work / f"{name}.log", "wb") as log:
+        hb = subprocess.Popen([str(build / "hl7bridge"), "run", "-c", str(cfg)], stdout=log,
+                              stderr=log, env=dict(os.environ, **env))
+    procs.append(hb)
+    wait_port(port, hb)
+    for c, w in SCENARIOS:
+        res[(name, c, w)] = load(build, port, c, w, msgs, file)
+        print(f"hl7bridge-{name} conns={c} window={w}: {res[(name, c, w)]}", flush=True)
+    hb.terminate()
+    hb.wait(60)
+
+
 def main():
     build = ROOT / (sys.argv[1] if len(sys.argv) > 1 else "build")
     msgs = int(os.environ.get("BENCH_MESSAGES", "50000"))
@@ -83,68 +103,15 @@ def main():
         null.terminate()
         null.wait(30)
 
-        # SQLite, the single-node default, in the same run
-        port = free_port()
-        scfg = work / "sqlite.yaml"
-        scfg.write_text(f"""listen:
-  - name: bench
-    address: 127.0.0.1:{port}
-store:
-  path: {work}/store/hl7bridge.db
-log:
-  level: info
-sinks:
-  audit:
-    type: none
-  sms:
-    type: none
-metrics:
-  enabled: false
-""")
-        sq = subprocess.Popen([str(build / "hl7bridge"), "run", "-c", str(scfg)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        procs.append(sq)
-        wait_port(port, sq)
-        for c, w in SCENARIOS:
-            res[("sqlite", c, w)] = load(build, port, c, w, msgs, file)
-            print(f"hl7bridge-sqlite conns={c} window={w}: {res[('sqlite', c, w)]}", flush=True)
-        sq.terminate()
-        sq.wait(60)
-
+        # SQLite, the single-node default, in the same run; then PostgreSQL
+        run_node(build, work, "sqlite", f"  path: {work}/store/hl7bridge.db\n", {}, msgs, file,
+                 res, procs)
         db = server.create_db("bench")
-        port = free_port()
-        cfg = work / "bench.yaml"
-        cfg.write_text(f"""listen:
-  - name: bench
-    address: 127.0.0.1:{port}
-store:
-  type: postgresql
-  url: "{server.url(db)}"
-  password: ${{HB_BENCH_PG_PASSWORD}}
-  path: {work}/unused.db
-log:
-  level: info
-sinks:
-  audit:
-    type: none
-  sms:
-    type: none
-metrics:
-  enabled: false
-""")
-        env = dict(os.environ, HB_BENCH_PG_PASSWORD=pgserver.PASSWORD)
-        log = open(work / "hb.log", "wb")
-        hb = subprocess.Popen([str(build / "hl7bridge"), "run", "-c", str(cfg)], stdout=log,
-                              stderr=log, env=env)
-        procs.append(hb)
-        wait_port(port, hb)
-        for c, w in SCENARIOS:
-            res[("pg", c, w)] = load(build, port, c, w, msgs, file)
-            print(f"hl7bridge-pg conns={c} window={w}: {res[('pg', c, w)]}", flush=True)
-        hb.terminate()
-        hb.wait(60)
-        log.close()
-        closing = [ln for ln in (work / "hb.log").read_text().splitlines() if "store_close" in ln]
+        run_node(build, work, "pg",
+                 f"  type: postgresql\n  url: \"{server.url(db)}\"\n"
+                 f"  password: ${{HB_BENCH_PG_PASSWORD}}\n  path: {work}/unused.db\n",
+                 {"HB_BENCH_PG_PASSWORD": pgserver.PASSWORD}, msgs, file, res, procs)
+        closing = [ln for ln in (work / "pg.log").read_text().splitlines() if "store_close" in ln]
         stored = server.psql("SELECT COUNT(*) FROM messages", db)[0][0]
         print(f"stored: {stored} messages; {closing[-1] if closing else ''}")
         print(f"{'scenario':<10} {'null msg/s':>11} {'sqlite':>9} {'ratio':>6} {'pg msg/s':>9}"
