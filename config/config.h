@@ -184,6 +184,8 @@ struct config {
             unsigned sms_s;             /* SMS appointment/text rows once over, default 30d */
             unsigned sms_file_s;        /* SMS file sink lines (rotated files), default 30d */
             unsigned audit_files_s;     /* audit file sink output files, default 7d */
+            unsigned upload_blocks_s;   /* uploaded files' refused blocks kept for redrive,
+                                         * from when first kept, default 30d */
         } retention;
         unsigned rejected_retention_days; /* older form of retention.rejected (days); the
                                           * shorter applies, default 7 */

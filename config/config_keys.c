@@ -342,6 +342,8 @@ static const struct cfg_key retention_keys[] = {
      .min = 60, .max = RETENTION_MAX_S, .def = "30d"},
     {.name = "audit_files", .type = CT_DURATION, .off = OFF(store.retention.audit_files_s),
      .min = 60, .max = RETENTION_MAX_S, .def = "7d"},
+    {.name = "upload_blocks", .type = CT_DURATION, .off = OFF(store.retention.upload_blocks_s),
+     .min = 0, .max = RETENTION_MAX_S, .def = "30d"},
 };
 static const struct cfg_section retention_sec = {retention_keys, NKEYS(retention_keys), 0, NULL,
                                                  NULL};

@@ -29,8 +29,14 @@ int cli_sqlite_only(const struct config *c, const char *cmd);
 
 /* The TLS options of a listener of the configuration (run.c; `check`
  * loads them as `run` does). */
+struct config;
 struct config_listener;
 struct mllp_tls_opts;
 void run_tls_opts(const struct config_listener *cl, struct mllp_tls_opts *to);
+
+/* store.retention → the store's housekeeping options (run.c; `stats`
+ * reads the same retention from the store of a stopped daemon). */
+struct store_opts;
+void run_retention_opts(const struct config *cfg, struct store_opts *so);
 
 #endif

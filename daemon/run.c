@@ -310,7 +310,7 @@ struct config *load_config_or_report(const char *path, int explicit_path, const 
 
 /* store.retention → what the store's housekeeping purges (seconds → ms).
  * The sinks' output files are purged only when that sink writes files. */
-static void run_retention_opts(const struct config *cfg, struct store_opts *so)
+void run_retention_opts(const struct config *cfg, struct store_opts *so)
 {
     const struct config_retention *r = &cfg->store.retention;
     so->use_keep = 1;
@@ -326,6 +326,7 @@ static void run_retention_opts(const struct config *cfg, struct store_opts *so)
     so->keep_ms[STORE_KIND_SMS] = (uint64_t)r->sms_s * 1000u;
     so->keep_ms[STORE_KIND_SMS_FILE] = (uint64_t)r->sms_file_s * 1000u;
     so->keep_ms[STORE_KIND_AUDIT_FILES] = (uint64_t)r->audit_files_s * 1000u;
+    so->keep_ms[STORE_KIND_UPLOAD_BLOCKS] = (uint64_t)r->upload_blocks_s * 1000u;
     so->n_files = 0;
     if (cfg->sinks.sms.type == CONFIG_SMS_FILE)
         so->files[so->n_files++] = (struct store_file_keep){

@@ -1,10 +1,6 @@
 /* sink_glue — builds the audit sink's options from the configuration (the
- * header line comes from the compiled mapping), and `hl7bridge redrive`,
- * which puts failed blocks back in the upload queue of the store.
- *
- * Redrive works on the store file directly with its own connection, so it
- * runs while the daemon runs: the daemon's sink picks re-queued blocks up
- * at its next turn.
+ * header line comes from the compiled mapping); `hl7bridge redrive` lives
+ * in redrive_cmd.c.
  *
  * Threads: main thread (start-up, CLI). */
 #include "daemon/sink_glue.h"
@@ -180,105 +176,4 @@ int sink_glue_reload_check(const struct config *cur, const struct config *next, 
         return -1;
     }
     return 0;
-}
-
-/* ---- hl7bridge redrive ---------------------------------------------------- */
-
-static void redrive_usage(FILE *out)
-{
-    fprintf(out, "usage: hl7bridge redrive [-c FILE] BATCH-ID|--all-failed\n"
-                 "\n"
-                 "Re-queues failed audit blocks for upload, once the cause of the failure\n"
-                 "(job id, credentials, file layout) has been fixed.  Works while the\n"
-                 "daemon runs: it picks the blocks up within a second.\n"
-                 "  -c, --config FILE   configuration (default %s)\n"
-                 "  BATCH-ID            one block, as shown in the audit_block_failed log line\n"
-                 "  --all-failed        every failed block\n",
-            CONFIG_DEFAULT_PATH);
-}
-
-static void print_batch(void *ud, const struct store_batch *b)
-{
-    (void)ud;
-    printf("batch %lld: %llu rows, %u attempts, last status %d: %s -> re-queued\n",
-           (long long)b->id, (unsigned long long)b->row_count, b->attempts, b->last_status,
-           b->last_error[0] ? b->last_error : "(no error text)");
-}
-
-int cmd_redrive(int argc, char **argv)
-{
-    const char *path = CONFIG_DEFAULT_PATH;
-    int explicit_path = 0, all = 0;
-    int64_t id = 0;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            redrive_usage(stdout);
-            return 0;
-        }
-        int r = cli_config_opt(argc, argv, &i, &path);
-        if (r < 0) {
-            redrive_usage(stderr);
-            return 2;
-        }
-        if (r > 0) {
-            explicit_path = 1;
-            continue;
-        }
-        if (strcmp(argv[i], "--all-failed") == 0 && !all && !id) {
-            all = 1;
-            continue;
-        }
-        int64_t v;
-        if (!all && !id &&
-            num_parse_i64((const uint8_t *)argv[i], strlen(argv[i]), 1, INT64_MAX, &v) == 0) {
-            id = v;
-            continue;
-        }
-        fprintf(stderr, "hl7bridge redrive: unexpected argument '%s'\n\n", argv[i]);
-        redrive_usage(stderr);
-        return 2;
-    }
-    if (!all && !id) {
-        redrive_usage(stderr);
-        return 2;
-    }
-    struct config *cfg = load_config_or_report(path, explicit_path, &path);
-    if (!cfg)
-        return 1;
-    if (cli_sqlite_only(cfg, "redrive")) {
-        config_free(cfg);
-        return 1;
-    }
-    char err[512];
-    uint64_t n = 0;
-    int rc = 1;
-    if (store_batches_redrive(cfg->store.path, all ? 0 : id, print_batch, NULL, &n, err,
-                              sizeof err) != 0) {
-        fprintf(stderr, "hl7bridge redrive: %s\n", err);
-        goto out;
-    }
-    if (n == 0 && all) {
-        printf("no failed block in %s\n", cfg->store.path);
-    } else if (n == 0) {
-        /* Say why: unknown id, or a block that is not failed. */
-        struct store_batches *sb = store_batches_open(cfg->store.path, err, sizeof err);
-        struct store_batch b;
-        int found = sb ? store_batches_get(sb, id, &b) : -1;
-        if (found == 1)
-            fprintf(stderr, "hl7bridge redrive: batch %lld is %s, not failed: nothing to do\n",
-                    (long long)id, store_batch_state_name(b.state));
-        else if (found == 0)
-            fprintf(stderr, "hl7bridge redrive: no batch %lld in %s\n", (long long)id,
-                    cfg->store.path);
-        else
-            fprintf(stderr, "hl7bridge redrive: %s\n", sb ? store_batches_errmsg(sb) : err);
-        store_batches_close(sb);
-        goto out;
-    } else {
-        printf("re-queued %llu block%s\n", (unsigned long long)n, n == 1 ? "" : "s");
-    }
-    rc = 0;
-out:
-    config_free(cfg);
-    return rc;
 }

@@ -1,4 +1,4 @@
-/* Configuration → audit sink, and the `redrive` subcommand.  sinks/ does not
+/* Configuration → audit sink.  sinks/ does not
  * know config/ or mapping/ (modules stand side by side), so the daemon
  * translates. */
 #ifndef DAEMON_SINK_GLUE_H

@@ -4,8 +4,10 @@
  * With the daemon running, it fetches /status from metrics.address (libcurl)
  * and prints the same numbers as the status page: health, queues, and ACKs
  * by code per listener, per sender and per message type.  When the daemon
- * does not answer (or with --daily) it prints the daily totals kept in the
- * store instead, read through a read-only connection.
+ * does not answer it prints the retention (the oldest PHI-bearing record per
+ * kind, store_query_retention) and the daily totals kept in the store
+ * instead, read through read-only connections; --daily prints only the
+ * daily totals.
  *
  * /status is JSON written with ", " and ": " separators, which makes it
  * valid YAML as well; it is read back with libyaml (already linked for the
@@ -40,8 +42,10 @@ static void stats_usage(FILE *out)
     fprintf(out, "usage: hl7bridge stats [-c FILE] [--daily] [--days N]\n"
                  "\n"
                  "Prints ACK statistics of the running daemon (from /status on\n"
-                 "metrics.address).  When the daemon is not running, or with --daily,\n"
-                 "prints the daily totals kept in the store instead.\n"
+                 "metrics.address).  When the daemon is not running it reads the store\n"
+                 "instead: the retention of each PHI-bearing kind (how long it is kept,\n"
+                 "the age of the oldest record still held) and the daily totals; with\n"
+                 "--daily only the daily totals.\n"
                  "  -c, --config FILE   configuration (default %s)\n"
                  "  --daily             print the store's daily totals\n"
                  "  --days N            how many days of daily totals, 1..3660 (default 7)\n",
@@ -222,30 +226,86 @@ static void fmt_age(int64_t s, char *out, size_t cap)
         snprintf(out, cap, "%" PRId64 "s", s);
 }
 
-/* Per PHI-bearing kind: how long it is kept and the oldest record held. */
+/* One line of the retention table.  keep_s -1: kept; purged -1: not known
+ * (read from a stopped daemon's store). */
+struct rt_line {
+    const char *kind;
+    int64_t keep_s, oldest_ms, age_s, purged;
+};
+
+static void print_rt_head(void)
+{
+    printf("\n%-13s %10s %10s %10s\n", "RETENTION", "KEEP", "OLDEST", "PURGED");
+}
+
+static void print_rt_line(const struct rt_line *l)
+{
+    char keep[32], age[32], purged[32];
+    if (l->keep_s < 0)
+        snprintf(keep, sizeof keep, "kept");
+    else
+        fmt_age(l->keep_s, keep, sizeof keep);
+    if (l->oldest_ms == 0)
+        snprintf(age, sizeof age, "none");
+    else
+        fmt_age(l->age_s, age, sizeof age);
+    if (l->purged < 0)
+        snprintf(purged, sizeof purged, "-");
+    else
+        snprintf(purged, sizeof purged, "%" PRId64, l->purged);
+    printf("%-13s %10s %10s %10s\n", l->kind, keep, age, purged);
+}
+
+/* Per PHI-bearing kind: how long it is kept and the oldest record held
+ * (the daemon's /status). */
 static void print_retention(yaml_document_t *d, yaml_node_t *r)
 {
     yaml_node_t *kinds = get(d, r, "kinds");
     if (!seq_len(kinds))
         return;
-    printf("\n%-12s %10s %10s %10s\n", "RETENTION", "KEEP", "OLDEST", "PURGED");
+    print_rt_head();
     for (size_t i = 0; i < seq_len(kinds); i++) {
         yaml_node_t *k = seq_at(d, kinds, i);
-        char keep[32], age[32];
-        int64_t ks = snum(get(d, k, "keep_s"));
-        if (ks < 0)
-            snprintf(keep, sizeof keep, "kept");
-        else
-            fmt_age(ks, keep, sizeof keep);
-        if (snum(get(d, k, "oldest_ms")) == 0)
-            snprintf(age, sizeof age, "none");
-        else
-            fmt_age(snum(get(d, k, "oldest_age_s")), age, sizeof age);
-        printf("%-12s %10s %10s %10" PRIu64 "\n", str(get(d, k, "kind")), keep, age,
-               num(get(d, k, "purged")));
+        struct rt_line l = { str(get(d, k, "kind")), snum(get(d, k, "keep_s")),
+                             snum(get(d, k, "oldest_ms")), snum(get(d, k, "oldest_age_s")),
+                             (int64_t)num(get(d, k, "purged")) };
+        print_rt_line(&l);
     }
     if (snum(get(d, r, "checked_ms")) == 0)
         printf("(retention not checked yet: the first housekeeping runs seconds after start)\n");
+}
+
+/* The same table read from the store itself, for a daemon that is not
+ * running: what is held and how old, with the configured times (what was
+ * purged is the daemon's count, unknown here). */
+static int print_store_retention(const struct config *c)
+{
+    struct store_opts so;
+    memset(&so, 0, sizeof so);
+    so.path = c->store.path;
+    so.retention_days = c->store.retention_days;
+    run_retention_opts(c, &so);
+    struct store_retention_report r;
+    char err[512];
+    if (store_query_retention(&so, &r, err, sizeof err) != 0) {
+        fprintf(stderr, "hl7bridge stats: retention: %s\n", err);
+        return -1;
+    }
+    int64_t now = clock_wall_ms();
+    printf("retention read from the store %s:\n", c->store.path);
+    print_rt_head();
+    for (int k = 0; k < STORE_KIND_N; k++) {
+        struct rt_line l = {
+            store_kind_name((enum store_kind)k),
+            r.keep_ms[k] == STORE_KEEP_FOREVER ? -1 : (int64_t)(r.keep_ms[k] / 1000),
+            r.oldest_ms[k],
+            r.oldest_ms[k] && now > r.oldest_ms[k] ? (now - r.oldest_ms[k]) / 1000 : 0,
+            -1,
+        };
+        print_rt_line(&l);
+    }
+    printf("\n");
+    return 0;
 }
 
 static int print_status(const struct config *c, const struct buf *body)
@@ -437,9 +497,10 @@ int cmd_stats(int argc, char **argv)
     } else if (!daily) {
         printf("metrics are disabled in %s\n", path);
     }
-    if (cli_sqlite_only(cfg, "stats --daily"))
+    if (cli_sqlite_only(cfg, daily ? "stats --daily" : "stats (without a running daemon)"))
         goto out;
-    rc = print_daily(cfg, (unsigned)days) == 0 ? 0 : 1;
+    int bad = !daily && print_store_retention(cfg) != 0;
+    rc = print_daily(cfg, (unsigned)days) == 0 && !bad ? 0 : 1;
 out:
     config_free(cfg);
     return rc;

@@ -15,6 +15,15 @@
  * records each block the connector accepted, so a rerun after a crash or a
  * refused block sends only what is missing.
  *
+ * A block that fails for good — refused with a 4xx, or (for the CLI, which
+ * ends after a run) still not delivered after every retry — is kept in the
+ * store with its content, listed and sent by `hl7bridge redrive`
+ * (upload_redrive below).  The CLI's rerun sends such a block again from
+ * the file (the operator asked for it); the watcher does not: a refusal
+ * stands until someone fixes its cause, and re-sending it at every look
+ * would only hammer the connector.  The watcher's own given-up blocks
+ * (connector unreachable) are not kept: its next look tries them again.
+ *
  * The file is read through mmap: a 3 GB export is never copied whole; the
  * row index costs 16 bytes a row.
  *
@@ -50,6 +59,7 @@ struct upload {
     const char *eol;
     struct buf header;          /* the configured header line with its eol */
     uint64_t block_rows;
+    int unattended;             /* the watcher: kept blocks wait for redrive */
     FILE *out, *err;            /* progress, problems (NULL: log only) */
 };
 
@@ -128,19 +138,28 @@ static int send_blocks(struct upload *u, const char *name, const uint8_t *p, siz
             (unsigned long long)cf.blocks_done, (unsigned long long)cf.blocks);
     struct buf block;
     buf_init(&block, SINK_MAX_IMPORT_BYTES);
-    int failed = 0, gave_up = 0;
+    int gave_up = 0;
     const char *ext = u->fmt == MAPPING_FMT_CSV ? "csv" : "txt";
     size_t eol_len = strlen(u->eol);
-    for (uint64_t seq = 0; seq < cf.blocks && !gave_up; seq++) {
-        int done = store_upload_block_done(u->su, cf.id, seq);
+    uint64_t missing = 0, kept = 0;
+    for (uint64_t seq = 0; seq < cf.blocks; seq++) {
+        int64_t kept_id = 0;
+        int done = gave_up ? 0 : store_upload_block_done(u->su, cf.id, seq, &kept_id);
         if (done < 0) {
             if (u->err)
                 fprintf(u->err, "%s: checkpoint: %s\n", name, store_upload_errmsg(u->su));
-            failed = 1;
-            break;
+            gave_up = 1;
         }
-        if (done)
+        if (done > 0)
             continue;
+        if (gave_up) {
+            missing++;
+            continue;
+        }
+        if (kept_id && u->unattended) {
+            kept++;
+            continue;
+        }
         uint64_t first = seq * cf.block_rows;
         uint64_t last = first + cf.block_rows < rows ? first + cf.block_rows : rows;
         buf_reset(&block);
@@ -158,11 +177,13 @@ static int send_blocks(struct upload *u, const char *name, const uint8_t *p, siz
         if (bad)
             snprintf(err, sizeof err, "block too large");
         if (r == SINK_PUSH_DELIVERED) {
-            if (store_upload_block_set(u->su, cf.id, seq, 1, status, NULL, clock_wall_ms()) < 0) {
+            if (store_upload_block_set(u->su, cf.id, seq, 1, status, NULL, NULL, clock_wall_ms(),
+                                       NULL) < 0) {
                 if (u->err)
                     fprintf(u->err, "%s: checkpoint: %s\n", name, store_upload_errmsg(u->su));
-                failed = 1;
-                break;
+                missing++;
+                gave_up = 1;
+                continue;
             }
             say(u, "%s: block %llu/%llu (%llu rows) delivered\n", name,
                 (unsigned long long)seq + 1, (unsigned long long)cf.blocks,
@@ -174,26 +195,54 @@ static int send_blocks(struct upload *u, const char *name, const uint8_t *p, siz
         }
         /* Refused: kept as failed, the next blocks still go; given up
          * (connector unreachable): stop, a rerun resumes here. */
-        if (store_upload_block_set(u->su, cf.id, seq, 0, status, err, clock_wall_ms()) < 0 &&
+        struct store_upload_keep keep = {
+            .content = buf_data(&block), .len = block.len, .file_name = fname,
+            .rows = last - first, .first_line = recs[first].line, .last_line = recs[last - 1].line,
+        };
+        int keep_it = !bad && (r == SINK_PUSH_REFUSED || !u->unattended);
+        kept_id = 0;
+        if (store_upload_block_set(u->su, cf.id, seq, 0, status, err, keep_it ? &keep : NULL,
+                                   clock_wall_ms(), &kept_id) < 0 &&
             u->err)
             fprintf(u->err, "%s: checkpoint: %s\n", name, store_upload_errmsg(u->su));
-        if (u->err)
+        if (kept_id)
+            kept++;
+        else
+            missing++;
+        if (u->err) {
             fprintf(u->err, "%s: block %llu/%llu (lines %llu-%llu) %s: %s\n", name,
                     (unsigned long long)seq + 1, (unsigned long long)cf.blocks,
-                    (unsigned long long)recs[first].line, (unsigned long long)recs[last - 1].line,
+                    (unsigned long long)keep.first_line, (unsigned long long)keep.last_line,
                     r == SINK_PUSH_REFUSED ? "refused" : "not delivered", err);
-        log_error("upload_block_failed", " file=\"%s\" block=%llu status=%d error=\"%s\"", name,
-                  (unsigned long long)seq + 1, status, err);
-        failed = 1;
+            if (kept_id)
+                fprintf(u->err, "%s: block %llu/%llu kept for redrive as upload:%lld\n", name,
+                        (unsigned long long)seq + 1, (unsigned long long)cf.blocks,
+                        (long long)kept_id);
+        }
+        if (kept_id)
+            log_error("upload_block_failed",
+                      " file=\"%s\" block=%llu status=%d error=\"%s\" kept=upload:%lld"
+                      " hint=\"fix the cause, then: hl7bridge redrive upload:%lld\"",
+                      name, (unsigned long long)seq + 1, status, err, (long long)kept_id,
+                      (long long)kept_id);
+        else
+            log_error("upload_block_failed", " file=\"%s\" block=%llu status=%d error=\"%s\"",
+                      name, (unsigned long long)seq + 1, status, err);
         if (r == SINK_PUSH_GAVE_UP)
             gave_up = 1;
     }
     buf_release(&block);
-    if (failed) {
-        if (u->err)
-            fprintf(u->err, "%s: not every block was delivered; run the same upload again once "
-                            "the cause is fixed: delivered blocks are not sent again\n", name);
-        return UPLOAD_FAILED;
+    if (missing || kept) {
+        if (u->err && kept)
+            fprintf(u->err, "%s: %llu block%s kept for redrive: `hl7bridge redrive --list` shows "
+                            "them, `hl7bridge redrive upload:ID` or `--all-failed` sends them "
+                            "once the cause is fixed (or run this upload again)\n",
+                    name, (unsigned long long)kept, kept == 1 ? "" : "s");
+        if (u->err && missing)
+            fprintf(u->err, "%s: %llu block%s not sent; run the same upload again once the "
+                            "cause is fixed: delivered blocks are not sent again\n",
+                    name, (unsigned long long)missing, missing == 1 ? "" : "s");
+        return missing ? UPLOAD_FAILED : UPLOAD_KEPT;
     }
     if (store_upload_finish(u->su, cf.id, clock_wall_ms()) < 0 && u->err)
         fprintf(u->err, "%s: checkpoint: %s\n", name, store_upload_errmsg(u->su));
@@ -313,6 +362,104 @@ void upload_set_stop(struct upload *u, const atomic_int *stop)
     sink_push_set_stop(u->push, stop);
 }
 
+void upload_set_unattended(struct upload *u)
+{
+    u->unattended = 1;
+}
+
+/* ---- redrive of kept blocks ----------------------------------------------------- */
+
+void upload_kept_describe(const struct store_upload_kept *k, char *out, size_t cap)
+{
+    snprintf(out, cap,
+             "upload:%lld %s block %llu/%llu (lines %llu-%llu): %llu rows, %u attempt%s, "
+             "last status %d: %s",
+             (long long)k->id, k->name, (unsigned long long)k->seq + 1,
+             (unsigned long long)k->blocks, (unsigned long long)k->first_line,
+             (unsigned long long)k->last_line, (unsigned long long)k->rows, k->attempts,
+             k->attempts == 1 ? "" : "s", k->last_status,
+             k->last_error[0] ? k->last_error : "(no error text)");
+}
+
+struct kept_list {
+    struct store_upload_kept *v;
+    size_t n, cap;
+    int oom;
+};
+
+static void collect(void *ud, const struct store_upload_kept *k)
+{
+    struct kept_list *l = ud;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 16;
+        struct store_upload_kept *v = realloc(l->v, cap * sizeof *v);
+        if (!v) {
+            l->oom = 1;
+            return;
+        }
+        l->v = v;
+        l->cap = cap;
+    }
+    l->v[l->n++] = *k;
+}
+
+int upload_redrive(struct upload *u, int64_t id, struct upload_redrive_counts *c)
+{
+    memset(c, 0, sizeof *c);
+    struct kept_list l = { 0 };
+    uint64_t n = 0;
+    if (store_upload_kept_list(u->su, id, collect, &l, &n) < 0 || l.oom) {
+        if (u->err)
+            fprintf(u->err, "hl7bridge redrive: store: %s\n",
+                    l.oom ? "out of memory" : store_upload_errmsg(u->su));
+        free(l.v);
+        return -1;
+    }
+    struct buf content;
+    buf_init(&content, SINK_MAX_IMPORT_BYTES);
+    int rc = 0;
+    for (size_t i = 0; i < l.n; i++) {
+        const struct store_upload_kept *k = &l.v[i];
+        char line[1024], err[600];
+        upload_kept_describe(k, line, sizeof line);
+        c->found++;
+        buf_reset(&content);
+        int got = store_upload_kept_content(u->su, k->id, &content);
+        if (got <= 0) {
+            /* Purged (or delivered by a rerun) since it was listed. */
+            say(u, "%s -> %s\n", line, got == 0 ? "gone from the store" : "cannot be read");
+            c->failed++;
+            continue;
+        }
+        int status = 0;
+        enum push_result r = sink_push_block(u->push, k->file_name, buf_data(&content),
+                                             content.len, &status, err, sizeof err);
+        int ok = r == SINK_PUSH_DELIVERED;
+        if (store_upload_redriven(u->su, k, ok, status, ok ? NULL : err, clock_wall_ms()) < 0) {
+            if (u->err)
+                fprintf(u->err, "hl7bridge redrive: upload:%lld: checkpoint: %s\n",
+                        (long long)k->id, store_upload_errmsg(u->su));
+            rc = -1;
+        }
+        if (ok) {
+            c->delivered++;
+            say(u, "%s -> delivered\n", line);
+            log_info("upload_block_redriven", " kept=upload:%lld file=\"%s\" block=%llu status=%d",
+                     (long long)k->id, k->name, (unsigned long long)k->seq + 1, status);
+        } else {
+            c->failed++;
+            say(u, "%s -> %s: %s\n", line,
+                r == SINK_PUSH_REFUSED ? "refused again" : "not delivered", err);
+            log_error("upload_block_failed",
+                      " kept=upload:%lld file=\"%s\" block=%llu status=%d error=\"%s\"",
+                      (long long)k->id, k->name, (unsigned long long)k->seq + 1, status, err);
+        }
+    }
+    buf_release(&content);
+    free(l.v);
+    return rc;
+}
+
 void upload_free(struct upload *u)
 {
     if (!u)
@@ -338,9 +485,13 @@ static void upload_usage(FILE *out)
             "Every problem is printed as file:line: message and a file with any problem\n"
             "is not sent.  Delivered blocks are recorded in the store: running the same\n"
             "upload again (after a crash, or once a refused block's cause is fixed)\n"
-            "sends only the blocks not yet delivered.\n"
+            "sends only the blocks not yet delivered.  A block refused (4xx) or not\n"
+            "taken after every retry is kept in the store with its rows (until\n"
+            "store.retention.upload_blocks) and can be sent without the file:\n"
+            "`hl7bridge redrive --list`, `hl7bridge redrive upload:ID`.\n"
             "  -c, --config FILE   configuration (default %s)\n"
-            "exit status: 0 every file delivered, 1 a problem or a block not delivered\n",
+            "exit status: 0 every file delivered, 1 a problem or a block not delivered\n"
+            "(kept for redrive or not)\n",
             CONFIG_DEFAULT_PATH);
 }
 

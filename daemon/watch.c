@@ -9,7 +9,10 @@
  * better still).  A file with problems is logged (event=upload_invalid per
  * problem, then input_file_invalid) and left where it is, not taken again
  * until it changes; a file not fully delivered is taken again at the next
- * look, and its checkpoint sends only the missing blocks.  Moving is a
+ * look, and its checkpoint sends only the missing blocks.  A block the
+ * connector refuses is kept in the store for `hl7bridge redrive` and not
+ * sent again at the next looks; once every other block is delivered the
+ * file is moved as delivered (event input_file_kept_for_redrive).  Moving is a
  * rename (same file system as done_directory), followed by an fsync of the
  * directory; a file of the same name already there gets a numbered name.
  *
@@ -135,6 +138,14 @@ static void look(struct input_watch *w, const struct config_input_file *in)
                 log_info("input_file_delivered", " file=\"%s\" moved_to=\"%s\"", de->d_name,
                          in->done_directory);
             break;
+        case UPLOAD_KEPT:
+            /* What is missing is in the store, waiting for redrive: the
+             * file itself is not needed again. */
+            if (move_done(path, in->done_directory, de->d_name) == 0)
+                log_warn("input_file_kept_for_redrive",
+                         " file=\"%s\" moved_to=\"%s\" hint=\"refused blocks are kept: "
+                         "hl7bridge redrive --list\"", de->d_name, in->done_directory);
+            break;
         case UPLOAD_INVALID:
             remember_bad(w, path, &st);
             log_error("input_file_invalid",
@@ -198,6 +209,7 @@ struct input_watch *input_watch_start(const struct config *cfg, char *err, size_
         goto fail;
     }
     upload_set_stop(w->up, &w->stop);
+    upload_set_unattended(w->up);
     if (pthread_create(&w->th, NULL, watch_main, w) != 0) {
         snprintf(err, errcap, "inputs: cannot start the watcher thread");
         goto fail;

@@ -913,3 +913,46 @@ out:
     sqlite3_close(db);
     return ret;
 }
+
+int store_batches_list_failed(const char *path,
+                              void (*cb)(void *ud, const struct store_batch *b), void *ud,
+                              uint64_t *n, char *errbuf, size_t errcap)
+{
+    *n = 0;
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    int ret = -1;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK) {
+        snprintf(errbuf, errcap, "store: open %s: %s", path, db ? sqlite3_errmsg(db) : "no memory");
+        goto out;
+    }
+    sqlite3_busy_timeout(db, BATCH_BUSY_MS);
+    if (!has_batches_table(db)) {
+        ret = 0; /* no audit batch was ever made: none failed */
+        goto out;
+    }
+    if (sqlite3_prepare_v2(db,
+                           "SELECT " BATCH_COLUMNS " FROM batches WHERE state = 'failed'"
+                           " ORDER BY id",
+                           -1, &st, NULL) != SQLITE_OK)
+        goto sqlfail;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        struct store_batch b;
+        read_batch(st, &b);
+        (*n)++;
+        if (cb)
+            cb(ud, &b);
+    }
+    if (rc == SQLITE_DONE) {
+        ret = 0;
+        goto out;
+    }
+sqlfail:
+    snprintf(errbuf, errcap, "store: %s: %s", path, sqlite3_errmsg(db));
+out:
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return ret;
+}

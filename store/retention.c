@@ -22,6 +22,7 @@
 #include "core/log.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -35,7 +36,6 @@ enum {
     RT_DEL_PICK = 0, RT_DEL_MSGS, RT_DEL_MARK, RT_DEL_LEGACY,
     RT_ROWS_PICK, RT_ROWS_MIN, RT_ROWS_DEL, RT_ROWS_MARK,
     RT_QUAR_DEL,
-    RT_OLD_RAW, RT_OLD_MSG, RT_OLD_ROW, RT_OLD_ROW_MSG, RT_OLD_QUAR,
     RT_N
 };
 _Static_assert(RT_N <= sizeof(((struct store_db *)0)->rt) / sizeof(sqlite3_stmt *), "rt slots");
@@ -57,12 +57,6 @@ static const char *const rt_sql[RT_N] = {
     [RT_ROWS_MARK] = "UPDATE batches SET rows_purged = 1 WHERE id = ?1",
     [RT_QUAR_DEL] = "DELETE FROM messages WHERE id IN (SELECT id FROM messages"
                     " WHERE quarantined = 1 AND received_ms < ?1 ORDER BY received_ms LIMIT ?2)",
-    [RT_OLD_RAW] = "SELECT received_ms FROM messages WHERE raw IS NOT NULL AND quarantined = 0"
-                   " ORDER BY id LIMIT 1",
-    [RT_OLD_MSG] = "SELECT received_ms FROM messages WHERE quarantined = 0 ORDER BY id LIMIT 1",
-    [RT_OLD_ROW] = "SELECT msg_id FROM rows ORDER BY id LIMIT 1",
-    [RT_OLD_ROW_MSG] = "SELECT received_ms FROM messages WHERE id >= ?1 ORDER BY id LIMIT 1",
-    [RT_OLD_QUAR] = "SELECT MIN(received_ms) FROM messages WHERE quarantined = 1",
 };
 
 static const char *const kind_names[STORE_KIND_N] = {
@@ -74,6 +68,7 @@ static const char *const kind_names[STORE_KIND_N] = {
     [STORE_KIND_SMS] = "sms",
     [STORE_KIND_SMS_FILE] = "sms_file",
     [STORE_KIND_AUDIT_FILES] = "audit_files",
+    [STORE_KIND_UPLOAD_BLOCKS] = "upload_blocks",
 };
 
 const char *store_kind_name(enum store_kind k)
@@ -411,30 +406,55 @@ static long purge_file(struct store_file_state *f, int64_t now, int64_t *oldest,
 
 /* ---- the report ---------------------------------------------------------- */
 
-static int64_t one_i64(struct store *s, int i, int64_t arg)
-{
-    sqlite3_stmt *st = stmt(s, i);
-    if (!st)
-        return 0;
-    if (i == RT_OLD_ROW_MSG)
-        sqlite3_bind_int64(st, 1, arg);
-    int64_t v = 0;
-    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
-        v = sqlite3_column_int64(st, 0);
-    sqlite3_reset(st);
-    return v;
-}
-
-static int64_t rejected_oldest(struct store *s)
+/* One integer from a one-shot query (bound ?1 when arg_set); 0 when the
+ * table is missing, the query fails or the answer is NULL.  Runs once a
+ * minute (and in `stats`), so preparing each time costs nothing that
+ * matters. */
+static int64_t db_min(sqlite3 *db, const char *sql, int arg_set, int64_t arg)
 {
     sqlite3_stmt *st = NULL;
     int64_t v = 0;
-    if (sqlite3_prepare_v2(s->wdb.db, "SELECT MIN(received_ms) FROM rejected", -1, &st, NULL) ==
-            SQLITE_OK &&
-        sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+        return 0;
+    if (arg_set)
+        sqlite3_bind_int64(st, 1, arg);
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
         v = sqlite3_column_int64(st, 0);
     sqlite3_finalize(st);
     return v;
+}
+
+/* The oldest record still held of each kind kept in the database itself
+ * (not the SMS tables nor files): the same reading for the writer's step
+ * and for a stopped daemon's store. */
+static void oldest_in_db(sqlite3 *db, int64_t *oldest)
+{
+    oldest[STORE_KIND_RAW] = db_min(db,
+        "SELECT received_ms FROM messages WHERE raw IS NOT NULL AND quarantined = 0"
+        " ORDER BY id LIMIT 1", 0, 0);
+    oldest[STORE_KIND_DELIVERED] = db_min(db,
+        "SELECT received_ms FROM messages WHERE quarantined = 0 ORDER BY id LIMIT 1", 0, 0);
+    /* Rows are aged by their message's receipt; the oldest row's message
+     * may be gone already: the next one still there stands for it. */
+    int64_t first_row_msg = db_min(db, "SELECT msg_id FROM rows ORDER BY id LIMIT 1", 0, 0);
+    oldest[STORE_KIND_ROWS] = first_row_msg
+        ? db_min(db, "SELECT received_ms FROM messages WHERE id >= ?1 ORDER BY id LIMIT 1", 1,
+                 first_row_msg)
+        : 0;
+    oldest[STORE_KIND_QUARANTINED] =
+        db_min(db, "SELECT MIN(received_ms) FROM messages WHERE quarantined = 1", 0, 0);
+    oldest[STORE_KIND_REJECTED] = db_min(db, "SELECT MIN(received_ms) FROM rejected", 0, 0);
+    oldest[STORE_KIND_UPLOAD_BLOCKS] = db_min(db, "SELECT MIN(kept_ms) FROM upload_kept", 0, 0);
+}
+
+/* How long each kind is kept, as the options say (retention_days caps raw). */
+static void keep_of(const struct store_opts *o, uint64_t *keep)
+{
+    for (int k = 0; k < STORE_KIND_N; k++)
+        keep[k] = o->use_keep ? o->keep_ms[k] : STORE_KEEP_FOREVER;
+    uint64_t days = (uint64_t)o->retention_days * 86400000u;
+    if (!o->use_keep || days < keep[STORE_KIND_RAW])
+        keep[STORE_KIND_RAW] = days;
 }
 
 /* ---- the step ------------------------------------------------------------ */
@@ -470,6 +490,15 @@ long store_rt_step(struct store *s, int64_t now, int *more)
                 c, "rejected", more);
             failed += got[STORE_KIND_REJECTED] < 0;
         }
+        if ((c = cutoff_of(keep[STORE_KIND_UPLOAD_BLOCKS], now)) != INT64_MIN) {
+            tried++;
+            got[STORE_KIND_UPLOAD_BLOCKS] = purge_simple(
+                s, NULL,
+                "DELETE FROM upload_kept WHERE id IN (SELECT id FROM upload_kept"
+                " WHERE kept_ms < ?1 ORDER BY kept_ms LIMIT ?2)",
+                c, "upload_blocks", more);
+            failed += got[STORE_KIND_UPLOAD_BLOCKS] < 0;
+        }
         c = cutoff_of(keep[STORE_KIND_SMS], now);
         tried++;
         if (store_sms_retention(s->wdb.db, c == INT64_MIN ? INT64_MIN : c / 1000,
@@ -500,18 +529,9 @@ long store_rt_step(struct store *s, int64_t now, int *more)
             r.purged[k] += (uint64_t)got[k];
             total += got[k];
         }
-        r.keep_ms[k] = s->opts.use_keep ? keep[k] : STORE_KEEP_FOREVER;
     }
-    if (!s->opts.use_keep)
-        r.keep_ms[STORE_KIND_RAW] = (uint64_t)s->opts.retention_days * 86400000u;
-    else if ((uint64_t)s->opts.retention_days * 86400000u < keep[STORE_KIND_RAW])
-        r.keep_ms[STORE_KIND_RAW] = (uint64_t)s->opts.retention_days * 86400000u;
-    r.oldest_ms[STORE_KIND_RAW] = one_i64(s, RT_OLD_RAW, 0);
-    r.oldest_ms[STORE_KIND_DELIVERED] = one_i64(s, RT_OLD_MSG, 0);
-    int64_t first_row_msg = one_i64(s, RT_OLD_ROW, 0);
-    r.oldest_ms[STORE_KIND_ROWS] = first_row_msg ? one_i64(s, RT_OLD_ROW_MSG, first_row_msg) : 0;
-    r.oldest_ms[STORE_KIND_QUARANTINED] = one_i64(s, RT_OLD_QUAR, 0);
-    r.oldest_ms[STORE_KIND_REJECTED] = rejected_oldest(s);
+    keep_of(&s->opts, r.keep_ms);
+    oldest_in_db(s->wdb.db, r.oldest_ms);
     r.oldest_ms[STORE_KIND_SMS] = sms_oldest;
     r.oldest_ms[STORE_KIND_SMS_FILE] = file_oldest[STORE_KIND_SMS_FILE];
     r.oldest_ms[STORE_KIND_AUDIT_FILES] = file_oldest[STORE_KIND_AUDIT_FILES];
@@ -522,13 +542,76 @@ long store_rt_step(struct store *s, int64_t now, int *more)
     if (total > 0) {
         log_info("store_retention",
                  " delivered=%ld rows=%ld quarantined=%ld rejected=%ld sms=%ld sms_files=%ld"
-                 " audit_files=%ld",
+                 " audit_files=%ld upload_blocks=%ld",
                  got[STORE_KIND_DELIVERED] > 0 ? got[STORE_KIND_DELIVERED] : 0,
                  got[STORE_KIND_ROWS] > 0 ? got[STORE_KIND_ROWS] : 0,
                  got[STORE_KIND_QUARANTINED] > 0 ? got[STORE_KIND_QUARANTINED] : 0,
                  got[STORE_KIND_REJECTED] > 0 ? got[STORE_KIND_REJECTED] : 0,
                  got[STORE_KIND_SMS] > 0 ? got[STORE_KIND_SMS] : 0,
-                 got[STORE_KIND_SMS_FILE], got[STORE_KIND_AUDIT_FILES]);
+                 got[STORE_KIND_SMS_FILE], got[STORE_KIND_AUDIT_FILES],
+                 got[STORE_KIND_UPLOAD_BLOCKS] > 0 ? got[STORE_KIND_UPLOAD_BLOCKS] : 0);
     }
     return tried && failed == tried ? -1 : total;
+}
+
+/* ---- a stopped daemon's store (`hl7bridge stats`) ---------------------------- */
+
+/* When the current SMS file was begun: its birth time where the file system
+ * keeps one, else its last write (then the age shown is a lower bound). */
+static int64_t started_ms(const char *path, const struct stat *st)
+{
+    struct statx sx;
+    if (statx(AT_FDCWD, path, 0, STATX_BTIME, &sx) == 0 && (sx.stx_mask & STATX_BTIME))
+        return (int64_t)sx.stx_btime.tv_sec * 1000 + sx.stx_btime.tv_nsec / 1000000;
+    return mtime_ms(st);
+}
+
+int store_query_retention(const struct store_opts *o, struct store_retention_report *out,
+                          char *errbuf, size_t errcap)
+{
+    memset(out, 0, sizeof *out);
+    sqlite3 *db = NULL;
+    if (sqlite3_open_v2(o->path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK) {
+        snprintf(errbuf, errcap, "store: open %s: %s", o->path,
+                 db ? sqlite3_errmsg(db) : "out of memory");
+        sqlite3_close(db);
+        return -1;
+    }
+    sqlite3_busy_timeout(db, STORE_BUSY_TIMEOUT_MS);
+    /* A file that is not a database answers no query: say so, not "none".
+     * A missing table is fine (a store only `upload` has used). */
+    if (store_sql_exec(db, "SELECT COUNT(*) FROM sqlite_master") < 0) {
+        snprintf(errbuf, errcap, "store: %s: %s", o->path, sqlite3_errmsg(db));
+        sqlite3_close(db);
+        return -1;
+    }
+    keep_of(o, out->keep_ms);
+    oldest_in_db(db, out->oldest_ms);
+    long n = 0;
+    if (store_sms_retention(db, INT64_MIN, 0, &n, &out->oldest_ms[STORE_KIND_SMS]) < 0)
+        out->oldest_ms[STORE_KIND_SMS] = 0;
+    sqlite3_close(db);
+    for (size_t i = 0; i < o->n_files; i++) {
+        const struct store_file_keep *k = &o->files[i];
+        int64_t *oldest = &out->oldest_ms[k->kind];
+        int more = 0;
+        if (!k->rotate) {
+            (void)purge_dir(k->path, k->prefix ? k->prefix : "", INT64_MIN, oldest, &more);
+            continue;
+        }
+        char dir[PATH_MAX], prefix[NAME_MAX + 2];
+        const char *base = NULL;
+        if (split(k->path, dir, sizeof dir, &base) < 0)
+            continue;
+        snprintf(prefix, sizeof prefix, "%s.", base);
+        (void)purge_dir(dir, prefix, INT64_MIN, oldest, &more);
+        struct stat fst;
+        if (stat(k->path, &fst) == 0 && S_ISREG(fst.st_mode) && fst.st_size > 0) {
+            int64_t t = started_ms(k->path, &fst);
+            if (!*oldest || t < *oldest)
+                *oldest = t;
+        }
+    }
+    return 0;
 }

@@ -36,6 +36,7 @@ enum store_kind {
     STORE_KIND_SMS,          /* SMS appointments and texts */
     STORE_KIND_SMS_FILE,     /* the SMS file sink's output (rotated files) */
     STORE_KIND_AUDIT_FILES,  /* the audit file sink's output directory */
+    STORE_KIND_UPLOAD_BLOCKS,/* uploaded files' failed blocks kept for redrive (their rows) */
     STORE_KIND_N
 };
 /* "raw", "delivered", … (the config key under store.retention); NULL when
@@ -260,6 +261,14 @@ struct store_backup_info {
 };
 int store_backup(const char *src_path, const char *dst_path, struct store_backup_info *out,
                  char *errbuf, size_t errcap) __attribute__((warn_unused_result));
+
+/* Retention of a store read from its file through a read-only connection
+ * (a stopped daemon: `hl7bridge stats`), as the housekeeping step would
+ * report it: keep_ms from `o` (its path, retention and files), the oldest
+ * record still held per kind, checked_ms 0 and purged 0 (not known
+ * offline).  Any thread; 0, or -1 with a message in errbuf. */
+int store_query_retention(const struct store_opts *o, struct store_retention_report *out,
+                          char *errbuf, size_t errcap) __attribute__((warn_unused_result));
 
 /* Figures read through a separate read-only connection (CLI, tests).  Any
  * thread; returns 0, or -1 with a message in errbuf. */
@@ -528,6 +537,14 @@ int store_batches_redrive(const char *path, int64_t id,
                           uint64_t *n, char *errbuf, size_t errcap)
     __attribute__((warn_unused_result));
 
+/* `hl7bridge redrive --list`: every failed batch, in id order, through a
+ * read-only connection (none when the store never made a batch).  *n gets
+ * how many.  0, or -1 with a message in errbuf. */
+int store_batches_list_failed(const char *path,
+                              void (*cb)(void *ud, const struct store_batch *b), void *ud,
+                              uint64_t *n, char *errbuf, size_t errcap)
+    __attribute__((warn_unused_result));
+
 /* ==== daily totals (store/daily.c) =======================================
  * Per local day, listener and sender: messages received, duplicates and
  * ACKs by code, kept across restarts ("how many NACKs did Epic ADT get
@@ -566,7 +583,12 @@ int store_daily_query(const char *path, const char *from_day,
  * Which blocks of a prepared connector file (`hl7bridge upload`, the
  * inputs.files watcher) the connector accepted: a file is known by the
  * SHA-256 of its content, its block size fixed at the first run.  Own
- * tables, own connection; one thread at a time.  No row content is kept. */
+ * tables, own connection; one thread at a time.  A block that failed for
+ * good is kept with its content (header and rows, as sent) so `hl7bridge
+ * redrive` can send it without the file; the kept content holds PHI and is
+ * purged under store.retention.upload_blocks (store/retention.c), counted
+ * from when it was first kept.  Delivering the block (a rerun or redrive)
+ * deletes the kept copy in the same transaction. */
 struct store_upload; /* opaque */
 struct store_upload_file {
     int64_t id;
@@ -582,14 +604,55 @@ const char *store_upload_errmsg(const struct store_upload *u);
 int store_upload_begin(struct store_upload *u, const char *digest, const char *name,
                        uint64_t bytes, uint64_t rows, uint64_t block_rows, int64_t now_ms,
                        struct store_upload_file *out) __attribute__((warn_unused_result));
-/* 1 when block `seq` (0-based) was delivered, 0 when not, -1 on error. */
-int store_upload_block_done(struct store_upload *u, int64_t id, uint64_t seq)
+/* Block `seq` (0-based): 1 delivered, 0 not, -1 error.  *kept_id (may be
+ * NULL) gets the id of its kept copy, 0 when none. */
+int store_upload_block_done(struct store_upload *u, int64_t id, uint64_t seq, int64_t *kept_id)
     __attribute__((warn_unused_result));
-/* Records a block's outcome durably (done, or failed with status/error). */
+/* A block to keep for redrive: its content as sent (borrowed) and where
+ * it came from (for the listing). */
+struct store_upload_keep {
+    const uint8_t *content;
+    size_t len;
+    const char *file_name;       /* the block's name on the wire */
+    uint64_t rows, first_line, last_line;
+};
+/* Records a block's outcome durably, in one transaction: done (the kept
+ * copy, if any, deleted), or failed with status/error — and kept when
+ * `keep` is not NULL (a block kept before keeps its first keep time).
+ * *kept_id (may be NULL) gets the kept copy's id, 0 when none.  0 / -1. */
 int store_upload_block_set(struct store_upload *u, int64_t id, uint64_t seq, int done, int status,
-                           const char *error, int64_t now_ms) __attribute__((warn_unused_result));
+                           const char *error, const struct store_upload_keep *keep,
+                           int64_t now_ms, int64_t *kept_id) __attribute__((warn_unused_result));
 /* Every block delivered. */
 int store_upload_finish(struct store_upload *u, int64_t id, int64_t now_ms)
+    __attribute__((warn_unused_result));
+
+/* A kept block as listed (no content). */
+struct store_upload_kept {
+    int64_t id, upload_id;
+    uint64_t seq, blocks, rows, first_line, last_line;
+    unsigned attempts;
+    int last_status;             /* 0: no answer */
+    int64_t kept_ms;
+    char last_error[256];        /* never PHI */
+    char name[256];              /* the file as named when uploaded */
+    char file_name[128];         /* the block's name on the wire */
+};
+/* Kept blocks in id order (`id` 0), or the one with that id.  Calls cb for
+ * each; *n gets how many.  0 / -1. */
+int store_upload_kept_list(struct store_upload *u, int64_t id,
+                           void (*cb)(void *ud, const struct store_upload_kept *k), void *ud,
+                           uint64_t *n) __attribute__((warn_unused_result));
+/* The content of kept block `id` appended to `out`: 1, 0 unknown id, -1
+ * error (or `out` full). */
+int store_upload_kept_content(struct store_upload *u, int64_t id, struct buf *out)
+    __attribute__((warn_unused_result));
+/* After a redrive of kept block k: delivered → the block is done, its
+ * kept copy deleted and, when it was the last one missing, the file done,
+ * all in one transaction; not delivered → its attempts, status and error
+ * recorded, still kept.  0 / -1. */
+int store_upload_redriven(struct store_upload *u, const struct store_upload_kept *k, int delivered,
+                          int status, const char *error, int64_t now_ms)
     __attribute__((warn_unused_result));
 /* ==== end of upload checkpoints =========================================== */
 

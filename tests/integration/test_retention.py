@@ -8,15 +8,20 @@ housekeeping step (it first runs seconds after start), not eight days.
 Nothing in the binary knows about it.
 
 Per kind, with store.retention {raw: 1d, delivered: 7d, quarantined: 30d,
-sms: 10d, sms_file: 5d, audit_files: 3d}:
+sms: 10d, sms_file: 5d, audit_files: 3d, upload_blocks: 3d}:
+  +0   an `hl7bridge upload` whose block cannot be written (retries
+       exhausted): the block is kept with its rows for `redrive`;
   +2d  raw bodies of delivered messages gone; messages, rows, audit files,
-       quarantined message, SMS state and the SMS file (rotated) kept;
-  +4d  audit files gone; the rest as before;
+       quarantined message, SMS state, the SMS file (rotated) and the kept
+       upload block kept; `stats` on the stopped daemon reads the same
+       retention from the store;
+  +4d  audit files and the kept upload block gone; the rest as before;
   +8d  delivered messages and their connector rows gone, the rotated SMS
        file gone; quarantined message and SMS state kept;
   +31d everything gone.
 /status and `hl7bridge stats` show the oldest record per kind."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -72,7 +77,7 @@ class RetentionDaemon(Daemon):
         text = text.replace("  retention_days: 7\n",
                             "  retention_days: 7\n"
                             "  retention: {raw: 1d, delivered: 7d, quarantined: 30d, rejected: 30d,"
-                            " sms: 10d, sms_file: 5d, audit_files: 3d}\n")
+                            " sms: 10d, sms_file: 5d, audit_files: 3d, upload_blocks: 3d}\n")
         text = text.replace("    type: file\n    directory:",
                             "    type: file\n    batch: {max_age_s: 1}\n    directory:", 1)
         return text.replace("metrics:\n  enabled: false\n",
@@ -93,11 +98,14 @@ class RetentionDaemon(Daemon):
             return None
         return {k["kind"]: k for k in r["kinds"]}
 
+    @staticmethod
+    def faketime_env(days):
+        return {"LD_PRELOAD": str(faketime_lib()), "FAKETIME": f"+{days}d",
+                "FAKETIME_DONT_FAKE_MONOTONIC": "1", "NO_FAKE_STAT": "1"}
+
     def restart_at(self, days):
         self.stop()
-        lib = faketime_lib()
-        self.env = {"LD_PRELOAD": str(lib), "FAKETIME": f"+{days}d",
-                    "FAKETIME_DONT_FAKE_MONOTONIC": "1", "NO_FAKE_STAT": "1"}
+        self.env = self.faketime_env(days)
         self.start()
         rt = wait_for(self.retention)
         self.tc.assertIsNotNone(rt, f"no housekeeping step after start\n{self.log()}")
@@ -138,6 +146,23 @@ class RetentionTest(unittest.TestCase):
         self.assertEqual(line["to"], "+*******0122")
         self.assertNotIn("8475550122", sms.read_text())
 
+        # An uploaded file whose only block cannot be written (a directory
+        # stands where the file sink writes it): kept for redrive.
+        msg = d.dir / "up.hl7"
+        msg.write_bytes(make_message("RT-UP-1"))
+        m = subprocess.run([str(d.bin), "map", "-c", str(d.config_path), str(msg)],
+                           capture_output=True, timeout=30)
+        self.assertEqual(m.returncode, 0, m.stderr)
+        export = d.dir / "export.txt"
+        export.write_bytes(m.stdout)
+        digest = hashlib.sha256(m.stdout).hexdigest()
+        (out / f".hl7bridge-upload-{digest[:16]}-00001.txt.tmp").mkdir(parents=True)
+        up = subprocess.run([str(d.bin), "upload", "-c", str(d.config_path), str(export)],
+                            capture_output=True, text=True, timeout=60)
+        self.assertEqual(up.returncode, 1, up.stdout + up.stderr)
+        self.assertRegex(up.stderr, r"block 1/1 kept for redrive as upload:\d+")
+        self.assertEqual(self.count(d, "SELECT COUNT(*) FROM upload_kept"), 1)
+
         def rotated():
             return sorted(p for p in d.dir.iterdir() if p.name.startswith("sms.jsonl."))
 
@@ -155,7 +180,8 @@ class RetentionTest(unittest.TestCase):
         self.assertEqual(len(rotated()), 1, "the SMS file is rotated, not yet purged")
         self.assertEqual(rt["raw"]["keep_s"], 86400)
         self.assertEqual(rt["delivered"]["keep_s"], 7 * 86400)
-        for kind in ("delivered", "rows", "quarantined", "sms", "sms_file", "audit_files"):
+        for kind in ("delivered", "rows", "quarantined", "sms", "sms_file", "audit_files",
+                     "upload_blocks"):
             self.assertGreater(rt[kind]["oldest_ms"], 0, kind)
             self.assertGreaterEqual(rt[kind]["oldest_age_s"], 2 * 86400 - 600, kind)
         r = subprocess.run([str(require_binary(self)), "stats", "-c", str(d.config_path)],
@@ -164,10 +190,33 @@ class RetentionTest(unittest.TestCase):
         self.assertRegex(r.stdout, r"RETENTION\s+KEEP\s+OLDEST\s+PURGED")
         self.assertRegex(r.stdout, r"\nquarantined\s+30d00h\s+2d00h\s+0\n")
         self.assertRegex(r.stdout, r"\nraw\s+1d00h\s+none\s+\d+\n")
+        self.assertRegex(r.stdout, r"\nupload_blocks\s+3d00h\s+2d00h\s+0\n")
+        self.assertGreaterEqual(rt["upload_blocks"]["oldest_age_s"], 2 * 86400 - 600)
+        self.assertEqual(self.count(d, "SELECT COUNT(*) FROM upload_kept"), 1)
+        # The daemon stopped: `stats` reads the retention from the store.
+        self.assertEqual(d.stop(), 0, d.log())
+        r = subprocess.run([str(d.bin), "stats", "-c", str(d.config_path)],
+                           capture_output=True, text=True, timeout=30,
+                           env={**os.environ, **d.faketime_env(2)})
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("no daemon answers on", r.stdout)
+        self.assertRegex(r.stdout, r"RETENTION\s+KEEP\s+OLDEST\s+PURGED")
+        self.assertRegex(r.stdout, r"\nquarantined\s+30d00h\s+2d00h\s+-\n")
+        self.assertRegex(r.stdout, r"\nraw\s+1d00h\s+none\s+-\n")
+        self.assertRegex(r.stdout, r"\nrows\s+7d00h\s+2d00h\s+-\n")
+        self.assertRegex(r.stdout, r"\nupload_blocks\s+3d00h\s+2d00h\s+-\n")
+        self.assertRegex(r.stdout, r"\naudit_files\s+3d00h\s+2d00h\s+-\n")
 
-        # +4 days: the audit file sink's output is past its 3 days.
+        # +4 days: the audit file sink's output and the kept upload block
+        # are past their 3 days.
         d.restart_at(4)
         self.assertTrue(wait_for(lambda: not list(out.glob("hl7bridge-audit-*"))), d.log())
+        self.assertTrue(wait_for(lambda: self.count(d, "SELECT COUNT(*) FROM upload_kept") == 0),
+                        d.log())
+        r = subprocess.run([str(d.bin), "redrive", "-c", str(d.config_path), "--list"],
+                           capture_output=True, text=True, timeout=30)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("no failed block", r.stdout)
         self.assertEqual(self.count(d, "SELECT COUNT(*) FROM messages"), 5)
         self.assertEqual(len(rotated()), 1)
 
@@ -190,7 +239,8 @@ class RetentionTest(unittest.TestCase):
         rt = wait_for(lambda: (lambda r: r if r and r["quarantined"]["oldest_ms"] == 0 else None)(
             d.retention()))
         self.assertIsNotNone(rt)
-        for kind in ("raw", "delivered", "rows", "quarantined", "sms", "audit_files"):
+        for kind in ("raw", "delivered", "rows", "quarantined", "sms", "audit_files",
+                     "upload_blocks"):
             self.assertEqual(rt[kind]["oldest_ms"], 0, kind)
         self.assertGreater(rt["quarantined"]["purged"], 0)
         self.assertIn("event=store_retention", d.log())

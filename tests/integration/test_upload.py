@@ -7,13 +7,21 @@ emulator (tests/integration/emulator.py), with a per-file checkpoint.
   sends the seven missing blocks only — every row arrives exactly once, no
   block twice — and a third run sends nothing.
 - A block the connector refuses (400) is kept as failed; the other blocks go;
-  the rerun sends only that block.
+  the rerun sends only that block (and `redrive` then has nothing to send).
+- The refused block is kept in the store with its rows: `redrive --list`
+  shows it as upload:N, `redrive upload:N` while the connector still refuses
+  exits 1 and keeps it, and once the cause is fixed `redrive --all-failed`
+  sends it without the file; every row arrives once, the checkpoint says
+  done, and a rerun of the upload sends nothing.
 - Problems are reported as file:line: message and nothing is sent.
 - inputs.files: the daemon takes a file dropped into its directory, sends
-  it and moves it to done_directory; an invalid one stays, logged.
+  it and moves it to done_directory; an invalid one stays, logged; one
+  with a refused block is moved too, its block kept and not sent again at
+  the next looks, then delivered by `redrive` while the daemon runs.
 """
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -52,6 +60,11 @@ class UploadTest(AuditSinkBase):
 
     def upload(self, d, *files):
         return subprocess.run([str(d.bin), "upload", "-c", str(d.config_path), *map(str, files)],
+                              cwd=str(harness.ROOT), capture_output=True, text=True,
+                              timeout=RUN_TIMEOUT_S)
+
+    def redrive(self, d, *args):
+        return subprocess.run([str(d.bin), "redrive", "-c", str(d.config_path), *args],
                               cwd=str(harness.ROOT), capture_output=True, text=True,
                               timeout=RUN_TIMEOUT_S)
 
@@ -104,6 +117,57 @@ class UploadTest(AuditSinkBase):
         self.assertIn("resuming: 2 of 3 blocks already delivered", r.stdout)
         self.assertEqual(len(emu.uploads), 3)
         self.assertEqual(Counter(emu.accepted_rows()), Counter(lines[1:]))
+        # delivered by the rerun: its kept copy is gone, redrive sends nothing
+        r = self.redrive(d, "--all-failed")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("no failed block", r.stdout)
+        self.assertEqual(len(emu.uploads), 3)
+
+    def test_refused_block_kept_then_redriven_once(self):
+        emu, d, data, lines = self.prepare(rows=3000)
+        emu.upload_faults = [None, "400"]
+        r = self.upload(d, data)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        m = re.search(r"export\.txt: block 2/3 kept for redrive as (upload:\d+)\n", r.stderr)
+        self.assertIsNotNone(m, r.stderr)
+        kept = m.group(1)
+        self.assertEqual(len(emu.uploads), 2)
+
+        r = self.redrive(d, "--list")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertRegex(r.stdout, rf"(?m)^{kept} \S*export\.txt block 2/3 \(lines 1002-2001\):"
+                                   r" 1000 rows, 1 attempt, last status 400: HTTP 400")
+        self.assertEqual(len(r.stdout.splitlines()), 1, r.stdout)
+
+        emu.upload_faults = ["400"]           # the cause not fixed yet
+        r = self.redrive(d, kept)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertRegex(r.stdout, rf"(?m)^{kept} .* -> refused again: HTTP 400")
+        self.assertEqual(len(emu.uploads), 2)
+
+        moved = d.dir / "export.sent"         # the file is not needed: the store has the rows
+        data.rename(moved)
+        r = self.redrive(d, "--all-failed")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertRegex(r.stdout, rf"(?m)^{kept} .*2 attempts, last status 400: .* -> delivered$")
+        self.assertIn("delivered 1 upload block, 0 not delivered", r.stdout)
+        self.assertEqual(len(emu.uploads), 3)
+        self.assertEqual(Counter(emu.accepted_rows()), Counter(lines[1:]), "every row once")
+        self.assertEqual(emu.violations, [])
+
+        moved.rename(data)
+        r = self.upload(d, data)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("already delivered (3 blocks)", r.stdout)
+        self.assertEqual(len(emu.uploads), 3)
+        r = self.redrive(d, "--list")
+        self.assertEqual((r.returncode, r.stdout.startswith("no failed block")), (0, True),
+                         r.stdout + r.stderr)
+        r = self.redrive(d, kept)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn(f"no kept upload block {kept[7:]}", r.stderr)
+        self.assertEqual(len(emu.uploads), 3)
+        self.assertNotIn("it-secret", r.stdout + r.stderr)
 
     def test_problems_reported_as_file_line_and_nothing_sent(self):
         emu, d, data, lines = self.prepare(rows=4)
