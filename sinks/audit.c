@@ -145,30 +145,11 @@ static void sanitize(const struct sink_audit *s, char *dst, size_t cap, const ui
     }
 }
 
-/* What of a refusal may be logged, stored and shown: the connector's error
- * code (JSON "error" as a string, or error.code), never its free text or a
- * body that is not JSON — a connector may quote the rows it refused, and
- * rows hold patient data. */
+/* What of a refusal may be logged, stored and shown (sink_refusal_summary). */
 static void refusal_summary(const struct sink_audit *s, char *dst, size_t cap, const uint8_t *p,
                             size_t len)
 {
-    json_error_t je;
-    json_t *j = len ? json_loadb((const char *)p, len, 0, &je) : NULL;
-    const char *code = NULL;
-    if (json_is_object(j)) {
-        json_t *e = json_object_get(j, "error");
-        if (json_is_object(e))
-            e = json_object_get(e, "code");
-        if (json_is_string(e))
-            code = json_string_value(e);
-    }
-    char tmp[AUDIT_SUMMARY_MAX];
-    if (code)
-        snprintf(tmp, sizeof tmp, "%s (%zu-byte answer, text not kept)", code, len);
-    else
-        snprintf(tmp, sizeof tmp, "%zu-byte answer, text not kept", len);
-    json_decref(j);
-    sanitize(s, dst, cap, (const uint8_t *)tmp, strlen(tmp));
+    sink_refusal_summary(s->secret, dst, cap, p, len);
 }
 
 static void set_error(struct sink_audit *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

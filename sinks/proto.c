@@ -325,3 +325,42 @@ void sink_curl_connector(void *easy, const char *ca_file, unsigned timeout_s,
         curl_easy_setopt(e, CURLOPT_CAINFO, ca_file);
     curl_easy_setopt(e, CURLOPT_USERAGENT, "hl7bridge");
 }
+
+/* ---- refusals --------------------------------------------------------------- */
+
+void sink_refusal_summary(const char *secret, char *dst, size_t cap, const uint8_t *p,
+                          size_t len)
+{
+    if (cap == 0)
+        return;
+    json_error_t je;
+    json_t *j = len ? json_loadb((const char *)p, len, 0, &je) : NULL;
+    const char *code = NULL;
+    if (json_is_object(j)) {
+        json_t *e = json_object_get(j, "error");
+        if (json_is_object(e))
+            e = json_object_get(e, "code");
+        if (json_is_string(e))
+            code = json_string_value(e);
+    }
+    char tmp[256];
+    if (code)
+        snprintf(tmp, sizeof tmp, "%s (%zu-byte answer, text not kept)", code, len);
+    else
+        snprintf(tmp, sizeof tmp, "%zu-byte answer, text not kept", len);
+    json_decref(j);
+    /* Printable ASCII only, no quotes; the secret, should a peer ever echo
+     * it, replaced. */
+    size_t n = 0;
+    for (size_t i = 0; tmp[i] && n + 1 < cap; i++) {
+        uint8_t c = (uint8_t)tmp[i];
+        dst[n++] = (c < 0x20 || c > 0x7e || c == '"' || c == '\\') ? ' ' : (char)c;
+    }
+    dst[n] = '\0';
+    size_t sl = secret ? strlen(secret) : 0;
+    if (sl >= 4) {
+        char *hit;
+        while ((hit = memmem(dst, n, secret, sl)) != NULL)
+            memset(hit, '*', sl);
+    }
+}

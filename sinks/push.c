@@ -346,8 +346,10 @@ enum push_result sink_push_block(struct sink_push *p, const char *file_name,
             curl_slist_free_all(h);
             wipe_free(auth);
             *status = (int)a.status;
+            /* An upload answer may quote the rows: only its error code is
+             * kept (logged, stored with the block, shown by redrive). */
             char sum[300];
-            summary(p, sum, sizeof sum);
+            sink_refusal_summary(p->secret, sum, sizeof sum, buf_data(&p->resp), p->resp.len);
             if (a.res == CURLE_OK && a.status / 100 == 2)
                 return SINK_PUSH_DELIVERED;
             if (a.res == CURLE_OK && a.status == 401 && !renewed) {

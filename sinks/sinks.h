@@ -136,6 +136,14 @@ void sink_push_set_stop(struct sink_push *p, const atomic_int *stop);
 
 /* ---- helpers (exposed for tests) ---------------------------------------- */
 
+/* What of a connector's refusal may be logged, stored and shown: its error
+ * code (JSON "error" as a string, or error.code) and the answer's size,
+ * never its free text or a body that is not JSON — a connector may quote
+ * the rows it refused, and rows hold patient data.  Printable ASCII, no
+ * quotes, `secret` (may be NULL) masked.  Used by the audit sink and push. */
+void sink_refusal_summary(const char *secret, char *dst, size_t cap, const uint8_t *p,
+                          size_t len);
+
 /* The default token and upload URLs of a cloud (token URL with the tenant
  * filled in).  0, or -1 when a buffer is too small. */
 int sink_cloud_urls(enum sink_cloud c, const char *tenant_id, char *token_url, size_t tcap,

@@ -132,12 +132,16 @@ class UploadTest(AuditSinkBase):
         self.assertIsNotNone(m, r.stderr)
         kept = m.group(1)
         self.assertEqual(len(emu.uploads), 2)
+        # the connector's answer text may quote rows: only its error code is kept
+        self.assertIn("HTTP 400: Injected (", r.stderr)
+        self.assertNotIn("fault 400", r.stdout + r.stderr)
 
         r = self.redrive(d, "--list")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertRegex(r.stdout, rf"(?m)^{kept} \S*export\.txt block 2/3 \(lines 1002-2001\):"
-                                   r" 1000 rows, 1 attempt, last status 400: HTTP 400")
+                                   r" 1000 rows, 1 attempt, last status 400: HTTP 400: Injected")
         self.assertEqual(len(r.stdout.splitlines()), 1, r.stdout)
+        self.assertNotIn("fault 400", r.stdout + r.stderr)
 
         emu.upload_faults = ["400"]           # the cause not fixed yet
         r = self.redrive(d, kept)
@@ -231,9 +235,25 @@ class UploadTest(AuditSinkBase):
         self.assertRegex(log, r'event=upload_invalid file="[^"]*bad\.txt" line=1 ')
         self.assertIn("event=input_file_invalid", log)
         self.assertTrue(bad.exists(), "an invalid file stays where it is")
-        time.sleep(2.5)                       # two more looks: not taken again
+        # A file whose block the connector refuses: moved, the block kept.
+        emu.upload_faults = ["400"]
+        tmp = inbox / ".refused.tmp"
+        tmp.write_bytes(("\r\n".join(lines[:1001]) + "\r\n").encode())
+        tmp.rename(inbox / "refused.txt")
+        while time.monotonic() < deadline and not (done / "refused.txt").exists():
+            time.sleep(0.1)
+        self.assertTrue((done / "refused.txt").exists(), d.log())
+        self.assertIn("event=input_file_kept_for_redrive", d.log())
+        time.sleep(2.5)                       # two more looks: neither file taken again
         self.assertEqual(d.log().count("event=input_file_invalid"), 1)
         self.assertEqual(len(emu.uploads), 3)
+        r = self.redrive(d, "--list")
+        self.assertRegex(r.stdout, r"(?m)^upload:\d+ \S*refused\.txt block 1/1 .*"
+                                   r"1 attempt, last status 400")
+        r = self.redrive(d, "--all-failed")   # while the daemon runs
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertEqual(len(emu.uploads), 4)
+        self.assertEqual(Counter(emu.accepted_rows()), Counter(lines[1:] + lines[1:1001]))
         d.assert_stops_cleanly()
 
 
