@@ -1046,6 +1046,136 @@ static void test_retention_raw_with_message(void **state)
     retention_kinds(state, 7LL * 86400000);
 }
 
+struct kept_seen {
+    struct store_upload_kept k;
+    unsigned n;
+};
+
+static void list_one(void *ud, const struct store_upload_kept *k)
+{
+    struct kept_seen *l = ud;
+    l->k = *k;
+    l->n++;
+}
+
+/* Upload blocks kept for redrive (store/upload.c): a failed block is kept
+ * with its content, listed, re-tried (still kept), then delivered by
+ * redrive — done in the checkpoint, the kept copy gone, the file done once
+ * its last block is; a block delivered by a rerun drops its kept copy; the
+ * housekeeping purges kept blocks past store.retention.upload_blocks (and
+ * nothing else of the checkpoint), and the offline retention reading sees
+ * them until then. */
+static void test_upload_kept_blocks(void **state)
+{
+    struct fixture *fx = *state;
+    struct store_opts o = { .path = fx->path, .retention_days = 3650, .use_keep = 1 };
+    for (int k = 0; k < STORE_KIND_N; k++)
+        o.keep_ms[k] = STORE_KEEP_FOREVER;
+    o.keep_ms[STORE_KIND_UPLOAD_BLOCKS] = 86400000;
+    char err[256];
+    struct store *s = store_open(&o, err, sizeof err);
+    assert_non_null(s);
+    struct store_upload *u = store_upload_open(fx->path, err, sizeof err);
+    assert_non_null(u);
+    struct store_upload_file f;
+    int64_t now = clock_wall_ms();
+    assert_int_equal(store_upload_begin(u, "d1", "f.txt", 100, 30, 10, now, &f), 0);
+    assert_int_equal(f.blocks, 3);
+    static const char body[] = "H\r\nrow\r\n";
+    struct store_upload_keep keep = { (const uint8_t *)body, sizeof body - 1, "blk-2.txt",
+                                      10, 12, 21 };
+    int64_t kid = -1;
+    assert_int_equal(store_upload_block_set(u, f.id, 0, 1, 200, NULL, NULL, now, &kid), 0);
+    assert_int_equal(kid, 0);
+    assert_int_equal(store_upload_block_set(u, f.id, 1, 0, 400, "HTTP 400: X", &keep, now, &kid),
+                     0);
+    assert_true(kid > 0);
+    int64_t none = -1;
+    assert_int_equal(store_upload_block_set(u, f.id, 2, 0, 0, "gone", NULL, now, &none), 0);
+    assert_int_equal(none, 0); /* failed, not kept */
+    int64_t seen = 0;
+    assert_int_equal(store_upload_block_done(u, f.id, 1, &seen), 0);
+    assert_int_equal(seen, kid);
+
+    struct kept_seen l = { .n = 0 };
+    uint64_t n = 0;
+    assert_int_equal(store_upload_kept_list(u, 0, list_one, &l, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(l.k.id, kid);
+    assert_int_equal(l.k.seq, 1);
+    assert_int_equal(l.k.blocks, 3);
+    assert_int_equal(l.k.rows, 10);
+    assert_int_equal(l.k.first_line, 12);
+    assert_int_equal(l.k.last_line, 21);
+    assert_int_equal(l.k.attempts, 1);
+    assert_int_equal(l.k.last_status, 400);
+    assert_string_equal(l.k.name, "f.txt");
+    assert_string_equal(l.k.file_name, "blk-2.txt");
+    struct buf c;
+    buf_init(&c, 1024);
+    assert_int_equal(store_upload_kept_content(u, kid, &c), 1);
+    assert_int_equal(c.len, sizeof body - 1);
+    assert_memory_equal(buf_data(&c), body, c.len);
+    assert_int_equal(store_upload_kept_content(u, kid + 100, &c), 0);
+
+    /* Refused again: still kept, attempts counted. */
+    assert_int_equal(store_upload_redriven(u, &l.k, 0, 400, "HTTP 400: X", now), 0);
+    assert_int_equal(store_upload_kept_list(u, kid, list_one, &l, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(l.k.attempts, 2);
+    /* Block 3 delivered by a rerun, then block 2 by redrive: the file is done. */
+    assert_int_equal(store_upload_block_set(u, f.id, 2, 1, 200, NULL, NULL, now, NULL), 0);
+    assert_int_equal(store_upload_redriven(u, &l.k, 1, 200, NULL, now), 0);
+    assert_int_equal(store_upload_kept_list(u, 0, NULL, NULL, &n), 0);
+    assert_int_equal(n, 0);
+    assert_int_equal(store_upload_block_done(u, f.id, 1, &seen), 1);
+    assert_int_equal(seen, 0);
+    assert_int_equal(store_upload_begin(u, "d1", "f.txt", 100, 30, 10, now, &f), 0);
+    assert_int_equal(f.blocks_done, 3);
+    assert_true(f.done_ms > 0);
+
+    /* A kept block delivered by a rerun loses its kept copy. */
+    struct store_upload_file g;
+    assert_int_equal(store_upload_begin(u, "d2", "g.txt", 100, 20, 10, now, &g), 0);
+    assert_int_equal(store_upload_block_set(u, g.id, 0, 0, 400, "e", &keep, now, &kid), 0);
+    assert_int_equal(store_upload_block_set(u, g.id, 0, 1, 200, NULL, NULL, now, NULL), 0);
+    assert_int_equal(store_upload_kept_list(u, 0, NULL, NULL, &n), 0);
+    assert_int_equal(n, 0);
+
+    /* Retention: one kept two days ago (past its day), one just now. */
+    assert_int_equal(store_upload_block_set(u, g.id, 1, 0, 400, "e", &keep, now, &kid), 0);
+    struct store_upload_file h;
+    assert_int_equal(store_upload_begin(u, "d3", "h.txt", 100, 10, 10, now, &h), 0);
+    int64_t recent = 0;
+    assert_int_equal(store_upload_block_set(u, h.id, 0, 0, 400, "e", &keep, now, &recent), 0);
+    sqlite3 *db = open_db(fx);
+    char sql[200];
+    snprintf(sql, sizeof sql, "UPDATE upload_kept SET kept_ms = %lld WHERE id = %lld",
+             (long long)(now - 2 * 86400000LL), (long long)kid);
+    db_exec(db, sql);
+    struct store_retention_report rr;
+    assert_int_equal(store_query_retention(&o, &rr, err, sizeof err), 0);
+    assert_int_equal(rr.oldest_ms[STORE_KIND_UPLOAD_BLOCKS], now - 2 * 86400000LL);
+    assert_int_equal(rr.keep_ms[STORE_KIND_UPLOAD_BLOCKS], 86400000);
+    assert_int_equal(rr.oldest_ms[STORE_KIND_QUARANTINED], 0);
+    store_request_housekeeping(s);
+    uint64_t deadline = clock_mono_ms() + 20000;
+    while (db_int(db, "SELECT COUNT(*) FROM upload_kept") > 1) {
+        assert_true(clock_mono_ms() < deadline);
+        sleep_ms(20);
+    }
+    snprintf(sql, sizeof sql, "SELECT id FROM upload_kept");
+    assert_int_equal(db_int(db, sql), recent);
+    /* The checkpoint itself stays: the rerun still knows what is missing. */
+    assert_int_equal(db_int(db, "SELECT COUNT(*) FROM upload_blocks WHERE state = 'failed'"), 2);
+    sqlite3_close(db);
+    assert_int_equal(store_query_retention(&o, &rr, err, sizeof err), 0);
+    assert_int_equal(rr.oldest_ms[STORE_KIND_UPLOAD_BLOCKS], now);
+    buf_release(&c);
+    store_upload_close(u);
+    store_close(s);
+}
+
 /* ---- the browser (store/browse.c) ---------------------------------------- */
 
 struct bmsg {
@@ -1633,6 +1763,7 @@ int main(void)
         cmocka_unit_test(test_housekeep_interval),
         cmocka_unit_test_setup_teardown(test_retention_kinds, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retention_raw_with_message, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_upload_kept_blocks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retention_ranges, setup, teardown),
         cmocka_unit_test_setup_teardown(test_upgrade_from_schema_2, setup, teardown),
         cmocka_unit_test_setup_teardown(test_upgrade_from_schema_7, setup, teardown),
