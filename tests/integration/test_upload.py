@@ -16,8 +16,9 @@ emulator (tests/integration/emulator.py), with a per-file checkpoint.
 - Problems are reported as file:line: message and nothing is sent.
 - inputs.files: the daemon takes a file dropped into its directory, sends
   it and moves it to done_directory; an invalid one stays, logged; one
-  with a refused block is moved too, its block kept and not sent again at
-  the next looks, then delivered by `redrive` while the daemon runs.
+  with a refused block is moved too, its block kept and not sent again (at
+  the next looks, nor when the same export is dropped again), then
+  delivered by `redrive` while the daemon runs.
 """
 
 import os
@@ -240,10 +241,17 @@ class UploadTest(AuditSinkBase):
         tmp = inbox / ".refused.tmp"
         tmp.write_bytes(("\r\n".join(lines[:1001]) + "\r\n").encode())
         tmp.rename(inbox / "refused.txt")
-        while time.monotonic() < deadline and not (done / "refused.txt").exists():
+        while time.monotonic() < deadline and "event=input_file_kept_for_redrive" not in d.log():
             time.sleep(0.1)
         self.assertTrue((done / "refused.txt").exists(), d.log())
-        self.assertIn("event=input_file_kept_for_redrive", d.log())
+        # The same export dropped again: its kept block waits for redrive.
+        tmp.write_bytes((done / "refused.txt").read_bytes())
+        tmp.rename(inbox / "again.txt")
+        while time.monotonic() < deadline and \
+                d.log().count("event=input_file_kept_for_redrive") < 2:
+            time.sleep(0.1)
+        self.assertTrue((done / "again.txt").exists(), d.log())
+        self.assertEqual(d.log().count("event=input_file_kept_for_redrive"), 2, d.log()[-3000:])
         time.sleep(2.5)                       # two more looks: neither file taken again
         self.assertEqual(d.log().count("event=input_file_invalid"), 1)
         self.assertEqual(len(emu.uploads), 3)
