@@ -851,20 +851,30 @@ int store_batches_get(struct store_batches *sb, int64_t id, struct store_batch *
 
 /* ---- redrive (own connection; may run beside the daemon) ----------------- */
 
+/* Its own connection to the store at `path` (redrive, list: maybe another
+ * process than the daemon).  NULL with a message in errbuf. */
+static sqlite3 *open_path(const char *path, int flags, char *errbuf, size_t errcap)
+{
+    sqlite3 *db = NULL;
+    if (sqlite3_open_v2(path, &db, flags | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
+        snprintf(errbuf, errcap, "store: open %s: %s", path, db ? sqlite3_errmsg(db) : "no memory");
+        sqlite3_close(db);
+        return NULL;
+    }
+    sqlite3_busy_timeout(db, BATCH_BUSY_MS);
+    return db;
+}
+
 int store_batches_redrive(const char *path, int64_t id,
                           void (*cb)(void *ud, const struct store_batch *b), void *ud,
                           uint64_t *n, char *errbuf, size_t errcap)
 {
     *n = 0;
-    sqlite3 *db = NULL;
     sqlite3_stmt *st = NULL;
     int ret = -1;
-    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
-        SQLITE_OK) {
-        snprintf(errbuf, errcap, "store: open %s: %s", path, db ? sqlite3_errmsg(db) : "no memory");
+    sqlite3 *db = open_path(path, SQLITE_OPEN_READWRITE, errbuf, errcap);
+    if (!db)
         goto out;
-    }
-    sqlite3_busy_timeout(db, BATCH_BUSY_MS);
     if (store_sql_exec(db, "PRAGMA synchronous=FULL") < 0) {
         snprintf(errbuf, errcap, "store: %s: %s", path, sqlite3_errmsg(db));
         goto out;
@@ -919,15 +929,11 @@ int store_batches_list_failed(const char *path,
                               uint64_t *n, char *errbuf, size_t errcap)
 {
     *n = 0;
-    sqlite3 *db = NULL;
     sqlite3_stmt *st = NULL;
     int ret = -1;
-    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) !=
-        SQLITE_OK) {
-        snprintf(errbuf, errcap, "store: open %s: %s", path, db ? sqlite3_errmsg(db) : "no memory");
+    sqlite3 *db = open_path(path, SQLITE_OPEN_READONLY, errbuf, errcap);
+    if (!db)
         goto out;
-    }
-    sqlite3_busy_timeout(db, BATCH_BUSY_MS);
     if (!has_batches_table(db)) {
         ret = 0; /* no audit batch was ever made: none failed */
         goto out;

@@ -481,23 +481,23 @@ long store_rt_step(struct store *s, int64_t now, int *more)
                 purge_simple(s, stmt(s, RT_QUAR_DEL), NULL, c, "quarantined", more);
             failed += got[STORE_KIND_QUARANTINED] < 0;
         }
-        if ((c = cutoff_of(keep[STORE_KIND_REJECTED], now)) != INT64_MIN) {
+        /* Tables other parts of the store create (a missing one holds
+         * nothing), aged by one time column, nothing referencing them. */
+        static const struct { enum store_kind kind; const char *sql; } simple[] = {
+            { STORE_KIND_REJECTED,
+              "DELETE FROM rejected WHERE rowid IN (SELECT rowid FROM rejected"
+              " WHERE received_ms < ?1 ORDER BY received_ms LIMIT ?2)" },
+            { STORE_KIND_UPLOAD_BLOCKS,
+              "DELETE FROM upload_kept WHERE id IN (SELECT id FROM upload_kept"
+              " WHERE kept_ms < ?1 ORDER BY kept_ms LIMIT ?2)" },
+        };
+        for (size_t i = 0; i < sizeof simple / sizeof simple[0]; i++) {
+            enum store_kind k = simple[i].kind;
+            if ((c = cutoff_of(keep[k], now)) == INT64_MIN)
+                continue;
             tried++;
-            got[STORE_KIND_REJECTED] = purge_simple(
-                s, NULL,
-                "DELETE FROM rejected WHERE rowid IN (SELECT rowid FROM rejected"
-                " WHERE received_ms < ?1 ORDER BY received_ms LIMIT ?2)",
-                c, "rejected", more);
-            failed += got[STORE_KIND_REJECTED] < 0;
-        }
-        if ((c = cutoff_of(keep[STORE_KIND_UPLOAD_BLOCKS], now)) != INT64_MIN) {
-            tried++;
-            got[STORE_KIND_UPLOAD_BLOCKS] = purge_simple(
-                s, NULL,
-                "DELETE FROM upload_kept WHERE id IN (SELECT id FROM upload_kept"
-                " WHERE kept_ms < ?1 ORDER BY kept_ms LIMIT ?2)",
-                c, "upload_blocks", more);
-            failed += got[STORE_KIND_UPLOAD_BLOCKS] < 0;
+            got[k] = purge_simple(s, NULL, simple[i].sql, c, store_kind_name(k), more);
+            failed += got[k] < 0;
         }
         c = cutoff_of(keep[STORE_KIND_SMS], now);
         tried++;
