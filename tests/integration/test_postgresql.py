@@ -275,6 +275,23 @@ class WhatIsStored(unittest.TestCase):
 
 
 class ServerOutage(unittest.TestCase):
+    def test_restart_while_idle_loses_no_message(self):
+        """The server restarted between two messages: the connection the
+        node holds is dead, but nothing of the next group reached the
+        server, so it goes again on a new connection and is accepted."""
+        db = new_db()
+        d = PgDaemon(self, db, "node-a")
+        d.start()
+        with d.connect() as c:
+            self.assertEqual(c.request(make_message("BEFORE")).code, "AA")
+            SERVER.stop("fast")
+            SERVER.start_again()
+            ack = c.request(make_message("AFTER"))
+            self.assertEqual((ack.code, ack.text), ("AA", "Message accepted"), d.log())
+        self.assertEqual(SERVER.psql("SELECT control_id FROM messages ORDER BY id", db),
+                         [["BEFORE"], ["AFTER"]])
+        d.assert_stops_cleanly()
+
     def test_server_stopped_and_started_under_load(self):
         db = new_db()
         d = PgDaemon(self, db, "node-a")
