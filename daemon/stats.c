@@ -898,6 +898,12 @@ int stats_render_prometheus(const struct stats_snapshot *s, struct buf *out)
                    g->store.control_id_reused);
     rc |= prom_one(out, "hl7bridge_store_failures_total", "counter",
                    "Messages the store could not commit (answered AE).", g->store.failures);
+    rc |= prom_one(out, "hl7bridge_store_unavailable", "gauge",
+                   "1 while the store's database server cannot be reached (PostgreSQL).",
+                   (uint64_t)g->store.unavailable);
+    rc |= prom_one(out, "hl7bridge_store_reconnects_total", "counter",
+                   "Times the store connected again to its database server (PostgreSQL).",
+                   g->store.reconnects);
     rc |= prom_head(out, "hl7bridge_store_commit_seconds_total", "counter",
                     "Time spent in store transactions.");
     rc |= buf_append_str(out, "hl7bridge_store_commit_seconds_total ");
@@ -1066,12 +1072,13 @@ int stats_render_json(const struct stats_snapshot *s, struct buf *out)
                        ", \"duplicates\": %" PRIu64 ", \"control_id_reused\": %" PRIu64
                        ", \"failures\": %" PRIu64 ", \"max_group\": %" PRIu64 ", \"commit_us_avg\": %" PRIu64
                        ", \"rows\": %" PRIu64 ", \"quarantined\": %" PRIu64 ", \"filtered\": %"
-                       PRIu64 "}, ",
+                       PRIu64 ", \"unavailable\": %s, \"reconnects\": %" PRIu64 "}, ",
                   h->store_writable ? "true" : "false", h->free_disk_mb, g->store_queue,
                   g->acks_pending, g->store.commits, g->store.messages, g->store.duplicates,
                   g->store.control_id_reused, g->store.failures, g->store.max_group_seen,
                   g->store.commits ? g->store.commit_ns_total / g->store.commits / 1000 : 0,
-                  g->ingest.rows, g->ingest.quarantined, g->ingest.filtered);
+                  g->ingest.rows, g->ingest.quarantined, g->ingest.filtered,
+                  g->store.unavailable ? "true" : "false", g->store.reconnects);
     /* Retention: how long each PHI-bearing kind is kept and the age of the
      * oldest record of it the store still holds (keep_s -1: kept). */
     const struct store_retention_report *rr = &g->store.retention;

@@ -339,6 +339,10 @@ class ServerOutage(unittest.TestCase):
         self.assertEqual([c for c in aa if counts.get(c) != 1], [], "AA'd but not stored once")
         self.assertIn("event=store_unavailable", d.log())
         self.assertIn("event=store_connected", d.log())
+        with urllib.request.urlopen(f"http://127.0.0.1:{d.metrics_port}/metrics", timeout=5) as r:
+            metrics = r.read().decode()
+        self.assertRegex(metrics, r"(?m)^hl7bridge_store_reconnects_total [1-9]")
+        self.assertRegex(metrics, r"(?m)^hl7bridge_store_unavailable 0$")
         d.assert_stops_cleanly()
 
 
