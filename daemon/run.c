@@ -413,8 +413,8 @@ int cmd_run(int argc, char **argv)
         goto out;
     }
     if (on_pg)
-        log_warn("store_retention_off", "backend=postgresql reason=\"retention does not run on "
-                 "PostgreSQL yet: purge by the server's own means\"");
+        log_warn("store_retention_partial", "backend=postgresql reason=\"on PostgreSQL only "
+                 "rejected and quarantined messages are purged yet; the rest is kept\"");
     /* The layout the rows are formatted in, recorded before any row is
      * (in the SQLite file; PostgreSQL rows carry none yet). */
     int64_t layout = 0;

@@ -55,6 +55,9 @@
 /* Any fixed number: the advisory lock two nodes starting at once take
  * around the migrations. */
 #define STORE_PG_MIGRATE_LOCK     "7401402"
+/* …and the one a housekeeping step takes, so that one node at a time
+ * purges (the others find it taken and skip that step). */
+#define STORE_PG_HOUSEKEEP_LOCK   "7401403"
 
 /* pg_migrations[i] takes the schema from version i to i+1.  Append only; a
  * database from a newer build is refused.  Tables and columns follow the
@@ -1326,6 +1329,97 @@ static int pg_unavailable(struct store *s, uint64_t now_ms)
     return try_connect(s, now_ms) != 0;
 }
 
+/* ---- retention ---------------------------------------------------------- */
+
+/* One chunk of each kind this backend holds that is aged from receipt
+ * (rejected messages; quarantined ones with their rows and facts), in one
+ * transaction under an advisory lock, with the oldest record of each kind
+ * left.  The kinds aged from delivery wait for the audit sink. */
+static const char sql_purge[] =
+    "WITH l AS MATERIALIZED (SELECT pg_try_advisory_xact_lock(" STORE_PG_HOUSEKEEP_LOCK ") AS got),"
+    " dr AS (DELETE FROM rejected WHERE id IN (SELECT id FROM rejected WHERE $1::int8 IS NOT NULL"
+    "  AND received_ms < $1::int8 ORDER BY received_ms LIMIT $3::int4) AND (SELECT got FROM l)"
+    "  RETURNING id),"
+    " q AS MATERIALIZED (SELECT id FROM messages WHERE quarantined = 1 AND $2::int8 IS NOT NULL"
+    "  AND received_ms < $2::int8 AND (SELECT got FROM l) ORDER BY received_ms LIMIT $3::int4),"
+    " qr AS (DELETE FROM rows WHERE msg_id IN (SELECT id FROM q)),"
+    " qa AS (DELETE FROM appt_facts WHERE msg_id IN (SELECT id FROM q)),"
+    " dq AS (DELETE FROM messages WHERE id IN (SELECT id FROM q) RETURNING id)"
+    " SELECT (SELECT COUNT(*) FROM dr), (SELECT COUNT(*) FROM dq),"
+    "  (SELECT MIN(received_ms) FROM rejected WHERE id NOT IN (SELECT id FROM dr)),"
+    "  (SELECT MIN(received_ms) FROM messages WHERE quarantined = 1"
+    "   AND id NOT IN (SELECT id FROM dq))";
+
+struct purge_read {
+    int64_t rejected, quarantined, oldest_rejected, oldest_quarantined;
+};
+
+static int purge_result(struct store *s, size_t q, const PGresult *r, void *ud)
+{
+    (void)s;
+    struct purge_read *p = ud;
+    if (q != 1) /* BEGIN, the purge, COMMIT */
+        return 0;
+    if (PQntuples(r) != 1 || PQnfields(r) != 4)
+        return -1;
+    p->rejected = col_i64(r, 0, 0, 0);
+    p->quarantined = col_i64(r, 0, 1, 0);
+    p->oldest_rejected = col_i64(r, 0, 2, 0);
+    p->oldest_quarantined = col_i64(r, 0, 3, 0);
+    return 0;
+}
+
+static long pg_housekeep(struct store *s, int64_t now_wall_ms, int *more)
+{
+    struct store_pg *pg = s->pg;
+    *more = 0;
+    if (!pg->conn || !s->opts.use_keep)
+        return 0;
+    const enum store_kind kinds[2] = { STORE_KIND_REJECTED, STORE_KIND_QUARANTINED };
+    char cut[2][24];
+    const char *v[3];
+    for (int i = 0; i < 2; i++) {
+        uint64_t keep = s->opts.keep_ms[kinds[i]];
+        v[i] = NULL; /* kept forever */
+        if (keep != STORE_KEEP_FOREVER && keep <= (uint64_t)now_wall_ms) {
+            snprintf(cut[i], sizeof cut[i], "%lld", (long long)(now_wall_ms - (int64_t)keep));
+            v[i] = cut[i];
+        }
+    }
+    char chunk[16];
+    snprintf(chunk, sizeof chunk, "%d", STORE_RETENTION_CHUNK);
+    v[2] = chunk;
+    PGconn *c = pg->conn;
+    struct purge_read p = { 0, 0, 0, 0 };
+    char why[256] = "";
+    int ok = PQsendQueryParams(c, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) == 1 &&
+             PQsendQueryParams(c, sql_purge, 3, NULL, v, NULL, NULL, 1) == 1 &&
+             PQsendQueryParams(c, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) == 1 &&
+             PQpipelineSync(c) == 1;
+    enum pg_outcome o = ok ? read_pipeline(s, 3, 1, purge_result, &p, why, sizeof why) : PG_DEAD;
+    if (o != PG_OK) {
+        char q[600];
+        if (o == PG_DEAD || o == PG_DEAD_EARLY)
+            set_down(s, clock_mono_ms());
+        log_warn("store_retention_failed", " backend=postgresql error=\"%s\"",
+                 log_quote(q, sizeof q, why));
+        return -1;
+    }
+    pthread_mutex_lock(s->rt_mu);
+    struct store_retention_report *r = &s->rt_report;
+    for (int k = 0; k < STORE_KIND_N; k++)
+        r->keep_ms[k] = s->opts.keep_ms[k];
+    r->purged[STORE_KIND_REJECTED] += (uint64_t)p.rejected;
+    r->purged[STORE_KIND_QUARANTINED] += (uint64_t)p.quarantined;
+    r->oldest_ms[STORE_KIND_REJECTED] = p.oldest_rejected;
+    r->oldest_ms[STORE_KIND_QUARANTINED] = p.oldest_quarantined;
+    r->checked_ms = now_wall_ms;
+    pthread_mutex_unlock(s->rt_mu);
+    if (p.rejected >= STORE_RETENTION_CHUNK || p.quarantined >= STORE_RETENTION_CHUNK)
+        *more = 1;
+    return (long)(p.rejected + p.quarantined);
+}
+
 static void pg_tick(struct store *s, uint64_t now_ms)
 {
     if (!s->pg->conn)
@@ -1407,7 +1501,7 @@ const struct store_backend store_pg_backend = {
     .unavailable = pg_unavailable,
     .write_group = pg_write_group,
     .after_group = NULL,
-    .housekeep = NULL,
+    .housekeep = pg_housekeep,
     .tick = pg_tick,
 };
 

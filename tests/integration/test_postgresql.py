@@ -75,6 +75,7 @@ class PgDaemon(Daemon):
             f"  url: {_yaml_str(SERVER.url(self.pg_db))}",
             f"  password: ${{{PW_ENV}}}",
             f"  path: {_yaml_str(self.db_path)}",
+            "  retention: {rejected: 1m, quarantined: 1m}",
             "mapping:",
             "  lookups:",
             f"    users: {{file: {_yaml_str(USERS_CSV)}, key_column: ehr_id, value_column: upn}}",
@@ -122,6 +123,20 @@ class TwoNodes(unittest.TestCase):
         return {r[0]: int(r[1]) for r in rows}
 
     def test_load_through_both_resends_to_the_other_node(self):
+        # Retention (1 minute for rejected and quarantined messages) runs
+        # meanwhile on whichever node holds the housekeeping lock.
+        now_ms = int(time.time() * 1000)
+        SERVER.psql(
+            "INSERT INTO rejected (node, received_ms, listener, peer, send_app, send_fac,"
+            " control_id, msg_type, \"trigger\", version, ack_code, reason, err_code, err_where)"
+            f" VALUES ('x', 1000, 'it', 'p', 'A', 'F', 'OLD-R', 'ADT', 'A01', '2.5', 'AR', 'r',"
+            f" 203, 'MSH^1^12'), ('x', {now_ms}, 'it', 'p', 'A', 'F', 'NEW-R', 'ADT', 'A01', '2.5',"
+            " 'AR', 'r', 203, 'MSH^1^12');"
+            "INSERT INTO messages (node, received_ms, listener, peer, send_app, send_fac,"
+            " control_id, msg_type, \"trigger\", version, ack_code, quarantined, digest)"
+            " VALUES ('x', 1000, 'it', 'p', 'A', 'F', 'OLD-Q', 'ADT', 'A01', '2.5', 'AA', 1, 1);"
+            "INSERT INTO rows (msg_id, seq, data) SELECT id, 0, 'x' FROM messages"
+            " WHERE control_id = 'OLD-Q'", self.db)
         senders, per_sender = 4, 150
         errors, resent = [], []
 
@@ -150,17 +165,24 @@ class TwoNodes(unittest.TestCase):
         for t in threads:
             t.join(120)
         self.assertEqual(errors, [])
-        counts = self.stored()
+        counts = {c: n for c, n in self.stored().items() if not c.startswith("OLD")}
         self.assertEqual(len(counts), senders * per_sender)
         self.assertEqual({c for c, n in counts.items() if n != 1}, set())
         dup = SERVER.psql("SELECT COALESCE(SUM(dup_count), 0) FROM messages", self.db)
         self.assertEqual(int(dup[0][0]), len(resent))
-        nodes = SERVER.psql("SELECT node, COUNT(*) FROM messages GROUP BY 1 ORDER BY 1", self.db)
+        nodes = SERVER.psql("SELECT node, COUNT(*) FROM messages WHERE node <> 'x'"
+                            " GROUP BY 1 ORDER BY 1", self.db)
         self.assertEqual([r[0] for r in nodes], ["node-a", "node-b"])
         # mapped rows went into the same transactions (EVN-5 resolves)
         rows = SERVER.psql("SELECT COUNT(*) FROM rows r JOIN messages m ON m.id = r.msg_id",
                            self.db)
         self.assertGreater(int(rows[0][0]), 0)
+        wait_for(lambda: SERVER.psql("SELECT control_id FROM rejected ORDER BY id", self.db) ==
+                 [["NEW-R"]] and SERVER.psql("SELECT COUNT(*) FROM messages"
+                                             " WHERE quarantined = 1", self.db) == [["0"]],
+                 timeout=60, what="old rejected and quarantined messages purged")
+        self.assertEqual(SERVER.psql("SELECT COUNT(*) FROM rows WHERE msg_id NOT IN"
+                                     " (SELECT id FROM messages)", self.db), [["0"]])
         for d in (self.a, self.b):
             self.assertNotIn(pgserver.PASSWORD, d.log())
             d.assert_stops_cleanly()
