@@ -7,7 +7,9 @@ authentication (scram) for TCP, and the server's default durability
 settings (fsync, synchronous_commit on).  stop() / start_again() stop and
 start the same cluster (server restart under load); close() stops it and
 removes the directory.  psql() runs SQL as the superuser and returns the
-rows.
+rows.  A watcher process stops the server and removes the directory when
+the test process dies without close() (killed, or a broken pipe when its
+output is cut short): pg_ctl's server outlives its parent otherwise.
 
 Binaries come from Debian's postgresql package (scripts/deps.sh test);
 available() says whether they are there."""
@@ -16,6 +18,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -23,6 +26,17 @@ PG_BIN = Path(os.environ.get("HL7BRIDGE_PG_BIN", "/usr/lib/postgresql/15/bin"))
 PG_USER = "nobody"
 SUPERUSER = "hb"
 PASSWORD = "hb-test-secret"
+
+
+# Reads stdin until the test process is gone (EOF), then stops the server
+# and removes its directory.  argv: pg_ctl, data dir, dir, run-as prefix.
+_WATCHER = """
+import shutil, subprocess, sys
+sys.stdin.buffer.read()
+subprocess.run(sys.argv[4:] + [sys.argv[1], "-D", sys.argv[2], "-m", "immediate", "-w", "stop"],
+               stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+shutil.rmtree(sys.argv[3], True)
+"""
 
 
 def available():
@@ -42,6 +56,7 @@ class PgServer:
         self.dir = None
         self.port = None
         self.as_root = os.geteuid() == 0
+        self._watcher = None
 
     def _run(self, argv, timeout=120, check=True, env=None):
         if self.as_root:
@@ -60,6 +75,11 @@ class PgServer:
             os.chown(pwfile, pw.pw_uid, pw.pw_gid)
         os.chmod(self.dir, 0o700)
         os.chmod(pwfile, 0o600)
+        prefix = ["runuser", "-u", PG_USER, "--"] if self.as_root else []
+        self._watcher = subprocess.Popen(
+            [sys.executable, "-c", _WATCHER, str(PG_BIN / "pg_ctl"), str(data), str(self.dir)] +
+            prefix, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
         self._run([str(PG_BIN / "initdb"), "-D", str(data), "-U", SUPERUSER,
                    "--auth-local=trust", "--auth-host=scram-sha-256",
                    f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C.UTF-8"])
@@ -89,6 +109,10 @@ class PgServer:
         self.stop("immediate")
         shutil.rmtree(self.dir, True)
         self.dir = None
+        if self._watcher is not None:
+            self._watcher.kill()   # its work is done
+            self._watcher.wait(10)
+            self._watcher = None
 
     def log(self):
         try:
