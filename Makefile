@@ -4,6 +4,7 @@
 #   make test       install missing deps, build, run unit + integration tests,
 #                   unit tests again under ASan and UBSan
 #   make bench      load benchmark: hl7bridge vs the null MLLP responder
+#   make bench-pg   the same on a throwaway local PostgreSQL (store.type postgresql)
 #   make soak       5M messages with retention purging, sampled every 10 s (SOAK_* variables)
 #   make fuzz       libFuzzer targets (FUZZ_SECONDS each)
 #   make lint       banned functions, cppcheck
@@ -65,7 +66,7 @@ BENCH_SRCS := $(wildcard tests/bench/*.c)
 BENCH_BINS := $(BENCH_SRCS:tests/bench/%.c=$(BUILD)/bench/%)
 FUZZ_TARGETS := $(notdir $(wildcard tests/fuzz/*))
 
-.PHONY: all deps test-deps run test unit unit-asan unit-ubsan integration bench soak fuzz fuzz-short \
+.PHONY: all deps test-deps run test unit unit-asan unit-ubsan integration bench bench-pg soak fuzz fuzz-short \
         lint install deb clean
 all: $(BUILD)/hl7bridge
 
@@ -157,6 +158,9 @@ test: test-deps
 
 bench: deps all $(BENCH_BINS)
 	@scripts/bench.sh $(BUILD)
+
+bench-pg: test-deps all $(BUILD)/bench/loadgen $(BUILD)/bench/null_responder
+	@/usr/bin/python3 tests/bench/pg_bench.py $(BUILD)
 
 soak: deps all $(BUILD)/bench/loadgen
 	@scripts/soak.sh $(BUILD)
