@@ -336,6 +336,11 @@ void run_retention_opts(const struct config *cfg, struct store_opts *so)
         so->files[so->n_files++] = (struct store_file_keep){
             .path = cfg->sinks.audit.directory, .prefix = SINK_AUDIT_FILE_PREFIX,
             .kind = STORE_KIND_AUDIT_FILES, .keep_ms = so->keep_ms[STORE_KIND_AUDIT_FILES] };
+    /* `hl7bridge upload` and inputs.files write their blocks there too. */
+    if (cfg->sinks.audit.type == CONFIG_AUDIT_FILE)
+        so->files[so->n_files++] = (struct store_file_keep){
+            .path = cfg->sinks.audit.directory, .prefix = SINK_UPLOAD_FILE_PREFIX,
+            .kind = STORE_KIND_AUDIT_FILES, .keep_ms = so->keep_ms[STORE_KIND_AUDIT_FILES] };
 }
 
 int cmd_run(int argc, char **argv)

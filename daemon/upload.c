@@ -168,7 +168,7 @@ static int send_blocks(struct upload *u, const char *name, const uint8_t *p, siz
             bad = buf_append(&block, p + recs[i].off, recs[i].len) ||
                   buf_append(&block, u->eol, eol_len);
         char fname[128];
-        snprintf(fname, sizeof fname, "hl7bridge-upload-%.16s-%05llu.%s", digest,
+        snprintf(fname, sizeof fname, SINK_UPLOAD_FILE_PREFIX "%.16s-%05llu.%s", digest,
                  (unsigned long long)seq + 1, ext);
         int status = 0;
         enum push_result r = bad ? SINK_PUSH_REFUSED

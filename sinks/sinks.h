@@ -34,6 +34,9 @@
 #define SINK_MAX_IMPORT_BYTES    3000000000ull
 /* Name prefix of the file sink's block files (retention purges only these). */
 #define SINK_AUDIT_FILE_PREFIX   "hl7bridge-audit-"
+/* Blocks of uploaded files (`hl7bridge upload`, inputs.files) as the file
+ * sink writes them; purged with the audit files (store.retention.audit_files). */
+#define SINK_UPLOAD_FILE_PREFIX  "hl7bridge-upload-"
 
 /* Retry policy defaults: the delay doubles from the base to the maximum;
  * a Retry-After longer than SINK_RETRY_AFTER_MAX_MS is cut to it. */

@@ -15,7 +15,8 @@ sms: 10d, sms_file: 5d, audit_files: 3d, upload_blocks: 3d}:
        quarantined message, SMS state, the SMS file (rotated) and the kept
        upload block kept; `stats` on the stopped daemon reads the same
        retention from the store;
-  +4d  audit files and the kept upload block gone; the rest as before;
+  +4d  audit files (the file sink's upload blocks too) and the kept upload
+       block gone; the rest as before;
   +8d  delivered messages and their connector rows gone, the rotated SMS
        file gone; quarantined message and SMS state kept;
   +31d everything gone.
@@ -162,6 +163,15 @@ class RetentionTest(unittest.TestCase):
         self.assertEqual(up.returncode, 1, up.stdout + up.stderr)
         self.assertRegex(up.stderr, r"block 1/1 kept for redrive as upload:\d+")
         self.assertEqual(self.count(d, "SELECT COUNT(*) FROM upload_kept"), 1)
+        # One that is written: the file sink's upload blocks age as audit files.
+        msg.write_bytes(make_message("RT-UP-2") + make_message("RT-UP-3"))  # two rows
+        m = subprocess.run([str(d.bin), "map", "-c", str(d.config_path), str(msg)],
+                           capture_output=True, timeout=30)
+        export.write_bytes(m.stdout)
+        up = subprocess.run([str(d.bin), "upload", "-c", str(d.config_path), str(export)],
+                            capture_output=True, text=True, timeout=60)
+        self.assertEqual(up.returncode, 0, up.stdout + up.stderr)
+        self.assertEqual(len(list(out.glob("hl7bridge-upload-*"))), 1)
 
         def rotated():
             return sorted(p for p in d.dir.iterdir() if p.name.startswith("sms.jsonl."))
@@ -176,6 +186,7 @@ class RetentionTest(unittest.TestCase):
         self.assertEqual(self.count(
             d, "SELECT COUNT(*) FROM messages WHERE quarantined = 1 AND raw IS NOT NULL"), 1)
         self.assertGreater(len(list(out.glob("hl7bridge-audit-*"))), 0)
+        self.assertEqual(len(list(out.glob("hl7bridge-upload-*"))), 1)
         self.assertGreater(self.count(d, "SELECT COUNT(*) FROM sms_appointments"), 0)
         self.assertEqual(len(rotated()), 1, "the SMS file is rotated, not yet purged")
         self.assertEqual(rt["raw"]["keep_s"], 86400)
@@ -211,6 +222,7 @@ class RetentionTest(unittest.TestCase):
         # are past their 3 days.
         d.restart_at(4)
         self.assertTrue(wait_for(lambda: not list(out.glob("hl7bridge-audit-*"))), d.log())
+        self.assertTrue(wait_for(lambda: not list(out.glob("hl7bridge-upload-*"))), d.log())
         self.assertTrue(wait_for(lambda: self.count(d, "SELECT COUNT(*) FROM upload_kept") == 0),
                         d.log())
         r = subprocess.run([str(d.bin), "redrive", "-c", str(d.config_path), "--list"],
