@@ -253,10 +253,15 @@ plot '{tsv}' using 1:5 with linespoints title 'daemon RSS', \\
      '' using 1:6 with linespoints title 'database file', \\
      '' using 1:7 with linespoints title 'WAL file'{files}
 set title 'Backlog and retention'
-set ylabel 'rows / messages'
-set format y '%.0s%c'
-plot '{tsv}' using 1:8 with linespoints title 'undelivered rows', \\
-     '' using 1:9 with linespoints title 'messages purged (cumulative)'
+set ylabel 'undelivered rows'
+set y2label 'messages purged since start'
+set format y '%.1s%c'
+set format y2 '%.1s%c'
+set y2range [0:*]
+set y2tics
+set ytics nomirror
+plot '{tsv}' using 1:8 with linespoints title 'undelivered rows (left)', \\
+     '' using 1:9 axes x1y2 with linespoints title 'messages purged, cumulative (right)'
 unset multiplot
 """
     gp = out / "soak.gp"
@@ -345,6 +350,8 @@ def main():
                 final = line.strip() or final
                 continue
             f = fields(line)
+            if samples and f["t"] - last_t < interval / 2:
+                continue   # the last few messages after the last full interval
             st = status(mport)
             rows = emu.accepted_count() if emu else file_rows_base
             cpu = cpu_s(daemon.pid)
