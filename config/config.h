@@ -161,6 +161,7 @@ struct config {
     } ack;
     struct {
         char *name;                     /* this node in a cluster, default: the host name */
+        unsigned heartbeat_s;           /* PostgreSQL: heartbeat period, default 5 */
     } node;
     struct {
         enum config_store_type type;    /* default sqlite */

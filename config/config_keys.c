@@ -423,6 +423,8 @@ static int check_node_name(const char *v, char *why, size_t len)
 static const struct cfg_key node_keys[] = {
     {.name = "name", .type = CT_STR, .off = OFF(node.name), .check = check_node_name},
     /* not written: the host name */
+    {.name = "heartbeat_s", .type = CT_UINT, .off = OFF(node.heartbeat_s),
+     .min = 1, .max = 3600, .def = "5"},
 };
 static const struct cfg_section node_sec = {node_keys, NKEYS(node_keys), 0, NULL, NULL};
 

@@ -116,6 +116,7 @@ static void sample(struct http_monitor *m)
     g.store_queue = store_pending(m->store);
     store_get_stats(m->store, &g.store);
     ingest_get_stats(m->in, &g.ingest);
+    g.n_cluster = store_cluster_nodes(m->store, g.cluster, STORE_CLUSTER_MAX);
     stats_set_gauges(m->stats, &g);
 }
 

@@ -129,6 +129,16 @@ static void note_ack(struct ingest *in, const struct hl7_msg *m, enum hl7_ack_co
                      err ? err->code : HL7_E_INTERNAL, in->cur_dup, lat);
 }
 
+/* Counts an ACK sent, and gives the node's totals (AA, AE, AR; the
+ * enhanced-mode codes with them) to the store for its heartbeat. */
+static void count_ack(struct ingest *in, enum hl7_ack_code code)
+{
+    uint64_t *a = in->st.acks;
+    a[code]++;
+    store_set_acks(in->store, a[HL7_ACK_AA] + a[HL7_ACK_CA], a[HL7_ACK_AE] + a[HL7_ACK_CE],
+                   a[HL7_ACK_AR] + a[HL7_ACK_CR]);
+}
+
 /* Builds and sends the acknowledgement for message `m` with outcome `o`;
  * returns the code it chose. */
 static enum hl7_ack_code answer(struct ingest *in, struct mllp_conn *c, uint64_t seq,
@@ -143,7 +153,7 @@ static enum hl7_ack_code answer(struct ingest *in, struct mllp_conn *c, uint64_t
         if (hl7_ack_code_parse((const uint8_t *)code_override, strlen(code_override), &oc) == 0)
             code = oc;
     }
-    in->st.acks[code]++;
+    count_ack(in, code);
     if (in->stats)
         note_ack(in, m, code, err);
     if (!c)
@@ -290,7 +300,7 @@ static void batch_finish(struct ingest *in, struct batch *b)
                       b->duplicates);
     if (b->count_note && n > 0 && (size_t)n < sizeof text)
         (void)snprintf(text + n, sizeof text - (size_t)n, "; warning: %s", b->count_note);
-    in->st.acks[code]++;
+    count_ack(in, code);
     if (in->stats)
         note_batch(in, b, code);
     if (c) {
@@ -736,7 +746,7 @@ static void reject_batch(struct ingest *in, struct mllp_conn *c, uint64_t seq,
                          const struct hl7_batch_iter *it, const struct hl7_err *err)
 {
     enum hl7_ack_code code = in->o.enhanced ? HL7_ACK_CR : HL7_ACK_AR;
-    in->st.acks[code]++;
+    count_ack(in, code);
     if (in->stats)
         note_ack(in, NULL, code, err);
     struct hl7_ack_ctx ctx;

@@ -400,6 +400,8 @@ int cmd_run(int argc, char **argv)
         .url = cfg->store.url,
         .password = cfg->store.password,
         .node = cfg->node.name,
+        .heartbeat_ms = (uint64_t)cfg->node.heartbeat_s * 1000,
+        .version = HL7BRIDGE_VERSION,
         .path = cfg->store.path,
         .retention_days = cfg->store.retention_days,
         .min_free_disk_mb = cfg->store.min_free_disk_mb,

@@ -1192,6 +1192,22 @@ int stats_render_json(const struct stats_snapshot *s, struct buf *out)
         rc |= json_s(out, k->last_error);
         rc |= buf_append_str(out, "}");
     }
+    /* PostgreSQL: the nodes as this node's last heartbeat read them
+     * (age_ms on the server's clock at that moment); empty on SQLite. */
+    rc |= buf_append_str(out, "], \"cluster\": [");
+    for (size_t i = 0; i < g->n_cluster; i++) {
+        const struct store_node *x = &g->cluster[i];
+        rc |= buf_append_str(out, i ? ", {\"name\": " : "{\"name\": ");
+        rc |= json_s(out, x->name);
+        rc |= buf_append_str(out, ", \"version\": ");
+        rc |= json_s(out, x->version);
+        rc |= bprintf(out, ", \"state\": \"%s\", \"heartbeat_age_ms\": %" PRId64
+                           ", \"heartbeat_ms\": %" PRId64 ", \"started_ms\": %" PRId64
+                           ", \"pid\": %" PRId64 ", \"aa\": %" PRIu64 ", \"ae\": %" PRIu64
+                           ", \"ar\": %" PRIu64 ", \"stored\": %" PRIu64 "}",
+                      x->up ? "up" : "down", x->age_ms, x->interval_ms, x->started_ms, x->pid,
+                      x->aa, x->ae, x->ar, x->stored);
+    }
     rc |= buf_append_str(out, "]}\n");
     return rc ? -1 : 0;
 }

@@ -68,6 +68,9 @@ struct stats_gauges {
     uint64_t store_queue;         /* messages submitted, not yet committed */
     struct store_stats store;
     struct ingest_stats ingest;
+    /* PostgreSQL: every node as this node's last heartbeat read them. */
+    struct store_node cluster[STORE_CLUSTER_MAX];
+    size_t n_cluster;
 };
 
 /* One sink's state, as the sinks report it (no PHI in last_error). */

@@ -1,5 +1,5 @@
-/* `hl7bridge stats [-c FILE] [--daily] [--days N]`: the monitoring figures
- * as tables on the terminal.
+/* `hl7bridge stats [-c FILE] [--daily] [--days N] [--cluster]`: the
+ * monitoring figures as tables on the terminal.
  *
  * With the daemon running, it fetches /status from metrics.address (libcurl)
  * and prints the same numbers as the status page: health, queues, and ACKs
@@ -7,7 +7,8 @@
  * does not answer it prints the retention (the oldest PHI-bearing record per
  * kind, store_query_retention) and the daily totals kept in the store
  * instead, read through read-only connections; --daily prints only the
- * daily totals.
+ * daily totals.  --cluster reads every node's heartbeat from the PostgreSQL
+ * store (store.url) instead.
  *
  * /status is JSON written with ", " and ": " separators, which makes it
  * valid YAML as well; it is read back with libyaml (already linked for the
@@ -39,7 +40,7 @@ static const char *const codes[6] = { "AA", "AE", "AR", "CA", "CE", "CR" };
 
 static void stats_usage(FILE *out)
 {
-    fprintf(out, "usage: hl7bridge stats [-c FILE] [--daily] [--days N]\n"
+    fprintf(out, "usage: hl7bridge stats [-c FILE] [--daily] [--days N] [--cluster]\n"
                  "\n"
                  "Prints ACK statistics of the running daemon (from /status on\n"
                  "metrics.address).  When the daemon is not running it reads the store\n"
@@ -48,7 +49,11 @@ static void stats_usage(FILE *out)
                  "--daily only the daily totals.\n"
                  "  -c, --config FILE   configuration (default %s)\n"
                  "  --daily             print the store's daily totals\n"
-                 "  --days N            how many days of daily totals, 1..3660 (default 7)\n",
+                 "  --days N            how many days of daily totals, 1..3660 (default 7)\n"
+                 "  --cluster           every node on the PostgreSQL store (store.type\n"
+                 "                      postgresql): last heartbeat, version, its ACK counts,\n"
+                 "                      up or down (down: no heartbeat for 3 of its\n"
+                 "                      node.heartbeat_s), and the totals\n",
             CONFIG_DEFAULT_PATH);
 }
 
@@ -445,10 +450,60 @@ static int print_daily(const struct config *c, unsigned days)
     return 0;
 }
 
+/* ---- cluster (PostgreSQL) ---------------------------------------------- */
+
+/* Every node's last heartbeat and the totals; 0, or 1 when the store
+ * cannot be read. */
+static int print_cluster(const struct config *cfg)
+{
+    if (cfg->store.type != CONFIG_STORE_POSTGRESQL) {
+        fprintf(stderr, "hl7bridge stats --cluster: needs store.type postgresql (this "
+                        "configuration runs one node on SQLite)\n");
+        return 1;
+    }
+    struct store_opts o = { .type = STORE_POSTGRESQL, .url = cfg->store.url,
+                            .password = cfg->store.password, .node = cfg->node.name };
+    static struct store_node nodes[STORE_CLUSTER_MAX];
+    char err[512];
+    long total = store_cluster_read(&o, nodes, STORE_CLUSTER_MAX, err, sizeof err);
+    if (total < 0) {
+        fprintf(stderr, "hl7bridge stats --cluster: %s\n", err);
+        return 1;
+    }
+    size_t n = (size_t)total < STORE_CLUSTER_MAX ? (size_t)total : STORE_CLUSTER_MAX;
+    size_t up = 0;
+    uint64_t aa = 0, ae = 0, ar = 0, stored = 0;
+    for (size_t i = 0; i < n; i++) {
+        up += nodes[i].up != 0;
+        aa += nodes[i].aa;
+        ae += nodes[i].ae;
+        ar += nodes[i].ar;
+        stored += nodes[i].stored;
+    }
+    printf("cluster: %ld node%s, %zu up, %zu down\n", total, total == 1 ? "" : "s", up, n - up);
+    printf("%-24s %-5s %12s %-12s %8s %10s %10s %10s %10s\n", "node", "state", "heartbeat",
+           "version", "pid", "AA", "AE", "AR", "stored");
+    for (size_t i = 0; i < n; i++) {
+        const struct store_node *x = &nodes[i];
+        char age[32];
+        snprintf(age, sizeof age, "%.1f s ago", (double)x->age_ms / 1000.0);
+        printf("%-24s %-5s %12s %-12s %8lld %10llu %10llu %10llu %10llu\n", x->name,
+               x->up ? "up" : "down", age, x->version, (long long)x->pid,
+               (unsigned long long)x->aa, (unsigned long long)x->ae, (unsigned long long)x->ar,
+               (unsigned long long)x->stored);
+    }
+    printf("%-24s %-5s %12s %-12s %8s %10llu %10llu %10llu %10llu\n", "total", "", "", "", "",
+           (unsigned long long)aa, (unsigned long long)ae, (unsigned long long)ar,
+           (unsigned long long)stored);
+    if ((size_t)total > n)
+        printf("(%ld more nodes not shown nor counted)\n", total - (long)n);
+    return 0;
+}
+
 int cmd_stats(int argc, char **argv)
 {
     const char *path = CONFIG_DEFAULT_PATH;
-    int explicit_path = 0, daily = 0;
+    int explicit_path = 0, daily = 0, cluster = 0;
     uint64_t days = 7;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
@@ -457,6 +512,10 @@ int cmd_stats(int argc, char **argv)
         }
         if (strcmp(argv[i], "--daily") == 0) {
             daily = 1;
+            continue;
+        }
+        if (strcmp(argv[i], "--cluster") == 0) {
+            cluster = 1;
             continue;
         }
         if (strcmp(argv[i], "--days") == 0) {
@@ -481,6 +540,10 @@ int cmd_stats(int argc, char **argv)
     if (!cfg)
         return 1;
     int rc = 1;
+    if (cluster) {
+        rc = print_cluster(cfg);
+        goto out;
+    }
     if (!daily && cfg->metrics.enabled) {
         struct buf body;
         buf_init(&body, STATUS_MAX_BYTES);

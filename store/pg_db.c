@@ -28,6 +28,7 @@
 #include "core/clock.h"
 #include "core/conninfo.h"
 #include "core/log.h"
+#include "core/num.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -36,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Reconnection back-off, and how long one pipeline may take before the
  * connection is taken for dead (a hung server must not hold senders
@@ -50,7 +52,7 @@
 #define STORE_PG_TRIES            4
 
 /* Bumped whenever a migration is appended below. */
-#define STORE_PG_SCHEMA_VERSION   2
+#define STORE_PG_SCHEMA_VERSION   3
 
 /* Any fixed number: the advisory lock two nodes starting at once take
  * around the migrations. */
@@ -205,11 +207,27 @@ static const char *const pg_migrations[STORE_PG_SCHEMA_VERSION] = {
     "DROP FUNCTION hb_store_message(TEXT, BIGINT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT,"
     " TEXT, BYTEA, INTEGER, TEXT, INTEGER, INTEGER, BIGINT, BIGINT, BYTEA[], BOOLEAN, TEXT, TEXT,"
     " TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, TEXT, BIGINT, BIGINT, BIGINT);",
+    /* 3: one row per node, rewritten by its heartbeat: beat_ms is the
+     * server's clock (no skew between nodes), the counts are the node's
+     * since it started. */
+    "CREATE TABLE nodes ("
+    " name TEXT PRIMARY KEY,"
+    " version TEXT NOT NULL,"
+    " started_ms BIGINT NOT NULL,"
+    " beat_ms BIGINT NOT NULL,"
+    " interval_ms BIGINT NOT NULL,"
+    " pid BIGINT NOT NULL,"
+    " aa BIGINT NOT NULL,"
+    " ae BIGINT NOT NULL,"
+    " ar BIGINT NOT NULL,"
+    " stored BIGINT NOT NULL);",
 };
 
 struct store_pg {
     PGconn *conn;
-    char *url, *password, *node;  /* owned copies */
+    uint64_t next_beat_ms;        /* monotonic: this node's next heartbeat */
+    int64_t started_ms;           /* wall clock at open */
+    char *url, *password, *node, *version;  /* owned copies */
     char *shown;                  /* the url as logs show it (no password) */
     uint64_t next_try_ms, backoff_ms;
     int down_logged;
@@ -1420,10 +1438,123 @@ static long pg_housekeep(struct store *s, int64_t now_wall_ms, int *more)
     return (long)(p.rejected + p.quarantined);
 }
 
+/* ---- heartbeat and the cluster view ------------------------------------ */
+
+#define PG_NOW_MS "(extract(epoch FROM clock_timestamp()) * 1000)::int8"
+
+static const char sql_beat[] =
+    "INSERT INTO nodes (name, version, started_ms, beat_ms, interval_ms, pid, aa, ae, ar, stored)"
+    " VALUES ($1, $2, $3::int8, " PG_NOW_MS ", $4::int8, $5::int8, $6::int8, $7::int8, $8::int8,"
+    " $9::int8) ON CONFLICT (name) DO UPDATE SET version = EXCLUDED.version,"
+    " started_ms = EXCLUDED.started_ms, beat_ms = EXCLUDED.beat_ms,"
+    " interval_ms = EXCLUDED.interval_ms, pid = EXCLUDED.pid, aa = EXCLUDED.aa,"
+    " ae = EXCLUDED.ae, ar = EXCLUDED.ar, stored = EXCLUDED.stored";
+
+static const char sql_nodes[] =
+    "SELECT name, version, started_ms, " PG_NOW_MS " - beat_ms, interval_ms, pid, aa, ae, ar,"
+    " stored, COUNT(*) OVER () FROM nodes ORDER BY name LIMIT 64";
+_Static_assert(STORE_CLUSTER_MAX == 64, "sql_nodes LIMIT");
+
+static int64_t text_i64(const PGresult *r, int row, int col)
+{
+    const char *v = PQgetvalue(r, row, col);
+    int64_t x = 0;
+    if (num_parse_i64((const uint8_t *)v, strlen(v), INT64_MIN, INT64_MAX, &x) != 0)
+        return 0;
+    return x;
+}
+
+/* The rows of sql_nodes (text format) into out; returns how many nodes
+ * the table holds, -1 on an unexpected answer. */
+static long nodes_parse(const PGresult *r, struct store_node *out, size_t cap)
+{
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQnfields(r) != 11)
+        return -1;
+    int n = PQntuples(r);
+    long total = n ? (long)text_i64(r, 0, 10) : 0;
+    for (int i = 0; i < n && (size_t)i < cap; i++) {
+        struct store_node *x = &out[i];
+        memset(x, 0, sizeof *x);
+        snprintf(x->name, sizeof x->name, "%s", PQgetvalue(r, i, 0));
+        snprintf(x->version, sizeof x->version, "%s", PQgetvalue(r, i, 1));
+        x->started_ms = text_i64(r, i, 2);
+        x->age_ms = text_i64(r, i, 3);
+        x->interval_ms = text_i64(r, i, 4);
+        x->pid = text_i64(r, i, 5);
+        x->aa = (uint64_t)text_i64(r, i, 6);
+        x->ae = (uint64_t)text_i64(r, i, 7);
+        x->ar = (uint64_t)text_i64(r, i, 8);
+        x->stored = (uint64_t)text_i64(r, i, 9);
+        x->up = x->age_ms <= STORE_DOWN_BEATS * x->interval_ms;
+    }
+    return total;
+}
+
+static int beat_result(struct store *s, size_t q, const PGresult *r, void *ud)
+{
+    (void)ud;
+    if (q != 1)
+        return 0;
+    struct store_node tmp[STORE_CLUSTER_MAX];
+    long total = nodes_parse(r, tmp, STORE_CLUSTER_MAX);
+    if (total < 0)
+        return -1;
+    size_t n = (size_t)total < STORE_CLUSTER_MAX ? (size_t)total : STORE_CLUSTER_MAX;
+    pthread_mutex_lock(s->rt_mu);
+    memcpy(s->cluster, tmp, n * sizeof *tmp);
+    s->n_cluster = n;
+    pthread_mutex_unlock(s->rt_mu);
+    return 0;
+}
+
+/* Writes this node's row and reads every node's, in one pipeline (one
+ * implicit transaction) on the writer's connection: a round trip every
+ * heartbeat_ms, nothing per message. */
+static void heartbeat(struct store *s)
+{
+    struct store_pg *pg = s->pg;
+    char v[9][24];
+    const char *p[9];
+    p[0] = pg->node;
+    p[1] = pg->version;
+    snprintf(v[2], sizeof v[2], "%lld", (long long)pg->started_ms);
+    snprintf(v[3], sizeof v[3], "%llu", (unsigned long long)s->opts.heartbeat_ms);
+    snprintf(v[4], sizeof v[4], "%lld", (long long)getpid());
+    for (int i = 0; i < 3; i++)
+        snprintf(v[5 + i], sizeof v[5 + i], "%llu",
+                 (unsigned long long)atomic_load_explicit(&s->node_acks[i], memory_order_relaxed));
+    snprintf(v[8], sizeof v[8], "%llu",
+             (unsigned long long)atomic_load_explicit(&s->st.messages, memory_order_relaxed));
+    for (int i = 2; i < 9; i++)
+        p[i] = v[i];
+    PGconn *c = pg->conn;
+    char why[256] = "";
+    int ok = PQsendQueryParams(c, sql_beat, 9, NULL, p, NULL, NULL, 0) == 1 &&
+             PQsendQueryParams(c, sql_nodes, 0, NULL, NULL, NULL, NULL, 0) == 1 &&
+             PQpipelineSync(c) == 1;
+    enum pg_outcome o = ok ? read_pipeline(s, 2, 0, beat_result, NULL, why, sizeof why) : PG_DEAD;
+    if (o != PG_OK) {
+        char q[600];
+        if (o == PG_DEAD || o == PG_DEAD_EARLY)
+            set_down(s, clock_mono_ms());
+        log_warn("store_heartbeat_failed", " backend=postgresql error=\"%s\"",
+                 log_quote(q, sizeof q, why));
+    }
+}
+
 static void pg_tick(struct store *s, uint64_t now_ms)
 {
-    if (!s->pg->conn)
+    struct store_pg *pg = s->pg;
+    if (!pg->conn)
         (void)try_connect(s, now_ms);
+    if (!pg->conn)
+        return;
+    if (now_ms >= pg->next_beat_ms) {
+        pg->next_beat_ms = now_ms + s->opts.heartbeat_ms;
+        heartbeat(s);
+    }
+    if (pg->conn)
+        s->be_wake_ms = pg->next_beat_ms;
 }
 
 static void pg_close(struct store *s)
@@ -1438,6 +1569,7 @@ static void pg_close(struct store *s)
     free(pg->password);
     free(pg->url);
     free(pg->node);
+    free(pg->version);
     free(pg->shown);
     free(pg->idx);
     free(pg->ord);
@@ -1484,6 +1616,20 @@ static int pg_open(struct store *s, char *errbuf, size_t errcap)
         snprintf(errbuf, errcap, "store: out of memory");
         return -1;
     }
+    s->cluster = calloc(STORE_CLUSTER_MAX, sizeof *s->cluster);
+    if (!s->cluster) {
+        snprintf(errbuf, errcap, "store: out of memory");
+        return -1;
+    }
+    if (!s->opts.heartbeat_ms)
+        s->opts.heartbeat_ms = STORE_HEARTBEAT_MS;
+    pg->version = strdup(s->opts.version ? s->opts.version : "");
+    if (!pg->version) {
+        snprintf(errbuf, errcap, "store: out of memory");
+        return -1;
+    }
+    s->opts.version = pg->version; /* the caller's copy may go */
+    pg->started_ms = clock_wall_ms();
     s->opts.url = pg->url;
     s->opts.password = NULL; /* the caller's copy may go; ours is pg->password */
     pg->conn = pg_open_conn(pg, errbuf, errcap);
@@ -1539,6 +1685,44 @@ int store_check_postgresql(const struct store_opts *o, char *info, size_t infoca
              PQserverVersion(c) / 10000, have, STORE_PG_SCHEMA_VERSION,
              have < STORE_PG_SCHEMA_VERSION ? " (run migrates)" : "", PQuser(c));
     ret = 0;
+out:
+    PQfinish(c);
+    free(shown);
+    return ret;
+}
+
+long store_cluster_read(const struct store_opts *o, struct store_node *out, size_t cap,
+                        char *errbuf, size_t errcap)
+{
+    char *shown = shown_url(o->url ? o->url : "");
+    PGconn *c = pg_connect(o->url ? o->url : "", o->password, o->node);
+    long ret = -1;
+    if (!shown || !c) {
+        snprintf(errbuf, errcap, "out of memory");
+        goto out;
+    }
+    if (PQstatus(c) != CONNECTION_OK) {
+        char m[256];
+        pg_msg(PQerrorMessage(c), m, sizeof m);
+        snprintf(errbuf, errcap, "cannot connect to %s: %s", shown, m);
+        goto out;
+    }
+    PGresult *r = PQexec(c, "SELECT to_regclass('nodes') IS NOT NULL");
+    int exists = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 &&
+                 PQgetvalue(r, 0, 0)[0] == 't';
+    PQclear(r);
+    if (!exists) {
+        ret = 0; /* no node of this version ran yet */
+        goto out;
+    }
+    r = PQexec(c, sql_nodes);
+    ret = nodes_parse(r, out, cap);
+    if (ret < 0) {
+        char m[256];
+        pg_msg(PQresultErrorMessage(r), m, sizeof m);
+        snprintf(errbuf, errcap, "%s: reading nodes: %s", shown, m);
+    }
+    PQclear(r);
 out:
     PQfinish(c);
     free(shown);

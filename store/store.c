@@ -308,6 +308,7 @@ static void store_destroy(struct store *s)
         free(s->files[i].path_own);
         free(s->files[i].prefix_own);
     }
+    free(s->cluster);
     free(s->grp_res);
     free(s->grp);
     free(s->res);
@@ -542,4 +543,23 @@ void store_get_stats(const struct store *s, struct store_stats *out)
     pthread_mutex_lock(s->rt_mu);
     out->retention = s->rt_report;
     pthread_mutex_unlock(s->rt_mu);
+}
+
+void store_set_acks(struct store *s, uint64_t aa, uint64_t ae, uint64_t ar)
+{
+    if (!s)
+        return;
+    atomic_store_explicit(&s->node_acks[0], aa, memory_order_relaxed);
+    atomic_store_explicit(&s->node_acks[1], ae, memory_order_relaxed);
+    atomic_store_explicit(&s->node_acks[2], ar, memory_order_relaxed);
+}
+
+size_t store_cluster_nodes(const struct store *s, struct store_node *out, size_t cap)
+{
+    pthread_mutex_lock(s->rt_mu);
+    size_t n = s->n_cluster < cap ? s->n_cluster : cap;
+    if (n)
+        memcpy(out, s->cluster, n * sizeof *out);
+    pthread_mutex_unlock(s->rt_mu);
+    return n;
 }

@@ -70,6 +70,11 @@ struct store_opts {
     const char *url;
     const char *password;
     const char *node;
+    /* PostgreSQL: this node's heartbeat (table nodes) every heartbeat_ms
+     * (0: STORE_HEARTBEAT_MS), with the version string and the ACK counts
+     * given to store_set_acks. */
+    uint64_t heartbeat_ms;
+    const char *version;
     unsigned retention_days;   /* raw messages kept after delivery (caps keep_ms[RAW]) */
     /* Non-zero: keep_ms[] below says how long each kind is kept (ms, or
      * STORE_KEEP_FOREVER).  Zero: only raw bodies are purged, after
@@ -227,6 +232,38 @@ void store_get_stats(const struct store *s, struct store_stats *out);
  * reason in errbuf.  Any thread; blocks up to libpq's connect_timeout. */
 int store_check_postgresql(const struct store_opts *o, char *info, size_t infocap, char *errbuf,
                            size_t errcap) __attribute__((warn_unused_result));
+
+/* ---- cluster (PostgreSQL) ------------------------------------------------ */
+
+#define STORE_HEARTBEAT_MS   5000
+#define STORE_CLUSTER_MAX    64     /* nodes shown; more are counted in the totals only */
+#define STORE_DOWN_BEATS     3      /* a node is down after this many missed heartbeats */
+
+/* One node's last heartbeat as the server has it.  age_ms is measured on
+ * the server's clock (no skew between nodes); up = age_ms <=
+ * STORE_DOWN_BEATS * interval_ms. */
+struct store_node {
+    char name[64];
+    char version[32];
+    int64_t started_ms, age_ms, interval_ms, pid;
+    uint64_t aa, ae, ar, stored;
+    int up;
+};
+
+/* The ACKs this node has sent (AA with CA, AE with CE, AR with CR), for its
+ * next heartbeat.  Any thread; a no-op on SQLite. */
+void store_set_acks(struct store *s, uint64_t aa, uint64_t ae, uint64_t ar);
+
+/* The nodes as the last heartbeat read them (up to cap); 0 on SQLite or
+ * before the first heartbeat.  Any thread. */
+size_t store_cluster_nodes(const struct store *s, struct store_node *out, size_t cap);
+
+/* `hl7bridge stats --cluster`: reads the nodes table through its own
+ * connection (o->url, o->password).  Returns how many nodes there are
+ * (out holds the first cap of them, by name), -1 with the reason in
+ * errbuf.  Any thread. */
+long store_cluster_read(const struct store_opts *o, struct store_node *out, size_t cap,
+                        char *errbuf, size_t errcap) __attribute__((warn_unused_result));
 
 /* Messages submitted whose results are not yet published (still queued or
  * being written).  A draining producer keeps taking results until this and

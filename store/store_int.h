@@ -189,6 +189,12 @@ struct store {
         _Atomic uint64_t reconnects;
         _Atomic int unavailable;
     } st;
+
+    /* PostgreSQL cluster view: ACK counts for the heartbeat (any thread
+     * writes) and the nodes the last heartbeat read (guarded by rt_mu). */
+    _Atomic uint64_t node_acks[3];
+    struct store_node *cluster;  /* STORE_CLUSTER_MAX, allocated by the backend */
+    size_t n_cluster;
 };
 
 /* store_db.c — all SQLite access.  db_open runs on the main thread before the

@@ -10,13 +10,19 @@ gets its own database.
 - the server stopped under load: AE "Cannot store message" and /readyz 503
   while it is down, every AA'd message stored once, accepting again (and
   /readyz 200) by itself once it is back;
+- every node's heartbeat (table nodes, node.heartbeat_s 1 here): `stats
+  --cluster` and /status "cluster" show both nodes up with their ACK counts
+  and the totals; a node killed with SIGKILL shown as down after three
+  missed heartbeats; on SQLite `stats --cluster` says it needs PostgreSQL;
 - a schema newer than the build refused by `check` and `run`;
 - `check`: what is wrong (password, unreachable server), the password never
   printed or logged; a password file others may read, a password in
   store.url, and sinks that do not run on PostgreSQL yet refused.
 """
 
+import json
 import os
+import subprocess
 import threading
 import time
 import unittest
@@ -56,10 +62,11 @@ class PgDaemon(Daemon):
     """A node on the module's server: store.type postgresql, password from
     the environment, metrics on (for /readyz), no sinks."""
 
-    def __init__(self, testcase, db, node, **opts):
+    def __init__(self, testcase, db, node, heartbeat_s=None, **opts):
         super().__init__(testcase, **opts)
         self.pg_db = db
         self.node = node
+        self.heartbeat_s = heartbeat_s
         self.metrics_port = free_port()
         self.env = {PW_ENV: pgserver.PASSWORD}
 
@@ -67,6 +74,7 @@ class PgDaemon(Daemon):
         lines = [
             "node:",
             f"  name: {self.node}",
+        ] + ([f"  heartbeat_s: {self.heartbeat_s}"] if self.heartbeat_s else []) + [
             "listen:",
             "  - name: it",
             f"    address: 127.0.0.1:{port}",
@@ -91,6 +99,11 @@ class PgDaemon(Daemon):
         ]
         return "\n".join(lines) + "\n"
 
+    def status(self):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/status",
+                                    timeout=5) as r:
+            return json.loads(r.read())
+
     def readyz(self):
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/readyz",
@@ -109,11 +122,29 @@ def wait_for(pred, timeout=30, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def stats_cluster(d):
+    """`hl7bridge stats --cluster` with d's configuration: (exit status,
+    {node: [state, version, pid, AA, AE, AR, stored]}, totals [AA, AE, AR,
+    stored], output)."""
+    env = dict(os.environ, **(d.env or {}))
+    r = subprocess.run([str(d.bin), "stats", "--cluster", "-c", str(d.config_path)],
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=60, env=env)
+    out = r.stdout.decode(errors="replace")
+    nodes, total = {}, None
+    for line in out.splitlines()[2:]:
+        f = line.split()
+        if f and f[0] == "total":
+            total = [int(x) for x in f[1:5]]
+        elif len(f) == 11:
+            nodes[f[0]] = [f[1], f[5], int(f[6])] + [int(x) for x in f[7:11]]
+    return r.returncode, nodes, total, out + r.stderr.decode(errors="replace")
+
+
 class TwoNodes(unittest.TestCase):
     def setUp(self):
         self.db = new_db()
-        self.a = PgDaemon(self, self.db, "node-a")
-        self.b = PgDaemon(self, self.db, "node-b")
+        self.a = PgDaemon(self, self.db, "node-a", heartbeat_s=1)
+        self.b = PgDaemon(self, self.db, "node-b", heartbeat_s=1)
         self.a.start()
         self.b.start()
 
@@ -211,6 +242,62 @@ class TwoNodes(unittest.TestCase):
         self.assertEqual(set(counts.values()), {1})
         dup = SERVER.psql("SELECT SUM(dup_count) FROM messages", self.db)
         self.assertEqual(int(dup[0][0]), n)
+
+
+    def test_cluster_stats_and_a_killed_node_shown_down(self):
+        with self.a.connect() as c:
+            acks = [c.request(make_message(f"CL-A{k}", send_app="CL")).code for k in range(3)]
+            acks.append(c.request(make_message("CL-BAD", version="9.9")).code)
+        with self.b.connect() as c:
+            acks += [c.request(make_message(f"CL-B{k}", send_app="CL")).code for k in range(2)]
+            # a re-send of one of node-a's: AA from node-b, stored by node-a only
+            acks.append(c.request(make_message("CL-A0", send_app="CL")).code)
+        self.assertEqual(acks, ["AA", "AA", "AA", "AR", "AA", "AA", "AA"])
+        # {node: [state, version, pid, AA, AE, AR, stored]} once both beat after the ACKs
+        want = {"node-a": ["up", 3, 0, 1, 3], "node-b": ["up", 3, 0, 0, 2]}
+        seen = [None]
+
+        def counts_shown():
+            rc, nodes, total, out = stats_cluster(self.a)
+            seen[0] = out
+            return rc == 0 and {n: [v[0]] + v[3:] for n, v in nodes.items()} == want and \
+                total == [6, 0, 1, 5]
+        try:
+            wait_for(counts_shown, timeout=30, what="both nodes' counts in stats --cluster")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; last output:\n{seen[0]}") from None
+        rc, nodes, total, out = stats_cluster(self.b)
+        self.assertEqual(rc, 0, out)
+        self.assertEqual(nodes["node-a"][2], self.a.proc.pid, out)
+        self.assertEqual(nodes["node-b"][2], self.b.proc.pid, out)
+        self.assertRegex(nodes["node-a"][1], r"^\d", out)
+        self.assertIn("cluster: 2 nodes, 2 up, 0 down", out)
+
+        def status_cluster():
+            return [(x["name"], x["state"], x["aa"], x["ar"], x["stored"])
+                    for x in self.a.status()["cluster"]]
+        wait_for(lambda: status_cluster() == [("node-a", "up", 3, 1, 3),
+                                              ("node-b", "up", 3, 0, 2)],
+                 timeout=30, what="/status cluster")
+
+        self.b.kill()
+
+        def b_down():
+            rc, nodes, total, out = stats_cluster(self.a)
+            seen[0] = out
+            return rc == 0 and nodes.get("node-b", [None])[0] == "down" and \
+                nodes["node-a"][0] == "up"
+        try:
+            wait_for(b_down, timeout=30, what="node-b down in stats --cluster")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; last output:\n{seen[0]}") from None
+        rc, nodes, total, out = stats_cluster(self.a)
+        self.assertIn("cluster: 2 nodes, 1 up, 1 down", out)
+        # a dead node's last counts stay in the totals
+        self.assertEqual(total, [6, 0, 1, 5], out)
+        wait_for(lambda: [(x["name"], x["state"]) for x in self.a.status()["cluster"]] ==
+                 [("node-a", "up"), ("node-b", "down")], timeout=30, what="/status node-b down")
+        self.a.assert_stops_cleanly()
 
 
 class CommitFails(unittest.TestCase):
@@ -371,6 +458,13 @@ class ServerOutage(unittest.TestCase):
 class SchemaAndCheck(unittest.TestCase):
     def setUp(self):
         self.bin = require_binary(self)
+
+    def test_cluster_needs_postgresql(self):
+        d = Daemon(self)
+        d.config_path.write_text(d.config_text(free_port()))
+        rc, nodes, total, out = stats_cluster(d)
+        self.assertEqual(rc, 1, out)
+        self.assertIn("needs store.type postgresql", out)
 
     def cmd(self, d, *args):
         import subprocess
