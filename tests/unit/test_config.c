@@ -914,7 +914,12 @@ static void test_store_postgresql(void **state)
     host[strcspn(host, ".")] = '\0';
     assert_string_equal(c->node.name, host);
     assert_int_equal(c->store.type, CONFIG_STORE_SQLITE);
+    assert_int_equal(c->node.heartbeat_s, 5);
     config_free(c);
+    c = load_ok("node: {heartbeat_s: 1}\n");
+    assert_int_equal(c->node.heartbeat_s, 1);
+    config_free(c);
+    expect_errors("node: {heartbeat_s: 0}\n", "t.yaml:1:21: node.heartbeat_s: 0 is out of range (1..3600)", NULL);
 
     /* the password file, owner-only */
     char path[64], text[512];
