@@ -1409,6 +1409,25 @@ int stats_render_html(const struct stats_snapshot *s, struct buf *out)
         }
         rc |= buf_append_str(out, "</table>\n");
     }
+    /* PostgreSQL: the nodes as this node's last heartbeat read them. */
+    if (s->g.n_cluster) {
+        rc |= buf_append_str(out, "<h2>Cluster</h2><table id=\"cluster\"><tr><th>Node</th>"
+                                  "<th>State</th><th>Heartbeat</th><th>Version</th><th>AA</th>"
+                                  "<th>AE</th><th>AR</th><th>Stored</th></tr>\n");
+        for (size_t i = 0; i < s->g.n_cluster; i++) {
+            const struct store_node *x = &s->g.cluster[i];
+            rc |= buf_append_str(out, "<tr><td>");
+            rc |= html_s(out, x->name);
+            rc |= bprintf(out, "</td><td%s>%s</td><td>%.1f s ago</td><td>",
+                          x->up ? "" : " class=\"bad\"", x->up ? "up" : "down",
+                          (double)x->age_ms / 1000.0);
+            rc |= html_s(out, x->version);
+            rc |= bprintf(out, "</td><td>%" PRIu64 "</td><td>%" PRIu64 "</td><td>%" PRIu64
+                               "</td><td>%" PRIu64 "</td></tr>\n",
+                          x->aa, x->ae, x->ar, x->stored);
+        }
+        rc |= buf_append_str(out, "</table>\n");
+    }
     rc |= buf_append_str(out, "</main><footer>Refreshes every 5 s · "
                               "<a href=\"/metrics\">/metrics</a> · <a href=\"/status\">/status</a>"
                               "</footer></body></html>\n");

@@ -297,6 +297,10 @@ class TwoNodes(unittest.TestCase):
         self.assertEqual(total, [6, 0, 1, 5], out)
         wait_for(lambda: [(x["name"], x["state"]) for x in self.a.status()["cluster"]] ==
                  [("node-a", "up"), ("node-b", "down")], timeout=30, what="/status node-b down")
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.a.metrics_port}/", timeout=5) as r:
+            page = r.read().decode()
+        self.assertRegex(page, r'<tr><td>node-b</td><td class="bad">down</td>')
+        self.assertRegex(page, r'<tr><td>node-a</td><td>up</td>')
         self.a.assert_stops_cleanly()
 
 
