@@ -17,12 +17,14 @@ if command -v cppcheck >/dev/null; then
     echo "lint: cppcheck clean"
 fi
 if command -v clang-tidy >/dev/null; then
-    # .clang-tidy holds the checks and why some are off; findings fail lint.
-    flags="-std=c11 -D_GNU_SOURCE -I. $(pkg-config --cflags openssl libcurl sqlite3 yaml-0.1 libmicrohttpd jansson 2>/dev/null)"
+    # .clang-tidy holds the checks and why some are off; findings fail lint,
+    # and so does a file it cannot compile (a header it cannot find would
+    # otherwise leave that file unchecked without a word).
+    flags="-std=c11 -D_GNU_SOURCE -I. $(pkg-config --cflags openssl libcurl sqlite3 yaml-0.1 libmicrohttpd jansson libpq 2>/dev/null)"
     out=$(ls core/*.c mllp/*.c hl7/*.c mapping/*.c store/*.c sinks/*.c config/*.c daemon/*.c |
           xargs -P "$(nproc)" -I{} sh -c "clang-tidy --quiet {} -- $flags 2>/dev/null")
-    if grep -q "warning:" <<<"$out"; then
-        echo "$out" | grep -A3 "warning:"; echo "lint: clang-tidy findings"; exit 1
+    if grep -qE "(warning|error):" <<<"$out"; then
+        echo "$out" | grep -EA3 "(warning|error):"; echo "lint: clang-tidy findings"; exit 1
     fi
     echo "lint: clang-tidy clean"
 fi
