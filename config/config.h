@@ -237,6 +237,7 @@ struct config {
             unsigned max_parallel_uploads;  /* default 2 */
             char *directory;                /* file sink output, default var/out */
             unsigned timeout_s;             /* HTTP timeout, default 400 */
+            unsigned lease_s;               /* PostgreSQL: a claimed block's lease, default 60 */
         } audit;
         struct {
             enum config_sms_type type;      /* default file */

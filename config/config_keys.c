@@ -483,7 +483,7 @@ static const struct cfg_section mapping_sec = {mapping_keys, NKEYS(mapping_keys)
 
 enum { AK_TYPE, AK_TENANT, AK_APP, AK_SECRET, AK_SECRET_FILE, AK_JOB, AK_TOKEN_URL,
        AK_UPLOAD_URL, AK_CA, AK_FORMAT, AK_EOL, AK_CLOUD, AK_RESOURCE, AK_BATCH,
-       AK_PARALLEL, AK_DIR, AK_TIMEOUT };
+       AK_PARALLEL, AK_DIR, AK_TIMEOUT, AK_LEASE };
 
 static const struct cfg_key batch_keys[] = {
     {.name = "max_rows", .type = CT_UINT, .off = OFF(sinks.audit.batch.max_rows),
@@ -530,6 +530,8 @@ static const struct cfg_key audit_keys[] = {
                 .def = "var/out", .check = check_nonempty},
     [AK_TIMEOUT] = {.name = "timeout_s", .type = CT_UINT, .off = OFF(sinks.audit.timeout_s),
                     .min = 1, .max = 86400, .def = "400"},
+    [AK_LEASE] = {.name = "lease_s", .type = CT_UINT, .off = OFF(sinks.audit.lease_s),
+                  .min = 1, .max = 3600, .def = "60"},
 };
 
 /* A secret may come from the environment or from a file, not both: which
@@ -881,12 +883,6 @@ static void refuse_on_postgresql(struct cfg_walk *w, const struct config *c,
 {
     const yaml_node_t *sinks = cfg_find(w, root, "sinks");
     const yaml_node_t *at;
-    if (c->sinks.audit.type != CONFIG_AUDIT_NONE) {
-        at = cfg_find(w, cfg_find(w, sinks, "audit"), "type");
-        cfg_error(w, at ? at : root,
-                  "sinks.audit.type: the audit sink does not run on store.type postgresql yet; "
-                  "set sinks.audit.type: none (rows are kept in the store)");
-    }
     if (c->sinks.sms.type != CONFIG_SMS_NONE) {
         at = cfg_find(w, cfg_find(w, sinks, "sms"), "type");
         cfg_error(w, at ? at : root,

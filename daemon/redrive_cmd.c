@@ -184,7 +184,8 @@ static int requeue_audit(struct redrive *r, int64_t id, uint64_t *n)
     if (*n || !id)
         return 0;
     /* Say why: unknown id, or a block that is not failed. */
-    struct store_batches *sb = store_batches_open(path, err, sizeof err);
+    const struct store_opts so = {.path = path};
+    struct store_batches *sb = store_batches_open(&so, err, sizeof err);
     struct store_batch b;
     int found = sb ? store_batches_get(sb, id, &b) : -1;
     if (found == 1)

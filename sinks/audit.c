@@ -76,7 +76,7 @@ struct xfer {
 struct sink_audit {
     /* options, owned copies */
     enum sink_audit_kind kind;
-    char *store_path, *header, *file_ext, *directory;
+    char *header, *file_ext, *directory;
     char *tenant, *app_id, *secret, *job_id, *resource, *ca_file;
     char *token_url, *upload_url; /* upload_url carries ?jobid= */
     size_t header_len;
@@ -103,6 +103,7 @@ struct sink_audit {
     int64_t auth_retried[AUDIT_AUTH_RING];
     size_t auth_pos;
     uint64_t next_scan_ms, next_db_log_ms;
+    uint64_t renew_every_ms, next_renew_ms; /* leases of blocks in flight (0: none kept) */
     uint64_t done_at_start;
     struct buf content; /* file sink scratch */
 
@@ -712,6 +713,24 @@ static void collect(struct sink_audit *s)
 
 /* ---- the thread ---------------------------------------------------------- */
 
+/* Keeps the blocks in flight this node's: on a shared store another node
+ * takes over a block whose lease ran out, so a slow upload must not let
+ * it lapse.  A failed renewal is tried again on the next turn. */
+static void renew_leases(struct sink_audit *s, uint64_t now)
+{
+    if (!s->renew_every_ms || now < s->next_renew_ms)
+        return;
+    int64_t ids[AUDIT_MAX_PARALLEL];
+    size_t n = 0;
+    for (unsigned i = 0; i < s->n_up; i++)
+        ids[n++] = s->up[i]->b.id;
+    if (n && store_batches_renew(s->sb, ids, n) < 0) {
+        db_trouble(s, "renew");
+        return;
+    }
+    s->next_renew_ms = now + s->renew_every_ms;
+}
+
 static void *audit_main(void *arg)
 {
     struct sink_audit *s = arg;
@@ -732,6 +751,7 @@ static void *audit_main(void *arg)
         curl_multi_perform(s->multi, &running);
         collect(s);
         now = clock_mono_ms();
+        renew_leases(s, now);
         int timeout = (int)s->tick_ms;
         if (s->next_scan_ms <= now)
             timeout = 0;
@@ -776,7 +796,6 @@ static void audit_free(struct sink_audit *s)
         curl_multi_cleanup(s->multi);
     buf_release(&s->content);
     buf_release(&s->block_header);
-    free(s->store_path);
     free(s->header);
     free(s->file_ext);
     free(s->directory);
@@ -866,7 +885,7 @@ struct sink_audit *sink_audit_start(const struct sink_audit_opts *o, char *err, 
         snprintf(err, errcap, "audit sink: libcurl initialisation failed");
         return NULL;
     }
-    if (!o || !present(o->store_path) || !o->header) {
+    if (!o || (o->store.type == STORE_SQLITE && !present(o->store.path)) || !o->header) {
         snprintf(err, errcap, "audit sink: store path and header are required");
         return NULL;
     }
@@ -904,7 +923,7 @@ struct sink_audit *sink_audit_start(const struct sink_audit_opts *o, char *err, 
         s->lim.max_bytes = SINK_MAX_IMPORT_BYTES - s->header_len - 1024;
     s->lim.max_age_ms = (uint64_t)(o->max_age_s ? o->max_age_s : AUDIT_DEFAULT_AGE_S) * 1000;
 
-    if (dup_opt(&s->store_path, o->store_path) < 0 || dup_opt(&s->header, o->header) < 0 ||
+    if (dup_opt(&s->header, o->header) < 0 ||
         dup_opt(&s->file_ext, present(o->file_ext) ? o->file_ext : "txt") < 0) {
         snprintf(err, errcap, "audit sink: out of memory");
         goto fail;
@@ -924,7 +943,7 @@ struct sink_audit *sink_audit_start(const struct sink_audit_opts *o, char *err, 
         goto fail;
     }
 
-    s->sb = store_batches_open(s->store_path, err, errcap);
+    s->sb = store_batches_open(&o->store, err, errcap);
     if (!s->sb)
         goto fail;
     uint64_t resent = 0;
@@ -938,6 +957,7 @@ struct sink_audit *sink_audit_start(const struct sink_audit_opts *o, char *err, 
         goto fail;
     }
     s->done_at_start = c.batches[STORE_BATCH_DONE];
+    s->renew_every_ms = store_batches_renew_ms(s->sb);
     atomic_store(&s->resends, resent);
     if (resent)
         log_warn("audit_resend", " blocks=%llu hint=\"in flight at the last stop: sent again, "

@@ -26,6 +26,7 @@
 #include <stdint.h>
 
 #include "core/buf.h"
+#include "store/store.h"
 
 /* The connector's documented limits: rows per block, rows and bytes per
  * import (one block is one import here). */
@@ -57,7 +58,9 @@ enum sink_cloud {
  * sink copies what it keeps; the secret is wiped when the sink is freed). */
 struct sink_audit_opts {
     enum sink_audit_kind kind;
-    const char *store_path;       /* the store database (already opened by store_open) */
+    /* The store (already opened by store_open), whichever its type: the
+     * sink reads and updates its blocks through store_batches_*. */
+    struct store_opts store;
     const char *header;           /* header line with its line ending, as rows are formatted */
     const char *file_ext;         /* "txt" (tsv, psv) or "csv"; NULL → "txt" */
     uint64_t max_rows;            /* 0 → 5000; clamped to SINK_MAX_BLOCK_ROWS */

@@ -14,6 +14,9 @@
  * changes failed batches to sealed and nothing else, which the scan state
  * does not depend on.
  *
+ * On PostgreSQL every call goes to store/pg_batch.c instead (the handle
+ * then holds only that backend's state); callers cannot tell.
+ *
  * Threads: one handle, one thread at a time.  The path-based helpers open
  * their own connection. */
 #include "store/store_int.h"
@@ -47,6 +50,7 @@ struct sealed_batch {
 };
 
 struct store_batches {
+    struct store_pg_batches *pg;  /* PostgreSQL: everything goes there */
     sqlite3 *db;
     char *path;
     int64_t cursor;         /* highest row id already in a batch */
@@ -78,6 +82,8 @@ static enum store_batch_state state_of(const unsigned char *txt)
 
 const char *store_batches_errmsg(const struct store_batches *sb)
 {
+    if (sb && sb->pg)
+        return store_pg_batches_errmsg(sb->pg);
     return sb && sb->db ? sqlite3_errmsg(sb->db) : "no connection";
 }
 
@@ -189,10 +195,8 @@ out:
     return ret;
 }
 
-struct store_batches *store_batches_open(const char *path, char *errbuf, size_t errcap)
+static struct store_batches *sqlite_open(const char *path, char *errbuf, size_t errcap)
 {
-    if (errcap)
-        errbuf[0] = '\0';
     struct store_batches *sb = calloc(1, sizeof *sb);
     if (!sb || !(sb->path = strdup(path))) {
         snprintf(errbuf, errcap, "store: out of memory");
@@ -239,10 +243,35 @@ fail:
     return NULL;
 }
 
+struct store_batches *store_batches_open(const struct store_opts *o, char *errbuf, size_t errcap)
+{
+    if (errcap)
+        errbuf[0] = '\0';
+    if (o->type != STORE_POSTGRESQL) {
+        if (!o->path) {
+            snprintf(errbuf, errcap, "store: no database path");
+            return NULL;
+        }
+        return sqlite_open(o->path, errbuf, errcap);
+    }
+    struct store_batches *sb = calloc(1, sizeof *sb);
+    if (!sb) {
+        snprintf(errbuf, errcap, "store: out of memory");
+        return NULL;
+    }
+    sb->pg = store_pg_batches_open(o, errbuf, errcap);
+    if (!sb->pg) {
+        free(sb);
+        return NULL;
+    }
+    return sb;
+}
+
 void store_batches_close(struct store_batches *sb)
 {
     if (!sb)
         return;
+    store_pg_batches_close(sb->pg);
     sqlite3_finalize(sb->scan);
     sqlite3_finalize(sb->max_row);
     if (sb->db)
@@ -257,6 +286,8 @@ void store_batches_close(struct store_batches *sb)
 int store_batches_recover(struct store_batches *sb, uint64_t *resent)
 {
     *resent = 0;
+    if (sb->pg)
+        return store_pg_batches_recover(sb->pg, resent);
     if (store_sql_exec(sb->db, "BEGIN IMMEDIATE") < 0)
         return -1;
     int rc = run_i64(sb->db,
@@ -395,6 +426,8 @@ int store_batches_scan(struct store_batches *sb, const struct store_batch_limits
                        int64_t now_ms, struct store_batch_scan *out)
 {
     memset(out, 0, sizeof *out);
+    if (sb->pg)
+        return store_pg_batches_scan(sb->pg, l, now_ms, out);
     uint64_t max_rows = l->max_rows ? l->max_rows : 1;
     uint64_t max_bytes = l->max_bytes ? l->max_bytes : 1;
     size_t chunk = l->scan_chunk ? l->scan_chunk : BATCH_SCAN_CHUNK;
@@ -521,6 +554,8 @@ out:
 int store_batches_layout(struct store_batches *sb, int64_t id, struct buf *out, char *ext,
                          size_t extcap)
 {
+    if (sb->pg)
+        return 0; /* rows on PostgreSQL carry no layout yet: the sink's own header */
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(sb->db, "SELECT header, file_ext FROM row_layouts WHERE id = ?1", -1,
                            &st, NULL) != SQLITE_OK)
@@ -541,6 +576,8 @@ int store_batches_layout(struct store_batches *sb, int64_t id, struct buf *out, 
 
 int store_batches_claim(struct store_batches *sb, int64_t now_ms, struct store_batch *out)
 {
+    if (sb->pg)
+        return store_pg_batches_claim(sb->pg, now_ms, out);
     sqlite3_stmt *st = NULL;
     int found = 0;
     if (store_sql_exec(sb->db, "BEGIN IMMEDIATE") < 0)
@@ -581,6 +618,8 @@ fail:
 int store_batches_read_rows(struct store_batches *sb, const struct store_batch *b,
                             struct buf *out, uint64_t *rows)
 {
+    if (sb->pg)
+        return store_pg_batches_read_rows(sb->pg, b, out, rows);
     sqlite3_stmt *st = NULL;
     *rows = 0;
     if (sqlite3_prepare_v2(sb->db,
@@ -678,6 +717,8 @@ static int mark_boundary(sqlite3 *db, int64_t self, int64_t m, int64_t now_ms, u
 int store_batches_done(struct store_batches *sb, int64_t id, int status, const char *summary,
                        const char *file_name, int64_t now_ms, uint64_t *marked)
 {
+    if (sb->pg)
+        return store_pg_batches_done(sb->pg, id, status, summary, file_name, now_ms, marked);
     sqlite3_stmt *st = NULL;
     *marked = 0;
     if (store_sql_exec(sb->db, "BEGIN IMMEDIATE") < 0)
@@ -753,6 +794,8 @@ fail:
 static int set_result(struct store_batches *sb, int64_t id, const char *state, int status,
                       const char *error, int64_t next_ms)
 {
+    if (sb->pg)
+        return store_pg_batches_set(sb->pg, id, state, status, error, next_ms);
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(sb->db,
                            "UPDATE batches SET state = ?1, last_status = ?2, last_error = ?3,"
@@ -783,11 +826,25 @@ int store_batches_fail(struct store_batches *sb, int64_t id, int status, const c
     return set_result(sb, id, "failed", status, error, 0);
 }
 
+/* ---- leases (PostgreSQL only) -------------------------------------------- */
+
+int store_batches_renew(struct store_batches *sb, const int64_t *ids, size_t n)
+{
+    return sb->pg && n ? store_pg_batches_renew(sb->pg, ids, n) : 0;
+}
+
+uint32_t store_batches_renew_ms(const struct store_batches *sb)
+{
+    return sb->pg ? store_pg_batches_lease_ms(sb->pg) / 3 : 0;
+}
+
 /* ---- figures ------------------------------------------------------------- */
 
 int store_batches_counts(struct store_batches *sb, int with_done, struct store_batch_counts *out)
 {
     memset(out, 0, sizeof *out);
+    if (sb->pg)
+        return store_pg_batches_counts(sb->pg, with_done, out);
     sqlite3_stmt *st = NULL;
     int ret = -1;
     /* The IN list keeps this on the state index: done batches, the vast
@@ -832,6 +889,8 @@ out:
 
 int store_batches_get(struct store_batches *sb, int64_t id, struct store_batch *out)
 {
+    if (sb->pg)
+        return store_pg_batches_get(sb->pg, id, out);
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(sb->db, "SELECT " BATCH_COLUMNS " FROM batches WHERE id = ?1", -1,
                            &st, NULL) != SQLITE_OK)

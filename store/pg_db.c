@@ -52,7 +52,7 @@
 #define STORE_PG_TRIES            4
 
 /* Bumped whenever a migration is appended below. */
-#define STORE_PG_SCHEMA_VERSION   3
+#define STORE_PG_SCHEMA_VERSION   4
 
 /* Any fixed number: the advisory lock two nodes starting at once take
  * around the migrations. */
@@ -221,6 +221,35 @@ static const char *const pg_migrations[STORE_PG_SCHEMA_VERSION] = {
     " ae BIGINT NOT NULL,"
     " ar BIGINT NOT NULL,"
     " stored BIGINT NOT NULL);",
+    /* 4: the audit sink's blocks (store/pg_batch.c).  A block owns the rows
+     * carrying its id; owner and lease_until say which node is sending it
+     * and until when (the server's clock, ms) that claim holds unless
+     * renewed.  batches_todo keeps claims off the done blocks. */
+    "CREATE TABLE batches ("
+    " id BIGSERIAL PRIMARY KEY,"
+    " state TEXT NOT NULL CHECK (state IN ('open', 'sealed', 'uploading', 'done', 'failed')),"
+    " created_ms BIGINT NOT NULL,"
+    " sealed_ms BIGINT,"
+    " done_ms BIGINT,"
+    " next_ms BIGINT NOT NULL DEFAULT 0,"
+    " first_row_id BIGINT NOT NULL,"
+    " last_row_id BIGINT NOT NULL,"
+    " row_count BIGINT NOT NULL,"
+    " bytes BIGINT NOT NULL,"
+    " attempts INTEGER NOT NULL DEFAULT 0,"
+    " resends INTEGER NOT NULL DEFAULT 0,"
+    " redrives INTEGER NOT NULL DEFAULT 0,"
+    " last_status INTEGER,"
+    " last_error TEXT,"
+    " response TEXT,"
+    " file_name TEXT,"
+    " layout BIGINT,"
+    " node TEXT NOT NULL,"
+    " owner TEXT,"
+    " lease_until BIGINT);"
+    "CREATE INDEX batches_todo ON batches (id) WHERE state <> 'done';"
+    "CREATE INDEX rows_unbatched ON rows (id) WHERE batch_id IS NULL;"
+    "CREATE INDEX rows_batch ON rows (batch_id) WHERE batch_id IS NOT NULL;",
 };
 
 struct store_pg {
@@ -278,6 +307,16 @@ static PGconn *pg_connect(const char *url, const char *password, const char *nod
     if (c)
         PQsetNoticeProcessor(c, pg_notice, NULL);
     return c;
+}
+
+PGconn *store_pg_connect(const struct store_opts *o)
+{
+    return pg_connect(o->url ? o->url : "", o->password, o->node);
+}
+
+void store_pg_msg(const char *m, char *out, size_t cap)
+{
+    pg_msg(m, out, cap);
 }
 
 /* Reads the schema version; -1 with errbuf on failure. */

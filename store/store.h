@@ -75,6 +75,9 @@ struct store_opts {
      * given to store_set_acks. */
     uint64_t heartbeat_ms;
     const char *version;
+    /* PostgreSQL, audit batches: how long a block claimed by this node stays
+     * its own without being renewed (0 → STORE_BATCH_LEASE_MS). */
+    uint32_t lease_ms;
     unsigned retention_days;   /* raw messages kept after delivery (caps keep_ms[RAW]) */
     /* Non-zero: keep_ms[] below says how long each kind is kept (ms, or
      * STORE_KEEP_FOREVER).  Zero: only raw bodies are purged, after
@@ -447,16 +450,27 @@ int store_layout_register(const char *path, const char *header, const char *file
  * restart resumes where it stopped: a batch found `uploading` at open time
  * was possibly received and is sent again (counted in `resends`).
  *
- * A batch owns the rows with ids in [first_row_id, last_row_id] (rows are
- * append-only and their ids follow commit order).  When it is done, the
- * messages whose rows all lie in done batches are delivered: the batch
- * records their ids as a range (table deliveries; the view message_delivery
- * gives each message's delivered_ms).
+ * On SQLite a batch owns the rows with ids in [first_row_id, last_row_id]
+ * (rows are append-only and their ids follow commit order).  When it is
+ * done, the messages whose rows all lie in done batches are delivered: the
+ * batch records their ids as a range (table deliveries; the view
+ * message_delivery gives each message's delivered_ms).
  *
- * Threads: a struct store_batches is one SQLite connection, used by one
+ * On PostgreSQL (store/pg_batch.c) several nodes share the batches: ids
+ * do not follow commit order across nodes, so a batch owns the rows that
+ * carry its id (rows.batch_id), set once, under a cluster-wide lock, by
+ * whichever node's batcher runs; only sealed batches are written (the
+ * open batch is the rows without one).  A claim takes a sealed batch, or
+ * one whose lease has run out (its node died mid-upload), with FOR UPDATE
+ * SKIP LOCKED and gives it to this node (owner = node name) until
+ * lease_until; the sender renews the lease of what it has in flight.
+ * done/retry/fail apply only to a batch this node still holds.  On SQLite
+ * the lease calls do nothing: one node owns the file.
+ *
+ * Threads: a struct store_batches is one database connection, used by one
  * thread at a time (the sink thread).  The path-based helpers (redrive,
- * list) open their own connection and may run in another process while
- * the daemon runs. */
+ * list) open their own SQLite connection and may run in another process
+ * while the daemon runs. */
 
 struct store_batches; /* opaque */
 
@@ -493,16 +507,23 @@ struct store_batch {
     int64_t layout;           /* row layout of every row in it; 0: none recorded */
 };
 
-/* Opens a connection to an existing store database (store_open has applied
- * the schema).  Returns NULL with a message in errbuf. */
-struct store_batches *store_batches_open(const char *path, char *errbuf, size_t errcap);
+/* A claimed batch's lease on PostgreSQL when store_opts.lease_ms is 0. */
+#define STORE_BATCH_LEASE_MS 60000
+
+/* Opens a connection to an existing store (store_open has applied the
+ * schema) of either type: o->path on SQLite; o->url, o->password, o->node
+ * and o->lease_ms on PostgreSQL.  Nothing of `o` is kept.  Returns NULL
+ * with a message in errbuf. */
+struct store_batches *store_batches_open(const struct store_opts *o, char *errbuf, size_t errcap);
 /* store_batches_close(NULL) is a no-op. */
 void store_batches_close(struct store_batches *sb);
-/* The connection's last SQLite error text (for logs). */
+/* The connection's last error text (for logs). */
 const char *store_batches_errmsg(const struct store_batches *sb);
 
-/* Start-up recovery: every `uploading` batch goes back to `sealed` with
- * resends+1 (it is sent again).  *resent gets how many.  0 / -1. */
+/* Start-up recovery: every `uploading` batch of this node (on SQLite: every
+ * one; on PostgreSQL: those this node name claimed before it stopped, not
+ * those other live nodes hold) goes back to `sealed` with resends+1 (it is
+ * sent again).  *resent gets how many.  0 / -1. */
 int store_batches_recover(struct store_batches *sb, uint64_t *resent)
     __attribute__((warn_unused_result));
 
@@ -520,11 +541,20 @@ int store_batches_scan(struct store_batches *sb, const struct store_batch_limits
                        int64_t now_ms, struct store_batch_scan *out)
     __attribute__((warn_unused_result));
 
-/* Takes the oldest sealed batch whose next_ms has come and makes it
- * `uploading` (attempts+1), durably, before the caller sends it.
- * Returns 1 with *out filled, 0 when there is none, -1 on error. */
+/* Takes the oldest sealed batch whose next_ms has come (on PostgreSQL also
+ * an `uploading` one whose lease ran out: resends+1) and makes it
+ * `uploading` (attempts+1) by this node, durably, before the caller sends
+ * it.  Returns 1 with *out filled, 0 when there is none, -1 on error. */
 int store_batches_claim(struct store_batches *sb, int64_t now_ms, struct store_batch *out)
     __attribute__((warn_unused_result));
+
+/* Extends the lease of batches ids[0..n) this node is sending (PostgreSQL;
+ * nothing on SQLite).  Call it well within the lease (a third of it).
+ * 0 / -1. */
+int store_batches_renew(struct store_batches *sb, const int64_t *ids, size_t n)
+    __attribute__((warn_unused_result));
+/* How often a sender should renew (ms): a third of the lease. */
+uint32_t store_batches_renew_ms(const struct store_batches *sb);
 
 /* Appends the batch's rows to `out`, each followed by '\n' (the rows were
  * stored split at '\n', so this rebuilds the formatted text byte for

@@ -227,4 +227,35 @@ int store_db_disk_low(struct store *s, uint64_t now_ms);
 int store_db_ckpt_open(struct store *s, char *errbuf, size_t errcap);
 void store_db_ckpt_run(struct store *s);
 
+/* store/pg_batch.c — the audit batches on PostgreSQL, behind the
+ * store_batches_* calls of store/batch.c (same meaning, see store.h). */
+struct store_pg_batches;
+struct store_pg_batches *store_pg_batches_open(const struct store_opts *o, char *errbuf,
+                                               size_t errcap);
+void store_pg_batches_close(struct store_pg_batches *pb);
+const char *store_pg_batches_errmsg(const struct store_pg_batches *pb);
+uint32_t store_pg_batches_lease_ms(const struct store_pg_batches *pb);
+int store_pg_batches_recover(struct store_pg_batches *pb, uint64_t *resent);
+int store_pg_batches_scan(struct store_pg_batches *pb, const struct store_batch_limits *l,
+                          int64_t now_ms, struct store_batch_scan *out);
+int store_pg_batches_claim(struct store_pg_batches *pb, int64_t now_ms, struct store_batch *out);
+int store_pg_batches_renew(struct store_pg_batches *pb, const int64_t *ids, size_t n);
+int store_pg_batches_read_rows(struct store_pg_batches *pb, const struct store_batch *b,
+                               struct buf *out, uint64_t *rows);
+int store_pg_batches_done(struct store_pg_batches *pb, int64_t id, int status,
+                          const char *summary, const char *file_name, int64_t now_ms,
+                          uint64_t *marked);
+/* uploading → `state` ("sealed" or "failed"). */
+int store_pg_batches_set(struct store_pg_batches *pb, int64_t id, const char *state, int status,
+                         const char *error, int64_t next_ms);
+int store_pg_batches_counts(struct store_pg_batches *pb, int with_done,
+                            struct store_batch_counts *out);
+int store_pg_batches_get(struct store_pg_batches *pb, int64_t id, struct store_batch *out);
+/* store/pg_db.c: a connection (libpq's PGconn) for one of the store's
+ * other users, made as the writer's is (timeout, application name, the
+ * password apart).  Check PQstatus; NULL only when out of memory. */
+struct pg_conn;
+struct pg_conn *store_pg_connect(const struct store_opts *o);
+/* The first line of a libpq message, for logs. */
+void store_pg_msg(const char *m, char *out, size_t cap);
 #endif

@@ -113,7 +113,8 @@ static int64_t put_layout(struct fixture *fx, const char *rows, unsigned row_cou
 static struct store_batches *open_sb(const struct fixture *fx)
 {
     char err[256];
-    struct store_batches *sb = store_batches_open(fx->path, err, sizeof err);
+    const struct store_opts so = {.path = fx->path};
+    struct store_batches *sb = store_batches_open(&so, err, sizeof err);
     if (!sb)
         fprintf(stderr, "store_batches_open: %s\n", err);
     assert_non_null(sb);
@@ -377,7 +378,7 @@ static void run_file_sink(struct fixture *fx, const char *header, const char *ex
     char dir[200];
     snprintf(dir, sizeof dir, "%s/out/audit", fx->dir);
     struct sink_audit_opts o = {
-        .kind = SINK_AUDIT_FILE, .store_path = fx->path, .header = header, .file_ext = ext,
+        .kind = SINK_AUDIT_FILE, .store = {.path = fx->path}, .header = header, .file_ext = ext,
         .max_rows = max_rows, .max_age_s = 1, .directory = dir, .tick_ms = 10,
     };
     char err[256];
@@ -479,7 +480,7 @@ static void test_file_sink_block_per_layout(void **state)
     char dir[200];
     snprintf(dir, sizeof dir, "%s/out/audit", fx->dir);
     struct sink_audit_opts o = {
-        .kind = SINK_AUDIT_FILE, .store_path = fx->path, .header = "OLD\n", .file_ext = "txt",
+        .kind = SINK_AUDIT_FILE, .store = {.path = fx->path}, .header = "OLD\n", .file_ext = "txt",
         .max_rows = 100, .max_age_s = 1, .directory = dir, .tick_ms = 10,
     };
     struct sink_audit *s = sink_audit_start(&o, err, sizeof err);
@@ -518,7 +519,7 @@ static void test_start_names_missing_setting(void **state)
 {
     struct fixture *fx = *state;
     struct sink_audit_opts o = {
-        .kind = SINK_AUDIT_PURVIEW, .store_path = fx->path, .header = "H\n",
+        .kind = SINK_AUDIT_PURVIEW, .store = {.path = fx->path}, .header = "H\n",
         .tenant_id = "t", .app_id = "a", .app_secret = "TOPSECRET", .job_id = "",
     };
     char err[256];
