@@ -13,6 +13,7 @@ so here not even the documented in-flight duplicate occurs).
 
 import os
 import re
+import subprocess
 import threading
 import time
 import unittest
@@ -64,13 +65,37 @@ def q(sql, db):
     return SERVER.psql(sql, db)
 
 
-def wait_for(pred, timeout, what):
+def unlock():
+    """Ends the test's row-locking session (hb-locker), if any."""
+    q("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+      " WHERE application_name = 'hb-locker'", "postgres")
+
+
+def lease_left_s(db, batch_id):
+    """Seconds until the lease of `batch_id` runs out (server clock)."""
+    (left,), = q(f"SELECT (lease_until - (extract(epoch FROM clock_timestamp()) * 1000)::bigint)"
+                 f" / 1000.0 FROM batches WHERE id = {batch_id}", db)
+    return float(left)
+
+
+def wait_for(pred, timeout, what, db=None, *nodes):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pred():
             return
         time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    why = ""
+    if db:
+        why += "\nbatches: " + repr(q("SELECT id, state, owner, row_count, attempts, resends,"
+                                      " last_error FROM batches WHERE state <> 'done'", db))
+        why += "\nfailed blocks: " + repr(q(
+            "SELECT b.id, b.node, b.first_row_id, b.last_row_id, (SELECT COUNT(*) FROM rows r"
+            " WHERE r.batch_id = b.id) FROM batches b WHERE state = 'failed'", db))
+        why += "\nunbatched rows: " + repr(q("SELECT COUNT(*) FROM rows WHERE batch_id IS NULL",
+                                             db))
+    for d in nodes:
+        why += f"\n--- {d.node} log (end) ---\n" + d.log()[-3000:]
+    raise AssertionError(f"timed out waiting for {what}{why}")
 
 
 class TwoNodesDeliverOnce(AuditSinkBase):
@@ -78,7 +103,7 @@ class TwoNodesDeliverOnce(AuditSinkBase):
         db = SERVER.create_db("hbdeliver")
         port = harness.free_port()
         audit = self.purview(port, batch={"max_rows": 40, "max_bytes": "64MiB", "max_age_s": 1},
-                             max_parallel_uploads=1, lease_s=LEASE_S)
+                             max_parallel_uploads=1, lease_s=LEASE_S, timeout_s=120)
         a = PgAuditDaemon(self, audit, db, "node-a")
         emu = self.emulator(a.header_line(), port=port)
         self.addCleanup(emu.release.set)           # the held request ends with the test
@@ -108,27 +133,45 @@ class TwoNodesDeliverOnce(AuditSinkBase):
             t.join(120)
         self.assertEqual(sum(sent), 600, "every message answered AA")
 
-        def all_but_held_done():
+        def others_done():
             (n,), = q("SELECT COUNT(*) FROM rows WHERE batch_id IS NULL", db)
-            (open_,), = q("SELECT COUNT(*) FROM batches WHERE state <> 'done'", db)
-            return int(n) == 0 and int(open_) == 1
+            (open_,), = q(f"SELECT COUNT(*) FROM batches WHERE state <> 'done' AND id <> {held_id}",
+                          db)
+            return int(n) == 0 and int(open_) == 0
 
-        wait_for(all_but_held_done, 60, "every other block delivered")
-        # Well past one lease since A claimed it: A renews, so it is still A's.
+        wait_for(others_done, 60, "every other block delivered", db, a, b)
+        # Well past one lease since A claimed it: A renews, so it is still A's
+        # (neither B's start-up recovery nor B's claims took it).
         time.sleep(max(0.0, t_held + 1.5 * LEASE_S - time.monotonic()))
-        self.assertTrue(all_but_held_done(), "a block changed hands while its node lived")
         self.assertEqual(q(f"SELECT state, owner FROM batches WHERE id = {held_id}", db),
-                         [["uploading", "node-a"]])
+                         [["uploading", "node-a"]], "a block changed hands while its node lived")
         (stored_rows,), = q("SELECT COUNT(*) FROM rows", db)
         self.assertEqual(emu.accepted_count(), int(stored_rows) - held_rows)
 
-        # A dies mid-upload; its sender fails over to B; B takes the block
-        # over once A's lease ran out.
+        # A dies mid-upload; its sender fails over to B.  Meanwhile another
+        # claimer holds the row lock of A's block (as a node claiming it at
+        # that moment would): B skips it and goes on with newer blocks.
         a.kill()
+        locker = subprocess.Popen(
+            ["psql", "-X", "-q", "-h", "127.0.0.1", "-p", str(SERVER.port), "-U",
+             pgserver.SUPERUSER, "-d", db, "-c",
+             f"BEGIN; SELECT id FROM batches WHERE id = {held_id} FOR UPDATE;"
+             " SELECT pg_sleep(120); COMMIT;"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=dict(os.environ, PGPASSWORD=pgserver.PASSWORD, PGAPPNAME="hb-locker"))
+        self.addCleanup(locker.wait, 30)
+        self.addCleanup(unlock)
+        wait_for(lambda: q("SELECT COUNT(*) FROM pg_stat_activity WHERE application_name ="
+                           " 'hb-locker' AND wait_event = 'PgSleep'", db) == [["1"]],
+                 30, "the row lock taken")
+        time.sleep(max(0.0, lease_left_s(db, held_id) + 0.5))   # A's lease ran out
         self.assertEqual(send_all(b.port, messages(100, 3000), conns=2), 100)
+        wait_for(others_done, 60, "B's new blocks delivered beside a locked one", db, b)
+        # B takes the block over once the lock is gone.
+        unlock()
         wait_for(lambda: int(q("SELECT COUNT(*) FROM batches WHERE state <> 'done'", db)[0][0])
                  == 0 and int(q("SELECT COUNT(*) FROM rows WHERE batch_id IS NULL", db)[0][0])
-                 == 0, 60, "the held block delivered by node B")
+                 == 0, 60, "the held block delivered by node B", db, b)
         (state, owner, resends, attempts), = q(
             f"SELECT state, owner, resends, attempts FROM batches WHERE id = {held_id}", db)
         self.assertEqual((state, owner, resends, attempts), ("done", "node-b", "1", "2"))
