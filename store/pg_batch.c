@@ -520,6 +520,17 @@ int store_pg_batches_counts(struct store_pg_batches *pb, int with_done,
 
 /* ---- outcomes ----------------------------------------------------------------- */
 
+/* 1 when the UPDATE in `r` (cleared here) changed block `id`, i.e. this
+ * node still held it; else 0 with the reason kept. */
+static int still_mine(struct store_pg_batches *pb, PGresult *r, int64_t id)
+{
+    int mine = strcmp(PQcmdTuples(r), "1") == 0;
+    PQclear(r);
+    if (!mine)
+        snprintf(pb->err, sizeof pb->err, "batch %" PRId64 " is no longer this node's", id);
+    return mine;
+}
+
 int store_pg_batches_done(struct store_pg_batches *pb, int64_t id, int status,
                           const char *summary, const char *file_name, int64_t now_ms,
                           uint64_t *marked)
@@ -537,14 +548,8 @@ int store_pg_batches_done(struct store_pg_batches *pb, int64_t id, int status,
                       " response = $3, file_name = $4, last_error = NULL, lease_until = NULL"
                       " WHERE id = $5 AND state = 'uploading' AND owner = $6",
                       6, v, PGRES_COMMAND_OK, 0);
-    if (!r)
+    if (!r || !still_mine(pb, r, id))
         goto fail;
-    int mine = strcmp(PQcmdTuples(r), "1") == 0;
-    PQclear(r);
-    if (!mine) {
-        snprintf(pb->err, sizeof pb->err, "batch %" PRId64 " is no longer this node's", id);
-        goto fail;
-    }
     /* Messages of this block whose rows are now all in done blocks. */
     const char *v2[2] = { a_now, a_id };
     r = run(pb,
@@ -579,11 +584,5 @@ int store_pg_batches_set(struct store_pg_batches *pb, int64_t id, const char *st
                       " next_ms = $4, lease_until = NULL"
                       " WHERE id = $5 AND state = 'uploading' AND owner = $6",
                       6, v, PGRES_COMMAND_OK, 0);
-    if (!r)
-        return -1;
-    int mine = strcmp(PQcmdTuples(r), "1") == 0;
-    PQclear(r);
-    if (!mine)
-        snprintf(pb->err, sizeof pb->err, "batch %" PRId64 " is no longer this node's", id);
-    return mine ? 0 : -1;
+    return r && still_mine(pb, r, id) ? 0 : -1;
 }
