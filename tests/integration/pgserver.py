@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import unittest
 from pathlib import Path
 
 PG_BIN = Path(os.environ.get("HL7BRIDGE_PG_BIN", "/usr/lib/postgresql/15/bin"))
@@ -42,6 +43,16 @@ shutil.rmtree(sys.argv[3], True)
 def available():
     return (PG_BIN / "initdb").exists() and (PG_BIN / "pg_ctl").exists() and \
         shutil.which("psql") is not None
+
+
+def start_or_skip():
+    """A started server for a test module; skips the module, saying what to
+    install, when the server binaries are absent."""
+    if not available():
+        raise unittest.SkipTest(
+            f"PostgreSQL server binaries not found in {PG_BIN} (Debian package "
+            "postgresql; scripts/deps.sh test installs it)")
+    return PgServer().start()
 
 
 def _free_port():

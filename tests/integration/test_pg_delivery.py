@@ -30,11 +30,7 @@ LEASE_S = 3          # short, so the take-over comes within seconds
 
 def setUpModule():
     global SERVER
-    if not pgserver.available():
-        raise unittest.SkipTest(
-            f"PostgreSQL server binaries not found in {pgserver.PG_BIN} (Debian package "
-            "postgresql; scripts/deps.sh test installs it)")
-    SERVER = pgserver.PgServer().start()
+    SERVER = pgserver.start_or_skip()
     os.environ.setdefault(PW_ENV, pgserver.PASSWORD)  # `hl7bridge map` loads the same config
 
 

@@ -38,11 +38,7 @@ PW_ENV = "HB_TEST_PG_PASSWORD"
 
 def setUpModule():
     global SERVER
-    if not pgserver.available():
-        raise unittest.SkipTest(
-            f"PostgreSQL server binaries not found in {pgserver.PG_BIN} (Debian package "
-            "postgresql; scripts/deps.sh test installs it)")
-    SERVER = pgserver.PgServer().start()
+    SERVER = pgserver.start_or_skip()
 
 
 def tearDownModule():
