@@ -53,7 +53,8 @@ static void stats_usage(FILE *out)
                  "  --cluster           every node on the PostgreSQL store (store.type\n"
                  "                      postgresql): last heartbeat, version, its ACK counts,\n"
                  "                      up or down (down: no heartbeat for 3 of its\n"
-                 "                      node.heartbeat_s), and the totals\n",
+                 "                      node.heartbeat_s), and the totals; exits 3 when a\n"
+                 "                      node is down, 1 when the store cannot be read\n",
             CONFIG_DEFAULT_PATH);
 }
 
@@ -452,8 +453,12 @@ static int print_daily(const struct config *c, unsigned days)
 
 /* ---- cluster (PostgreSQL) ---------------------------------------------- */
 
-/* Every node's last heartbeat and the totals; 0, or 1 when the store
- * cannot be read. */
+/* 3 as systemctl's "not active": 1 is taken by "cannot read", 2 by usage. */
+enum { STATS_NODE_DOWN = 3 };
+
+/* Every node's last heartbeat and the totals; 0 when every node is up,
+ * STATS_NODE_DOWN when one is down (a check script or cron job can alert on
+ * the status without parsing the table), 1 when the store cannot be read. */
 static int print_cluster(const struct config *cfg)
 {
     if (cfg->store.type != CONFIG_STORE_POSTGRESQL) {
@@ -497,7 +502,7 @@ static int print_cluster(const struct config *cfg)
            (unsigned long long)stored);
     if ((size_t)total > n)
         printf("(%ld more nodes not shown nor counted)\n", total - (long)n);
-    return 0;
+    return up == n ? 0 : STATS_NODE_DOWN;
 }
 
 int cmd_stats(int argc, char **argv)

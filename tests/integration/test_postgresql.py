@@ -281,14 +281,14 @@ class TwoNodes(unittest.TestCase):
         def b_down():
             rc, nodes, total, out = stats_cluster(self.a)
             seen[0] = out
-            return rc == 0 and nodes.get("node-b", [None])[0] == "down" and \
-                nodes["node-a"][0] == "up"
+            return nodes.get("node-b", [None])[0] == "down" and nodes["node-a"][0] == "up"
         try:
             wait_for(b_down, timeout=30, what="node-b down in stats --cluster")
         except AssertionError as e:
             raise AssertionError(f"{e}; last output:\n{seen[0]}") from None
         rc, nodes, total, out = stats_cluster(self.a)
         self.assertIn("cluster: 2 nodes, 1 up, 1 down", out)
+        self.assertEqual(rc, 3, "a node down: exit status 3, for check scripts\n" + out)
         # a dead node's last counts stay in the totals
         self.assertEqual(total, [6, 0, 1, 5], out)
         wait_for(lambda: [(x["name"], x["state"]) for x in self.a.status()["cluster"]] ==
