@@ -96,8 +96,9 @@ class Emulator:
         self.token_faults = []          # consumed one per token request
         self.sticky_fault = None        # applied to every upload while set
         self.slow_s = 0.0               # delay before answering every upload
-        self.hanging = threading.Event()  # set while an upload is held by a "hang" fault
+        self.hanging = threading.Event()  # set while an upload is held ("hang", "accept-hang")
         self.release = threading.Event()  # lets the held upload go (closed, never accepted)
+        self.held_rows = None           # rows of an "accept-hang" upload (accepted, unanswered)
         self.server = None
         self.thread = None
         self.first_accept = None
@@ -427,6 +428,13 @@ def _make_handler(emu):
                     emu.uploads.append({"rows": len(rows), "file": obj["file"], "t": now})
                     emu.first_accept = emu.first_accept or now
                     emu.last_accept = now
+            if fault == "accept-hang" and rows is not None:
+                # Received and kept, but the answer never comes: the
+                # client cannot know (it is killed meanwhile), then cut.
+                emu.held_rows = rows
+                emu.hanging.set()
+                emu.release.wait(60)
+                return self._reset()
             self._send(st, obj)
 
         def do_GET(self):

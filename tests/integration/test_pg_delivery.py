@@ -9,6 +9,15 @@ the load sent through both while A keeps renewing; A is killed with
 SIGKILL, its lease runs out and B delivers the held block.  Every stored
 row reaches the emulator exactly once (the held upload was never accepted,
 so here not even the documented in-flight duplicate occurs).
+
+Node killed mid-load: senders (pipelined, python-hl7's client one message
+at a time, and one holding a committed window whose ACKs it never reads)
+load node A; the connector has accepted one of A's blocks without
+answering when A is killed with SIGKILL; each sender reconnects to B and
+re-sends what it had no ACK for.  Every message is AA'd and stored once
+(B answers A's commits as duplicates), every row reaches the connector
+once, and twice only as a whole block A had in flight at the crash (the
+held one, delivered again by B once A's lease ran out).
 """
 
 import os
@@ -18,6 +27,8 @@ import threading
 import time
 import unittest
 from collections import Counter
+
+import hl7.client
 
 import harness
 import pgserver
@@ -183,6 +194,205 @@ class TwoNodesDeliverOnce(AuditSinkBase):
         self.assertEqual(len(got), len(stored))
         self.assertEqual(Counter(got), Counter(stored))
         self.assertEqual(len({r.split("\t")[5] for r in got}), 700)
+        (undelivered,), = q("SELECT COUNT(*) FROM messages WHERE delivered_ms IS NULL", db)
+        self.assertEqual(int(undelivered), 0)
+        b.assert_stops_cleanly()
+
+
+class Sender:
+    """An interface engine's outbound connection: sends its messages in
+    order to its node and, when the connection dies, connects to the other
+    node and sends again every message it has no ACK for (the commits the
+    dead node made but could not acknowledge come back as duplicates).
+
+    kind "window": harness.MLLPConnection, `window` frames in flight;
+    kind "hl7": python-hl7's MLLPClient, one message at a time;
+    kind "stall": like "window", but once (at message `stall_at`) it sends
+    a window and reads none of its ACKs until the node is killed, then drops
+    the connection unread: a window the node committed whose ACKs the engine
+    never saw."""
+
+    def __init__(self, name, msgs, ports, kind, window=16, stall_at=None):
+        self.name, self.msgs, self.ports, self.kind = name, msgs, ports, kind
+        self.window, self.stall_at = window, stall_at
+        self.ids = [harness.expected_control_id(m).decode() for m in msgs]
+        self.acked = 0                 # msgs[:acked] are answered AA
+        self.limit = len(msgs)         # how many it sends in all (cut after a fail-over)
+        self.sent = 0                  # msgs[:sent] went out at least once
+        self.node = 0                  # index into ports
+        self.failovers = 0
+        self.resent = []               # sent to the dead node, no ACK: sent again
+        self.errors = []
+        self.stalled = None            # the stalled window's control ids
+        self.stall_ready = threading.Event()
+        self.killed = None             # set by the test when the node is dead
+
+    def _ack(self, raw):
+        ack = harness.Ack(raw)
+        want = self.ids[self.acked]
+        if (ack.code, ack.control_id_text) != ("AA", want):
+            raise AssertionError(f"{want}: {ack.code} {ack.control_id_text} {ack.text}")
+        self.acked += 1
+
+    def _window_conn(self, port):
+        c = harness.MLLPConnection(port, timeout=30)
+        try:
+            while self.acked < self.limit:
+                chunk = self.msgs[self.acked:min(self.acked + self.window, self.limit)]
+                self.sent = max(self.sent, self.acked + len(chunk))
+                c.send_raw(b"".join(harness.frame(m) for m in chunk))
+                if self.kind == "stall" and self.stalled is None and \
+                        self.acked >= self.stall_at:
+                    self.stalled = self.ids[self.acked:self.acked + len(chunk)]
+                    self.stall_ready.set()
+                    self.killed.wait(120)
+                    return      # the connection dropped with every ACK unread
+                for _ in chunk:
+                    self._ack(c.recv_frame())
+        finally:
+            c.close()
+
+    def _hl7_conn(self, port):
+        with hl7.client.MLLPClient("127.0.0.1", port) as c:
+            c.socket.settimeout(30)
+            while self.acked < self.limit:
+                self.sent = max(self.sent, self.acked + 1)
+                raw = c.send_message(self.msgs[self.acked])
+                while raw and not raw.endswith(harness.EB + harness.CR):
+                    more = c.socket.recv(65536)
+                    if not more:
+                        break
+                    raw += more
+                if not raw.endswith(harness.EB + harness.CR):
+                    raise ConnectionError("connection closed before the ACK")
+                self._ack(raw[raw.index(harness.SB) + 1:-2])
+
+    def run(self):
+        try:
+            while self.acked < self.limit:
+                try:
+                    if self.kind == "hl7":
+                        self._hl7_conn(self.ports[self.node])
+                    else:
+                        self._window_conn(self.ports[self.node])
+                except OSError:
+                    pass        # refused, reset or closed: fail over below
+                if self.acked < self.limit:
+                    if self.node == 1:
+                        raise AssertionError(f"{self.name}: the surviving node failed too")
+                    self.node = 1
+                    self.failovers += 1
+                    self.resent = self.ids[self.acked:self.sent]
+                    # what it had no ACK for, then a few new ones on the survivor
+                    self.limit = min(len(self.msgs), self.sent + 30)
+        except Exception as e:  # reported by the test
+            self.errors.append(f"{self.name}: {e!r}")
+
+
+class NodeKilledMidLoad(AuditSinkBase):
+    def test_kill9_mid_load_senders_fail_over_to_the_other_node(self):
+        """Five senders load node A (two pipelined, two python-hl7 clients
+        waiting for each ACK, one that holds a committed window unread);
+        the connector has just accepted one of A's blocks but not answered
+        when A is killed with SIGKILL in the middle of the load.  Every
+        sender fails over to B and re-sends what it had no ACK for.  Then:
+        every message AA, stored exactly once (the re-sent ones A had
+        committed are B's duplicates of A's originals); every stored row at
+        the connector, once — twice only for a block that was in flight at
+        A at the crash, and then the whole block; the held block delivered
+        again by B after A's lease ran out."""
+        db = SERVER.create_db("hbfailover")
+        port = harness.free_port()
+        audit = self.purview(port, batch={"max_rows": 40, "max_bytes": "64MiB", "max_age_s": 1},
+                             max_parallel_uploads=2, lease_s=LEASE_S, timeout_s=120)
+        a = PgAuditDaemon(self, audit, db, "node-a")
+        emu = self.emulator(a.header_line(), port=port)
+        self.addCleanup(emu.release.set)
+        emu.upload_faults = ["accept-hang"]    # A's first block: received, never answered
+        b = PgAuditDaemon(self, audit, db, "node-b")
+        a.start()
+        ports = [a.port, None]
+        killed = threading.Event()
+        kinds = ["window", "hl7", "window", "hl7", "stall"]
+        senders = [Sender(f"s{i}", messages(3000, 10000 * (i + 1)), ports, k, stall_at=120)
+                   for i, k in enumerate(kinds)]
+        for s in senders:
+            s.killed = killed
+        threads = [threading.Thread(target=s.run) for s in senders]
+        self.addCleanup(killed.set)
+        for t in threads:
+            t.start()
+
+        stall = senders[-1]
+        self.assertTrue(stall.stall_ready.wait(90), "the stalled window was never sent")
+        in_list = ", ".join(f"'{c}'" for c in stall.stalled)
+        wait_for(lambda: q(f"SELECT COUNT(*) FROM messages WHERE control_id IN ({in_list})", db)
+                 == [[str(len(stall.stalled))]], 60, "the unread window committed by A", db, a)
+        self.assertTrue(emu.hanging.wait(60), "no block of A reached the connector\n" +
+                        a.log()[-2000:])
+        # B joins now (so the held upload is A's), under load.
+        ports[1] = b.start()
+        # Mid-load: the other senders are still going on A.
+        self.assertTrue(all(s.acked < s.limit for s in senders), [s.acked for s in senders])
+        a.kill()
+        in_flight = {int(r[0]) for r in q("SELECT id FROM batches WHERE state = 'uploading'"
+                                          " AND owner = 'node-a'", db)}
+        killed.set()
+        emu.release.set()
+        for t in threads:
+            t.join(180)
+        self.assertEqual([e for s in senders for e in s.errors], [])
+        self.assertEqual([s.failovers for s in senders], [1] * len(senders))
+        self.assertTrue(in_flight, "A had no block in flight at the crash")
+        self.assertEqual(stall.resent, stall.stalled)
+
+        def all_done():
+            (n,), = q("SELECT COUNT(*) FROM rows WHERE batch_id IS NULL", db)
+            (open_,), = q("SELECT COUNT(*) FROM batches WHERE state <> 'done'", db)
+            return int(n) == 0 and int(open_) == 0
+
+        wait_for(all_done, 90, "every block delivered by node B", db, b)
+
+        # Stored exactly once: every message AA'd (each sender got an AA for
+        # all of them, in order), each control id once in the journal.
+        self.assertEqual([s.acked for s in senders], [s.limit for s in senders])
+        sent = [c for s in senders for c in s.ids[:s.acked]]
+        counts = {r[0]: int(r[1]) for r in q("SELECT control_id, COUNT(*) FROM messages"
+                                              " GROUP BY 1", db)}
+        self.assertEqual(sorted(counts), sorted(sent))
+        self.assertEqual({c: n for c, n in counts.items() if n != 1}, {})
+        # The unread window went to A's journal; its re-send to B was
+        # answered from A's originals.
+        self.assertEqual(q(f"SELECT DISTINCT node, dup_count FROM messages"
+                           f" WHERE control_id IN ({in_list})", db), [["node-a", "1"]])
+
+        # Delivered once, except whole blocks in flight at A at the crash.
+        stored = {}
+        for data, batch, cid in q("SELECT encode(r.data, 'hex'), r.batch_id, m.control_id"
+                                  " FROM rows r JOIN messages m ON m.id = r.msg_id", db):
+            stored[bytes.fromhex(data).decode().removesuffix("\r")] = (int(batch), cid)
+        got = Counter(emu.accepted_rows())
+        self.assertEqual(emu.violations, [])
+        self.assertEqual(set(got) - set(stored), set(), "rows nobody stored")
+        self.assertEqual(set(stored) - set(got), set(), "stored rows never delivered")
+        self.assertEqual({cid for _, cid in stored.values()}, set(sent))
+        twice = {row for row, n in got.items() if n > 1}
+        self.assertEqual({got[row] for row in twice} - {2}, set(), "a row sent three times")
+        dup_blocks = {stored[row][0] for row in twice}
+        self.assertLessEqual(dup_blocks, in_flight, "a duplicate outside the crash window")
+        for blk in dup_blocks:
+            rows_of = [row for row, (bb, _) in stored.items() if bb == blk]
+            self.assertEqual({got[row] for row in rows_of}, {2}, f"block {blk} partly twice")
+        # The block the connector held: accepted from A, delivered again by B.
+        held = {stored[row][0] for row in emu.held_rows}
+        self.assertEqual(len(held), 1)
+        held_id = held.pop()
+        self.assertIn(held_id, in_flight)
+        self.assertIn(held_id, dup_blocks)
+        (state, owner, resends), = q(f"SELECT state, owner, resends FROM batches"
+                                     f" WHERE id = {held_id}", db)
+        self.assertEqual((state, owner, int(resends) >= 1), ("done", "node-b", True))
+        self.assertIn("event=audit_block_taken_over", b.log())
         (undelivered,), = q("SELECT COUNT(*) FROM messages WHERE delivered_ms IS NULL", db)
         self.assertEqual(int(undelivered), 0)
         b.assert_stops_cleanly()
