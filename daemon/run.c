@@ -419,9 +419,6 @@ int cmd_run(int argc, char **argv)
             log_error("store_open_failed", "path=%s error=\"%s\"", cfg->store.path, err);
         goto out;
     }
-    if (on_pg)
-        log_warn("store_retention_partial", "backend=postgresql reason=\"on PostgreSQL only "
-                 "rejected and quarantined messages are purged yet; the rest is kept\"");
     /* The layout the rows are formatted in, recorded before any row is
      * (in the SQLite file; PostgreSQL rows carry none yet). */
     int64_t layout = 0;

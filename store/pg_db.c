@@ -52,7 +52,7 @@
 #define STORE_PG_TRIES            4
 
 /* Bumped whenever a migration is appended below. */
-#define STORE_PG_SCHEMA_VERSION   4
+#define STORE_PG_SCHEMA_VERSION   5
 
 /* Any fixed number: the advisory lock two nodes starting at once take
  * around the migrations. */
@@ -250,6 +250,39 @@ static const char *const pg_migrations[STORE_PG_SCHEMA_VERSION] = {
     "CREATE INDEX batches_todo ON batches (id) WHERE state <> 'done';"
     "CREATE INDEX rows_unbatched ON rows (id) WHERE batch_id IS NULL;"
     "CREATE INDEX rows_batch ON rows (batch_id) WHERE batch_id IS NOT NULL;",
+    /* 5: retention of what was delivered, daily totals, row layouts.
+     * messages_delivered finds delivered messages by age, messages_raw
+     * the bodies still held of delivered ones; rows_purged says a done
+     * block's rows are gone.  A message without rows (filtered, or no
+     * rule for its type) and not quarantined has nothing left to deliver:
+     * it is delivered when stored (hb_group), as on SQLite, where the next
+     * block done takes it along; those stored before get it here.
+     * daily_totals and row_layouts are store/daily.c's and SQLite's
+     * migration 6's tables, shared by every node. */
+    "ALTER TABLE batches ADD COLUMN rows_purged INTEGER NOT NULL DEFAULT 0;"
+    "CREATE INDEX batches_rows_purge ON batches (done_ms)"
+    " WHERE state = 'done' AND rows_purged = 0;"
+    "CREATE INDEX messages_delivered ON messages (delivered_ms) WHERE delivered_ms IS NOT NULL;"
+    "CREATE INDEX messages_raw ON messages (delivered_ms)"
+    " WHERE delivered_ms IS NOT NULL AND raw IS NOT NULL;"
+    "UPDATE messages SET delivered_ms = received_ms WHERE delivered_ms IS NULL"
+    " AND quarantined = 0 AND COALESCE(row_count, 0) = 0;"
+    "CREATE TABLE daily_totals ("
+    " day TEXT NOT NULL,"
+    " listener TEXT NOT NULL,"
+    " sender TEXT NOT NULL,"
+    " received BIGINT NOT NULL DEFAULT 0,"
+    " duplicates BIGINT NOT NULL DEFAULT 0,"
+    " aa BIGINT NOT NULL DEFAULT 0, ae BIGINT NOT NULL DEFAULT 0,"
+    " ar BIGINT NOT NULL DEFAULT 0, ca BIGINT NOT NULL DEFAULT 0,"
+    " ce BIGINT NOT NULL DEFAULT 0, cr BIGINT NOT NULL DEFAULT 0,"
+    " PRIMARY KEY (day, listener, sender));"
+    "CREATE TABLE row_layouts ("
+    " id BIGSERIAL PRIMARY KEY,"
+    " header BYTEA NOT NULL,"
+    " file_ext TEXT NOT NULL,"
+    " created_ms BIGINT NOT NULL,"
+    " UNIQUE (header, file_ext));",
 };
 
 struct store_pg {
@@ -410,7 +443,9 @@ fail:
  * are stored already (committed by any node, or earlier in this statement),
  * waiting for another node's uncommitted insert of it.  The result says per
  * message whether it was inserted, and whether its key was stored before
- * with other content. */
+ * with other content.  A message without rows, not quarantined, is stored
+ * delivered: nothing of it waits for the audit sink (retention ages it
+ * from there). */
 enum { G_NODE, G_RECEIVED, G_LISTENER, G_PEER, G_APP, G_FAC, G_CTL, G_TYPE, G_TRIGGER,
        G_VERSION, G_ACK, G_RAW, G_QUARANTINED, G_REASON, G_ROW_COUNT, G_FILTERED, G_DIGEST,
        G_LAYOUT, G_R_ORD, G_R_SEQ, G_R_DATA, G_A_ORD, G_A_TEXT,
@@ -427,9 +462,10 @@ static const char sql_group[] =
     " ins AS ("
     " INSERT INTO messages (id, node, received_ms, listener, peer, send_app, send_fac,"
     "  control_id, msg_type, \"trigger\", version, ack_code, raw, quarantined, reason, row_count,"
-    "  filtered, digest)"
+    "  filtered, digest, delivered_ms)"
     " SELECT id, $1, received_ms, listener, peer, send_app, send_fac, control_id, msg_type, trig,"
-    "  version, ack_code, raw, quarantined, reason, row_count, filtered, digest FROM input"
+    "  version, ack_code, raw, quarantined, reason, row_count, filtered, digest,"
+    "  CASE WHEN quarantined = 0 AND row_count = 0 THEN received_ms END FROM input"
     "  ORDER BY ord"
     " ON CONFLICT (send_app, send_fac, control_id, digest)"
     "  WHERE control_id IS NOT NULL AND made_by IS NULL DO NOTHING"
@@ -1388,72 +1424,140 @@ static int pg_unavailable(struct store *s, uint64_t now_ms)
 
 /* ---- retention ---------------------------------------------------------- */
 
-/* One chunk of each kind this backend holds that is aged from receipt
- * (rejected messages; quarantined ones with their rows and facts), in one
- * transaction under an advisory lock, with the oldest record of each kind
- * left.  The kinds aged from delivery wait for the audit sink. */
-static const char sql_purge[] =
-    "WITH l AS MATERIALIZED (SELECT pg_try_advisory_xact_lock(" STORE_PG_HOUSEKEEP_LOCK ") AS got),"
-    " dr AS (DELETE FROM rejected WHERE id IN (SELECT id FROM rejected WHERE $1::int8 IS NOT NULL"
-    "  AND received_ms < $1::int8 ORDER BY received_ms LIMIT $3::int4) AND (SELECT got FROM l)"
-    "  RETURNING id),"
+/* One step over every kind kept in the database, as store/retention.c does
+ * on SQLite (the same kinds, chunks and report), in one transaction sent as
+ * one pipeline.  Each statement purges only under the housekeeping
+ * advisory lock (taken at its first use, held to the COMMIT), so one node
+ * at a time purges and the others, finding it taken, skip the purge and
+ * only read the oldest records.  Delivered messages are aged from
+ * messages.delivered_ms (set when all their blocks are done, or when
+ * stored without rows), connector rows by their done block, raw bodies of
+ * delivered messages from delivery, rejected and quarantined messages from
+ * receipt.  A NULL cutoff keeps the kind. */
+#define PG_HK_LOCKED "(SELECT pg_try_advisory_xact_lock(" STORE_PG_HOUSEKEEP_LOCK "))"
+
+enum { HK_REJ_QUAR = 1, HK_DELIVERED, HK_ROWS, HK_RAW, HK_OLDEST, HK_N };
+
+static const char *const sql_hk[HK_N] = {
+    /* $1 rejected cutoff, $2 quarantined cutoff, $3 chunk */
+    [HK_REJ_QUAR] =
+    "WITH dr AS (DELETE FROM rejected WHERE id IN (SELECT id FROM rejected WHERE"
+    "  $1::int8 IS NOT NULL AND received_ms < $1::int8 AND " PG_HK_LOCKED
+    "  ORDER BY received_ms LIMIT $3::int4) RETURNING id),"
     " q AS MATERIALIZED (SELECT id FROM messages WHERE quarantined = 1 AND $2::int8 IS NOT NULL"
-    "  AND received_ms < $2::int8 AND (SELECT got FROM l) ORDER BY received_ms LIMIT $3::int4),"
+    "  AND received_ms < $2::int8 AND " PG_HK_LOCKED " ORDER BY received_ms LIMIT $3::int4),"
     " qr AS (DELETE FROM rows WHERE msg_id IN (SELECT id FROM q)),"
     " qa AS (DELETE FROM appt_facts WHERE msg_id IN (SELECT id FROM q)),"
     " dq AS (DELETE FROM messages WHERE id IN (SELECT id FROM q) RETURNING id)"
-    " SELECT (SELECT COUNT(*) FROM dr), (SELECT COUNT(*) FROM dq),"
-    "  (SELECT MIN(received_ms) FROM rejected WHERE id NOT IN (SELECT id FROM dr)),"
-    "  (SELECT MIN(received_ms) FROM messages WHERE quarantined = 1"
-    "   AND id NOT IN (SELECT id FROM dq))";
+    " SELECT (SELECT COUNT(*) FROM dr), (SELECT COUNT(*) FROM dq)",
+    /* $1 delivered cutoff, $2 chunk.  Their rows go by their blocks. */
+    [HK_DELIVERED] =
+    "WITH d AS (DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE"
+    "  $1::int8 IS NOT NULL AND delivered_ms < $1::int8 AND quarantined = 0 AND " PG_HK_LOCKED
+    "  ORDER BY delivered_ms LIMIT $2::int4) RETURNING id)"
+    " SELECT COUNT(*), 0::int8 FROM d",
+    /* $1 rows cutoff, $2 chunk: a chunk of the oldest done block of age;
+     * the block is marked once none of its rows is left. */
+    [HK_ROWS] =
+    "WITH b AS MATERIALIZED (SELECT id FROM batches WHERE $1::int8 IS NOT NULL AND"
+    "  state = 'done' AND rows_purged = 0 AND done_ms < $1::int8 AND " PG_HK_LOCKED
+    "  ORDER BY done_ms LIMIT 1),"
+    " d AS (DELETE FROM rows WHERE id IN (SELECT r.id FROM rows r WHERE"
+    "  r.batch_id = (SELECT id FROM b) LIMIT $2::int4) RETURNING id),"
+    " m AS (UPDATE batches SET rows_purged = 1 WHERE id = (SELECT id FROM b)"
+    "  AND (SELECT COUNT(*) FROM d) < $2::int4 RETURNING id)"
+    " SELECT (SELECT COUNT(*) FROM d), (SELECT COUNT(*) FROM b)",
+    /* $1 raw cutoff (NULL when delivered messages go no later), $2 chunk */
+    [HK_RAW] =
+    "WITH u AS (UPDATE messages SET raw = NULL WHERE id IN (SELECT id FROM messages WHERE"
+    "  $1::int8 IS NOT NULL AND delivered_ms < $1::int8 AND raw IS NOT NULL"
+    "  AND quarantined = 0 AND " PG_HK_LOCKED " ORDER BY delivered_ms LIMIT $2::int4)"
+    "  RETURNING id)"
+    " SELECT COUNT(*), 0::int8 FROM u",
+    /* The oldest record left per kind, read as store/retention.c does. */
+    [HK_OLDEST] =
+    "SELECT (SELECT received_ms FROM messages WHERE raw IS NOT NULL AND quarantined = 0"
+    "  ORDER BY id LIMIT 1),"
+    " (SELECT received_ms FROM messages WHERE quarantined = 0 ORDER BY id LIMIT 1),"
+    " (SELECT m.received_ms FROM messages m WHERE m.id >= (SELECT msg_id FROM rows"
+    "  ORDER BY id LIMIT 1) ORDER BY m.id LIMIT 1),"
+    " (SELECT MIN(received_ms) FROM messages WHERE quarantined = 1),"
+    " (SELECT MIN(received_ms) FROM rejected)",
+};
 
 struct purge_read {
-    int64_t rejected, quarantined, oldest_rejected, oldest_quarantined;
+    int64_t n[HK_N][2];      /* per statement: its two counts */
+    int64_t oldest[5];       /* raw, delivered, rows, quarantined, rejected */
 };
 
 static int purge_result(struct store *s, size_t q, const PGresult *r, void *ud)
 {
     (void)s;
     struct purge_read *p = ud;
-    if (q != 1) /* BEGIN, the purge, COMMIT */
+    if (q < HK_REJ_QUAR || q >= HK_N) /* BEGIN, the statements, COMMIT */
         return 0;
-    if (PQntuples(r) != 1 || PQnfields(r) != 4)
+    int cols = q == HK_OLDEST ? 5 : 2;
+    if (PQntuples(r) != 1 || PQnfields(r) != cols)
         return -1;
-    p->rejected = col_i64(r, 0, 0, 0);
-    p->quarantined = col_i64(r, 0, 1, 0);
-    p->oldest_rejected = col_i64(r, 0, 2, 0);
-    p->oldest_quarantined = col_i64(r, 0, 3, 0);
+    for (int i = 0; i < cols; i++) {
+        int64_t v = col_i64(r, 0, i, 0);
+        if (q == HK_OLDEST)
+            p->oldest[i] = v;
+        else
+            p->n[q][i] = v;
+    }
     return 0;
+}
+
+static int64_t cutoff_ms(uint64_t keep, int64_t now)
+{
+    if (keep == STORE_KEEP_FOREVER || keep > (uint64_t)now)
+        return INT64_MIN;
+    return now - (int64_t)keep;
 }
 
 static long pg_housekeep(struct store *s, int64_t now_wall_ms, int *more)
 {
     struct store_pg *pg = s->pg;
     *more = 0;
-    if (!pg->conn || !s->opts.use_keep)
+    if (!pg->conn)
         return 0;
-    const enum store_kind kinds[2] = { STORE_KIND_REJECTED, STORE_KIND_QUARANTINED };
-    char cut[2][24];
-    const char *v[3];
-    for (int i = 0; i < 2; i++) {
-        uint64_t keep = s->opts.keep_ms[kinds[i]];
-        v[i] = NULL; /* kept forever */
-        if (keep != STORE_KEEP_FOREVER && keep <= (uint64_t)now_wall_ms) {
-            snprintf(cut[i], sizeof cut[i], "%lld", (long long)(now_wall_ms - (int64_t)keep));
-            v[i] = cut[i];
+    uint64_t keep[STORE_KIND_N];
+    store_rt_keep(&s->opts, keep);
+    /* Bodies leave with their message when it goes no later (as on
+     * SQLite): NULLing them first would rewrite each row just before its
+     * delete. */
+    if (keep[STORE_KIND_DELIVERED] <= keep[STORE_KIND_RAW])
+        keep[STORE_KIND_RAW] = STORE_KEEP_FOREVER;
+    char cut[STORE_KIND_N][24], chunk[16];
+    const char *cv[STORE_KIND_N];
+    for (int k = 0; k < STORE_KIND_N; k++) {
+        int64_t c = cutoff_ms(keep[k], now_wall_ms);
+        cv[k] = NULL; /* kept */
+        if (c != INT64_MIN) {
+            snprintf(cut[k], sizeof cut[k], "%lld", (long long)c);
+            cv[k] = cut[k];
         }
     }
-    char chunk[16];
     snprintf(chunk, sizeof chunk, "%d", STORE_RETENTION_CHUNK);
-    v[2] = chunk;
+    const char *p_rq[3] = { cv[STORE_KIND_REJECTED], cv[STORE_KIND_QUARANTINED], chunk };
+    const char *p_del[2] = { cv[STORE_KIND_DELIVERED], chunk };
+    const char *p_rows[2] = { cv[STORE_KIND_ROWS], chunk };
+    const char *p_raw[2] = { cv[STORE_KIND_RAW], chunk };
     PGconn *c = pg->conn;
-    struct purge_read p = { 0, 0, 0, 0 };
+    struct purge_read p;
+    memset(&p, 0, sizeof p);
     char why[256] = "";
     int ok = PQsendQueryParams(c, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) == 1 &&
-             PQsendQueryParams(c, sql_purge, 3, NULL, v, NULL, NULL, 1) == 1 &&
+             PQsendQueryParams(c, sql_hk[HK_REJ_QUAR], 3, NULL, p_rq, NULL, NULL, 1) == 1 &&
+             PQsendQueryParams(c, sql_hk[HK_DELIVERED], 2, NULL, p_del, NULL, NULL, 1) == 1 &&
+             PQsendQueryParams(c, sql_hk[HK_ROWS], 2, NULL, p_rows, NULL, NULL, 1) == 1 &&
+             PQsendQueryParams(c, sql_hk[HK_RAW], 2, NULL, p_raw, NULL, NULL, 1) == 1 &&
+             PQsendQueryParams(c, sql_hk[HK_OLDEST], 0, NULL, NULL, NULL, NULL, 1) == 1 &&
              PQsendQueryParams(c, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) == 1 &&
              PQpipelineSync(c) == 1;
-    enum pg_outcome o = ok ? read_pipeline(s, 3, 1, purge_result, &p, why, sizeof why) : PG_DEAD;
+    enum pg_outcome o =
+        ok ? read_pipeline(s, HK_N + 1, 1, purge_result, &p, why, sizeof why) : PG_DEAD;
     if (o != PG_OK) {
         char q[600];
         if (o == PG_DEAD || o == PG_DEAD_EARLY)
@@ -1462,19 +1566,47 @@ static long pg_housekeep(struct store *s, int64_t now_wall_ms, int *more)
                  log_quote(q, sizeof q, why));
         return -1;
     }
+    long got[STORE_KIND_N] = {0};
+    int64_t oldest[STORE_KIND_N] = {0};
+    got[STORE_KIND_REJECTED] = (long)p.n[HK_REJ_QUAR][0];
+    got[STORE_KIND_QUARANTINED] = (long)p.n[HK_REJ_QUAR][1];
+    got[STORE_KIND_DELIVERED] = (long)p.n[HK_DELIVERED][0];
+    got[STORE_KIND_ROWS] = (long)p.n[HK_ROWS][0];
+    got[STORE_KIND_RAW] = (long)p.n[HK_RAW][0];
+    for (int k = 0; k < STORE_KIND_N; k++)
+        if (got[k] >= STORE_RETENTION_CHUNK)
+            *more = 1;
+    if (p.n[HK_ROWS][1] > 0)
+        *more = 1; /* the rest of that block, or the next one */
+    /* This node's own files (the audit file sink's output). */
+    int files_failed = store_rt_files(s, now_wall_ms, got, oldest, more);
+    static const enum store_kind db_kinds[5] = {
+        STORE_KIND_RAW, STORE_KIND_DELIVERED, STORE_KIND_ROWS, STORE_KIND_QUARANTINED,
+        STORE_KIND_REJECTED,
+    };
     pthread_mutex_lock(s->rt_mu);
     struct store_retention_report *r = &s->rt_report;
-    for (int k = 0; k < STORE_KIND_N; k++)
-        r->keep_ms[k] = s->opts.keep_ms[k];
-    r->purged[STORE_KIND_REJECTED] += (uint64_t)p.rejected;
-    r->purged[STORE_KIND_QUARANTINED] += (uint64_t)p.quarantined;
-    r->oldest_ms[STORE_KIND_REJECTED] = p.oldest_rejected;
-    r->oldest_ms[STORE_KIND_QUARANTINED] = p.oldest_quarantined;
+    store_rt_keep(&s->opts, r->keep_ms);
+    long total = 0;
+    for (int k = 0; k < STORE_KIND_N; k++) {
+        r->purged[k] += (uint64_t)got[k];
+        total += got[k];
+    }
+    for (int i = 0; i < 5; i++)
+        r->oldest_ms[db_kinds[i]] = p.oldest[i];
+    r->oldest_ms[STORE_KIND_AUDIT_FILES] = oldest[STORE_KIND_AUDIT_FILES];
+    r->oldest_ms[STORE_KIND_SMS_FILE] = oldest[STORE_KIND_SMS_FILE];
     r->checked_ms = now_wall_ms;
     pthread_mutex_unlock(s->rt_mu);
-    if (p.rejected >= STORE_RETENTION_CHUNK || p.quarantined >= STORE_RETENTION_CHUNK)
-        *more = 1;
-    return (long)(p.rejected + p.quarantined);
+    if (total > 0)
+        log_info("store_retention",
+                 " backend=postgresql delivered=%ld rows=%ld raw=%ld quarantined=%ld"
+                 " rejected=%ld audit_files=%ld",
+                 got[STORE_KIND_DELIVERED], got[STORE_KIND_ROWS], got[STORE_KIND_RAW],
+                 got[STORE_KIND_QUARANTINED], got[STORE_KIND_REJECTED],
+                 got[STORE_KIND_AUDIT_FILES]);
+    (void)files_failed; /* logged where it failed; the database part went */
+    return total;
 }
 
 /* ---- heartbeat and the cluster view ------------------------------------ */

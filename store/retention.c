@@ -448,7 +448,7 @@ static void oldest_in_db(sqlite3 *db, int64_t *oldest)
 }
 
 /* How long each kind is kept, as the options say (retention_days caps raw). */
-static void keep_of(const struct store_opts *o, uint64_t *keep)
+void store_rt_keep(const struct store_opts *o, uint64_t *keep)
 {
     for (int k = 0; k < STORE_KIND_N; k++)
         keep[k] = o->use_keep ? o->keep_ms[k] : STORE_KEEP_FOREVER;
@@ -458,6 +458,20 @@ static void keep_of(const struct store_opts *o, uint64_t *keep)
 }
 
 /* ---- the step ------------------------------------------------------------ */
+
+int store_rt_files(struct store *s, int64_t now, long *got, int64_t *oldest, int *more)
+{
+    int failed = 0;
+    for (size_t i = 0; i < s->n_files; i++) {
+        enum store_kind k = s->files[i].k.kind;
+        long n = purge_file(&s->files[i], now, &oldest[k], more);
+        if (n < 0)
+            failed++;
+        else
+            got[k] += n;
+    }
+    return failed;
+}
 
 long store_rt_step(struct store *s, int64_t now, int *more)
 {
@@ -509,15 +523,8 @@ long store_rt_step(struct store *s, int64_t now, int *more)
             *more = 1;
         }
     }
-    for (size_t i = 0; i < s->n_files; i++) {
-        enum store_kind k = s->files[i].k.kind;
-        tried++;
-        long n = purge_file(&s->files[i], now, &file_oldest[k], more);
-        if (n < 0)
-            failed++;
-        else
-            got[k] += n;
-    }
+    tried += (int)s->n_files;
+    failed += store_rt_files(s, now, got, file_oldest, more);
 
     struct store_retention_report r;
     pthread_mutex_lock(s->rt_mu);
@@ -530,7 +537,7 @@ long store_rt_step(struct store *s, int64_t now, int *more)
             total += got[k];
         }
     }
-    keep_of(&s->opts, r.keep_ms);
+    store_rt_keep(&s->opts, r.keep_ms);
     oldest_in_db(s->wdb.db, r.oldest_ms);
     r.oldest_ms[STORE_KIND_SMS] = sms_oldest;
     r.oldest_ms[STORE_KIND_SMS_FILE] = file_oldest[STORE_KIND_SMS_FILE];
@@ -586,7 +593,7 @@ int store_query_retention(const struct store_opts *o, struct store_retention_rep
         sqlite3_close(db);
         return -1;
     }
-    keep_of(o, out->keep_ms);
+    store_rt_keep(o, out->keep_ms);
     oldest_in_db(db, out->oldest_ms);
     long n = 0;
     if (store_sms_retention(db, INT64_MIN, 0, &n, &out->oldest_ms[STORE_KIND_SMS]) < 0)

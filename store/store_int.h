@@ -217,6 +217,12 @@ long store_db_housekeep(struct store *s, int64_t now_wall_ms, int *more);
  * chunk.  store_rt_release finalizes its statements. */
 long store_rt_step(struct store *s, int64_t now_wall_ms, int *more);
 void store_rt_release(struct store *s);
+/* How long each kind is kept (retention_days caps raw), for the report. */
+void store_rt_keep(const struct store_opts *o, uint64_t *keep);
+/* The files part of a step (this node's own sink output, on either
+ * backend): adds to got[kind], notes oldest[kind]; returns how many of the
+ * s->n_files failed. */
+int store_rt_files(struct store *s, int64_t now, long *got, int64_t *oldest, int *more);
 /* The SMS tables' part (store/sms.c): texts finished and appointments over
  * (personal fields already purged) before cutoff_s are deleted, at most
  * `chunk` rows of each; *n gets how many; *oldest_ms the oldest SMS record

@@ -14,6 +14,10 @@ gets its own database.
   --cluster` and /status "cluster" show both nodes up with their ACK counts
   and the totals; a node killed with SIGKILL shown as down after three
   missed heartbeats; on SQLite `stats --cluster` says it needs PostgreSQL;
+- retention with two nodes and a test clock (libfaketime, as in
+  test_retention.py): raw bodies, delivered messages (those without rows
+  too) and their rows purged once for the cluster, nothing while the
+  housekeeping lock is held elsewhere;
 - a schema newer than the build refused by `check` and `run`;
 - `check`: what is wrong (password, unreachable server), the password never
   printed or logged; a password file others may read, a password in
@@ -31,6 +35,7 @@ import urllib.request
 
 from harness import (Daemon, USERS_CSV, _yaml_str, free_port, make_message, require_binary)
 import pgserver
+from test_retention import RetentionDaemon, faketime_lib
 
 SERVER = None
 PW_ENV = "HB_TEST_PG_PASSWORD"
@@ -298,6 +303,137 @@ class TwoNodes(unittest.TestCase):
         self.assertRegex(page, r'<tr><td>node-b</td><td class="bad">down</td>')
         self.assertRegex(page, r'<tr><td>node-a</td><td>up</td>')
         self.a.assert_stops_cleanly()
+
+
+HK_LOCK = 7401403   # store/pg_db.c STORE_PG_HOUSEKEEP_LOCK
+
+
+class KeepDaemon(PgDaemon):
+    """A node with the audit file sink (blocks of at most a second) and the
+    retention of test_retention.py; restart_at(days) restarts it under
+    libfaketime, days ahead (the server's clock stays real)."""
+
+    def config_text(self, port):
+        text = super().config_text(port)
+        text = text.replace("  retention: {rejected: 1m, quarantined: 1m}",
+                            "  retention_days: 7\n"
+                            "  retention: {raw: 1d, delivered: 7d, quarantined: 30d,"
+                            " rejected: 30d}")
+        return text.replace("  audit:\n    type: none",
+                            "  audit:\n    type: file\n    batch: {max_age_s: 1}\n"
+                            f"    directory: {_yaml_str(self.dir / 'out')}")
+
+    def restart_at(self, days):
+        self.stop()
+        self.env = {PW_ENV: pgserver.PASSWORD, **RetentionDaemon.faketime_env(days)}
+        self.start()
+
+    def retention(self):
+        """{kind: entry} of /status once a housekeeping step ran, else None."""
+        try:
+            r = self.status()["retention"]
+        except OSError:
+            return None
+        return {k["kind"]: k for k in r["kinds"]} if r["checked_ms"] else None
+
+
+class Housekeeping(unittest.TestCase):
+    """Retention and daily totals with two nodes on one database: each
+    record purged once cluster-wide (the purged counts of both nodes add up
+    to what was there, not twice that), no purge while another session
+    holds the housekeeping lock, messages without rows purged as
+    delivered."""
+
+    def setUp(self):
+        if faketime_lib() is None:
+            self.skipTest("libfaketime is not installed (scripts/deps.sh test installs it)")
+
+    def count(self, sql):
+        return int(SERVER.psql(sql, self.db)[0][0])
+
+    def test_retention_once_for_two_nodes(self):
+        self.db = new_db()
+        a, b = KeepDaemon(self, self.db, "node-a"), KeepDaemon(self, self.db, "node-b")
+        a.start()
+        b.start()
+        acks = []
+        with a.connect() as c:
+            acks += [c.request(make_message(f"K-A{k}")).code for k in range(3)]
+            acks.append(c.request(make_message("K-FA", msg_type="ORU^R01")).code)  # filtered
+        with b.connect() as c:
+            acks += [c.request(make_message(f"K-B{k}")).code for k in range(2)]
+            acks.append(c.request(make_message("K-FB", msg_type="ORU^R01")).code)
+            acks.append(c.request(make_message("K-Q").replace(b"DOE^JANE", b"")).code)
+            acks.append(c.request(make_message("K-A0")).code)  # a re-send of node-a's
+        self.assertEqual(acks, ["AA"] * 9)
+        self.assertEqual(self.count("SELECT COUNT(*) FROM messages WHERE quarantined = 1"), 1)
+        self.assertEqual(self.count("SELECT COUNT(*) FROM messages WHERE filtered = 1"), 2)
+        wait_for(lambda: self.count("SELECT COUNT(*) FROM messages WHERE quarantined = 0"
+                                    " AND delivered_ms IS NULL") == 0,
+                 timeout=60, what="every message delivered")
+        rows = self.count("SELECT COUNT(*) FROM rows")
+        self.assertEqual(rows, 5)
+
+        # +2 days, while the test holds the housekeeping lock: both nodes
+        # run their steps (the oldest records are read) but neither purges.
+        locker = subprocess.Popen(
+            ["psql", "-X", "-q", "-h", "127.0.0.1", "-p", str(SERVER.port), "-U",
+             pgserver.SUPERUSER, "-d", self.db, "-c",
+             f"SELECT pg_advisory_lock({HK_LOCK}); SELECT pg_sleep(120);"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=dict(os.environ, PGPASSWORD=pgserver.PASSWORD, PGAPPNAME="hb-hk-locker"))
+        self.addCleanup(locker.wait, 30)
+
+        def unlock():
+            SERVER.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                        " WHERE application_name = 'hb-hk-locker'", "postgres")
+        self.addCleanup(unlock)
+        wait_for(lambda: self.count("SELECT COUNT(*) FROM pg_stat_activity WHERE"
+                                    " application_name = 'hb-hk-locker' AND"
+                                    " wait_event = 'PgSleep'") == 1, what="the lock taken")
+        for d in (a, b):
+            d.restart_at(2)
+        rts = {}
+        for d in (a, b):
+            wait_for(lambda: d.retention() is not None, what=f"{d.node}'s housekeeping step")
+            rts[d.node] = d.retention()
+        for node, rt in rts.items():
+            self.assertEqual(rt["raw"]["keep_s"], 86400, node)
+            self.assertEqual(rt["delivered"]["keep_s"], 7 * 86400, node)
+            for kind in ("raw", "delivered", "rows", "quarantined"):
+                self.assertGreaterEqual(rt[kind]["oldest_age_s"], 2 * 86400 - 600, (node, kind))
+                self.assertEqual(rt[kind]["purged"], 0, (node, kind))
+        self.assertEqual(self.count("SELECT COUNT(*) FROM messages WHERE raw IS NOT NULL"), 8)
+        unlock()
+        # The lock gone (a restart runs a step at once, not a minute later):
+        # the raw bodies of the 7 delivered messages go, once.
+        a.restart_at(2)
+        wait_for(lambda: self.count("SELECT COUNT(*) FROM messages WHERE raw IS NOT NULL") == 1,
+                 what="raw bodies purged")
+
+        def purged(kind):
+            return sum(d.retention()[kind]["purged"] for d in (a, b))
+        wait_for(lambda: purged("raw") == 7, what="both nodes' raw purge counts")
+        self.assertEqual(self.count("SELECT COUNT(*) FROM messages"), 8)
+        self.assertEqual(self.count("SELECT COUNT(*) FROM rows"), rows)
+
+        # +8 days: delivered messages (the filtered ones too) and their rows.
+        for d in (a, b):
+            d.restart_at(8)
+        wait_for(lambda: self.count("SELECT COUNT(*) FROM messages WHERE quarantined = 0") == 0,
+                 what="delivered messages purged")
+        wait_for(lambda: self.count("SELECT COUNT(*) FROM rows") == 0, what="rows purged")
+        wait_for(lambda: purged("delivered") == 7 and purged("rows") == rows,
+                 what="both nodes' purge counts")
+        self.assertEqual(self.count("SELECT COUNT(*) FROM messages WHERE quarantined = 1"), 1)
+        for d in (a, b):
+            wait_for(lambda: d.retention()["delivered"]["oldest_ms"] == 0,
+                     what=f"{d.node}: no delivered message left")
+            rt = d.retention()
+            self.assertEqual(rt["rows"]["oldest_ms"], 0)
+            self.assertGreater(rt["quarantined"]["oldest_ms"], 0)
+        a.assert_stops_cleanly()
+        b.assert_stops_cleanly()
 
 
 class CommitFails(unittest.TestCase):
