@@ -25,6 +25,8 @@ from pathlib import Path
 
 import hl7
 
+import pgserver
+
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "integration"
 # The users table of every generated configuration: make_message's operator
@@ -339,6 +341,15 @@ class Daemon:
         self.cwd = ROOT
         self._runs = 0
         self.env = None    # extra environment variables for the next start (None: inherited)
+        # The store: SQLite in the work directory, or (a test case with
+        # STORE_TYPE "postgresql", see OnPostgreSQL) a database of its own on
+        # the process's throwaway PostgreSQL server.
+        self.store_type = getattr(testcase, "STORE_TYPE", "sqlite")
+        self.pg = self.pg_db = None
+        if self.store_type == "postgresql":
+            self.pg = pgserver.shared()
+            _pg_seq[0] += 1
+            self.pg_db = self.pg.create_db(f"it{os.getpid()}_{_pg_seq[0]}")
         testcase.addCleanup(self._cleanup)
 
     # configuration
@@ -357,6 +368,11 @@ class Daemon:
             "  application: HL7BRIDGE",
             "  facility: HL7BRIDGE",
             "store:",
+        ] + ([
+            "  type: postgresql",
+            f"  url: {_yaml_str(self.pg.url(self.pg_db))}",
+            f"  password: ${{{pgserver.PASSWORD_ENV}}}",
+        ] if self.pg else []) + [
             f"  path: {_yaml_str(self.db_path)}",
             "  retention_days: 7",
             "  min_free_disk_mb: 0",
@@ -372,8 +388,12 @@ class Daemon:
             "    type: file",
             f"    directory: {_yaml_str(self.dir / 'out')}",
             "  sms:",
+        ] + ([
+            "    type: none",     # not on PostgreSQL yet
+        ] if self.pg else [
             "    type: file",
             f"    path: {_yaml_str(self.dir / 'sms.jsonl')}",
+        ]) + [
             "metrics:",
             "  enabled: false",
         ]
@@ -478,13 +498,22 @@ class Daemon:
 
     # store
     def db(self) -> sqlite3.Connection:
-        """A connection to the store (text columns as bytes)."""
+        """A connection to the SQLite store (text columns as bytes)."""
         con = sqlite3.connect(str(self.db_path), timeout=10)
         con.text_factory = bytes
         self.tc.addCleanup(con.close)
         return con
 
     def query(self, sql, params=()):
+        """Rows of a query on the store.  On PostgreSQL each `?` takes one
+        of params as a literal and every value comes back as text (None for
+        NULL)."""
+        if self.pg:
+            parts = sql.split("?")
+            if len(parts) != len(params) + 1:
+                raise ValueError("one ? per parameter")
+            text = parts[0] + "".join(_pg_literal(v) + rest for v, rest in zip(params, parts[1:]))
+            return [tuple(r) for r in self.pg.psql(text, self.pg_db)]
         con = sqlite3.connect(str(self.db_path), timeout=10)
         con.text_factory = bytes
         try:
@@ -498,20 +527,77 @@ class Daemon:
         storage class."""
         def b(v):
             return v.encode() if isinstance(v, str) else v
-        sql = "SELECT COUNT(*) FROM messages WHERE CAST(control_id AS BLOB) = ?"
+        col = "{}" if self.pg else "CAST({} AS BLOB)"   # PostgreSQL: text columns
+        sql = f"SELECT COUNT(*) FROM messages WHERE {col.format('control_id')} = ?"
         params = [b(control_id)]
         if send_app is not None:
-            sql += " AND CAST(send_app AS BLOB) = ?"
+            sql += f" AND {col.format('send_app')} = ?"
             params.append(b(send_app))
         if send_fac is not None:
-            sql += " AND CAST(send_fac AS BLOB) = ?"
+            sql += f" AND {col.format('send_fac')} = ?"
             params.append(b(send_fac))
-        return self.query(sql, params)[0][0]
+        return int(self.query(sql, params)[0][0])
 
     def control_id_counts(self):
         """{control id (bytes): number of rows} over the whole store."""
+        if self.pg:
+            rows = self.query("SELECT control_id, COUNT(*) FROM messages GROUP BY 1")
+            return {(r[0] or "").encode(): int(r[1]) for r in rows}
         rows = self.query("SELECT CAST(control_id AS BLOB), COUNT(*) FROM messages GROUP BY 1")
         return {r[0]: r[1] for r in rows}
+
+    def raw_messages(self, control_id):
+        """The stored bytes of every message with this control id, in
+        storage order."""
+        if self.pg:
+            rows = self.query("SELECT encode(raw, 'hex') FROM messages WHERE control_id = ?"
+                              " ORDER BY id", (control_id,))
+            return [bytes.fromhex(r[0]) for r in rows]
+        return [r[0] for r in self.query("SELECT raw FROM messages WHERE control_id = ?"
+                                         " ORDER BY id", (control_id,))]
+
+    def row_data(self):
+        """The data of every stored connector row (bytes), in id order."""
+        if self.pg:
+            return [bytes.fromhex(r[0]) for r in
+                    self.query("SELECT encode(data, 'hex') FROM rows ORDER BY id")]
+        return [bytes(r[0]) for r in self.query("SELECT data FROM rows ORDER BY id")]
+
+    def store_intact(self):
+        """SQLite's integrity check says ok; PostgreSQL's own crash recovery
+        is the server's business (True)."""
+        return self.pg is not None or self.query("PRAGMA integrity_check")[0][0] == b"ok"
+
+
+_pg_seq = [0]
+
+
+def _pg_literal(v):
+    """A PostgreSQL literal of a test value (text, bytes as text, number)."""
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, bytes):
+        v = v.decode()
+    return "'" + str(v).replace("'", "''") + "'"
+
+
+class OnPostgreSQL:
+    """Mixin for a test case written for SQLite: put it first,
+    `class XOnPostgreSQL(OnPostgreSQL, X)`, and every Daemon the tests start
+    stores in PostgreSQL (a database of its own on the process's throwaway
+    server, pgserver.shared()).  SQLITE_ONLY names the tests that stay on
+    SQLite and says why; they are skipped here with that reason.  Skipped
+    with what to install when the server binaries are absent."""
+
+    STORE_TYPE = "postgresql"
+    SQLITE_ONLY = {}
+
+    def setUp(self):
+        why = self.SQLITE_ONLY.get(self._testMethodName)
+        if why:
+            self.skipTest(f"SQLite only: {why}")
+        pgserver.shared()
+        super().setUp()
 
 
 class DaemonTestCase(unittest.TestCase):

@@ -14,6 +14,7 @@ output is cut short): pg_ctl's server outlives its parent otherwise.
 Binaries come from Debian's postgresql package (scripts/deps.sh test);
 available() says whether they are there."""
 
+import atexit
 import os
 import pwd
 import shutil
@@ -27,6 +28,7 @@ PG_BIN = Path(os.environ.get("HL7BRIDGE_PG_BIN", "/usr/lib/postgresql/15/bin"))
 PG_USER = "nobody"
 SUPERUSER = "hb"
 PASSWORD = "hb-test-secret"
+PASSWORD_ENV = "HB_TEST_PG_PASSWORD"   # store.password: ${HB_TEST_PG_PASSWORD}
 
 
 # Reads stdin until the test process is gone (EOF), then stops the server
@@ -53,6 +55,22 @@ def start_or_skip():
             f"PostgreSQL server binaries not found in {PG_BIN} (Debian package "
             "postgresql; scripts/deps.sh test installs it)")
     return PgServer().start()
+
+
+_shared = []
+
+
+def shared():
+    """One started server for the whole test process (the suites that run on
+    both stores share it, each daemon in a database of its own), stopped at
+    exit; PASSWORD_ENV is set so that every daemon and command the tests run
+    finds the password.  Skips like start_or_skip()."""
+    if not _shared:
+        srv = start_or_skip()
+        atexit.register(srv.close)
+        os.environ[PASSWORD_ENV] = PASSWORD
+        _shared.append(srv)
+    return _shared[0]
 
 
 def _free_port():

@@ -14,8 +14,8 @@ import subprocess
 import time
 import unittest
 
-from harness import (CR, EB, SB, ROOT, Ack, DaemonTestCase, MLLPConnection, binary_path, frame,
-                     make_message)
+from harness import (CR, EB, SB, ROOT, Ack, DaemonTestCase, MLLPConnection, OnPostgreSQL,
+                     binary_path, frame, make_message)
 from test_metrics import MetricsDaemon
 
 
@@ -361,9 +361,7 @@ class ControlIdReused(unittest.TestCase):
         self.assertIn("Duplicate", again.text)
         self.assertIn("Duplicate", stamped.text)
         self.assertEqual(self.daemon.count_control_id("REUSE001", "CTRAPP", "CTRFAC"), 2)
-        raws = sorted(r[0] for r in self.daemon.query(
-            "SELECT raw FROM messages WHERE control_id = 'REUSE001'"))
-        self.assertEqual(raws, sorted([first, other]))
+        self.assertEqual(self.daemon.raw_messages("REUSE001"), [first, other])
         self.assertRegex(self.daemon.log(), r"level=warn event=control_id_reused listener=it "
                                             r'control_id="REUSE001" id=\d+')
         wait_for(lambda: "\nhl7bridge_control_id_reused_total 1\n" in self.daemon.get("/metrics")[2],
@@ -397,6 +395,10 @@ class ControlIdReused(unittest.TestCase):
         self.assertEqual(self.daemon.count_control_id("REUSE002"), 3)
         wait_for(lambda: self.daemon.status()["store"]["control_id_reused"] == 2,
                  "control_id_reused 2 in /status")
+
+
+class ControlIdReusedOnPostgreSQL(OnPostgreSQL, ControlIdReused):
+    """The same on store.type postgresql."""
 
 
 if __name__ == "__main__":

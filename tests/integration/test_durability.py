@@ -11,7 +11,8 @@ import time
 import unittest
 from pathlib import Path
 
-from harness import (Daemon, DaemonTestCase, MLLPConnection, frame, loadgen_path, make_message)
+from harness import (Daemon, DaemonTestCase, MLLPConnection, OnPostgreSQL, frame, loadgen_path,
+                     make_message)
 
 
 class Sender:
@@ -136,6 +137,10 @@ class KillDashNine(DaemonTestCase):
         self.daemon.assert_stops_cleanly()
 
 
+class KillDashNineOnPostgreSQL(OnPostgreSQL, KillDashNine):
+    """The same on store.type postgresql."""
+
+
 class GracefulShutdown(DaemonTestCase):
 
     def test_sigterm_mid_stream_exits_0_and_keeps_every_acked_message(self):
@@ -249,6 +254,10 @@ class GracefulShutdown(DaemonTestCase):
         self.assertEqual(self.daemon.stop(), 0)
         with self.assertRaises(OSError):
             MLLPConnection(port, timeout=2).request(make_message("LATE0001"), timeout=2)
+
+
+class GracefulShutdownOnPostgreSQL(OnPostgreSQL, GracefulShutdown):
+    """The same on store.type postgresql."""
 
 
 class LoadGenerator(DaemonTestCase):

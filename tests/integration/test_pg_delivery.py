@@ -1,7 +1,7 @@
 """store.type postgresql: each connector row delivered once cluster-wide.
 
-Two nodes on one throwaway PostgreSQL server (pgserver.py, one server for
-this module), both with the audit sink pointed at the strict connector
+Two nodes on one throwaway PostgreSQL server (pgserver.shared(), one for
+the test process), both with the audit sink pointed at the strict connector
 emulator (emulator.py).  A node claims a block with a lease it renews while
 sending; the emulator holds one block ("hang") at node A; node B starts
 meanwhile (its start-up recovery must leave A's block alone) and delivers
@@ -35,19 +35,13 @@ import pgserver
 from test_audit_sink import AuditDaemon, AuditSinkBase, messages, send_all
 
 SERVER = None
-PW_ENV = "HB_TEST_PG_PASSWORD"
+PW_ENV = pgserver.PASSWORD_ENV     # set by pgserver.shared(): `hl7bridge map` finds it too
 LEASE_S = 3          # short, so the take-over comes within seconds
 
 
 def setUpModule():
     global SERVER
-    SERVER = pgserver.start_or_skip()
-    os.environ.setdefault(PW_ENV, pgserver.PASSWORD)  # `hl7bridge map` loads the same config
-
-
-def tearDownModule():
-    if SERVER is not None:
-        SERVER.close()
+    SERVER = pgserver.shared()
 
 
 class PgAuditDaemon(AuditDaemon):

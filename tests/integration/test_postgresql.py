@@ -1,8 +1,8 @@
 """store.type postgresql: several nodes on one PostgreSQL store.
 
 One throwaway server (pgserver.py: initdb as an unprivileged user, a free
-127.0.0.1 port, password authentication) serves the whole module; each test
-gets its own database.
+127.0.0.1 port, password authentication), shared by every module of the
+test process (pgserver.shared()); each test gets its own database.
 
 - two nodes on one database under load through both, every 10th message
   re-sent to the other node: answered AA and stored once; the same message
@@ -38,17 +38,12 @@ import pgserver
 from test_retention import RetentionDaemon, faketime_lib
 
 SERVER = None
-PW_ENV = "HB_TEST_PG_PASSWORD"
+PW_ENV = pgserver.PASSWORD_ENV
 
 
 def setUpModule():
     global SERVER
-    SERVER = pgserver.start_or_skip()
-
-
-def tearDownModule():
-    if SERVER is not None:
-        SERVER.close()
+    SERVER = pgserver.shared()
 
 
 _db_seq = [0]

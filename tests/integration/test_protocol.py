@@ -8,8 +8,8 @@ import threading
 import time
 import unittest
 
-from harness import (CR, EB, SB, Daemon, DaemonTestCase, MLLPConnection, frame, free_port,
-                     make_message)
+from harness import (CR, EB, SB, Daemon, DaemonTestCase, MLLPConnection, OnPostgreSQL, frame,
+                     free_port, make_message)
 
 
 class Duplicates(DaemonTestCase):
@@ -65,6 +65,10 @@ class Duplicates(DaemonTestCase):
             acks = [c.recv_ack() for _ in range(5)]
         self.assertEqual([(a.code, a.control_id_text) for a in acks], [("AA", "DUPBURST")] * 5)
         self.assertEqual(self.daemon.count_control_id("DUPBURST"), 1)
+
+
+class DuplicatesOnPostgreSQL(OnPostgreSQL, Duplicates):
+    """The same on store.type postgresql."""
 
 
 class Pipelining(DaemonTestCase):

@@ -25,8 +25,8 @@ import unittest
 import urllib.request
 from pathlib import Path
 
-from harness import (ROOT, FIXTURES, Daemon, MLLPConnection, binary_path, corpus_files, field,
-                     is_batch, make_message, segments, split_messages)
+from harness import (ROOT, FIXTURES, Daemon, MLLPConnection, OnPostgreSQL, binary_path,
+                     corpus_files, field, is_batch, make_message, segments, split_messages)
 from test_metrics import MetricsDaemon
 
 USER_COL = 18  # healthcare schema: "Email Address (UPN) or SamAccountName"
@@ -61,8 +61,8 @@ def wait_for(pred, timeout=15, step=0.05):
 def stored_rows(d):
     """The stored rows' cells, one list per row."""
     out = []
-    for (data,) in d.query("SELECT data FROM rows ORDER BY id"):
-        for line in bytes(data).decode().split("\n"):
+    for data in d.row_data():
+        for line in data.decode().split("\n"):
             line = line.rstrip("\r")
             if line:
                 out.append(line.split("\t"))
@@ -136,7 +136,8 @@ class UnresolvedUsers(HL7BridgeTestCase):
             self.assertEqual(c.request(user_message("UR0003", "")).code, "AA")
         self.assertEqual(d.count_control_id("UR0002"), 1)  # stored, acknowledged: no row
         # filtered, not kept aside: nothing waits in quarantine for an analyst
-        self.assertEqual(d.query("SELECT COUNT(*) FROM messages WHERE quarantined != 0")[0][0], 0)
+        self.assertEqual(int(d.query("SELECT COUNT(*) FROM messages WHERE quarantined != 0")[0][0]),
+                         0)
         rows = wait_for(lambda: stored_rows(d))
         self.assertEqual([r[USER_COL] for r in rows], ["carl.clerk@contoso.org"])
 
@@ -154,6 +155,10 @@ class UnresolvedUsers(HL7BridgeTestCase):
         self.assertIn("rows without a resolved user: 2 (rule adt: 2 filtered, 0 quarantined, 0 kept)",
                       r.stdout)
         self.assertEqual(d.stop(), 0)
+
+
+class UnresolvedUsersOnPostgreSQL(OnPostgreSQL, UnresolvedUsers):
+    """The same on store.type postgresql."""
 
 
 class NoSystemAsUser(HL7BridgeTestCase):
@@ -288,6 +293,10 @@ class RefusalLogs(HL7BridgeTestCase):
         for phi in ("DOE", "JANE", "MRN123", "19800101", "SPRINGFIELD"):
             self.assertNotIn(phi, log)
         self.assertEqual(d.stop(), 0)
+
+
+class RefusalLogsOnPostgreSQL(OnPostgreSQL, RefusalLogs):
+    """The same on store.type postgresql."""
 
 
 class MapAndCheck(HL7BridgeTestCase):
