@@ -7,9 +7,10 @@ test process (pgserver.shared()); each test gets its own database.
 - two nodes on one database under load through both, every 10th message
   re-sent to the other node: answered AA and stored once; the same message
   sent to both nodes at the same moment: stored once, both AA;
-- the server stopped under load: AE "Cannot store message" and /readyz 503
-  while it is down, every AA'd message stored once, accepting again (and
-  /readyz 200) by itself once it is back;
+- the server stopped under load: AE "Cannot store message" (never AA) and
+  /readyz 503 while it is down, no connection dropped, every AA'd message
+  stored once, accepting again (and /readyz 200) by itself once it is back;
+  the AE'd messages re-sent: every message sent stored exactly once;
 - every node's heartbeat (table nodes, node.heartbeat_s 1 here): `stats
   --cluster` and /status "cluster" show both nodes up with their ACK counts
   and the totals; a node killed with SIGKILL shown as down after three
@@ -33,7 +34,8 @@ import unittest
 import urllib.error
 import urllib.request
 
-from harness import (Daemon, USERS_CSV, _yaml_str, free_port, make_message, require_binary)
+from harness import (Daemon, USERS_CSV, _yaml_str, frame, free_port, make_message,
+                     require_binary)
 import pgserver
 from test_retention import RetentionDaemon, faketime_lib
 
@@ -537,46 +539,24 @@ class ServerOutage(unittest.TestCase):
         d = PgDaemon(self, db, "node-a")
         d.start()
         self.assertEqual(d.readyz(), 200)
-        aa, ae, other = [], [], []
-        stop = threading.Event()
-        seen_ae_after_restart = threading.Event()
-
-        def sender(i):
-            k = 0
-            with d.connect() as c:
-                while not stop.is_set() and k < 20000:
-                    cid = f"L{i}-{k}"
-                    k += 1
-                    ack = c.request(make_message(cid))
-                    if ack.code == "AA":
-                        aa.append(cid)
-                    elif ack.code == "AE" and "Cannot store message" in ack.text:
-                        ae.append(cid)
-                    else:
-                        other.append((cid, ack.code))
-
-        threads = [threading.Thread(target=sender, args=(i,)) for i in range(3)]
-        for t in threads:
-            t.start()
+        load = OutageLoad(d)
         try:
-            wait_for(lambda: len(aa) >= 100, what="first AAs")
+            wait_for(lambda: load.count("AA") >= 100, what="first AAs")
             SERVER.stop("fast")
+            t_down = time.monotonic()
             try:
-                wait_for(lambda: len(ae) >= 20, what="AE while the server is down")
+                wait_for(lambda: load.count("AE", since=t_down) >= 20,
+                         what="AE while the server is down")
                 wait_for(lambda: d.readyz() == 503, what="/readyz 503")
-                aa_before = len(aa)
             finally:
+                t_up = time.monotonic()
                 SERVER.start_again()
-            wait_for(lambda: len(aa) > aa_before + 100, what="AA again after the restart")
+            aa_after = load.count("AA")
+            wait_for(lambda: load.count("AA") > aa_after + 100, what="AA again after the restart")
             wait_for(lambda: d.readyz() == 200, what="/readyz 200 again")
         finally:
-            stop.set()
-            for t in threads:
-                t.join(60)
-        self.assertEqual(other, [])
-        rows = SERVER.psql("SELECT control_id, COUNT(*) FROM messages GROUP BY 1", db)
-        counts = {r[0]: int(r[1]) for r in rows}
-        self.assertEqual([c for c in aa if counts.get(c) != 1], [], "AA'd but not stored once")
+            load.finish()
+        load.check(self, d, SERVER, db, t_down, t_up)
         self.assertIn("event=store_unavailable", d.log())
         self.assertIn("event=store_connected", d.log())
         with urllib.request.urlopen(f"http://127.0.0.1:{d.metrics_port}/metrics", timeout=5) as r:
@@ -584,6 +564,76 @@ class ServerOutage(unittest.TestCase):
         self.assertRegex(metrics, r"(?m)^hl7bridge_store_reconnects_total [1-9]")
         self.assertRegex(metrics, r"(?m)^hl7bridge_store_unavailable 0$")
         d.assert_stops_cleanly()
+
+
+class OutageLoad:
+    """Senders that wait for each ACK (an engine in original mode), each
+    answer kept with when its message was sent and answered, until
+    finish()."""
+
+    def __init__(self, d, conns=3):
+        self.d = d
+        self.lock = threading.Lock()
+        self.answers = []       # (control id, sent, answered, code, text)
+        self.errors = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(conns)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self, i):
+        try:
+            with self.d.connect() as c:
+                for k in range(20000):
+                    if self.stop.is_set():
+                        return
+                    cid = f"L{i}-{k}"
+                    t0 = time.monotonic()
+                    ack = c.request(make_message(cid))
+                    if ack.control_id_text != cid:
+                        raise AssertionError(f"ACK for {ack.control_id_text}, sent {cid}")
+                    with self.lock:
+                        self.answers.append((cid, t0, time.monotonic(), ack.code, ack.text))
+        except Exception as e:  # a connection closed or broken: reported by check()
+            self.errors.append(repr(e))
+
+    def count(self, code, since=0.0):
+        with self.lock:
+            return sum(1 for a in self.answers if a[3] == code and a[1] >= since)
+
+    def finish(self):
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)
+
+    def check(self, tc, d, server, db, t_down, t_up):
+        """Every message answered (no connection lost), AA or AE "Cannot
+        store message" only; nothing sent once the server was down and
+        answered before it came back is AA; then the engine re-sends each
+        AE'd message: AA, and the store holds every message sent exactly
+        once (an AE'd one may have been committed: its re-send is then a
+        duplicate), nothing else."""
+        tc.assertEqual(self.errors, [])
+        tc.assertEqual([a for a in self.answers if (a[3], a[4]) not in
+                        (("AA", "Message accepted"), ("AE", "Cannot store message"))], [])
+        down = [a for a in self.answers if a[1] >= t_down and a[2] <= t_up]
+        tc.assertTrue(down, "no message sent and answered while the server was down")
+        tc.assertEqual([a[0] for a in down if a[3] != "AE"], [], "AA while the server was down")
+        aa = [a[0] for a in self.answers if a[3] == "AA"]
+        stored = {r[0]: int(r[1]) for r in
+                  server.psql("SELECT control_id, COUNT(*) FROM messages GROUP BY 1", db)}
+        tc.assertEqual([c for c in aa if stored.get(c) != 1], [], "AA'd but not stored once")
+        again = [a[0] for a in self.answers if a[3] == "AE"]
+        with d.connect() as c:
+            for i in range(0, len(again), 64):
+                chunk = again[i:i + 64]
+                c.send_raw(b"".join(frame(make_message(cid)) for cid in chunk))
+                tc.assertEqual([(x.code, x.control_id_text) for x in
+                                (c.recv_ack() for _ in chunk)], [("AA", cid) for cid in chunk])
+        stored = {r[0]: int(r[1]) for r in
+                  server.psql("SELECT control_id, COUNT(*) FROM messages GROUP BY 1", db)}
+        tc.assertEqual(sorted(stored), sorted(a[0] for a in self.answers))
+        tc.assertEqual({c: n for c, n in stored.items() if n != 1}, {})
 
 
 class SchemaAndCheck(unittest.TestCase):
