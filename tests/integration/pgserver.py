@@ -104,17 +104,48 @@ class PgServer:
             os.chown(pwfile, pw.pw_uid, pw.pw_gid)
         os.chmod(self.dir, 0o700)
         os.chmod(pwfile, 0o600)
-        prefix = ["runuser", "-u", PG_USER, "--"] if self.as_root else []
-        self._watcher = subprocess.Popen(
-            [sys.executable, "-c", _WATCHER, str(PG_BIN / "pg_ctl"), str(data), str(self.dir)] +
-            prefix, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)
+        self._watch()
         self._run([str(PG_BIN / "initdb"), "-D", str(data), "-U", SUPERUSER,
                    "--auth-local=trust", "--auth-host=scram-sha-256",
                    f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C.UTF-8"])
         self.port = _free_port()
         self.start_again()
         return self
+
+    def _watch(self):
+        prefix = ["runuser", "-u", PG_USER, "--"] if self.as_root else []
+        self._watcher = subprocess.Popen(
+            [sys.executable, "-c", _WATCHER, str(PG_BIN / "pg_ctl"), str(self.dir / "data"),
+             str(self.dir)] + prefix, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def standby(self):
+        """A streaming standby of this server, started on a free port of its
+        own: pg_basebackup -R (replication as the superuser over TCP, which
+        initdb's pg_hba.conf allows) into a directory inside this one.  It
+        is asynchronous until the primary sets synchronous_standby_names;
+        promote() makes it a primary.  Its close() stops it and removes its
+        directory."""
+        sb = PgServer()
+        sb.dir = self.dir / "standby"
+        sb.dir.mkdir(mode=0o700)
+        if self.as_root:
+            pw = pwd.getpwnam(PG_USER)
+            os.chown(sb.dir, pw.pw_uid, pw.pw_gid)
+        sb._watch()
+        self._run([str(PG_BIN / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(self.port),
+                   "-U", SUPERUSER, "-D", str(sb.dir / "data"), "-R", "-X", "stream", "-c", "fast"],
+                  env=dict(os.environ, PGPASSWORD=PASSWORD))
+        sb.port = _free_port()
+        sb.start_again()
+        return sb
+
+    def promote(self):
+        """pg_ctl promote: a standby becomes a primary (waits until it is)."""
+        r = self._run([str(PG_BIN / "pg_ctl"), "-D", str(self.dir / "data"), "-w", "-t", "60",
+                       "promote"], check=False)
+        if r.returncode != 0:
+            raise RuntimeError("pg_ctl promote failed: " + r.stderr.decode(errors="replace"))
 
     def start_again(self):
         data = self.dir / "data"

@@ -11,6 +11,10 @@ test process (pgserver.shared()); each test gets its own database.
   /readyz 503 while it is down, no connection dropped, every AA'd message
   stored once, accepting again (and /readyz 200) by itself once it is back;
   the AE'd messages re-sent: every message sent stored exactly once;
+- fail-over to a standby: a primary of its own with a synchronous streaming
+  standby, store.url naming both hosts with target_session_attrs=read-write;
+  the primary stopped (immediate) under load, AE until the standby is
+  promoted, then AA on it by itself, every AA'd message on the new primary;
 - every node's heartbeat (table nodes, node.heartbeat_s 1 here): `stats
   --cluster` and /status "cluster" show both nodes up with their ACK counts
   and the totals; a node killed with SIGKILL shown as down after three
@@ -65,6 +69,7 @@ class PgDaemon(Daemon):
         self.pg_db = db
         self.node = node
         self.heartbeat_s = heartbeat_s
+        self.url = None         # store.url (default: the module's server, database db)
         self.metrics_port = free_port()
         self.env = {PW_ENV: pgserver.PASSWORD}
 
@@ -78,7 +83,7 @@ class PgDaemon(Daemon):
             f"    address: 127.0.0.1:{port}",
             "store:",
             "  type: postgresql",
-            f"  url: {_yaml_str(SERVER.url(self.pg_db))}",
+            f"  url: {_yaml_str(self.url or SERVER.url(self.pg_db))}",
             f"  password: ${{{PW_ENV}}}",
             f"  path: {_yaml_str(self.db_path)}",
             "  retention: {rejected: 1m, quarantined: 1m}",
@@ -563,6 +568,52 @@ class ServerOutage(unittest.TestCase):
             metrics = r.read().decode()
         self.assertRegex(metrics, r"(?m)^hl7bridge_store_reconnects_total [1-9]")
         self.assertRegex(metrics, r"(?m)^hl7bridge_store_unavailable 0$")
+        d.assert_stops_cleanly()
+
+
+class StandbyFailover(unittest.TestCase):
+    def test_failover_to_a_promoted_synchronous_standby_under_load(self):
+        """A primary of its own with a synchronous streaming standby; the
+        node's store.url lists both hosts with target_session_attrs
+        read-write.  Under load the primary is stopped as by a crash
+        (immediate): AE while no server takes writes (the standby is read
+        only), then the standby is promoted and the node accepts on it by
+        itself.  Every AA'd message is on the new primary (AA came after a
+        COMMIT the standby had flushed); the AE'd ones re-sent, every
+        message once."""
+        primary = pgserver.start_or_skip()
+        self.addCleanup(primary.close)
+        standby = primary.standby()
+        self.addCleanup(standby.close)
+        primary.psql("ALTER SYSTEM SET synchronous_standby_names = '*'")
+        primary.psql("SELECT pg_reload_conf()")
+        wait_for(lambda: primary.psql("SELECT sync_state FROM pg_stat_replication") ==
+                 [["sync"]], what="the standby synchronous")
+        db = primary.create_db("hbfailover")
+        d = PgDaemon(self, db, "node-a")
+        d.url = (f"postgresql://{pgserver.SUPERUSER}@127.0.0.1:{primary.port},"
+                 f"127.0.0.1:{standby.port}/{db}?target_session_attrs=read-write")
+        d.start()
+        self.assertEqual(d.readyz(), 200)
+        load = OutageLoad(d)
+        try:
+            wait_for(lambda: load.count("AA") >= 100, what="first AAs")
+            primary.stop("immediate")
+            t_down = time.monotonic()
+            try:
+                wait_for(lambda: load.count("AE", since=t_down) >= 20,
+                         what="AE while no server takes writes")
+                wait_for(lambda: d.readyz() == 503, what="/readyz 503")
+            finally:
+                t_up = time.monotonic()
+                standby.promote()
+            aa_after = load.count("AA")
+            wait_for(lambda: load.count("AA") > aa_after + 100, what="AA on the promoted standby")
+            wait_for(lambda: d.readyz() == 200, what="/readyz 200 again")
+        finally:
+            load.finish()
+        load.check(self, d, standby, db, t_down, t_up)
+        self.assertIn("event=store_connected", d.log())
         d.assert_stops_cleanly()
 
 
