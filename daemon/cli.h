@@ -22,7 +22,7 @@ int cmd_backup(int argc, char **argv);
 int cli_config_opt(int argc, char **argv, int *i, const char **path);
 
 /* Subcommands that read the SQLite file (browse, reprocess, backup,
- * redrive, daily totals, upload) do not run on PostgreSQL yet: prints one
+ * redrive, a stopped node's retention, upload) do not run on PostgreSQL yet: prints one
  * line saying so and returns 1 for store.type postgresql, else 0. */
 struct config;
 int cli_sqlite_only(const struct config *c, const char *cmd);
@@ -38,5 +38,10 @@ void run_tls_opts(const struct config_listener *cl, struct mllp_tls_opts *to);
  * reads the same retention from the store of a stopped daemon). */
 struct store_opts;
 void run_retention_opts(const struct config *cfg, struct store_opts *so);
+
+/* Where the store of `cfg` is (type, path, url, password, node name), for
+ * the store's own connections (daily totals, the browser, batches); the
+ * pointers borrow from cfg. */
+void run_store_where(const struct config *cfg, struct store_opts *so);
 
 #endif

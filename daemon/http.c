@@ -19,6 +19,7 @@
  * failure to bind gives the operator errno text at start-up. */
 #include "daemon/http.h"
 #include "daemon/browse.h"
+#include "daemon/cli.h"
 #include "daemon/http_guard.h"
 #include "core/fsutil.h"
 #include "core/net.h"
@@ -263,8 +264,6 @@ static void sub_counts(struct stats_counts *d, const struct stats_counts *a,
  * `day`.  On failure nothing is marked flushed: the next flush retries. */
 static void flush_daily(struct http_monitor *m, const char *day)
 {
-    if (!m->daily)
-        return; /* PostgreSQL: daily totals are not kept there yet */
     struct stats_snapshot *s = stats_snapshot_new(m->stats);
     if (!s)
         return;
@@ -726,13 +725,11 @@ struct http_monitor *http_monitor_new(struct loop *l, struct ingest *in, struct 
         snprintf(errbuf, errcap, "out of memory");
         goto fail;
     }
-    /* Daily totals and the browser read the SQLite file; on PostgreSQL
-     * neither exists yet (README: "Running more than one node"). */
-    if (cfg->store.type == CONFIG_STORE_SQLITE) {
-        m->daily = store_daily_open(cfg->store.path, errbuf, errcap);
-        if (!m->daily)
-            goto fail;
-    }
+    struct store_opts where = {0};
+    run_store_where(cfg, &where);
+    m->daily = store_daily_open(&where, errbuf, errcap);
+    if (!m->daily)
+        goto fail;
     local_day(clock_wall_ms(), m->day);
     m->next_flush_ms = clock_mono_ms() + HTTP_DAILY_FLUSH_MS;
 

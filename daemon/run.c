@@ -308,6 +308,15 @@ struct config *load_config_or_report(const char *path, int explicit_path, const 
     return c;
 }
 
+void run_store_where(const struct config *cfg, struct store_opts *so)
+{
+    so->type = cfg->store.type == CONFIG_STORE_POSTGRESQL ? STORE_POSTGRESQL : STORE_SQLITE;
+    so->path = cfg->store.path;
+    so->url = cfg->store.url;
+    so->password = cfg->store.password;
+    so->node = cfg->node.name;
+}
+
 /* store.retention → what the store's housekeeping purges (seconds → ms).
  * The sinks' output files are purged only when that sink writes files. */
 void run_retention_opts(const struct config *cfg, struct store_opts *so)

@@ -38,11 +38,7 @@ int sink_glue_opts(const struct config *c, const struct mapping *mp, struct sink
         buf_append(header, "", 1) != 0) /* NUL-terminated for the options */
         return -1;
     o->kind = a->type == CONFIG_AUDIT_PURVIEW ? SINK_AUDIT_PURVIEW : SINK_AUDIT_FILE;
-    o->store.type = c->store.type == CONFIG_STORE_POSTGRESQL ? STORE_POSTGRESQL : STORE_SQLITE;
-    o->store.path = c->store.path;
-    o->store.url = c->store.url;
-    o->store.password = c->store.password;
-    o->store.node = c->node.name;
+    run_store_where(c, &o->store);
     o->store.lease_ms = a->lease_s * 1000u;
     o->header = (const char *)buf_data(header);
     o->file_ext = fmt == MAPPING_FMT_CSV ? "csv" : "txt";

@@ -19,6 +19,7 @@
 #include "config/config.h"
 #include "core/buf.h"
 #include "core/clock.h"
+#include "core/conninfo.h"
 #include "core/num.h"
 #include "store/store.h"
 
@@ -439,10 +440,18 @@ static int print_daily(const struct config *c, unsigned days)
     struct tm tm;
     if (!localtime_r(&t, &tm) || strftime(from, sizeof from, "%Y-%m-%d", &tm) != 10)
         return -1;
-    printf("daily totals since %s (local time) from %s\n", from, c->store.path);
+    struct store_opts where = {0};
+    run_store_where(c, &where);
+    char shown[512];
+    if (where.type == STORE_POSTGRESQL &&
+        conninfo_scrub(where.url ? where.url : "", shown, sizeof shown) != 0)
+        snprintf(shown, sizeof shown, "(connection string)");
+    printf("daily totals since %s (local time) from %s%s\n", from,
+           where.type == STORE_POSTGRESQL ? "PostgreSQL, every node: " : "",
+           where.type == STORE_POSTGRESQL ? shown : c->store.path);
     struct daily_print dp = { 0, "" };
-    char err[256];
-    if (store_daily_query(c->store.path, from, daily_row, &dp, err, sizeof err) != 0) {
+    char err[512];
+    if (store_daily_query(&where, from, daily_row, &dp, err, sizeof err) != 0) {
         fprintf(stderr, "hl7bridge stats: %s\n", err);
         return -1;
     }
@@ -565,7 +574,9 @@ int cmd_stats(int argc, char **argv)
     } else if (!daily) {
         printf("metrics are disabled in %s\n", path);
     }
-    if (cli_sqlite_only(cfg, daily ? "stats --daily" : "stats (without a running daemon)"))
+    /* The retention of a stopped node is read from the SQLite file; the
+     * daily totals from either store. */
+    if (!daily && cli_sqlite_only(cfg, "stats (without a running daemon)"))
         goto out;
     int bad = !daily && print_store_retention(cfg) != 0;
     rc = print_daily(cfg, (unsigned)days) == 0 && !bad ? 0 : 1;

@@ -616,9 +616,11 @@ int store_batches_list_failed(const char *path,
  * Per local day, listener and sender: messages received, duplicates and
  * ACKs by code, kept across restarts ("how many NACKs did Epic ADT get
  * yesterday").  The daemon adds what it counted every few seconds and at
- * shutdown.  These calls wait on SQLite through their own connection: call
- * them from a monitor or CLI thread, never from the network loop.  The
- * table is created by store_daily_open when missing. */
+ * shutdown.  These calls wait on the database through their own
+ * connection: call them from a monitor or CLI thread, never from the
+ * network loop.  On SQLite the table is created by store_daily_open when
+ * missing; on PostgreSQL it is one table for every node, each adding what
+ * it counted (the cluster's totals). */
 struct store_daily; /* opaque */
 
 struct store_daily_row {
@@ -629,9 +631,10 @@ struct store_daily_row {
     uint64_t acks[6];         /* AA AE AR CA CE CR */
 };
 
-/* Opens its own connection to an existing store database (after
- * store_open).  Returns NULL with a message in errbuf. */
-struct store_daily *store_daily_open(const char *path, char *errbuf, size_t errcap);
+/* Opens its own connection to an existing store (after store_open): o's
+ * path, or o's url on PostgreSQL.  Nothing of `o` is kept.  Returns NULL
+ * with a message in errbuf. */
+struct store_daily *store_daily_open(const struct store_opts *o, char *errbuf, size_t errcap);
 /* Adds the rows to the totals in one transaction (waits a few seconds at
  * most for the write lock).  Returns 0, or -1 with errbuf (nothing
  * added). */
@@ -641,7 +644,7 @@ void store_daily_close(struct store_daily *d);
 /* Calls cb for every row from `from_day` on (NULL: all), ordered by day,
  * listener, sender, through a read-only connection.  A store without the
  * table has no rows.  Returns 0, or -1 with errbuf. */
-int store_daily_query(const char *path, const char *from_day,
+int store_daily_query(const struct store_opts *o, const char *from_day,
                       void (*cb)(void *ud, const struct store_daily_row *row), void *ud,
                       char *errbuf, size_t errcap) __attribute__((warn_unused_result));
 /* ==== end of daily totals ================================================= */

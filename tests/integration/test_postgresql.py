@@ -22,7 +22,8 @@ test process (pgserver.shared()); each test gets its own database.
 - retention with two nodes and a test clock (libfaketime, as in
   test_retention.py): raw bodies, delivered messages (those without rows
   too) and their rows purged once for the cluster, nothing while the
-  housekeeping lock is held elsewhere;
+  housekeeping lock is held elsewhere; `stats --daily` counting each
+  message once for the two nodes;
 - a schema newer than the build refused by `check` and `run`;
 - `check`: what is wrong (password, unreachable server), the password never
   printed or logged; a password file others may read, a password in
@@ -344,7 +345,8 @@ class Housekeeping(unittest.TestCase):
     record purged once cluster-wide (the purged counts of both nodes add up
     to what was there, not twice that), no purge while another session
     holds the housekeeping lock, messages without rows purged as
-    delivered."""
+    delivered; `stats --daily` counting each message once for the
+    cluster."""
 
     def setUp(self):
         if faketime_lib() is None:
@@ -353,7 +355,7 @@ class Housekeeping(unittest.TestCase):
     def count(self, sql):
         return int(SERVER.psql(sql, self.db)[0][0])
 
-    def test_retention_once_for_two_nodes(self):
+    def test_retention_and_daily_totals_once_for_two_nodes(self):
         self.db = new_db()
         a, b = KeepDaemon(self, self.db, "node-a"), KeepDaemon(self, self.db, "node-b")
         a.start()
@@ -406,6 +408,24 @@ class Housekeeping(unittest.TestCase):
                 self.assertGreaterEqual(rt[kind]["oldest_age_s"], 2 * 86400 - 600, (node, kind))
                 self.assertEqual(rt[kind]["purged"], 0, (node, kind))
         self.assertEqual(self.count("SELECT COUNT(*) FROM messages WHERE raw IS NOT NULL"), 8)
+
+        # Daily totals (both nodes flushed theirs when stopped): one row for
+        # the cluster, each message counted once, by the node that answered.
+        env = dict(os.environ, **{PW_ENV: pgserver.PASSWORD})
+        r = subprocess.run([str(a.bin), "stats", "--daily", "-c", str(b.config_path)],
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                           timeout=60, env=env)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("from PostgreSQL, every node: postgresql://", r.stdout)
+        self.assertNotIn(pgserver.PASSWORD, r.stdout + r.stderr)
+        lines = r.stdout.splitlines()
+        self.assertRegex(lines[1], r"^DAY\s+LISTENER\s+SENDER\s+RECEIVED\s+AA\s+AE")
+        self.assertEqual(len(lines), 3, r.stdout)
+        f = lines[2].split()
+        # day, listener, sender, received, AA AE AR CA CE CR, DUP, NACK%
+        self.assertEqual(f[1], "it", r.stdout)
+        self.assertEqual([int(x) for x in f[3:11]], [9, 9, 0, 0, 0, 0, 0, 1], r.stdout)
+        self.assertEqual(self.count("SELECT COUNT(*) FROM daily_totals"), 1)
         unlock()
         # The lock gone (a restart runs a step at once, not a minute later):
         # the raw bodies of the 7 delivered messages go, once.
@@ -414,7 +434,8 @@ class Housekeeping(unittest.TestCase):
                  what="raw bodies purged")
 
         def purged(kind):
-            return sum(d.retention()[kind]["purged"] for d in (a, b))
+            """The sum over both nodes (0 for a node before its first step)."""
+            return sum((d.retention() or {}).get(kind, {}).get("purged", 0) for d in (a, b))
         wait_for(lambda: purged("raw") == 7, what="both nodes' raw purge counts")
         self.assertEqual(self.count("SELECT COUNT(*) FROM messages"), 8)
         self.assertEqual(self.count("SELECT COUNT(*) FROM rows"), rows)

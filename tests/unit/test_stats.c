@@ -504,10 +504,10 @@ static void test_daily_totals_survive(void **state)
 
     /* A store whose daily table was never created has no rows. */
     struct collected c = { 0 };
-    assert_int_equal(store_daily_query(path, NULL, collect, &c, err, sizeof err), 0);
+    assert_int_equal(store_daily_query(&(struct store_opts){.path = path}, NULL, collect, &c, err, sizeof err), 0);
     assert_int_equal(c.n, 0);
 
-    struct store_daily *d = store_daily_open(path, err, sizeof err);
+    struct store_daily *d = store_daily_open(&(struct store_opts){.path = path}, err, sizeof err);
     assert_non_null(d);
     struct store_daily_row r[2];
     memset(r, 0, sizeof r);
@@ -529,12 +529,12 @@ static void test_daily_totals_survive(void **state)
     /* Reopened: the totals are still there. */
     s = store_open(&o, err, sizeof err);
     assert_non_null(s);
-    d = store_daily_open(path, err, sizeof err);
+    d = store_daily_open(&(struct store_opts){.path = path}, err, sizeof err);
     assert_non_null(d);
     store_daily_close(d);
     store_close(s);
     memset(&c, 0, sizeof c);
-    assert_int_equal(store_daily_query(path, NULL, collect, &c, err, sizeof err), 0);
+    assert_int_equal(store_daily_query(&(struct store_opts){.path = path}, NULL, collect, &c, err, sizeof err), 0);
     assert_int_equal(c.n, 2);
     assert_string_equal(c.rows[0].day, "2026-03-01");
     assert_string_equal(c.rows[0].sender, "EPIC^HOSP");
@@ -544,9 +544,9 @@ static void test_daily_totals_survive(void **state)
     assert_int_equal(c.rows[0].acks[1], 4);
     assert_int_equal(c.rows[1].received, 10);
     memset(&c, 0, sizeof c);
-    assert_int_equal(store_daily_query(path, "2026-03-02", collect, &c, err, sizeof err), 0);
+    assert_int_equal(store_daily_query(&(struct store_opts){.path = path}, "2026-03-02", collect, &c, err, sizeof err), 0);
     assert_int_equal(c.n, 1);
-    assert_int_equal(store_daily_query("/nonexistent/x.db", NULL, collect, &c, err, sizeof err),
+    assert_int_equal(store_daily_query(&(struct store_opts){.path = "/nonexistent/x.db"}, NULL, collect, &c, err, sizeof err),
                      -1);
     tmpdir_remove(dir);
 }
