@@ -450,7 +450,7 @@ class Housekeeping(unittest.TestCase):
                  what="both nodes' purge counts")
         self.assertEqual(self.count("SELECT COUNT(*) FROM messages WHERE quarantined = 1"), 1)
         for d in (a, b):
-            wait_for(lambda: d.retention()["delivered"]["oldest_ms"] == 0,
+            wait_for(lambda: (d.retention() or {}).get("delivered", {}).get("oldest_ms") == 0,
                      what=f"{d.node}: no delivered message left")
             rt = d.retention()
             self.assertEqual(rt["rows"]["oldest_ms"], 0)
