@@ -546,15 +546,32 @@ class Daemon:
         rows = self.query("SELECT CAST(control_id AS BLOB), COUNT(*) FROM messages GROUP BY 1")
         return {r[0]: r[1] for r in rows}
 
-    def raw_messages(self, control_id):
-        """The stored bytes of every message with this control id, in
-        storage order."""
+    def key_counts(self):
+        """{(sending application, facility, control id) as header_text(): rows}
+        over the whole store, in one query."""
         if self.pg:
-            rows = self.query("SELECT encode(raw, 'hex') FROM messages WHERE control_id = ?"
-                              " ORDER BY id", (control_id,))
-            return [bytes.fromhex(r[0]) for r in rows]
-        return [r[0] for r in self.query("SELECT raw FROM messages WHERE control_id = ?"
-                                         " ORDER BY id", (control_id,))]
+            rows = self.query("SELECT send_app, send_fac, control_id, COUNT(*) FROM messages"
+                              " GROUP BY 1, 2, 3")
+            return {tuple(v or "" for v in r[:3]): int(r[3]) for r in rows}
+        rows = self.query("SELECT CAST(send_app AS BLOB), CAST(send_fac AS BLOB),"
+                          " CAST(control_id AS BLOB), COUNT(*) FROM messages GROUP BY 1, 2, 3")
+        return {tuple(header_text(v or b"") for v in r[:3]): r[3] for r in rows}
+
+    def raw_messages(self, control_id, send_app=None):
+        """The stored bytes of every message with this control id (and
+        sending application when given), in storage order."""
+        col = "{}" if self.pg else "CAST({} AS BLOB)"
+        sql = f"SELECT %s FROM messages WHERE {col.format('control_id')} = ?"
+        params = [control_id]
+        if send_app is not None:
+            sql += f" AND {col.format('send_app')} = ?"
+            params.append(send_app)
+        sql += " ORDER BY id"
+        if self.pg:
+            return [bytes.fromhex(r[0]) for r in self.query(sql % "encode(raw, 'hex')", params)]
+        return [bytes(r[0]) for r in
+                self.query(sql % "raw", [v.encode() if isinstance(v, str) else v
+                                         for v in params])]
 
     def row_data(self):
         """The data of every stored connector row (bytes), in id order."""
@@ -572,13 +589,23 @@ class Daemon:
 _pg_seq = [0]
 
 
+def header_text(b: bytes) -> str:
+    """A header field as the PostgreSQL store keeps it: UTF-8, else read as
+    ISO 8859-1."""
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError:
+        return b.decode("latin-1")
+
+
 def _pg_literal(v):
-    """A PostgreSQL literal of a test value (text, bytes as text, number)."""
+    """A PostgreSQL literal of a test value (text, number, or bytes as
+    header_text())."""
     if isinstance(v, (int, float)):
         return str(v)
     if isinstance(v, bytes):
-        v = v.decode()
-    return "'" + str(v).replace("'", "''") + "'"
+        v = header_text(v)
+    return "E'" + str(v).replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 class OnPostgreSQL:
