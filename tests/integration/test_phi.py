@@ -156,7 +156,7 @@ class NoPHIFromTheConnector(AuditSinkBase):
             ack = c.request(msg(msh("PHI-UP"), "EVN|A01|20260301120000|||HB01", pid(), f"NTE|1||{NOTE}"))
             self.assertEqual(ack.code, "AA", ack.raw)
         deadline = time.monotonic() + 30
-        while d.batch_states().get(b"failed", 0) == 0:
+        while d.batch_states().get("failed", 0) == 0:
             self.assertLess(time.monotonic(), deadline, f"no failed block {d.batch_states()} {emu.violations}\n{d.log()[-3000:]}")
             time.sleep(0.1)
         quoted = [r[0] for r in d.query("SELECT last_error FROM batches WHERE state = 'failed'")]
