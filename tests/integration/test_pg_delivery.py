@@ -99,16 +99,24 @@ def wait_for(pred, timeout, what, db=None, *nodes):
     raise AssertionError(f"timed out waiting for {what}{why}")
 
 
-class TwoNodesDeliverOnce(AuditSinkBase):
-    def test_dead_nodes_block_delivered_by_the_survivor(self):
-        db = SERVER.create_db("hbdeliver")
+class PgDeliveryBase(AuditSinkBase):
+    def node_a(self, db, parallel, fault):
+        """(audit settings, node A not started, the emulator) with blocks of
+        40 rows, a short lease, and A's first upload held as `fault`."""
         port = harness.free_port()
         audit = self.purview(port, batch={"max_rows": 40, "max_bytes": "64MiB", "max_age_s": 1},
-                             max_parallel_uploads=1, lease_s=LEASE_S, timeout_s=120)
+                             max_parallel_uploads=parallel, lease_s=LEASE_S, timeout_s=120)
         a = PgAuditDaemon(self, audit, db, "node-a")
         emu = self.emulator(a.header_line(), port=port)
         self.addCleanup(emu.release.set)           # the held request ends with the test
-        emu.upload_faults = ["hang"]               # A's first upload is never answered
+        emu.upload_faults = [fault]
+        return audit, a, emu
+
+
+class TwoNodesDeliverOnce(PgDeliveryBase):
+    def test_dead_nodes_block_delivered_by_the_survivor(self):
+        db = SERVER.create_db("hbdeliver")
+        audit, a, emu = self.node_a(db, 1, "hang")  # A's first upload is never answered
         b = PgAuditDaemon(self, audit, db, "node-b")
         a.start()
         self.assertEqual(send_all(a.port, messages(200), conns=4), 200)
@@ -283,7 +291,7 @@ class Sender:
             self.errors.append(f"{self.name}: {e!r}")
 
 
-class NodeKilledMidLoad(AuditSinkBase):
+class NodeKilledMidLoad(PgDeliveryBase):
     def test_kill9_mid_load_senders_fail_over_to_the_other_node(self):
         """Five senders load node A (two pipelined, two python-hl7 clients
         waiting for each ACK, one that holds a committed window unread);
@@ -296,13 +304,8 @@ class NodeKilledMidLoad(AuditSinkBase):
         A at the crash, and then the whole block; the held block delivered
         again by B after A's lease ran out."""
         db = SERVER.create_db("hbfailover")
-        port = harness.free_port()
-        audit = self.purview(port, batch={"max_rows": 40, "max_bytes": "64MiB", "max_age_s": 1},
-                             max_parallel_uploads=2, lease_s=LEASE_S, timeout_s=120)
-        a = PgAuditDaemon(self, audit, db, "node-a")
-        emu = self.emulator(a.header_line(), port=port)
-        self.addCleanup(emu.release.set)
-        emu.upload_faults = ["accept-hang"]    # A's first block: received, never answered
+        # A's first block: received by the connector, never answered
+        audit, a, emu = self.node_a(db, 2, "accept-hang")
         b = PgAuditDaemon(self, audit, db, "node-b")
         a.start()
         ports = [a.port, None]

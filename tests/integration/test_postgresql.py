@@ -566,22 +566,7 @@ class ServerOutage(unittest.TestCase):
         d.start()
         self.assertEqual(d.readyz(), 200)
         load = OutageLoad(d)
-        try:
-            wait_for(lambda: load.count("AA") >= 100, what="first AAs")
-            SERVER.stop("fast")
-            t_down = time.monotonic()
-            try:
-                wait_for(lambda: load.count("AE", since=t_down) >= 20,
-                         what="AE while the server is down")
-                wait_for(lambda: d.readyz() == 503, what="/readyz 503")
-            finally:
-                t_up = time.monotonic()
-                SERVER.start_again()
-            aa_after = load.count("AA")
-            wait_for(lambda: load.count("AA") > aa_after + 100, what="AA again after the restart")
-            wait_for(lambda: d.readyz() == 200, what="/readyz 200 again")
-        finally:
-            load.finish()
+        t_down, t_up = load.outage(lambda: SERVER.stop("fast"), SERVER.start_again)
         load.check(self, d, SERVER, db, t_down, t_up)
         self.assertIn("event=store_unavailable", d.log())
         self.assertIn("event=store_connected", d.log())
@@ -617,22 +602,7 @@ class StandbyFailover(unittest.TestCase):
         d.start()
         self.assertEqual(d.readyz(), 200)
         load = OutageLoad(d)
-        try:
-            wait_for(lambda: load.count("AA") >= 100, what="first AAs")
-            primary.stop("immediate")
-            t_down = time.monotonic()
-            try:
-                wait_for(lambda: load.count("AE", since=t_down) >= 20,
-                         what="AE while no server takes writes")
-                wait_for(lambda: d.readyz() == 503, what="/readyz 503")
-            finally:
-                t_up = time.monotonic()
-                standby.promote()
-            aa_after = load.count("AA")
-            wait_for(lambda: load.count("AA") > aa_after + 100, what="AA on the promoted standby")
-            wait_for(lambda: d.readyz() == 200, what="/readyz 200 again")
-        finally:
-            load.finish()
+        t_down, t_up = load.outage(lambda: primary.stop("immediate"), standby.promote)
         load.check(self, d, standby, db, t_down, t_up)
         self.assertIn("event=store_connected", d.log())
         d.assert_stops_cleanly()
@@ -677,6 +647,29 @@ class OutageLoad:
         self.stop.set()
         for t in self.threads:
             t.join(60)
+
+    def outage(self, down, back):
+        """Once 100 messages are AA'd: down() (no server takes writes),
+        AE and /readyz 503, back(), then AA and /readyz 200 again by
+        itself; ends the load.  Returns the monotonic times after down()
+        and before back()."""
+        try:
+            wait_for(lambda: self.count("AA") >= 100, what="first AAs")
+            down()
+            t_down = time.monotonic()
+            try:
+                wait_for(lambda: self.count("AE", since=t_down) >= 20,
+                         what="AE while no server takes writes")
+                wait_for(lambda: self.d.readyz() == 503, what="/readyz 503")
+            finally:
+                t_up = time.monotonic()
+                back()
+            aa_after = self.count("AA")
+            wait_for(lambda: self.count("AA") > aa_after + 100, what="AA again, by itself")
+            wait_for(lambda: self.d.readyz() == 200, what="/readyz 200 again")
+        finally:
+            self.finish()
+        return t_down, t_up
 
     def check(self, tc, d, server, db, t_down, t_up):
         """Every message answered (no connection lost), AA or AE "Cannot
