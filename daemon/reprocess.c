@@ -202,7 +202,8 @@ int reprocess_run(const char *store_path, const struct mapping *mp, enum mapping
         goto out;
     }
     if (!rq->dry_run &&
-        sink_glue_layout_of(store_path, mp, fmt, eol, &r.layout, errbuf, errcap) != 0)
+        sink_glue_layout_of(&(struct store_opts){ .path = store_path }, mp, fmt, eol, &r.layout,
+                            errbuf, errcap) != 0)
         goto out;
     r.b = store_browser_open(store_path, !rq->dry_run, errbuf, errcap);
     if (!r.b)

@@ -188,8 +188,7 @@ static void reload(struct runner *r)
         return;
     }
     if (sink_glue_reload_check(r->cur, c, err, sizeof err) != 0 ||
-        (c->store.type == CONFIG_STORE_SQLITE &&
-         sink_glue_layout(c, mp, &layout, err, sizeof err) != 0)) {
+        sink_glue_layout(c, mp, &layout, err, sizeof err) != 0) {
         char q[600];
         log_error("reload_refused", "config=%s reason=\"%s\" keeping=previous_configuration", used,
                   log_quote(q, sizeof q, err));
@@ -428,10 +427,9 @@ int cmd_run(int argc, char **argv)
             log_error("store_open_failed", "path=%s error=\"%s\"", cfg->store.path, err);
         goto out;
     }
-    /* The layout the rows are formatted in, recorded before any row is
-     * (in the SQLite file; PostgreSQL rows carry none yet). */
+    /* The layout the rows are formatted in, recorded before any row is. */
     int64_t layout = 0;
-    if (!on_pg && sink_glue_layout(cfg, mp, &layout, err, sizeof err) != 0) {
+    if (sink_glue_layout(cfg, mp, &layout, err, sizeof err) != 0) {
         log_error("startup_failed", "reason=\"%s\"", err); /* mp_own is freed at out */
         goto out;
     }

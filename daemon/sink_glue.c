@@ -75,7 +75,8 @@ struct sink_audit *sink_glue_start(const struct config *c, const struct mapping 
     return s;
 }
 
-int sink_glue_layout_of(const char *store_path, const struct mapping *mp, enum mapping_format fmt,
+int sink_glue_layout_of(const struct store_opts *where, const struct mapping *mp,
+                        enum mapping_format fmt,
                         const char *eol, int64_t *layout, char *err, size_t errcap)
 {
     struct buf header;
@@ -84,7 +85,7 @@ int sink_glue_layout_of(const char *store_path, const struct mapping *mp, enum m
     if (mapping_format_header(mp, fmt, eol, &header) != 0 || buf_append(&header, "", 1) != 0)
         snprintf(err, errcap, "audit sink: cannot format the header line");
     else
-        rc = store_layout_register(store_path, (const char *)buf_data(&header),
+        rc = store_layout_register(where, (const char *)buf_data(&header),
                                    fmt == MAPPING_FMT_CSV ? "csv" : "txt", layout, err, errcap);
     buf_release(&header);
     return rc;
@@ -93,8 +94,9 @@ int sink_glue_layout_of(const char *store_path, const struct mapping *mp, enum m
 int sink_glue_layout(const struct config *c, const struct mapping *mp, int64_t *layout, char *err,
                      size_t errcap)
 {
-    return sink_glue_layout_of(c->store.path, mp, rules_format(c), rules_eol(c), layout, err,
-                               errcap);
+    struct store_opts where = {0};
+    run_store_where(c, &where);
+    return sink_glue_layout_of(&where, mp, rules_format(c), rules_eol(c), layout, err, errcap);
 }
 
 static int same_str(const char *a, const char *b)

@@ -31,9 +31,10 @@ int sink_glue_layout(const struct config *c, const struct mapping *mp, int64_t *
                      size_t errcap) __attribute__((warn_unused_result));
 
 /* The same for rows written by `mp` in format `fmt` with line end `eol`
- * into the store at store_path (reprocess, reveal: their rows must go out
+ * into the store `where` names (reprocess, reveal: their rows must go out
  * under their own header too). */
-int sink_glue_layout_of(const char *store_path, const struct mapping *mp, enum mapping_format fmt,
+int sink_glue_layout_of(const struct store_opts *where, const struct mapping *mp,
+                        enum mapping_format fmt,
                         const char *eol, int64_t *layout, char *err, size_t errcap)
     __attribute__((warn_unused_result));
 

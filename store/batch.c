@@ -514,12 +514,15 @@ fail:
 
 /* ---- row layouts ---------------------------------------------------------- */
 
-int store_layout_register(const char *path, const char *header, const char *file_ext,
+int store_layout_register(const struct store_opts *o, const char *header, const char *file_ext,
                           int64_t *id, char *errbuf, size_t errcap)
 {
+    *id = 0;
+    if (o->type == STORE_POSTGRESQL)
+        return store_pg_layout_register(o, header, file_ext, id, errbuf, errcap);
+    const char *path = o->path;
     sqlite3 *db = NULL;
     int ret = -1;
-    *id = 0;
     if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
         SQLITE_OK) {
         snprintf(errbuf, errcap, "store: open %s: %s", path,
@@ -555,7 +558,7 @@ int store_batches_layout(struct store_batches *sb, int64_t id, struct buf *out, 
                          size_t extcap)
 {
     if (sb->pg)
-        return 0; /* rows on PostgreSQL carry no layout yet: the sink's own header */
+        return store_pg_batches_layout(sb->pg, id, out, ext, extcap);
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(sb->db, "SELECT header, file_ext FROM row_layouts WHERE id = ?1", -1,
                            &st, NULL) != SQLITE_OK)

@@ -26,6 +26,7 @@
  * Threads: one handle, one thread at a time (the sink thread). */
 #include "store/store_int.h"
 
+#include "core/clock.h"
 #include "core/log.h"
 
 #include <inttypes.h>
@@ -250,9 +251,10 @@ int store_pg_batches_recover(struct store_pg_batches *pb, uint64_t *resent)
 
 /* ---- the batcher step ------------------------------------------------------ */
 
-/* Writes one block over ids[0..n) (in the open transaction).  0 / -1. */
+/* Writes one block over ids[0..n), all of row layout `layout` (0: none
+ * recorded), in the open transaction.  0 / -1. */
 static int write_block(struct store_pg_batches *pb, const int64_t *ids, size_t n, uint64_t bytes,
-                       int64_t now_ms)
+                       int64_t layout, int64_t now_ms)
 {
     char a[7][24];
     snprintf(a[0], sizeof a[0], "%" PRId64, now_ms);
@@ -260,12 +262,13 @@ static int write_block(struct store_pg_batches *pb, const int64_t *ids, size_t n
     snprintf(a[2], sizeof a[2], "%" PRId64, ids[n - 1]);
     snprintf(a[3], sizeof a[3], "%zu", n);
     snprintf(a[4], sizeof a[4], "%" PRIu64, bytes);
-    const char *v[6] = { a[0], a[1], a[2], a[3], a[4], pb->node };
+    snprintf(a[6], sizeof a[6], "%" PRId64, layout);
+    const char *v[7] = { a[0], a[1], a[2], a[3], a[4], pb->node, layout > 0 ? a[6] : NULL };
     PGresult *r = run(pb,
                       "INSERT INTO batches (state, created_ms, sealed_ms, first_row_id,"
-                      " last_row_id, row_count, bytes, node)"
-                      " VALUES ('sealed', $1, $1, $2, $3, $4, $5, $6) RETURNING id",
-                      6, v, PGRES_TUPLES_OK, 0);
+                      " last_row_id, row_count, bytes, node, layout)"
+                      " VALUES ('sealed', $1, $1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                      7, v, PGRES_TUPLES_OK, 0);
     if (!r)
         return -1;
     text(r, 0, 0, a[5], sizeof a[5]);
@@ -320,8 +323,9 @@ int store_pg_batches_scan(struct store_pg_batches *pb, const struct store_batch_
     snprintf(lim, sizeof lim, "%zu", chunk);
     const char *v[1] = { lim };
     r = run(pb,
-            "SELECT r.id, length(r.data), m.received_ms FROM rows r JOIN messages m"
-            " ON m.id = r.msg_id WHERE r.batch_id IS NULL ORDER BY r.id LIMIT $1",
+            "SELECT r.id, length(r.data), m.received_ms, COALESCE(r.layout, 0) FROM rows r"
+            " JOIN messages m ON m.id = r.msg_id WHERE r.batch_id IS NULL ORDER BY r.id"
+            " LIMIT $1",
             1, v, PGRES_TUPLES_OK, 0);
     if (!r)
         goto fail;
@@ -338,13 +342,17 @@ int store_pg_batches_scan(struct store_pg_batches *pb, const struct store_batch_
     }
     size_t start = 0;
     uint64_t rows = 0, bytes = 0, sealed = 0;
-    int64_t oldest = 0;
+    int64_t oldest = 0, layout = 0;
     for (size_t i = 0; i < n; i++) {
         pb->ids[i] = num(r, (int)i, 0);
         uint64_t len = (uint64_t)num(r, (int)i, 1) + 1; /* + its '\n' */
         int64_t rcv = num(r, (int)i, 2);
-        if (rows && (rows + 1 > max_rows || bytes + len > max_bytes)) {
-            if (write_block(pb, &pb->ids[start], rows, bytes, now_ms) < 0) {
+        int64_t lay = num(r, (int)i, 3);
+        /* A block has one header: rows of another layout (a schema or
+         * format change) start the next one.  A message's rows share one
+         * layout, so this never splits a message. */
+        if (rows && (rows + 1 > max_rows || bytes + len > max_bytes || lay != layout)) {
+            if (write_block(pb, &pb->ids[start], rows, bytes, layout, now_ms) < 0) {
                 PQclear(r);
                 goto fail;
             }
@@ -355,6 +363,7 @@ int store_pg_batches_scan(struct store_pg_batches *pb, const struct store_batch_
         }
         if (!rows || rcv < oldest)
             oldest = rcv;
+        layout = lay;
         rows++;
         bytes += len;
     }
@@ -364,7 +373,7 @@ int store_pg_batches_scan(struct store_pg_batches *pb, const struct store_batch_
      * and it is full or its oldest message old enough. */
     if (out->caught_up && rows &&
         (rows >= max_rows || now_ms - oldest >= (int64_t)l->max_age_ms)) {
-        if (write_block(pb, &pb->ids[start], rows, bytes, now_ms) < 0)
+        if (write_block(pb, &pb->ids[start], rows, bytes, layout, now_ms) < 0)
             goto fail;
         sealed++;
         out->rows_added += rows;
@@ -377,6 +386,68 @@ fail:
     rollback(pb);
     memset(out, 0, sizeof *out);
     return -1;
+}
+
+/* ---- row layouts ------------------------------------------------------------- */
+
+int store_pg_batches_layout(struct store_pg_batches *pb, int64_t id, struct buf *out, char *ext,
+                            size_t extcap)
+{
+    char a[24];
+    snprintf(a, sizeof a, "%" PRId64, id);
+    const char *v[1] = { a };
+    PGresult *r = run(pb, "SELECT header, file_ext FROM row_layouts WHERE id = $1::int8", 1, v,
+                      PGRES_TUPLES_OK, 1);
+    if (!r)
+        return -1;
+    int ret = 0;
+    if (PQntuples(r) == 1) {
+        int n = PQgetlength(r, 0, 0), e = PQgetlength(r, 0, 1);
+        snprintf(ext, extcap, "%.*s", e, PQgetvalue(r, 0, 1));
+        ret = n > 0 && buf_append(out, PQgetvalue(r, 0, 0), (size_t)n) == 0 ? 1 : -1;
+    }
+    PQclear(r);
+    return ret;
+}
+
+int store_pg_layout_register(const struct store_opts *o, const char *header,
+                             const char *file_ext, int64_t *id, char *errbuf,
+                             size_t errcap)
+{
+    PGconn *c = store_pg_connect(o);
+    int ret = -1;
+    char m[256];
+    if (!c) {
+        snprintf(errbuf, errcap, "store: out of memory");
+        return -1;
+    }
+    if (PQstatus(c) != CONNECTION_OK) {
+        store_pg_msg(PQerrorMessage(c), m, sizeof m);
+        snprintf(errbuf, errcap, "store: row layouts: %s", m);
+        goto out;
+    }
+    char now[24];
+    snprintf(now, sizeof now, "%" PRId64, clock_wall_ms());
+    const Oid types[3] = { 17 /* bytea */, 25 /* text */, 20 /* int8 */ };
+    const char *v[3] = { header, file_ext, now };
+    const int len[3] = { (int)strlen(header), 0, 0 }, fmt[3] = { 1, 0, 0 };
+    /* Every node starting with the same rules finds the same id. */
+    PGresult *r = PQexecParams(c,
+                               "INSERT INTO row_layouts (header, file_ext, created_ms)"
+                               " VALUES ($1, $2, $3) ON CONFLICT (header, file_ext)"
+                               " DO UPDATE SET file_ext = EXCLUDED.file_ext RETURNING id",
+                               3, types, v, len, fmt, 0);
+    if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1) {
+        *id = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+        ret = 0;
+    } else {
+        store_pg_msg(PQresultErrorMessage(r), m, sizeof m);
+        snprintf(errbuf, errcap, "store: row layouts: %s", m);
+    }
+    PQclear(r);
+out:
+    PQfinish(c);
+    return ret;
 }
 
 /* ---- claims and leases ------------------------------------------------------ */

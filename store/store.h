@@ -434,11 +434,12 @@ int64_t store_browser_add(struct store_browser *b, const struct store_journal_en
 
 /* The layout rows are formatted in: their header line (with its line end)
  * and the file extension of a block of them.  Returns the id of that
- * layout in the store at `path`, adding it when new; rows then carry it
- * (store_msg_fields.layout) and each block of rows is written under its
- * own layout's header.  Opens its own connection: main thread, at start-up
- * and on reload.  0 / -1 with a message in errbuf. */
-int store_layout_register(const char *path, const char *header, const char *file_ext,
+ * layout in the store `o` names (its path, or its url on PostgreSQL, where
+ * every node with the same rules gets the same id), adding it when new;
+ * rows then carry it (store_msg_fields.layout) and each block of rows is
+ * written under its own layout's header.  Opens its own connection: main
+ * thread, at start-up and on reload.  0 / -1 with a message in errbuf. */
+int store_layout_register(const struct store_opts *o, const char *header, const char *file_ext,
                           int64_t *id, char *errbuf, size_t errcap)
     __attribute__((warn_unused_result));
 

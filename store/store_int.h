@@ -257,6 +257,11 @@ int store_pg_batches_set(struct store_pg_batches *pb, int64_t id, const char *st
 int store_pg_batches_counts(struct store_pg_batches *pb, int with_done,
                             struct store_batch_counts *out);
 int store_pg_batches_get(struct store_pg_batches *pb, int64_t id, struct store_batch *out);
+int store_pg_batches_layout(struct store_pg_batches *pb, int64_t id, struct buf *out, char *ext,
+                            size_t extcap);
+int store_pg_layout_register(const struct store_opts *o, const char *header,
+                             const char *file_ext, int64_t *id, char *errbuf,
+                             size_t errcap);
 /* store/pg_db.c: a connection (libpq's PGconn) for one of the store's
  * other users, made as the writer's is (timeout, application name, the
  * password apart).  Check PQstatus; NULL only when out of memory. */

@@ -133,20 +133,12 @@ class SchemaChange(unittest.TestCase):
         d.assert_stops_cleanly()
 
 
-
 class SchemaChangeOnPostgreSQL(OnPostgreSQL, SchemaChange):
-    """The same on store.type postgresql (a block's row layout kept in the
-    database)."""
-    # Row layouts are not on PostgreSQL yet: there a block cut after a schema
-    # change goes out under the other schema's header (22 columns under 23).
-    # Remove the two entries when they are; these tests then check it.
+    """The same on store.type postgresql: row layouts are shared by the
+    nodes (table row_layouts), rows and blocks carry theirs."""
     SQLITE_ONLY = {
         "test_reload_the_sms_sink_cannot_follow_is_refused":
             "the SMS sink does not run on PostgreSQL yet",
-        "test_restart_with_rows_pending_keeps_their_header":
-            "row layouts are not on PostgreSQL yet (its rows go out under the other header)",
-        "test_sighup_to_epic_keeps_each_block_under_its_own_header":
-            "row layouts are not on PostgreSQL yet (its rows go out under the other header)",
     }
 
 

@@ -465,9 +465,9 @@ static void test_file_sink_block_per_layout(void **state)
     struct fixture *fx = *state;
     char err[256];
     int64_t hc = 0, ep = 0, again = 0;
-    assert_int_equal(store_layout_register(fx->path, "A\tB\n", "txt", &hc, err, sizeof err), 0);
-    assert_int_equal(store_layout_register(fx->path, "X,Y,Z\r\n", "csv", &ep, err, sizeof err), 0);
-    assert_int_equal(store_layout_register(fx->path, "A\tB\n", "txt", &again, err, sizeof err), 0);
+    assert_int_equal(store_layout_register(&(struct store_opts){ .path = fx->path }, "A\tB\n", "txt", &hc, err, sizeof err), 0);
+    assert_int_equal(store_layout_register(&(struct store_opts){ .path = fx->path }, "X,Y,Z\r\n", "csv", &ep, err, sizeof err), 0);
+    assert_int_equal(store_layout_register(&(struct store_opts){ .path = fx->path }, "A\tB\n", "txt", &again, err, sizeof err), 0);
     assert_true(hc > 0 && ep > 0 && hc != ep);
     assert_int_equal(again, hc); /* one id per layout */
     put_layout(fx, NULL, 0, 0);
