@@ -274,6 +274,7 @@ struct config {
             unsigned grace_period_s;        /* default 2h */
             char *path;                     /* file sink output, default var/sms.jsonl */
             bool mask_numbers;              /* file sink writes +*******0100, default true */
+            unsigned lease_s;               /* PostgreSQL: a claimed text's lease, default 60 */
         } sms;
     } sinks;
     struct {

@@ -765,7 +765,7 @@ static const struct cfg_section send_sec = {send_keys, NKEYS(send_keys), 0, NULL
 
 enum { SK_TYPE, SK_ENDPOINT, SK_KEY, SK_KEY_FILE, SK_FROM, SK_COUNTRY, SK_TZ, SK_CA, SK_CONSENT,
        SK_REMINDERS, SK_QUIET, SK_TEMPLATES, SK_SEND, SK_LANGUAGES, SK_LINK, SK_SEGMENTS, SK_GRACE, SK_PATH,
-       SK_MASK, SK_FACILITIES };
+       SK_MASK, SK_FACILITIES, SK_LEASE };
 
 static const struct cfg_key sms_keys[] = {
     [SK_TYPE] = {.name = "type", .type = CT_ENUM, .off = OFF(sinks.sms.type),
@@ -804,6 +804,8 @@ static const struct cfg_key sms_keys[] = {
     [SK_FACILITIES] = {.name = "facilities", .type = CT_SECTIONS, .off = OFF(sinks.sms.facilities),
                        .off2 = OFF(sinks.sms.n_facilities), .max_n = HB_MAX_SMS_FACILITIES,
                        .sub = &facility_sec},
+    [SK_LEASE] = {.name = "lease_s", .type = CT_UINT, .off = OFF(sinks.sms.lease_s),
+                  .min = 1, .max = 3600, .def = "60"},
 };
 
 static void validate_sms(struct cfg_walk *w, void *base, const char *path,
@@ -881,14 +883,7 @@ static int addr_clash(const char *h1, unsigned p1, const char *h2, unsigned p2)
 static void refuse_on_postgresql(struct cfg_walk *w, const struct config *c,
                                  const yaml_node_t *root)
 {
-    const yaml_node_t *sinks = cfg_find(w, root, "sinks");
     const yaml_node_t *at;
-    if (c->sinks.sms.type != CONFIG_SMS_NONE) {
-        at = cfg_find(w, cfg_find(w, sinks, "sms"), "type");
-        cfg_error(w, at ? at : root,
-                  "sinks.sms.type: the SMS sink does not run on store.type postgresql yet; "
-                  "set sinks.sms.type: none");
-    }
     if (c->inputs.n_files) {
         at = cfg_find(w, cfg_find(w, root, "inputs"), "files");
         cfg_error(w, at ? at : root,

@@ -508,7 +508,9 @@ int cmd_run(int argc, char **argv)
     mllp_server_set_max_buffered(ingest_server(r.ingest), (size_t)(cfg->limits.max_buffered_mb << 20));
     /* The SMS sink reads the appointment facts ingest stored: one set of
      * rules, swapped as a whole by a SIGHUP reload. */
-    sms = sink_sms_start(cfg, err, sizeof err);
+    struct store_opts sms_so = so;
+    sms_so.lease_ms = cfg->sinks.sms.lease_s * 1000u;
+    sms = sink_sms_start(cfg, &sms_so, err, sizeof err);
     if (!sms) {
         log_error("startup_failed", "reason=\"%s\"", err);
         goto out;

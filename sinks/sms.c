@@ -771,7 +771,8 @@ static void deliver_acs(struct sink_sms *s, const struct store_sms_text *t)
     OPENSSL_cleanse(buf_data(b), b->len);
     if (rc < 0) {
         if (atomic_load(&s->stop))
-            return; /* stays claimed; resent with the same id at the next start */
+            return; /* stays claimed; resent with the same id at the next start
+                     * (or by another node once its lease ran out) */
         set_error(s, "acs: %s", rpp->transport_error);
         log_warn("sms_send_failed", "id=%lld kind=%s attempts=%u error=\"%s\"", (long long)t->id,
                  t->kind, t->attempts, rpp->transport_error);
@@ -1087,7 +1088,8 @@ static int load_places(struct sink_sms *s, char *err, size_t errcap)
     return 0;
 }
 
-struct sink_sms *sink_sms_start(const struct config *c, char *err, size_t errcap)
+struct sink_sms *sink_sms_start(const struct config *c, const struct store_opts *store, char *err,
+                                size_t errcap)
 {
     if (errcap)
         err[0] = '\0';
@@ -1132,7 +1134,7 @@ struct sink_sms *sink_sms_start(const struct config *c, char *err, size_t errcap
         goto fail;
     }
     char e2[300];
-    if (!(s->ss = store_sms_open(c->store.path, e2, sizeof e2))) {
+    if (!(s->ss = store_sms_open(store, e2, sizeof e2))) {
         snprintf(err, errcap, "sms: %s", e2);
         goto fail;
     }

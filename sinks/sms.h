@@ -67,14 +67,19 @@ const char *sink_sms_skip_name(enum sink_sms_skip s);
 
 struct sink_sms;
 
-/* Opens the sink's store connection (creating its tables), checks the
- * templates and the access key and starts the worker.  `c` is borrowed
- * until sink_sms_stop.  For `type: none` a sink without a thread is
- * returned.  NULL with a message in err. */
-struct sink_sms *sink_sms_start(const struct config *c, char *err, size_t errcap);
+struct store_opts;
+
+/* Opens the sink's store connection through `store` (store_sms_open: the
+ * SQLite file or the PostgreSQL database, and there the claim lease),
+ * checks the templates and the access key and starts the worker.  `c` is
+ * borrowed until sink_sms_stop; nothing of `store` is kept.  For `type:
+ * none` a sink without a thread is returned.  NULL with a message in err. */
+struct sink_sms *sink_sms_start(const struct config *c, const struct store_opts *store, char *err,
+                                size_t errcap);
 /* Stops the worker promptly (a request in flight is abandoned; the text
  * stays claimed and is re-sent with the same repeatability id at the next
- * start) and frees the sink.  NULL is a no-op. */
+ * start, or on PostgreSQL by another node once its lease ran out) and
+ * frees the sink.  NULL is a no-op. */
 void sink_sms_stop(struct sink_sms *s);
 
 struct sink_sms_stats {

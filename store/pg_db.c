@@ -52,7 +52,7 @@
 #define STORE_PG_TRIES            4
 
 /* Bumped whenever a migration is appended below. */
-#define STORE_PG_SCHEMA_VERSION   5
+#define STORE_PG_SCHEMA_VERSION   6
 
 /* Any fixed number: the advisory lock two nodes starting at once take
  * around the migrations. */
@@ -283,6 +283,62 @@ static const char *const pg_migrations[STORE_PG_SCHEMA_VERSION] = {
     " file_ext TEXT NOT NULL,"
     " created_ms BIGINT NOT NULL,"
     " UNIQUE (header, file_ext));",
+    /* 6: the SMS sink's schedule (store/pg_sms.c), as store/sms.c keeps it
+     * on SQLite.  A text is claimed by one node at a time: owner and
+     * lease_until (the server's clock, ms) say which and until when.
+     * Counters are kept per node, so each node's /metrics counts its own
+     * work and their sum is the cluster's. */
+    "CREATE TABLE sms_counters ("
+    " node TEXT NOT NULL,"
+    " name TEXT NOT NULL,"
+    " n BIGINT NOT NULL,"
+    " PRIMARY KEY (node, name));"
+    "CREATE TABLE sms_appointments ("
+    " facility TEXT NOT NULL,"
+    " appt_id TEXT NOT NULL,"
+    " state TEXT NOT NULL CHECK (state IN ('booked', 'cancelled', 'noshow')),"
+    " event_time BIGINT NOT NULL,"
+    " last_msg_id BIGINT NOT NULL,"
+    " fingerprint TEXT,"
+    " start_s BIGINT NOT NULL,"
+    " duration_min BIGINT NOT NULL,"
+    " location TEXT,"
+    " provider TEXT,"
+    " first_name TEXT,"
+    " phone TEXT,"
+    " consent INTEGER NOT NULL,"
+    " purge_after_s BIGINT NOT NULL,"
+    " purged INTEGER NOT NULL DEFAULT 0,"
+    " language TEXT,"
+    " link TEXT,"
+    " PRIMARY KEY (facility, appt_id));"
+    "CREATE INDEX sms_appointments_purge ON sms_appointments (purge_after_s) WHERE purged = 0;"
+    "CREATE TABLE sms_outbox ("
+    " id BIGSERIAL PRIMARY KEY,"
+    " facility TEXT NOT NULL,"
+    " appt_id TEXT NOT NULL,"
+    " kind TEXT NOT NULL CHECK (kind IN ('scheduled', 'updated', 'cancelled', 'reminder')),"
+    " event_key TEXT NOT NULL,"
+    " due_s BIGINT NOT NULL,"
+    " start_s BIGINT NOT NULL,"
+    " text TEXT,"
+    " to_e164 TEXT,"
+    " segments INTEGER NOT NULL,"
+    " encoding TEXT NOT NULL,"
+    " request_id TEXT NOT NULL CHECK (length(request_id) = 36),"
+    " first_sent TEXT,"
+    " state TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'failed', 'skipped')),"
+    " attempts INTEGER NOT NULL DEFAULT 0,"
+    " next_ms BIGINT NOT NULL,"
+    " last_status INTEGER,"
+    " last_error TEXT,"
+    " message_id TEXT,"
+    " done_ms BIGINT,"
+    " owner TEXT,"
+    " lease_until BIGINT,"
+    " UNIQUE (facility, appt_id, event_key));"
+    "CREATE INDEX sms_outbox_due ON sms_outbox (next_ms) WHERE state = 'pending';"
+    "CREATE INDEX sms_outbox_done ON sms_outbox (done_ms) WHERE state <> 'pending';",
 };
 
 struct store_pg {
@@ -1516,6 +1572,83 @@ static int64_t cutoff_ms(uint64_t keep, int64_t now)
     return now - (int64_t)keep;
 }
 
+/* store.retention.sms on PostgreSQL, under the same lock as sql_purge (one
+ * node at a time): facts never read (the SMS sink was off), texts finished
+ * and appointments over (personal fields already purged, nothing pending)
+ * before the cut-off ($1, ms; NULL: kept), at most $2 of each; then the
+ * oldest SMS record left.  The SMS worker's own purge (store/pg_sms.c)
+ * empties the personal fields before this deletes the rows. */
+static const char sql_sms_purge[] =
+    "WITH l AS MATERIALIZED (SELECT pg_try_advisory_xact_lock(" STORE_PG_HOUSEKEEP_LOCK ") AS got),"
+    " df AS (DELETE FROM appt_facts WHERE id IN (SELECT id FROM appt_facts WHERE $1::int8 IS NOT"
+    "  NULL AND received_ms < $1::int8 ORDER BY id LIMIT $2::int4) AND (SELECT got FROM l)"
+    "  RETURNING id),"
+    " dt AS (DELETE FROM sms_outbox WHERE id IN (SELECT id FROM sms_outbox WHERE $1::int8 IS NOT"
+    "  NULL AND state <> 'pending' AND done_ms < $1::int8 LIMIT $2::int4) AND (SELECT got FROM l)"
+    "  RETURNING id),"
+    " da AS (DELETE FROM sms_appointments WHERE (facility, appt_id) IN (SELECT facility, appt_id"
+    "  FROM sms_appointments a WHERE $1::int8 IS NOT NULL AND purged = 1"
+    "  AND GREATEST(purge_after_s, event_time) * 1000 < $1::int8 AND NOT EXISTS (SELECT 1"
+    "  FROM sms_outbox o WHERE o.facility = a.facility AND o.appt_id = a.appt_id"
+    "  AND o.state = 'pending') LIMIT $2::int4) AND (SELECT got FROM l) RETURNING 1)"
+    " SELECT (SELECT COUNT(*) FROM df) + (SELECT COUNT(*) FROM dt) + (SELECT COUNT(*) FROM da)";
+static const char sql_sms_oldest[] =
+    "SELECT LEAST((SELECT MIN(event_time) * 1000 FROM sms_appointments),"
+    " (SELECT MIN(COALESCE(done_ms, due_s * 1000)) FROM sms_outbox),"
+    " (SELECT MIN(received_ms) FROM appt_facts))";
+
+struct sms_purge_read {
+    int64_t n, oldest;
+};
+
+static int sms_purge_result(struct store *s, size_t q, const PGresult *r, void *ud)
+{
+    (void)s;
+    struct sms_purge_read *p = ud;
+    if (q != 1 && q != 2) /* BEGIN, the purge, the oldest, COMMIT */
+        return 0;
+    if (PQntuples(r) != 1 || PQnfields(r) != 1)
+        return -1;
+    if (q == 1)
+        p->n = col_i64(r, 0, 0, 0);
+    else
+        p->oldest = col_i64(r, 0, 0, 0);
+    return 0;
+}
+
+/* One step of SMS retention with cut-off `cut` (ms as text; NULL: kept);
+ * how many records went, or -1. */
+static long pg_sms_housekeep(struct store *s, const char *cut)
+{
+    struct store_pg *pg = s->pg;
+    char chunk[16];
+    const char *v[2] = { cut, chunk };
+    snprintf(chunk, sizeof chunk, "%d", STORE_RETENTION_CHUNK);
+    PGconn *c = pg->conn;
+    struct sms_purge_read p = { 0, 0 };
+    char why[256] = "";
+    int ok = PQsendQueryParams(c, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) == 1 &&
+             PQsendQueryParams(c, sql_sms_purge, 2, NULL, v, NULL, NULL, 1) == 1 &&
+             PQsendQueryParams(c, sql_sms_oldest, 0, NULL, NULL, NULL, NULL, 1) == 1 &&
+             PQsendQueryParams(c, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) == 1 &&
+             PQpipelineSync(c) == 1;
+    enum pg_outcome o = ok ? read_pipeline(s, 4, 1, sms_purge_result, &p, why, sizeof why)
+                           : PG_DEAD;
+    if (o != PG_OK) {
+        char q[600];
+        if (o == PG_DEAD || o == PG_DEAD_EARLY)
+            set_down(s, clock_mono_ms());
+        log_warn("store_retention_failed", " backend=postgresql kind=sms error=\"%s\"",
+                 log_quote(q, sizeof q, why));
+        return -1;
+    }
+    pthread_mutex_lock(s->rt_mu);
+    s->rt_report.purged[STORE_KIND_SMS] += (uint64_t)p.n;
+    s->rt_report.oldest_ms[STORE_KIND_SMS] = p.oldest;
+    pthread_mutex_unlock(s->rt_mu);
+    return (long)p.n;
+}
+
 static long pg_housekeep(struct store *s, int64_t now_wall_ms, int *more)
 {
     struct store_pg *pg = s->pg;
@@ -1598,12 +1731,18 @@ static long pg_housekeep(struct store *s, int64_t now_wall_ms, int *more)
     r->oldest_ms[STORE_KIND_SMS_FILE] = oldest[STORE_KIND_SMS_FILE];
     r->checked_ms = now_wall_ms;
     pthread_mutex_unlock(s->rt_mu);
+    /* SMS records: a transaction of their own (reported inside). */
+    long sms = pg_sms_housekeep(s, cv[STORE_KIND_SMS]);
+    if (sms >= STORE_RETENTION_CHUNK)
+        *more = 1;
+    if (sms > 0)
+        total += sms;
     if (total > 0)
         log_info("store_retention",
                  " backend=postgresql delivered=%ld rows=%ld raw=%ld quarantined=%ld"
-                 " rejected=%ld audit_files=%ld",
+                 " rejected=%ld sms=%ld audit_files=%ld",
                  got[STORE_KIND_DELIVERED], got[STORE_KIND_ROWS], got[STORE_KIND_RAW],
-                 got[STORE_KIND_QUARANTINED], got[STORE_KIND_REJECTED],
+                 got[STORE_KIND_QUARANTINED], got[STORE_KIND_REJECTED], sms > 0 ? sms : 0,
                  got[STORE_KIND_AUDIT_FILES]);
     (void)files_failed; /* logged where it failed; the database part went */
     return total;

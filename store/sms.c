@@ -11,6 +11,8 @@
  * which is what makes a resend after a crash carry the same repeatability
  * id and date.
  *
+ * On PostgreSQL every call goes to store/pg_sms.c (shared by the nodes).
+ *
  * Threads: one struct store_sms belongs to the SMS worker thread. */
 #include "store/sql.h"
 #include "store/store.h"
@@ -34,6 +36,7 @@ enum {
 };
 
 struct store_sms {
+    struct store_pg_sms *pg;   /* PostgreSQL: everything goes there */
     sqlite3 *db;
     sqlite3_stmt *q[Q_NQ];
     struct store_busy busy;
@@ -161,7 +164,7 @@ fail:
     return -1;
 }
 
-struct store_sms *store_sms_open(const char *path, char *errbuf, size_t errcap)
+struct store_sms *store_sms_open(const struct store_opts *o, char *errbuf, size_t errcap)
 {
     if (errcap)
         errbuf[0] = '\0';
@@ -170,6 +173,14 @@ struct store_sms *store_sms_open(const char *path, char *errbuf, size_t errcap)
         snprintf(errbuf, errcap, "store: out of memory");
         return NULL;
     }
+    if (o->type == STORE_POSTGRESQL) {
+        if (!(ss->pg = store_pg_sms_open(o, errbuf, errcap))) {
+            free(ss);
+            return NULL;
+        }
+        return ss;
+    }
+    const char *path = o->path;
     if (sqlite3_open_v2(path, &ss->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
         SQLITE_OK) {
         snprintf(errbuf, errcap, "store: open %s: %s", path,
@@ -200,6 +211,7 @@ void store_sms_close(struct store_sms *ss)
 {
     if (!ss)
         return;
+    store_pg_sms_close(ss->pg);
     for (int i = 0; i < Q_NQ; i++)
         sqlite3_finalize(ss->q[i]);
     sqlite3_close(ss->db);
@@ -208,12 +220,21 @@ void store_sms_close(struct store_sms *ss)
 
 const char *store_sms_errmsg(const struct store_sms *ss)
 {
+    if (ss && ss->pg)
+        return store_pg_sms_errmsg(ss->pg);
     return ss && ss->db ? sqlite3_errmsg(ss->db) : "no connection";
 }
 
-int store_sms_begin(struct store_sms *ss) { return store_sql_exec(ss->db, "BEGIN IMMEDIATE"); }
+int store_sms_begin(struct store_sms *ss)
+{
+    if (ss->pg)
+        return store_pg_sms_begin(ss->pg);
+    return store_sql_exec(ss->db, "BEGIN IMMEDIATE");
+}
 int store_sms_commit(struct store_sms *ss)
 {
+    if (ss->pg)
+        return store_pg_sms_commit(ss->pg);
     if (store_sql_exec(ss->db, "COMMIT") == 0)
         return 0;
     store_sql_exec(ss->db, "ROLLBACK");
@@ -221,12 +242,18 @@ int store_sms_commit(struct store_sms *ss)
 }
 void store_sms_rollback(struct store_sms *ss)
 {
+    if (ss->pg) {
+        store_pg_sms_rollback(ss->pg);
+        return;
+    }
     if (!sqlite3_get_autocommit(ss->db))
         store_sql_exec(ss->db, "ROLLBACK");
 }
 
 int store_sms_facts_waiting(struct store_sms *ss)
 {
+    if (ss->pg)
+        return store_pg_sms_facts_waiting(ss->pg);
     sqlite3_stmt *st = ss->q[Q_WAITING];
     int rc = sqlite3_step(st);
     int any = rc == SQLITE_ROW ? sqlite3_column_int(st, 0) : 0;
@@ -242,6 +269,8 @@ static int64_t col_i64_or(sqlite3_stmt *st, int i, int64_t none)
 int store_sms_scan(struct store_sms *ss, unsigned max, store_sms_fact_cb cb, void *ud,
                    unsigned *n)
 {
+    if (ss->pg)
+        return store_pg_sms_scan(ss->pg, max, cb, ud, n);
     sqlite3_stmt *st = ss->q[Q_SCAN];
     sqlite3_bind_int64(st, 1, max);
     struct store_sms_fact *f = calloc(1, sizeof *f);
@@ -298,6 +327,8 @@ int store_sms_scan(struct store_sms *ss, unsigned max, store_sms_fact_cb cb, voi
 int store_sms_appt_get(struct store_sms *ss, const char *facility, const char *appt_id,
                        struct store_sms_appt *out)
 {
+    if (ss->pg)
+        return store_pg_sms_appt_get(ss->pg, facility, appt_id, out);
     sqlite3_stmt *st = ss->q[Q_APPT_GET];
     bind_str(st, 1, facility);
     bind_str(st, 2, appt_id);
@@ -333,6 +364,8 @@ int store_sms_appt_get(struct store_sms *ss, const char *facility, const char *a
 
 int store_sms_appt_put(struct store_sms *ss, const struct store_sms_appt *a)
 {
+    if (ss->pg)
+        return store_pg_sms_appt_put(ss->pg, a);
     sqlite3_stmt *st = ss->q[Q_APPT_PUT];
     bind_str(st, 1, a->facility);
     bind_str(st, 2, a->appt_id);
@@ -356,6 +389,8 @@ int store_sms_appt_put(struct store_sms *ss, const struct store_sms_appt *a)
 
 int store_sms_text_add(struct store_sms *ss, const struct store_sms_text *t)
 {
+    if (ss->pg)
+        return store_pg_sms_text_add(ss->pg, t);
     sqlite3_stmt *st = ss->q[Q_TEXT_ADD];
     bind_str(st, 1, t->facility);
     bind_str(st, 2, t->appt_id);
@@ -377,6 +412,8 @@ int store_sms_text_add(struct store_sms *ss, const struct store_sms_text *t)
 int store_sms_drop_pending(struct store_sms *ss, const char *facility, const char *appt_id,
                            unsigned what, const char *reason, unsigned *n)
 {
+    if (ss->pg)
+        return store_pg_sms_drop_pending(ss->pg, facility, appt_id, what, reason, n);
     static const char *const del_rem =
         "DELETE FROM sms_outbox WHERE facility = ?1 AND appt_id = ?2 AND state = 'pending'"
         " AND kind = 'reminder' AND attempts = 0";
@@ -413,6 +450,8 @@ int store_sms_drop_pending(struct store_sms *ss, const char *facility, const cha
 int store_sms_claim(struct store_sms *ss, int64_t now_ms, const char *first_sent_now,
                     struct store_sms_text *out)
 {
+    if (ss->pg)
+        return store_pg_sms_claim(ss->pg, now_ms, first_sent_now, out);
     if (store_sms_begin(ss) < 0)
         return -1;
     sqlite3_stmt *st = ss->q[Q_CLAIM_SEL];
@@ -461,6 +500,8 @@ fail:
 int store_sms_finish(struct store_sms *ss, int64_t id, enum store_sms_text_state state, int status,
                      const char *error, const char *message_id, int64_t now_ms)
 {
+    if (ss->pg)
+        return store_pg_sms_finish(ss->pg, id, state, status, error, message_id, now_ms);
     sqlite3_stmt *st = ss->q[Q_FINISH];
     sqlite3_bind_int64(st, 1, id);
     bind_str(st, 2, text_state_names[state <= STORE_SMS_SKIPPED ? state : STORE_SMS_FAILED]);
@@ -477,6 +518,8 @@ int store_sms_finish(struct store_sms *ss, int64_t id, enum store_sms_text_state
 int store_sms_retry(struct store_sms *ss, int64_t id, int status, const char *error,
                     int64_t next_ms)
 {
+    if (ss->pg)
+        return store_pg_sms_retry(ss->pg, id, status, error, next_ms);
     sqlite3_stmt *st = ss->q[Q_RETRY];
     sqlite3_bind_int64(st, 1, id);
     if (status)
@@ -490,6 +533,8 @@ int store_sms_retry(struct store_sms *ss, int64_t id, int status, const char *er
 
 int store_sms_purge(struct store_sms *ss, int64_t now_s, unsigned *appts)
 {
+    if (ss->pg)
+        return store_pg_sms_purge(ss->pg, now_s, appts);
     static const char *const expire =
         "UPDATE sms_outbox SET state = 'skipped', last_error = 'expired', text = NULL,"
         " to_e164 = NULL WHERE state = 'pending' AND EXISTS (SELECT 1 FROM sms_appointments a"
@@ -528,6 +573,8 @@ fail:
 
 int store_sms_count_add(struct store_sms *ss, const char *name, int64_t n)
 {
+    if (ss->pg)
+        return store_pg_sms_count_add(ss->pg, name, n);
     sqlite3_stmt *st = ss->q[Q_COUNT_ADD];
     bind_str(st, 1, name);
     sqlite3_bind_int64(st, 2, n);
@@ -537,6 +584,8 @@ int store_sms_count_add(struct store_sms *ss, const char *name, int64_t n)
 int store_sms_counters(struct store_sms *ss, void (*cb)(void *ud, const char *name, uint64_t n),
                        void *ud)
 {
+    if (ss->pg)
+        return store_pg_sms_counters(ss->pg, cb, ud);
     sqlite3_stmt *st;
     if (sqlite3_prepare_v2(ss->db, "SELECT name, n FROM sms_counters", -1, &st, NULL) != SQLITE_OK)
         return -1;
@@ -549,6 +598,8 @@ int store_sms_counters(struct store_sms *ss, void (*cb)(void *ud, const char *na
 
 int store_sms_pending(struct store_sms *ss, uint64_t *texts, uint64_t *reminders)
 {
+    if (ss->pg)
+        return store_pg_sms_pending(ss->pg, texts, reminders);
     sqlite3_stmt *st;
     if (sqlite3_prepare_v2(ss->db,
                            "SELECT COUNT(*), COALESCE(SUM(kind = 'reminder'), 0) FROM sms_outbox"

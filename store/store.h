@@ -805,9 +805,19 @@ struct store_sms_text {
     int64_t next_ms;
 };
 
-/* Opens a connection to the store file (store_open has created it) and
- * creates the SMS tables if needed.  NULL with a message in errbuf. */
-struct store_sms *store_sms_open(const char *path, char *errbuf, size_t errcap);
+/* A text claimed by a node on PostgreSQL stays its own this long when
+ * store_opts.lease_ms is 0. */
+#define STORE_SMS_LEASE_MS 60000u
+
+/* SQLite (o->path): opens a connection to the store file (store_open has
+ * created it) and creates the SMS tables if needed.  PostgreSQL (o->url,
+ * o->password, o->node, o->lease_ms): connects to the database whose
+ * migrations made the tables; facts are applied by one node at a time,
+ * and a text claimed by this node is held for o->lease_ms (renewed by
+ * nothing: it must outlast one send), after which another node may send
+ * it again with the same repeatability id and first-sent date.  Nothing
+ * of `o` is kept.  NULL with a message in errbuf. */
+struct store_sms *store_sms_open(const struct store_opts *o, char *errbuf, size_t errcap);
 void store_sms_close(struct store_sms *ss); /* NULL is a no-op */
 const char *store_sms_errmsg(const struct store_sms *ss);
 

@@ -262,6 +262,35 @@ int store_pg_batches_layout(struct store_pg_batches *pb, int64_t id, struct buf 
 int store_pg_layout_register(const struct store_opts *o, const char *header,
                              const char *file_ext, int64_t *id, char *errbuf,
                              size_t errcap);
+/* store/pg_sms.c — the SMS schedule on PostgreSQL, behind the store_sms_*
+ * calls of store/sms.c (same meaning, see store.h). */
+struct store_pg_sms;
+struct store_pg_sms *store_pg_sms_open(const struct store_opts *o, char *errbuf, size_t errcap);
+void store_pg_sms_close(struct store_pg_sms *p);
+const char *store_pg_sms_errmsg(const struct store_pg_sms *p);
+int store_pg_sms_begin(struct store_pg_sms *p);
+int store_pg_sms_commit(struct store_pg_sms *p);
+void store_pg_sms_rollback(struct store_pg_sms *p);
+int store_pg_sms_facts_waiting(struct store_pg_sms *p);
+int store_pg_sms_scan(struct store_pg_sms *p, unsigned max, store_sms_fact_cb cb, void *ud,
+                      unsigned *n);
+int store_pg_sms_appt_get(struct store_pg_sms *p, const char *facility, const char *appt_id,
+                          struct store_sms_appt *out);
+int store_pg_sms_appt_put(struct store_pg_sms *p, const struct store_sms_appt *a);
+int store_pg_sms_text_add(struct store_pg_sms *p, const struct store_sms_text *t);
+int store_pg_sms_drop_pending(struct store_pg_sms *p, const char *facility, const char *appt_id,
+                              unsigned what, const char *reason, unsigned *n);
+int store_pg_sms_claim(struct store_pg_sms *p, int64_t now_ms, const char *first_sent_now,
+                       struct store_sms_text *out);
+int store_pg_sms_finish(struct store_pg_sms *p, int64_t id, enum store_sms_text_state state,
+                        int status, const char *error, const char *message_id, int64_t now_ms);
+int store_pg_sms_retry(struct store_pg_sms *p, int64_t id, int status, const char *error,
+                       int64_t next_ms);
+int store_pg_sms_purge(struct store_pg_sms *p, int64_t now_s, unsigned *appts);
+int store_pg_sms_count_add(struct store_pg_sms *p, const char *name, int64_t n);
+int store_pg_sms_counters(struct store_pg_sms *p,
+                          void (*cb)(void *ud, const char *name, uint64_t n), void *ud);
+int store_pg_sms_pending(struct store_pg_sms *p, uint64_t *texts, uint64_t *reminders);
 /* store/pg_db.c: a connection (libpq's PGconn) for one of the store's
  * other users, made as the writer's is (timeout, application name, the
  * password apart).  Check PQstatus; NULL only when out of memory. */

@@ -12,11 +12,16 @@ For every POST /sms?api-version=2021-03-07 it
     character UUID repeatabilityRequestId, an RFC 1123 repeatabilityFirstSent,
     message of at most 2,048 characters, smsSendOptions with
     enableDeliveryReport) — 400 and recorded otherwise;
-  * honours repeatability: a request id already delivered is answered 202
-    again without a second delivery (and its first-sent date must not have
-    changed);
+  * honours repeatability as the service does (OASIS Repeatable Requests,
+    which ACS follows): a request id already delivered is answered 202
+    again ("accepted", the same messageId) without a second delivery; the
+    same id with another first-sent date does not match the first request
+    and is rejected (recipient status 400, repeatabilityResult "rejected",
+    nothing delivered) and recorded in `errors`;
   * injects faults queued with `fail_next()`: a whole-request status (429 with
-    Retry-After, 500, 401 …) or a 202 whose recipient failed (400 / 503).
+    Retry-After, 500, 401 …), a 202 whose recipient failed (400 / 503), or
+    "hold": the text is delivered but the answer waits until `release` is
+    set (a sender that dies meanwhile never learns it went out).
 
 Usable in-process (AcsEmulator(...).start()) or standalone:
     python3 acs_emulator.py --port 8443 --cert server.pem --key server.key --access-key BASE64
@@ -54,17 +59,22 @@ class AcsEmulator:
         self.lock = threading.Lock()
         self.deliveries = []      # dicts: to, message, request_id, first_sent, time
         self.requests = []        # every request: (status answered, request id or None)
+        self.request_times = []   # every well-formed request: (time.time() on arrival, id)
         self.errors = []          # protocol violations seen
         self.faults = deque()
         self.first_sent = {}      # request id -> first-sent date of its first attempt
         self.delivered_ids = {}   # request id -> messageId
+        self.holding = threading.Event()   # a "hold" request has arrived
+        self.held = []                     # request ids of held requests
+        self.release = threading.Event()   # lets held answers go
         self.server = None
         self.thread = None
 
     # ---- control ----
     def fail_next(self, kind, status, headers=None, message=None):
         """kind 'http': answer the next request with `status` (and headers);
-        kind 'recipient': 202 with the recipient failed with `status`."""
+        kind 'recipient': 202 with the recipient failed with `status`;
+        kind 'hold': delivered, answered only once `release` is set."""
         with self.lock:
             self.faults.append((kind, status, headers or {}, message))
 
@@ -91,6 +101,7 @@ class AcsEmulator:
         return self.port
 
     def stop(self):
+        self.release.set()
         if self.server:
             self.server.shutdown()
             self.server.server_close()
@@ -151,12 +162,23 @@ class AcsEmulator:
         rec = req["smsRecipients"][0]
         rid = rec["repeatabilityRequestId"]
         with self.lock:
+            self.request_times.append((time.time(), rid))
             prev = self.first_sent.get(rid)
+            mismatch = prev is not None and prev != rec["repeatabilityFirstSent"]
             if prev is None:
                 self.first_sent[rid] = rec["repeatabilityFirstSent"]
-            elif prev != rec["repeatabilityFirstSent"]:
+            elif mismatch:
                 self.errors.append(f"repeatabilityFirstSent changed for {rid}")
-            fault = self.faults.popleft() if self.faults else None
+            fault = self.faults.popleft() if self.faults and not mismatch else None
+        if mismatch:
+            # A repeat that does not match the first request: refused, and
+            # nothing is delivered.
+            with self.lock:
+                self.requests.append((202, rid))
+            return self._answer(h, 202, {"value": [{
+                "to": rec["to"], "messageId": None, "httpStatusCode": 400,
+                "repeatabilityResult": "rejected", "successful": False,
+                "errorMessage": "repeatabilityFirstSent does not match the first request"}]})
         if fault and fault[0] == "http":
             with self.lock:
                 self.requests.append((fault[1], rid))
@@ -184,6 +206,16 @@ class AcsEmulator:
                             "errorMessage": None})
         with self.lock:
             self.requests.append((202, rid))
+        if fault and fault[0] == "hold":
+            with self.lock:
+                self.held.append(rid)
+            self.holding.set()
+            self.release.wait(300)
+            try:
+                self._answer(h, 202, {"value": results})
+            except OSError:
+                pass  # the sender is gone
+            return
         self._answer(h, 202, {"value": results})
 
     @staticmethod

@@ -1,4 +1,5 @@
-"""store.type postgresql: each connector row delivered once cluster-wide.
+"""store.type postgresql: each connector row delivered once cluster-wide,
+and each appointment text sent once cluster-wide.
 
 Two nodes on one throwaway PostgreSQL server (pgserver.shared(), one for
 the test process), both with the audit sink pointed at the strict connector
@@ -18,6 +19,14 @@ re-sends what it had no ACK for.  Every message is AA'd and stored once
 (B answers A's commits as duplicates), every row reaches the connector
 once, and twice only as a whole block A had in flight at the crash (the
 held one, delivered again by B once A's lease ran out).
+
+SMS (TwoNodesTextOnce): both nodes run the SMS sink against the strict ACS
+emulator (acs_emulator.py).  Bookings sent through both nodes are texted
+once each; then the emulator holds one text's answer at whichever node
+claimed it, that node is killed with SIGKILL, and the survivor sends the
+held text again after its lease — with the same repeatability id and
+first-sent date, so the emulator does not deliver it twice — and sends the
+reminders that fell due while the node was dead, once.
 """
 
 import os
@@ -33,10 +42,13 @@ import hl7.client
 import harness
 import pgserver
 from test_audit_sink import AuditDaemon, AuditSinkBase, messages, send_all
+from test_sms import SMSBase, SMSDaemon, siu
 
 SERVER = None
 PW_ENV = pgserver.PASSWORD_ENV     # set by pgserver.shared(): `hl7bridge map` finds it too
 LEASE_S = 3          # short, so the take-over comes within seconds
+SMS_LEASE_S = 3
+REMINDER_IN_S = 6    # the test's reminders fall due this long after booking
 
 
 def setUpModule():
@@ -393,6 +405,120 @@ class NodeKilledMidLoad(PgDeliveryBase):
         (undelivered,), = q("SELECT COUNT(*) FROM messages WHERE delivered_ms IS NULL", db)
         self.assertEqual(int(undelivered), 0)
         b.assert_stops_cleanly()
+
+
+
+class PgSMSDaemon(SMSDaemon):
+    """An SMSDaemon whose store is the module's PostgreSQL database (no
+    audit sink: rows stay in the store)."""
+
+    def __init__(self, testcase, sms_lines, db, node):
+        super().__init__(testcase, sms_lines)
+        self.pg_db, self.node = db, node
+        self.env = {PW_ENV: pgserver.PASSWORD}
+
+    def config_text(self, port):
+        text = super().config_text(port)
+        text = text.replace("store:\n", "store:\n  type: postgresql\n"
+                            f"  url: {harness._yaml_str(SERVER.url(self.pg_db))}\n"
+                            f"  password: ${{{PW_ENV}}}\n", 1)
+        text = re.sub(r"  audit:\n    type: file\n    directory: [^\n]*\n",
+                      "  audit:\n    type: none\n", text)
+        return f"node:\n  name: {self.node}\n" + text
+
+
+class TwoNodesTextOnce(SMSBase):
+    def texts(self, db):
+        """{appt_id/kind: (state, owner, attempts, request_id, lease_until)}"""
+        return {f"{r[0]}/{r[1]}": (r[2], r[3], int(r[4]), r[5], int(r[6])) for r in q(
+            "SELECT appt_id, kind, state, COALESCE(owner, ''), attempts, request_id,"
+            " COALESCE(lease_until, 0) FROM sms_outbox", db)}
+
+    def test_each_text_once_and_a_dead_nodes_text_resent_by_the_survivor(self):
+        db = SERVER.create_db("hbsms")
+        emu = self.emulator()
+        lines = self.acs_lines(emu.port, ["reminders: [1h]", f"lease_s: {SMS_LEASE_S}"])
+        a = PgSMSDaemon(self, lines, db, "node-a")
+        b = PgSMSDaemon(self, lines, db, "node-b")
+        a.start()
+        b.start()
+        nodes = {"node-a": a, "node-b": b}
+
+        def wait(pred, what, timeout=60):
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if pred():
+                    return
+                time.sleep(0.1)
+            raise AssertionError(f"timed out waiting for {what}\n{self.texts(db)}\n"
+                                 + "\n".join(f"--- {n} ---\n{d.log()[-3000:]}"
+                                             for n, d in nodes.items()))
+
+        # 1. Bookings through both nodes at once (reminders far ahead):
+        # each confirmation goes out once, whichever node sends it.
+        far = time.time() + 2 * 86400
+        ts = [threading.Thread(target=self.send, args=(d, *[siu("S12", f"{n}{i}", far)
+                                                             for i in range(6)]))
+              for n, d in (("A", a), ("B", b))]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(60)
+        wait(lambda: len(emu.delivered()) >= 12, "12 confirmations")
+        self.assertEqual(len(emu.delivered()), 12)
+
+        # 2. The emulator holds the next text's answer (it is delivered);
+        # its node is killed while it waits; the reminders of these
+        # bookings fall due after that.
+        emu.fail_next("hold", 0)
+        soon = time.time() + 3600 + REMINDER_IN_S
+        self.send(a, siu("S12", "H1", soon), siu("S12", "H2", soon))
+        self.send(b, siu("S12", "H3", soon))
+        self.assertTrue(emu.holding.wait(30), "no text reached the emulator")
+        held = [(k, v) for k, v in self.texts(db).items() if v[3] == emu.held[0]]
+        self.assertEqual(len(held), 1, held)
+        held_key, (state, holder, attempts, held_rid, lease_until) = held[0]
+        self.assertEqual((state, attempts), ("pending", 1))
+        nodes[holder].kill()
+        survivor = nodes["node-b" if holder == "node-a" else "node-a"]
+
+        def all_sent():
+            t = self.texts(db)
+            return len(t) == 12 * 2 + 3 * 2 and all(
+                v[0] == "sent" for k, v in t.items() if k[0] == "H" or k.endswith("/scheduled"))
+        wait(all_sent, "the held text and every H reminder sent by the survivor")
+        time.sleep(0.5)   # a second send would have come with the same step
+
+        texts = self.texts(db)
+        reqs = [rid for st, rid in emu.requests]
+        got = emu.delivered()
+        self.assertNoProtocolErrors(emu)
+        # the held text: tried twice, with one id, delivered once, resent by
+        # the survivor no earlier than the dead node's lease ran out
+        self.assertEqual(reqs.count(held_rid), 2, reqs)
+        self.assertEqual([g["request_id"] for g in got].count(held_rid), 1)
+        self.assertEqual(texts[held_key][:3], ("sent", survivor.node, 2))
+        second = [t for t in emu.request_times if t[1] == held_rid][1][0]
+        self.assertGreaterEqual(second, lease_until / 1000 - 0.05,
+                                "a text changed hands before its lease ran out")
+        self.assertIn("event=sms_text_taken_over", survivor.log())
+        # every other text: requested once, delivered once
+        others = [v[3] for k, v in texts.items() if v[0] == "sent" and v[3] != held_rid]
+        self.assertEqual(len(others), 12 + 3 + 3 - 1)
+        for rid in others:
+            self.assertEqual(reqs.count(rid), 1, rid)
+        self.assertEqual(len(got), len(others) + 1)
+        self.assertEqual(len({g["request_id"] for g in got}), len(got))
+        # the reminders that fell due while the node was dead: the survivor's
+        for k in ("H1/reminder", "H2/reminder", "H3/reminder"):
+            self.assertEqual(texts[k][:2], ("sent", survivor.node), k)
+        # counted once: every fact applied by one node, every text by one
+        counts = {r[0]: int(r[1]) for r in q(
+            "SELECT name, SUM(n) FROM sms_counters GROUP BY name", db)}
+        self.assertEqual(counts.get("messages"), 15, counts)
+        self.assertEqual(counts.get("sent"), len(got), counts)
+        self.assertEqual(q("SELECT COUNT(*) FROM appt_facts", db), [["0"]])
+        survivor.assert_stops_cleanly()
 
 
 if __name__ == "__main__":

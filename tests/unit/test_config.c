@@ -158,6 +158,7 @@ static void check_defaults(const struct config *c)
 
     const __typeof__(c->sinks.sms) *s = &c->sinks.sms;
     assert_int_equal(s->type, CONFIG_SMS_FILE);
+    assert_int_equal(s->lease_s, 60);
     assert_null(s->endpoint);
     assert_null(s->access_key);
     assert_null(s->access_key_file);
@@ -964,19 +965,21 @@ static void test_store_postgresql_refusals(void **state)
     /* PostgreSQL settings on a SQLite store are a mistake */
     expect_errors("store: {url: \"host=db\"}\n",
                   "t.yaml:1:9: store.url: only read with store.type: postgresql", NULL);
-    /* what does not run on PostgreSQL yet: one line each (the audit sink
-     * does run there) */
+    /* what does not run on PostgreSQL yet: one line each (the audit and
+     * SMS sinks do run there) */
     expect_errors("store: {type: postgresql, url: \"host=db\"}\n"
                   "sinks: {audit: {type: file}, sms: {type: acs, endpoint: \"https://x.example\","
-                  " from: \"+15550100\", access_key: \"${HB_TEST_PG_PW}\"}}\n"
+                  " from: \"+15550100\", access_key: \"${HB_TEST_PG_PW}\", lease_s: 5}}\n"
                   "inputs: {files: [{directory: /tmp/in, done_directory: /tmp/done}]}\n",
-                  "t.yaml:2:42: sinks.sms.type: the SMS sink does not run on store.type "
-                  "postgresql yet; set sinks.sms.type: none",
                   "t.yaml:3:17: inputs.files: file uploads do not run on store.type postgresql yet",
                   NULL);
-    expect_errors("store: {type: postgresql, url: \"host=db\"}\n",
-                  "t.yaml:1:1: sinks.sms.type: the SMS sink does not run on store.type "
-                  "postgresql yet; set sinks.sms.type: none", NULL);
+    struct config *c = load_ok("store: {type: postgresql, url: \"host=db\"}\n"
+                               "sinks: {sms: {lease_s: 5}}\n");
+    assert_int_equal(c->sinks.sms.type, CONFIG_SMS_FILE);
+    assert_int_equal(c->sinks.sms.lease_s, 5);
+    config_free(c);
+    expect_errors("sinks: {sms: {lease_s: 0}}\n",
+                  "t.yaml:1:24: sinks.sms.lease_s: 0 is out of range (1..3600)", NULL);
     expect_errors("node: {name: \"a b\"}\n",
                   "t.yaml:1:14: node.name: 1 to 63 letters, digits, '-', '_' or '.'", NULL);
 }

@@ -134,7 +134,7 @@ static void test_config_check(void **state)
         "(write }} for a brace)\n");
     /* the sink refuses to start with the first of them */
     char err[300];
-    assert_null(sink_sms_start(c, err, sizeof err));
+    assert_null(sink_sms_start(c, &(struct store_opts){.path = "unused"}, err, sizeof err));
     assert_non_null(strstr(err, "sinks.sms.languages[0].templates.reminder: unknown placeholder"));
     config_free(c);
 }
@@ -557,7 +557,8 @@ static int env_setup(void **state)
     if (sqlite3_open(e->db, &e->con) != SQLITE_OK)
         return -1;
     sqlite3_busy_timeout(e->con, 5000);
-    e->sink = sink_sms_start(e->cfg, err, sizeof err);
+    e->sink = sink_sms_start(e->cfg, &(struct store_opts){.path = e->cfg->store.path}, err,
+                             sizeof err);
     if (!e->sink) {
         fprintf(stderr, "sink_sms_start: %s\n", err);
         return -1;
