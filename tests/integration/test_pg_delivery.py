@@ -416,12 +416,14 @@ class PgSMSDaemon(SMSDaemon):
         super().__init__(testcase, sms_lines)
         self.pg_db, self.node = db, node
         self.env = {PW_ENV: pgserver.PASSWORD}
+        self.retention = None      # store.retention, e.g. "{sms: 1s}"
 
     def config_text(self, port):
         text = super().config_text(port)
         text = text.replace("store:\n", "store:\n  type: postgresql\n"
                             f"  url: {harness._yaml_str(SERVER.url(self.pg_db))}\n"
-                            f"  password: ${{{PW_ENV}}}\n", 1)
+                            f"  password: ${{{PW_ENV}}}\n"
+                            + (f"  retention: {self.retention}\n" if self.retention else ""), 1)
         text = re.sub(r"  audit:\n    type: file\n    directory: [^\n]*\n",
                       "  audit:\n    type: none\n", text)
         return f"node:\n  name: {self.node}\n" + text
@@ -518,6 +520,26 @@ class TwoNodesTextOnce(SMSBase):
         self.assertEqual(counts.get("messages"), 15, counts)
         self.assertEqual(counts.get("sent"), len(got), counts)
         self.assertEqual(q("SELECT COUNT(*) FROM appt_facts", db), [["0"]])
+
+        # 3. A cancellation: its text goes, the reminder is dropped, and once
+        # nothing is pending the appointment's personal fields are purged.
+        self.send(survivor, siu("S15", "A0", far))
+        wait(lambda: q("SELECT purged, phone IS NULL AND first_name IS NULL FROM"
+                       " sms_appointments WHERE appt_id = 'A0'", db) == [["1", "t"]],
+             "the cancelled appointment's personal fields purged")
+        self.assertEqual(q("SELECT kind, state, text IS NULL AND to_e164 IS NULL FROM sms_outbox"
+                           " WHERE appt_id = 'A0' ORDER BY id", db),
+                         [["scheduled", "sent", "t"], ["cancelled", "sent", "t"]])
+        survivor.assert_stops_cleanly()
+
+        # 4. store.retention.sms: finished texts go; pending ones stay.
+        (pending,), = q("SELECT COUNT(*) FROM sms_outbox WHERE state = 'pending'", db)
+        self.assertEqual(int(pending), 11)     # the far reminders, A0's dropped
+        survivor.retention = "{sms: 1s}"
+        survivor.start()
+        wait(lambda: q("SELECT COUNT(*) FROM sms_outbox WHERE state <> 'pending'", db)
+             == [["0"]], "finished texts purged under store.retention.sms")
+        self.assertEqual(q("SELECT COUNT(*) FROM sms_outbox", db), [[pending]])
         survivor.assert_stops_cleanly()
 
 
