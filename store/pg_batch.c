@@ -48,72 +48,27 @@
     " COALESCE(layout, 0)"
 
 struct store_pg_batches {
-    PGconn *conn;
-    char *node;
-    struct store_opts opts;    /* url, password, node point at the copies below */
-    char *url, *password;
+    struct store_pg_side c;
     uint32_t lease_ms;
-    char err[256];
     /* Scan scratch: the rows looked at in one step. */
     int64_t *ids;
     size_t cap_ids;
     struct buf arr;            /* one block's ids as an array literal */
 };
 
-/* ---- connection and small helpers ------------------------------------- */
-
-static void set_err(struct store_pg_batches *pb, const char *m)
-{
-    store_pg_msg(m, pb->err, sizeof pb->err);
-}
-
-/* A usable connection, made again when the last one broke (the server
- * restarted or failed over).  0 / -1. */
-static int conn_ok(struct store_pg_batches *pb)
-{
-    if (pb->conn && PQstatus(pb->conn) == CONNECTION_OK)
-        return 0;
-    if (pb->conn)
-        PQfinish(pb->conn);
-    pb->conn = store_pg_connect(&pb->opts);
-    if (!pb->conn) {
-        snprintf(pb->err, sizeof pb->err, "out of memory");
-        return -1;
-    }
-    if (PQstatus(pb->conn) != CONNECTION_OK) {
-        set_err(pb, PQerrorMessage(pb->conn));
-        return -1;
-    }
-    return 0;
-}
+/* ---- small helpers ------------------------------------------------------ */
 
 /* Runs one statement with text parameters; returns the result when its
  * status is the expected one, else NULL (error kept). */
 static PGresult *run(struct store_pg_batches *pb, const char *sql, int n, const char *const *v,
                      ExecStatusType want, int binary)
 {
-    if (conn_ok(pb) < 0)
-        return NULL;
-    PGresult *r = PQexecParams(pb->conn, sql, n, NULL, v, NULL, NULL, binary);
-    if (PQresultStatus(r) != want) {
-        set_err(pb, r ? PQresultErrorMessage(r) : PQerrorMessage(pb->conn));
-        PQclear(r);
-        return NULL;
-    }
-    return r;
-}
-
-static int exec(struct store_pg_batches *pb, const char *sql)
-{
-    PGresult *r = run(pb, sql, 0, NULL, PGRES_COMMAND_OK, 0);
-    PQclear(r);
-    return r ? 0 : -1;
+    return store_pg_side_run(&pb->c, sql, n, v, want, binary);
 }
 
 static void rollback(struct store_pg_batches *pb)
 {
-    if (pb->conn && PQtransactionStatus(pb->conn) != PQTRANS_IDLE)
-        PQclear(PQexec(pb->conn, "ROLLBACK"));
+    store_pg_side_rollback(&pb->c);
 }
 
 static int64_t num(const PGresult *r, int row, int col)
@@ -171,22 +126,11 @@ struct store_pg_batches *store_pg_batches_open(const struct store_opts *o, char 
         snprintf(errbuf, errcap, "store: out of memory");
         return NULL;
     }
-    pb->url = strdup(o->url ? o->url : "");
-    pb->node = strdup(o->node && o->node[0] ? o->node : "node");
-    pb->password = o->password ? strdup(o->password) : NULL;
     buf_init(&pb->arr, (size_t)64 << 20);
-    if (!pb->url || !pb->node || (o->password && !pb->password)) {
-        snprintf(errbuf, errcap, "store: out of memory");
-        goto fail;
-    }
-    pb->opts.type = STORE_POSTGRESQL;
-    pb->opts.url = pb->url;
-    pb->opts.password = pb->password;
-    pb->opts.node = pb->node;
     pb->lease_ms = o->lease_ms ? o->lease_ms : STORE_BATCH_LEASE_MS;
-    if (conn_ok(pb) < 0) {
+    if (store_pg_side_init(&pb->c, o) < 0 || store_pg_side_ok(&pb->c) < 0) {
         /* The message names libpq's reason, never the password. */
-        snprintf(errbuf, errcap, "store: batches: %s", pb->err);
+        snprintf(errbuf, errcap, "store: batches: %s", pb->c.err);
         goto fail;
     }
     PGresult *r = run(pb, "SELECT to_regclass('batches') IS NOT NULL", 0, NULL, PGRES_TUPLES_OK, 0);
@@ -194,7 +138,7 @@ struct store_pg_batches *store_pg_batches_open(const struct store_opts *o, char 
     PQclear(r);
     if (!have) {
         snprintf(errbuf, errcap, "store: the database has no batches table (%s)",
-                 r ? "open it with this build first" : pb->err);
+                 r ? "open it with this build first" : pb->c.err);
         goto fail;
     }
     return pb;
@@ -207,14 +151,7 @@ void store_pg_batches_close(struct store_pg_batches *pb)
 {
     if (!pb)
         return;
-    if (pb->conn)
-        PQfinish(pb->conn);
-    if (pb->password) {
-        explicit_bzero(pb->password, strlen(pb->password));
-        free(pb->password);
-    }
-    free(pb->url);
-    free(pb->node);
+    store_pg_side_release(&pb->c);
     free(pb->ids);
     buf_release(&pb->arr);
     free(pb);
@@ -222,7 +159,7 @@ void store_pg_batches_close(struct store_pg_batches *pb)
 
 const char *store_pg_batches_errmsg(const struct store_pg_batches *pb)
 {
-    return pb->err[0] ? pb->err : "no error";
+    return pb->c.err[0] ? pb->c.err : "no error";
 }
 
 uint32_t store_pg_batches_lease_ms(const struct store_pg_batches *pb)
@@ -235,7 +172,7 @@ uint32_t store_pg_batches_lease_ms(const struct store_pg_batches *pb)
 int store_pg_batches_recover(struct store_pg_batches *pb, uint64_t *resent)
 {
     *resent = 0;
-    const char *v[1] = { pb->node };
+    const char *v[1] = { pb->c.node };
     /* Only this node's name: what other nodes hold is theirs until their
      * lease runs out, and they may well be alive. */
     PGresult *r = run(pb,
@@ -263,7 +200,7 @@ static int write_block(struct store_pg_batches *pb, const int64_t *ids, size_t n
     snprintf(a[3], sizeof a[3], "%zu", n);
     snprintf(a[4], sizeof a[4], "%" PRIu64, bytes);
     snprintf(a[6], sizeof a[6], "%" PRId64, layout);
-    const char *v[7] = { a[0], a[1], a[2], a[3], a[4], pb->node, layout > 0 ? a[6] : NULL };
+    const char *v[7] = { a[0], a[1], a[2], a[3], a[4], pb->c.node, layout > 0 ? a[6] : NULL };
     PGresult *r = run(pb,
                       "INSERT INTO batches (state, created_ms, sealed_ms, first_row_id,"
                       " last_row_id, row_count, bytes, node, layout)"
@@ -295,7 +232,7 @@ static int write_block(struct store_pg_batches *pb, const int64_t *ids, size_t n
     int ok = strtoull(PQcmdTuples(r), NULL, 10) == n;
     PQclear(r);
     if (!ok)
-        snprintf(pb->err, sizeof pb->err, "rows of a new block were taken meanwhile");
+        snprintf(pb->c.err, sizeof pb->c.err, "rows of a new block were taken meanwhile");
     return ok ? 0 : -1;
 }
 
@@ -306,7 +243,7 @@ int store_pg_batches_scan(struct store_pg_batches *pb, const struct store_batch_
     uint64_t max_rows = l->max_rows ? l->max_rows : 1;
     uint64_t max_bytes = l->max_bytes ? l->max_bytes : 1;
     size_t chunk = l->scan_chunk ? l->scan_chunk : PGB_SCAN_CHUNK;
-    if (exec(pb, "BEGIN") < 0)
+    if (store_pg_side_begin(&pb->c) < 0)
         return -1;
     PGresult *r = run(pb, "SELECT pg_try_advisory_xact_lock(" PGB_BUILD_LOCK ")", 0, NULL,
                       PGRES_TUPLES_OK, 0);
@@ -317,7 +254,7 @@ int store_pg_batches_scan(struct store_pg_batches *pb, const struct store_batch_
     if (!locked) {
         /* Another node is building blocks right now: that is its step. */
         out->caught_up = 1;
-        return exec(pb, "COMMIT");
+        return store_pg_side_commit(&pb->c);
     }
     char lim[24];
     snprintf(lim, sizeof lim, "%zu", chunk);
@@ -334,7 +271,7 @@ int store_pg_batches_scan(struct store_pg_batches *pb, const struct store_batch_
         int64_t *p = realloc(pb->ids, n * sizeof *p);
         if (!p) {
             PQclear(r);
-            snprintf(pb->err, sizeof pb->err, "out of memory");
+            snprintf(pb->c.err, sizeof pb->c.err, "out of memory");
             goto fail;
         }
         pb->ids = p;
@@ -378,7 +315,7 @@ int store_pg_batches_scan(struct store_pg_batches *pb, const struct store_batch_
         sealed++;
         out->rows_added += rows;
     }
-    if (exec(pb, "COMMIT") < 0)
+    if (store_pg_side_commit(&pb->c) < 0)
         goto fail;
     out->sealed = sealed;
     return 0;
@@ -457,7 +394,7 @@ int store_pg_batches_claim(struct store_pg_batches *pb, int64_t now_ms, struct s
     char now[24], lease[24];
     snprintf(now, sizeof now, "%" PRId64, now_ms);
     snprintf(lease, sizeof lease, "%" PRIu32, pb->lease_ms);
-    const char *v[3] = { now, pb->node, lease };
+    const char *v[3] = { now, pb->c.node, lease };
     PGresult *r = run(pb,
                       "WITH pick AS (SELECT id, state AS was, owner AS was_owner FROM batches"
                       " WHERE state <> 'done' AND ((state = 'sealed' AND next_ms <= $1)"
@@ -502,7 +439,7 @@ int store_pg_batches_renew(struct store_pg_batches *pb, const int64_t *ids, size
     snprintf(arr + o, sizeof arr - o, "}");
     char lease[24];
     snprintf(lease, sizeof lease, "%" PRIu32, pb->lease_ms);
-    const char *v[3] = { pb->node, lease, arr };
+    const char *v[3] = { pb->c.node, lease, arr };
     PGresult *r = run(pb,
                       "UPDATE batches SET lease_until = " PGB_NOW_MS " + $2::bigint"
                       " WHERE owner = $1 AND state = 'uploading' AND id = ANY($3::bigint[])",
@@ -529,7 +466,7 @@ int store_pg_batches_read_rows(struct store_pg_batches *pb, const struct store_b
         size_t n = (size_t)PQgetlength(r, i, 0);
         uint8_t *w = buf_reserve(out, n + 1);
         if (!w) {
-            snprintf(pb->err, sizeof pb->err, "block larger than its buffer");
+            snprintf(pb->c.err, sizeof pb->c.err, "block larger than its buffer");
             ret = -1;
             break;
         }
@@ -598,7 +535,7 @@ static int still_mine(struct store_pg_batches *pb, PGresult *r, int64_t id)
     int mine = strcmp(PQcmdTuples(r), "1") == 0;
     PQclear(r);
     if (!mine)
-        snprintf(pb->err, sizeof pb->err, "batch %" PRId64 " is no longer this node's", id);
+        snprintf(pb->c.err, sizeof pb->c.err, "batch %" PRId64 " is no longer this node's", id);
     return mine;
 }
 
@@ -611,9 +548,9 @@ int store_pg_batches_done(struct store_pg_batches *pb, int64_t id, int status,
     snprintf(a_now, sizeof a_now, "%" PRId64, now_ms);
     snprintf(a_st, sizeof a_st, "%d", status);
     snprintf(a_id, sizeof a_id, "%" PRId64, id);
-    if (exec(pb, "BEGIN") < 0)
+    if (store_pg_side_begin(&pb->c) < 0)
         return -1;
-    const char *v[6] = { a_now, a_st, summary, file_name, a_id, pb->node };
+    const char *v[6] = { a_now, a_st, summary, file_name, a_id, pb->c.node };
     PGresult *r = run(pb,
                       "UPDATE batches SET state = 'done', done_ms = $1, last_status = $2,"
                       " response = $3, file_name = $4, last_error = NULL, lease_until = NULL"
@@ -633,7 +570,7 @@ int store_pg_batches_done(struct store_pg_batches *pb, int64_t id, int status,
         goto fail;
     *marked = (uint64_t)strtoull(PQcmdTuples(r), NULL, 10);
     PQclear(r);
-    if (exec(pb, "COMMIT") < 0)
+    if (store_pg_side_commit(&pb->c) < 0)
         goto fail;
     return 0;
 fail:
@@ -649,7 +586,7 @@ int store_pg_batches_set(struct store_pg_batches *pb, int64_t id, const char *st
     snprintf(a_st, sizeof a_st, "%d", status);
     snprintf(a_next, sizeof a_next, "%" PRId64, next_ms);
     snprintf(a_id, sizeof a_id, "%" PRId64, id);
-    const char *v[6] = { state, a_st, error, a_next, a_id, pb->node };
+    const char *v[6] = { state, a_st, error, a_next, a_id, pb->c.node };
     PGresult *r = run(pb,
                       "UPDATE batches SET state = $1, last_status = $2, last_error = $3,"
                       " next_ms = $4, lease_until = NULL"

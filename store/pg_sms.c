@@ -41,63 +41,20 @@
 #define PGS_NOW_MS "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
 
 struct store_pg_sms {
-    PGconn *conn;
-    struct store_opts opts;    /* url, password, node point at the copies below */
-    char *url, *password, *node;
+    struct store_pg_side c;
     uint32_t lease_ms;
-    int in_tx;                 /* between begin and commit/rollback */
-    char err[256];
     struct buf arr;            /* fact ids handed over, as an array literal */
 };
 
 static const char *const appt_state_names[] = { "booked", "cancelled", "noshow" };
 static const char *const text_state_names[] = { "pending", "sent", "failed", "skipped" };
 
-/* ---- connection and small helpers ------------------------------------- */
+/* ---- small helpers ------------------------------------------------------ */
 
-static void set_err(struct store_pg_sms *p, const char *m)
-{
-    store_pg_msg(m, p->err, sizeof p->err);
-}
-
-/* A usable connection, made again when the last one broke — but never
- * inside a transaction: what it did so far is gone with the old one. */
-static int conn_ok(struct store_pg_sms *p)
-{
-    if (p->conn && PQstatus(p->conn) == CONNECTION_OK)
-        return 0;
-    if (p->in_tx) {
-        snprintf(p->err, sizeof p->err, "connection lost inside a transaction");
-        return -1;
-    }
-    if (p->conn)
-        PQfinish(p->conn);
-    p->conn = store_pg_connect(&p->opts);
-    if (!p->conn) {
-        snprintf(p->err, sizeof p->err, "out of memory");
-        return -1;
-    }
-    if (PQstatus(p->conn) != CONNECTION_OK) {
-        set_err(p, PQerrorMessage(p->conn));
-        return -1;
-    }
-    return 0;
-}
-
-/* One statement with text parameters (NULL = SQL NULL); the result when
- * its status is `want`, else NULL with the error kept. */
 static PGresult *run(struct store_pg_sms *p, const char *sql, int n, const char *const *v,
                      ExecStatusType want)
 {
-    if (conn_ok(p) < 0)
-        return NULL;
-    PGresult *r = PQexecParams(p->conn, sql, n, NULL, v, NULL, NULL, 0);
-    if (PQresultStatus(r) != want) {
-        set_err(p, r ? PQresultErrorMessage(r) : PQerrorMessage(p->conn));
-        PQclear(r);
-        return NULL;
-    }
-    return r;
+    return store_pg_side_run(&p->c, sql, n, v, want, 0);
 }
 
 static int exec_cmd(struct store_pg_sms *p, const char *sql, int n, const char *const *v)
@@ -155,22 +112,11 @@ struct store_pg_sms *store_pg_sms_open(const struct store_opts *o, char *errbuf,
         snprintf(errbuf, errcap, "store: out of memory");
         return NULL;
     }
-    p->url = strdup(o->url ? o->url : "");
-    p->node = strdup(o->node && o->node[0] ? o->node : "node");
-    p->password = o->password ? strdup(o->password) : NULL;
     buf_init(&p->arr, (size_t)1 << 20);
-    if (!p->url || !p->node || (o->password && !p->password)) {
-        snprintf(errbuf, errcap, "store: out of memory");
-        goto fail;
-    }
-    p->opts.type = STORE_POSTGRESQL;
-    p->opts.url = p->url;
-    p->opts.password = p->password;
-    p->opts.node = p->node;
     p->lease_ms = o->lease_ms ? o->lease_ms : STORE_SMS_LEASE_MS;
-    if (conn_ok(p) < 0) {
+    if (store_pg_side_init(&p->c, o) < 0 || store_pg_side_ok(&p->c) < 0) {
         /* The message names libpq's reason, never the password. */
-        snprintf(errbuf, errcap, "store: SMS tables: %s", p->err);
+        snprintf(errbuf, errcap, "store: SMS tables: %s", p->c.err);
         goto fail;
     }
     PGresult *r = run(p, "SELECT to_regclass('sms_outbox') IS NOT NULL", 0, NULL, PGRES_TUPLES_OK);
@@ -178,15 +124,15 @@ struct store_pg_sms *store_pg_sms_open(const struct store_opts *o, char *errbuf,
     PQclear(r);
     if (!have) {
         snprintf(errbuf, errcap, "store: the database has no SMS tables (%s)",
-                 r ? "open it with this build first" : p->err);
+                 r ? "open it with this build first" : p->c.err);
         goto fail;
     }
     /* Texts a previous run of this node claimed and never finished: ours
      * again at once (another node's stay theirs until their lease ends). */
-    const char *v[1] = { p->node };
+    const char *v[1] = { p->c.node };
     if (exec_cmd(p, "UPDATE sms_outbox SET lease_until = NULL WHERE owner = $1"
                     " AND state = 'pending' AND lease_until IS NOT NULL", 1, v) < 0) {
-        snprintf(errbuf, errcap, "store: SMS tables: %s", p->err);
+        snprintf(errbuf, errcap, "store: SMS tables: %s", p->c.err);
         goto fail;
     }
     return p;
@@ -199,52 +145,19 @@ void store_pg_sms_close(struct store_pg_sms *p)
 {
     if (!p)
         return;
-    if (p->conn)
-        PQfinish(p->conn);
-    if (p->password) {
-        explicit_bzero(p->password, strlen(p->password));
-        free(p->password);
-    }
-    free(p->url);
-    free(p->node);
+    store_pg_side_release(&p->c);
     buf_release(&p->arr);
     free(p);
 }
 
 const char *store_pg_sms_errmsg(const struct store_pg_sms *p)
 {
-    return p->err[0] ? p->err : "no error";
+    return p->c.err[0] ? p->c.err : "no error";
 }
 
-int store_pg_sms_begin(struct store_pg_sms *p)
-{
-    if (exec_cmd(p, "BEGIN", 0, NULL) < 0)
-        return -1;
-    p->in_tx = 1;
-    return 0;
-}
-
-int store_pg_sms_commit(struct store_pg_sms *p)
-{
-    PGresult *r = run(p, "COMMIT", 0, NULL, PGRES_COMMAND_OK);
-    /* COMMIT of a failed transaction answers ROLLBACK. */
-    int ok = r && strcmp(PQcmdStatus(r), "COMMIT") == 0;
-    if (r && !ok)
-        snprintf(p->err, sizeof p->err, "transaction rolled back");
-    PQclear(r);
-    if (!ok)
-        store_pg_sms_rollback(p);
-    p->in_tx = 0;
-    return ok ? 0 : -1;
-}
-
-void store_pg_sms_rollback(struct store_pg_sms *p)
-{
-    if (p->conn && PQstatus(p->conn) == CONNECTION_OK &&
-        PQtransactionStatus(p->conn) != PQTRANS_IDLE)
-        PQclear(PQexec(p->conn, "ROLLBACK"));
-    p->in_tx = 0;
-}
+int store_pg_sms_begin(struct store_pg_sms *p) { return store_pg_side_begin(&p->c); }
+int store_pg_sms_commit(struct store_pg_sms *p) { return store_pg_side_commit(&p->c); }
+void store_pg_sms_rollback(struct store_pg_sms *p) { store_pg_side_rollback(&p->c); }
 
 /* ---- facts --------------------------------------------------------------- */
 
@@ -284,7 +197,7 @@ int store_pg_sms_scan(struct store_pg_sms *p, unsigned max, store_sms_fact_cb cb
     struct store_sms_fact *f = calloc(1, sizeof *f);
     if (!f) {
         PQclear(r);
-        snprintf(p->err, sizeof p->err, "out of memory");
+        snprintf(p->c.err, sizeof p->c.err, "out of memory");
         return -1;
     }
     buf_reset(&p->arr);
@@ -469,7 +382,7 @@ int store_pg_sms_claim(struct store_pg_sms *p, int64_t now_ms, const char *first
     char now[24], lease[24];
     snprintf(now, sizeof now, "%" PRId64, now_ms);
     snprintf(lease, sizeof lease, "%" PRIu32, p->lease_ms);
-    const char *v[4] = { now, first_sent_now, p->node, lease };
+    const char *v[4] = { now, first_sent_now, p->c.node, lease };
     /* The lease is checked again by the UPDATE itself: a row another
      * claim changed meanwhile is re-read there, never taken twice. */
     PGresult *r = run(p,
@@ -533,7 +446,7 @@ static int still_mine(struct store_pg_sms *p, PGresult *r, int64_t id)
     int mine = changed(r) == 1;
     PQclear(r);
     if (!mine)
-        snprintf(p->err, sizeof p->err, "text %" PRId64 " is no longer this node's", id);
+        snprintf(p->c.err, sizeof p->c.err, "text %" PRId64 " is no longer this node's", id);
     return mine ? 0 : -1;
 }
 
@@ -545,7 +458,7 @@ int store_pg_sms_finish(struct store_pg_sms *p, int64_t id, enum store_sms_text_
     snprintf(a_st, sizeof a_st, "%d", status);
     snprintf(a_now, sizeof a_now, "%" PRId64, now_ms);
     const char *v[7] = { a_id, text_state_names[state <= STORE_SMS_SKIPPED ? state : STORE_SMS_FAILED],
-                         status ? a_st : NULL, opt(error), opt(message_id), a_now, p->node };
+                         status ? a_st : NULL, opt(error), opt(message_id), a_now, p->c.node };
     PGresult *r = run(p,
                       "UPDATE sms_outbox SET state = $2, last_status = $3, last_error = $4,"
                       " message_id = COALESCE($5, message_id), done_ms = $6, text = NULL,"
@@ -562,7 +475,7 @@ int store_pg_sms_retry(struct store_pg_sms *p, int64_t id, int status, const cha
     snprintf(a_id, sizeof a_id, "%" PRId64, id);
     snprintf(a_st, sizeof a_st, "%d", status);
     snprintf(a_next, sizeof a_next, "%" PRId64, next_ms);
-    const char *v[5] = { a_id, status ? a_st : NULL, opt(error), a_next, p->node };
+    const char *v[5] = { a_id, status ? a_st : NULL, opt(error), a_next, p->c.node };
     PGresult *r = run(p,
                       "UPDATE sms_outbox SET last_status = $2, last_error = $3, next_ms = $4,"
                       " lease_until = NULL WHERE id = $1 AND state = 'pending' AND owner = $5",
@@ -620,7 +533,7 @@ int store_pg_sms_count_add(struct store_pg_sms *p, const char *name, int64_t n)
 {
     char a_n[24];
     snprintf(a_n, sizeof a_n, "%" PRId64, n);
-    const char *v[3] = { p->node, name, a_n };
+    const char *v[3] = { p->c.node, name, a_n };
     return exec_cmd(p,
                     "INSERT INTO sms_counters (node, name, n) VALUES ($1, $2, $3)"
                     " ON CONFLICT (node, name) DO UPDATE SET n = sms_counters.n + EXCLUDED.n",
@@ -630,7 +543,7 @@ int store_pg_sms_count_add(struct store_pg_sms *p, const char *name, int64_t n)
 int store_pg_sms_counters(struct store_pg_sms *p,
                           void (*cb)(void *ud, const char *name, uint64_t n), void *ud)
 {
-    const char *v[1] = { p->node };
+    const char *v[1] = { p->c.node };
     PGresult *r = run(p, "SELECT name, n FROM sms_counters WHERE node = $1", 1, v,
                       PGRES_TUPLES_OK);
     if (!r)

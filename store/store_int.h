@@ -233,6 +233,33 @@ int store_db_disk_low(struct store *s, uint64_t now_ms);
 int store_db_ckpt_open(struct store *s, char *errbuf, size_t errcap);
 void store_db_ckpt_run(struct store *s);
 
+/* store/pg_side.c — the connection of one of the store's other users on
+ * PostgreSQL (pg_batch.c, pg_sms.c): made from its own copies of url,
+ * password and node, and made again after a break outside a transaction
+ * only.  err holds the last error (never the password). */
+struct store_pg_side {
+    struct pg_conn *conn;
+    struct store_opts opts;    /* type, url, password, node: the copies below */
+    char *url, *password, *node;
+    int in_tx;                 /* between begin and commit / rollback */
+    char err[256];
+};
+/* Copies what `o` says about the server; 0, or -1 (out of memory: release
+ * it all the same). */
+int store_pg_side_init(struct store_pg_side *c, const struct store_opts *o);
+void store_pg_side_release(struct store_pg_side *c);
+/* 0 with a usable connection, -1 with err. */
+int store_pg_side_ok(struct store_pg_side *c);
+void store_pg_side_error(struct store_pg_side *c, const char *libpq_message);
+/* One statement with text parameters (NULL: SQL NULL); the result when its
+ * status is `want` (an ExecStatusType), else NULL with err kept. */
+struct pg_result *store_pg_side_run(struct store_pg_side *c, const char *sql, int n,
+                                    const char *const *v, int want, int binary);
+int store_pg_side_begin(struct store_pg_side *c);
+/* -1 when the COMMIT failed or the transaction had (it is rolled back). */
+int store_pg_side_commit(struct store_pg_side *c);
+void store_pg_side_rollback(struct store_pg_side *c);
+
 /* store/pg_batch.c — the audit batches on PostgreSQL, behind the
  * store_batches_* calls of store/batch.c (same meaning, see store.h). */
 struct store_pg_batches;
