@@ -388,12 +388,9 @@ class Daemon:
             "    type: file",
             f"    directory: {_yaml_str(self.dir / 'out')}",
             "  sms:",
-        ] + ([
-            "    type: none",     # not on PostgreSQL yet
-        ] if self.pg else [
             "    type: file",
             f"    path: {_yaml_str(self.dir / 'sms.jsonl')}",
-        ]) + [
+        ] + [
             "metrics:",
             "  enabled: false",
         ]

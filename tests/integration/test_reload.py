@@ -136,10 +136,6 @@ class SchemaChange(unittest.TestCase):
 class SchemaChangeOnPostgreSQL(OnPostgreSQL, SchemaChange):
     """The same on store.type postgresql: row layouts are shared by the
     nodes (table row_layouts), rows and blocks carry theirs."""
-    SQLITE_ONLY = {
-        "test_reload_the_sms_sink_cannot_follow_is_refused":
-            "the SMS sink does not run on PostgreSQL yet",
-    }
 
 
 if __name__ == "__main__":
