@@ -11,6 +11,9 @@
 #   steady  BENCH_MESSAGES messages each, 8 × 1 and 8 × 32;
 #   restart the daemon stopped and started again on that store, metrics on:
 #           BENCH_MESSAGES each, 8 × 1 and 8 × 32.
+# Then, when PostgreSQL is installed, the same on a throwaway local server
+# (tests/bench/pg_bench.py: cold, warm-up, steady on a new database; its
+# ratios use the null responder's rates above).
 #   BENCH_COLD (60000), BENCH_WARMUP (150000), BENCH_MESSAGES (60000),
 #   BENCH_FILE (the 600-byte ADT^A01), BENCH_AUDIT_MESSAGES (200000),
 #   BENCH_AUDIT_WARMUP (150000) and BENCH_BACKLOG (500000) for the audit
@@ -108,6 +111,18 @@ echo " load = 1-minute load average of the machine when the scenario ended)"
 # The writer's own account (cold + warm-up + steady): how many messages
 # shared a commit and what a commit cost, fsync included.
 grep -o 'event=store_close.*' "$work/hl7bridge.log" | sed 's/^event=store_close/store writer:/' || true
+# The same phases on PostgreSQL, beside the figures above (same null
+# responder and SQLite rates), when the server binaries are installed.
+echo
+if /usr/bin/python3 -c 'import sys; sys.path.insert(0, "tests/integration"); import pgserver
+sys.exit(0 if pgserver.available() else 1)'; then
+    BENCH_NULL="8x1=$(field "${res[null-8x1]}" rate),8x32=$(field "${res[null-8x32]}" rate)" \
+    BENCH_SQLITE="8x1=$(field "${res[steady-8x1]}" rate),8x32=$(field "${res[steady-8x32]}" rate)" \
+    BENCH_MESSAGES=$msgs /usr/bin/python3 tests/bench/pg_bench.py "$build" ||
+        echo "bench: the PostgreSQL phase failed"
+else
+    echo "(no PostgreSQL figures: PostgreSQL is not installed; scripts/deps.sh test installs it)"
+fi
 [ -n "${BENCH_INGEST_ONLY:-}" ] && exit 0
 if [ -x "$build/bench/bench_mapping" ]; then echo; "$build/bench/bench_mapping"; fi
 echo

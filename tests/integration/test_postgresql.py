@@ -24,6 +24,10 @@ test process (pgserver.shared()); each test gets its own database.
   too) and their rows purged once for the cluster, nothing while the
   housekeeping lock is held elsewhere; `stats --daily` counting each
   message once for the two nodes;
+- a COMMIT the server refuses (a deferred constraint) answered AE, also
+  inside a large group from several connections: what shared its
+  transaction AE and not stored, every AA'd message stored, each
+  connection's ACKs in its order;
 - a schema newer than the build refused by `check` and `run`;
 - `check`: what is wrong (password, unreachable server), the password never
   printed or logged; a password file others may read, a password in
@@ -481,6 +485,57 @@ class CommitFails(unittest.TestCase):
             self.assertEqual(c.request(make_message("AFTER")).code, "AA")
         rows = SERVER.psql("SELECT control_id FROM messages ORDER BY id", db)
         self.assertEqual(rows, [["BEFORE"], ["AFTER"]])
+
+        # A large group: the writer is held up by a table lock on a first
+        # message while 150 messages from three connections queue behind it
+        # (one group once the lock goes), one of them refused at COMMIT.
+        # Whatever shared its transaction is answered AE and not stored;
+        # every AA'd message is stored; each connection's ACKs come in its
+        # order.
+        env = dict(os.environ, PGPASSWORD=pgserver.PASSWORD)
+        holder = subprocess.Popen(
+            ["psql", "-X", "-q", "-A", "-t", "-h", "127.0.0.1", "-p", str(SERVER.port), "-U",
+             pgserver.SUPERUSER, "-d", db], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, env=env, text=True)
+        try:
+            holder.stdin.write("BEGIN;\nLOCK TABLE messages IN EXCLUSIVE MODE;\nSELECT 'held';\n")
+            holder.stdin.flush()
+            self.assertEqual(holder.stdout.readline().strip(), "held")
+            conns = [d.connect() for _ in range(4)]
+            conns[0].send(make_message("BLOCKED"))
+            wait_for(lambda: SERVER.psql(
+                "SELECT COUNT(*) FROM pg_locks WHERE NOT granted"
+                " AND relation = 'messages'::regclass", db) != [["0"]], 60, "the writer waiting")
+            sent = [[] for _ in conns]
+            for i in range(150):
+                ctl = "FAILCOMMIT" if i == 97 else f"G{i:03d}"
+                k = 1 + i % 3
+                conns[k].send(make_message(ctl))
+                sent[k].append(ctl)
+            wait_for(lambda: d.status()["store"]["queue_depth"] >= 151, 60, "messages queued")
+            holder.stdin.write("COMMIT;\n")
+            holder.stdin.close()
+            holder.wait(30)
+            answered = {}
+            self.assertEqual(conns[0].recv_ack().code, "AA")
+            for k in range(1, 4):
+                for ctl in sent[k]:
+                    ack = conns[k].recv_ack()
+                    self.assertEqual(ack.control_id.decode(), ctl, "ACKs out of order")
+                    answered[ctl] = ack.code
+            for c in conns:
+                c.close()
+        finally:
+            if holder.poll() is None:
+                holder.kill()
+                holder.wait(30)
+        self.assertEqual(answered["FAILCOMMIT"], "AE")
+        stored = {r[0] for r in SERVER.psql("SELECT control_id FROM messages", db)}
+        for ctl, code in answered.items():
+            self.assertIn(code, ("AA", "AE"), ctl)
+            self.assertEqual(ctl in stored, code == "AA", f"{ctl} answered {code}")
+        if os.environ.get("HB_TEST_SHOW"):
+            print("AE:", sorted(c for c, v in answered.items() if v == "AE"))
         d.assert_stops_cleanly()
 
 
