@@ -49,7 +49,15 @@ int cmd_backup(int argc, char **argv)
     struct config *cfg = load_config_or_report(path, explicit_path, &path);
     if (!cfg)
         return 1;
-    if (cli_sqlite_only(cfg, "backup")) {
+    if (cfg->store.type == CONFIG_STORE_POSTGRESQL) {
+        /* The store is the server's database: its own tools copy it
+         * consistently while every node writes. */
+        fprintf(stderr,
+                "hl7bridge backup: copies the SQLite file only; with store.type postgresql "
+                "back up the database with the server's tools instead: pg_dump (e.g. "
+                "pg_dump -Fc -f hl7bridge.dump DBNAME, restored with pg_restore), or the "
+                "server's own backups (pg_basebackup with WAL archiving, or the managed "
+                "service's point-in-time restore)\n");
         config_free(cfg);
         return 1;
     }

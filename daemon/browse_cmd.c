@@ -349,13 +349,11 @@ int cmd_messages(int argc, char **argv)
     struct config *cfg = load_config_or_report(path, explicit_path, &path);
     if (!cfg)
         return 1;
-    if (cli_sqlite_only(cfg, "messages")) {
-        config_free(cfg);
-        return 1;
-    }
     char err[512];
     int rc = 1;
-    struct store_browser *b = store_browser_open(cfg->store.path, 0, err, sizeof err);
+    struct store_opts where = {0};
+    run_store_where(cfg, &where);
+    struct store_browser *b = store_browser_open(&where, 0, err, sizeof err);
     if (!b) {
         fprintf(stderr, "hl7bridge messages: %s\n", err);
         goto out;
@@ -503,7 +501,8 @@ int cmd_show(int argc, char **argv)
     struct config *cfg = load_config_or_report(path, explicit_path, &path);
     if (!cfg)
         return 1;
-    if (cli_sqlite_only(cfg, "show")) {
+    /* A reveal writes its access into the journal: not on PostgreSQL yet. */
+    if (reveal && cli_sqlite_only(cfg, "show --reveal")) {
         config_free(cfg);
         return 1;
     }
@@ -512,7 +511,9 @@ int cmd_show(int argc, char **argv)
     struct buf raw;
     buf_init(&raw, SHOW_RAW_MAX);
     struct store_browse_entry e;
-    struct store_browser *b = store_browser_open(cfg->store.path, reveal, err, sizeof err);
+    struct store_opts where = {0};
+    run_store_where(cfg, &where);
+    struct store_browser *b = store_browser_open(&where, reveal, err, sizeof err);
     if (!b) {
         fprintf(stderr, "hl7bridge show: %s\n", err);
         goto out;

@@ -618,7 +618,9 @@ static enum MHD_Result reply_messages(struct http_monitor *m, struct MHD_Connect
     int json = fmt && strcmp(fmt, "json") == 0;
 
     char err[512];
-    struct store_browser *b = store_browser_open(m->cfg->store.path, 0, err, sizeof err);
+    struct store_opts where = {0};
+    run_store_where(m->cfg, &where);
+    struct store_browser *b = store_browser_open(&where, 0, err, sizeof err);
     if (!b)
         return reply_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "store not readable\n");
     struct buf out;
@@ -679,10 +681,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (strcmp(url, "/") == 0 || strcmp(url, "/index.html") == 0)
         return reply_page(m, conn, PAGE_HTML);
     if (strcmp(url, "/messages") == 0)
-        return m->cfg->store.type == CONFIG_STORE_SQLITE
-                   ? reply_messages(m, conn)
-                   : reply_text(conn, MHD_HTTP_NOT_IMPLEMENTED,
-                                "the message browser does not run on store.type postgresql yet\n");
+        return reply_messages(m, conn);
     if (strcmp(url, "/healthz") == 0)
         return reply_text(conn, MHD_HTTP_OK, "ok\n");
     if (strcmp(url, "/readyz") == 0)

@@ -205,7 +205,8 @@ int reprocess_run(const char *store_path, const struct mapping *mp, enum mapping
         sink_glue_layout_of(&(struct store_opts){ .path = store_path }, mp, fmt, eol, &r.layout,
                             errbuf, errcap) != 0)
         goto out;
-    r.b = store_browser_open(store_path, !rq->dry_run, errbuf, errcap);
+    r.b = store_browser_open(&(struct store_opts){ .path = store_path }, !rq->dry_run, errbuf,
+                             errcap);
     if (!r.b)
         goto out;
     if (rq->n_ids) {

@@ -16,11 +16,15 @@
  * with the ingest writer, so its message id and row ids come after every
  * committed one, which is what the audit batches assume.
  *
+ * On PostgreSQL the searches and reads are store/pg_browse.c's (read only;
+ * reprocess and reveal, which add journal entries, do not run there yet).
+ *
  * Threads: one struct store_browser per thread; any process. */
 #include "store/store_int.h"
 
 #include "core/num.h"
 
+#include <libpq-fe.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +34,7 @@
 struct store_browser {
     sqlite3 *db;
     struct store_busy busy;
+    struct store_pg_browser *pg;  /* PostgreSQL instead of db */
 };
 
 static const char *const status_names[] = {
@@ -127,14 +132,26 @@ static void read_rej(sqlite3_stmt *st, struct store_browse_entry *e)
 
 /* ---- open / close -------------------------------------------------------- */
 
-struct store_browser *store_browser_open(const char *path, int writable, char *errbuf,
-                                         size_t errcap)
+struct store_browser *store_browser_open(const struct store_opts *o, int writable,
+                                         char *errbuf, size_t errcap)
 {
     struct store_browser *b = calloc(1, sizeof *b);
     if (!b) {
         snprintf(errbuf, errcap, "store: out of memory");
         return NULL;
     }
+    if (o->type == STORE_POSTGRESQL) {
+        if (writable) {
+            snprintf(errbuf, errcap, "store: journal entries (reprocess, reveal) are not "
+                                     "written on PostgreSQL yet");
+            goto fail;
+        }
+        b->pg = store_pg_browser_open(o, errbuf, errcap);
+        if (!b->pg)
+            goto fail;
+        return b;
+    }
+    const char *path = o->path;
     int flags = (writable ? SQLITE_OPEN_READWRITE : SQLITE_OPEN_READONLY) | SQLITE_OPEN_NOMUTEX;
     if (sqlite3_open_v2(path, &b->db, flags, NULL) != SQLITE_OK) {
         snprintf(errbuf, errcap, "store: open %s: %s", path,
@@ -171,6 +188,7 @@ void store_browser_close(struct store_browser *b)
         return;
     if (b->db)
         sqlite3_close(b->db);
+    store_pg_browser_close(b->pg);
     free(b);
 }
 
@@ -461,10 +479,49 @@ static int may_match(struct store_browser *b, const struct store_browse_filter *
     return 1;
 }
 
+/* The same merge over PostgreSQL's two results. */
+static int pg_list(struct store_browser *b, const struct store_browse_filter *f,
+                   int (*cb)(void *ud, const struct store_browse_entry *e), void *ud,
+                   char *errbuf, size_t errcap)
+{
+    int want_msg = f->status != STORE_BROWSE_REJECTED;
+    int want_rej = f->status == STORE_BROWSE_ANY || f->status == STORE_BROWSE_REJECTED;
+    PGresult *ms = NULL, *rs = NULL;
+    int ret = -1;
+    if ((want_msg && !(ms = store_pg_browse_search(b->pg, f, 0, errbuf, errcap))) ||
+        (want_rej && !(rs = store_pg_browse_search(b->pg, f, 1, errbuf, errcap))))
+        goto out;
+    int nm = ms ? PQntuples(ms) : 0, nr = rs ? PQntuples(rs) : 0, i = 0, j = 0;
+    uint64_t n = 0;
+    struct store_browse_entry me, re;
+    ret = 0;
+    while ((i < nm || j < nr) && (!f->limit || n < f->limit)) {
+        if (i < nm)
+            store_pg_browse_read(ms, i, 0, &me);
+        if (j < nr)
+            store_pg_browse_read(rs, j, 1, &re);
+        int take_msg = i < nm && (j >= nr || me.received_ms >= re.received_ms);
+        int stop = cb(ud, take_msg ? &me : &re);
+        i += take_msg;
+        j += !take_msg;
+        n++;
+        if (stop) {
+            ret = stop;
+            break;
+        }
+    }
+out:
+    PQclear(ms);
+    PQclear(rs);
+    return ret;
+}
+
 int store_browser_list(struct store_browser *b, const struct store_browse_filter *f,
                        int (*cb)(void *ud, const struct store_browse_entry *e), void *ud,
                        char *errbuf, size_t errcap)
 {
+    if (b->pg)
+        return pg_list(b, f, cb, ud, errbuf, errcap);
     int want_msg = f->status != STORE_BROWSE_REJECTED;
     if (want_msg && !f->control_id) {
         int mm = may_match(b, f);
@@ -557,6 +614,8 @@ int store_browser_get(struct store_browser *b, const char *id, struct store_brow
     int rejected;
     if (parse_id(id, &n, &rejected) != 0)
         return 0;
+    if (b->pg)
+        return store_pg_browser_get(b->pg, n, rejected, out, raw, errbuf, errcap);
     sqlite3_stmt *st = NULL;
     const char *sql = rejected ? "SELECT " REJ_COLUMNS ", m.raw FROM rejected m WHERE m.id = ?1"
                                : "SELECT " MSG_COLUMNS ", m.raw FROM messages m WHERE m.id = ?1";
@@ -593,6 +652,8 @@ int64_t store_browser_accepted_key(struct store_browser *b, const char *send_app
 {
     if (!control_id || !control_id[0])
         return 0;
+    if (b->pg)
+        return -1; /* only a writable browser asks, and there is none on PostgreSQL */
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(b->db,
                            "SELECT id FROM messages WHERE send_app = ?1 AND send_fac = ?2"
@@ -644,6 +705,10 @@ int64_t store_browser_add(struct store_browser *b, const struct store_journal_en
 {
     sqlite3_stmt *st = NULL;
     int64_t id = -1;
+    if (b->pg) {
+        snprintf(errbuf, errcap, "store: journal entries are not written on PostgreSQL yet");
+        return -1;
+    }
     if (store_sql_exec(b->db, "BEGIN IMMEDIATE") < 0)
         goto fail;
     if (sqlite3_prepare_v2(b->db,

@@ -386,10 +386,12 @@ struct store_browse_entry {
     int has_raw;                   /* its body is still stored */
 };
 
-/* Opens a connection (read-only unless `writable`) to a store that
- * store_open has created and migrated.  NULL with a message in errbuf. */
-struct store_browser *store_browser_open(const char *path, int writable, char *errbuf,
-                                         size_t errcap);
+/* Opens a connection (read-only unless `writable`) to the store `o` names
+ * (its path, or its url on PostgreSQL, where it shows every node's
+ * messages and cannot be writable yet), which store_open has created and
+ * migrated.  Nothing of `o` is kept.  NULL with a message in errbuf. */
+struct store_browser *store_browser_open(const struct store_opts *o, int writable,
+                                         char *errbuf, size_t errcap);
 void store_browser_close(struct store_browser *b); /* NULL is a no-op */
 
 /* Calls cb for each message matching f, newest first (received time), up to

@@ -318,6 +318,24 @@ int store_pg_sms_count_add(struct store_pg_sms *p, const char *name, int64_t n);
 int store_pg_sms_counters(struct store_pg_sms *p,
                           void (*cb)(void *ud, const char *name, uint64_t n), void *ud);
 int store_pg_sms_pending(struct store_pg_sms *p, uint64_t *texts, uint64_t *reminders);
+/* store/pg_browse.c — the message browser on PostgreSQL (read only),
+ * behind store/browse.c's store_browser_* calls. */
+struct store_pg_browser;
+struct pg_result;
+struct store_pg_browser *store_pg_browser_open(const struct store_opts *o, char *errbuf,
+                                               size_t errcap);
+void store_pg_browser_close(struct store_pg_browser *b);
+/* One table's matches of f (rejected or messages), newest first; read each
+ * row with store_pg_browse_read.  NULL with errbuf; PQclear the result. */
+struct pg_result *store_pg_browse_search(struct store_pg_browser *b,
+                                         const struct store_browse_filter *f, int rejected,
+                                         char *errbuf, size_t errcap);
+void store_pg_browse_read(const struct pg_result *r, int row, int rejected,
+                          struct store_browse_entry *e);
+/* As store_browser_get for journal (or rejected) message n. */
+int store_pg_browser_get(struct store_pg_browser *b, int64_t n, int rejected,
+                         struct store_browse_entry *out, struct buf *raw, char *errbuf,
+                         size_t errcap);
 /* store/pg_db.c: a connection (libpq's PGconn) for one of the store's
  * other users, made as the writer's is (timeout, application name, the
  * password apart).  Check PQstatus; NULL only when out of memory. */

@@ -594,6 +594,14 @@ class WhatIsStored(unittest.TestCase):
         stored = {r[0] for r in SERVER.psql("SELECT control_id FROM messages", db)}
         self.assertEqual({c for c in results if c.startswith("G")} - stored, set())
         self.assertFalse(any(c.startswith("REFUSE") for c in stored))
+        # `backup` copies a SQLite file: here it names the server's tools.
+        r = subprocess.run([str(d.bin), "backup", "-c", str(d.config_path), str(d.dir / "b.db")],
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+                           env=dict(os.environ, **d.env))
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("with store.type postgresql back up the database with the server's tools"
+                      " instead: pg_dump", r.stderr)
+        self.assertFalse((d.dir / "b.db").exists())
         d.assert_stops_cleanly()
 
 

@@ -1268,7 +1268,7 @@ static void test_browser_searches(void **state)
     assert_int_equal(r[3].status, STORE_STORED);
 
     char err[256];
-    struct store_browser *b = store_browser_open(fx->path, 0, err, sizeof err);
+    struct store_browser *b = store_browser_open(&(struct store_opts){ .path = fx->path }, 0, err, sizeof err);
     assert_non_null(b);
     struct store_browse_filter f;
     memset(&f, 0, sizeof f);
@@ -1336,7 +1336,7 @@ static void test_browser_searches(void **state)
     store_browser_close(b);
 
     /* A journal entry: after every message and row, origin marked. */
-    b = store_browser_open(fx->path, 1, err, sizeof err);
+    b = store_browser_open(&(struct store_opts){ .path = fx->path }, 1, err, sizeof err);
     assert_non_null(b);
     char qid[32];
     snprintf(qid, sizeof qid, "%lld", (long long)r[4].id);
