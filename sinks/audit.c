@@ -767,6 +767,19 @@ static void *audit_main(void *arg)
         log_info("audit_upload_abandoned", " batch=%lld", (long long)s->up[i]->b.id);
         xfer_free(s->up[i]);
     }
+    if (s->n_up) {
+        /* On a shared store another node takes them over now rather than
+         * after the lease: a node stopped for maintenance does not hold
+         * the cluster's deliveries for lease_s. */
+        uint64_t released = 0;
+        if (store_batches_release(s->sb, &released) < 0)
+            log_warn("audit_store_busy", " op=release error=\"%s\"",
+                     store_batches_errmsg(s->sb));
+        else if (released)
+            log_info("audit_blocks_released", " blocks=%llu hint=\"sent by another node or at "
+                     "the next start; the connector may see them twice\"",
+                     (unsigned long long)released);
+    }
     s->n_up = 0;
     if (s->tok_req) {
         curl_multi_remove_handle(s->multi, s->tok_req->easy);

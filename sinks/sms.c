@@ -923,6 +923,14 @@ static void *worker(void *ud)
         }
         pthread_mutex_unlock(s->mu);
     }
+    /* A text cut off by the stop stays claimed; on a shared store another
+     * node may send it now (same repeatability id) instead of after the
+     * lease. */
+    uint64_t released = 0;
+    if (store_sms_release(s->ss, &released) < 0)
+        log_warn("sms_store_failed", "step=release error=\"%s\"", store_sms_errmsg(s->ss));
+    else if (released)
+        log_info("sms_texts_released", "texts=%llu", (unsigned long long)released);
     return NULL;
 }
 

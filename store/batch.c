@@ -307,6 +307,13 @@ int store_batches_recover(struct store_batches *sb, uint64_t *resent)
     return 0;
 }
 
+int store_batches_release(struct store_batches *sb, uint64_t *released)
+{
+    *released = 0;
+    /* The same statement as a restart's recovery: only this node's name. */
+    return sb->pg ? store_pg_batches_recover(sb->pg, released) : 0;
+}
+
 /* ---- the batcher step ---------------------------------------------------- */
 
 static int push_sealed(struct store_batches *sb, const struct open_batch *o, int ends_mid)

@@ -105,6 +105,22 @@ static int try_lock(struct store_pg_sms *p)
 
 /* ---- open / close -------------------------------------------------------- */
 
+/* Frees this node's unfinished claims (a previous run's at open, its own at
+ * a clean stop); another node's stay theirs until their lease ends. */
+int store_pg_sms_release(struct store_pg_sms *p, uint64_t *released)
+{
+    *released = 0;
+    const char *v[1] = { p->c.node };
+    PGresult *r = run(p, "UPDATE sms_outbox SET lease_until = NULL WHERE owner = $1"
+                         " AND state = 'pending' AND lease_until IS NOT NULL", 1, v,
+                      PGRES_COMMAND_OK);
+    if (!r)
+        return -1;
+    *released = (uint64_t)strtoull(PQcmdTuples(r), NULL, 10);
+    PQclear(r);
+    return 0;
+}
+
 struct store_pg_sms *store_pg_sms_open(const struct store_opts *o, char *errbuf, size_t errcap)
 {
     struct store_pg_sms *p = calloc(1, sizeof *p);
@@ -129,9 +145,8 @@ struct store_pg_sms *store_pg_sms_open(const struct store_opts *o, char *errbuf,
     }
     /* Texts a previous run of this node claimed and never finished: ours
      * again at once (another node's stay theirs until their lease ends). */
-    const char *v[1] = { p->c.node };
-    if (exec_cmd(p, "UPDATE sms_outbox SET lease_until = NULL WHERE owner = $1"
-                    " AND state = 'pending' AND lease_until IS NOT NULL", 1, v) < 0) {
+    uint64_t freed;
+    if (store_pg_sms_release(p, &freed) < 0) {
         snprintf(errbuf, errcap, "store: SMS tables: %s", p->c.err);
         goto fail;
     }

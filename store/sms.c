@@ -596,6 +596,12 @@ int store_sms_counters(struct store_sms *ss, void (*cb)(void *ud, const char *na
     return rc == SQLITE_DONE ? 0 : -1;
 }
 
+int store_sms_release(struct store_sms *ss, uint64_t *released)
+{
+    *released = 0;
+    return ss->pg ? store_pg_sms_release(ss->pg, released) : 0;
+}
+
 int store_sms_pending(struct store_sms *ss, uint64_t *texts, uint64_t *reminders)
 {
     if (ss->pg)

@@ -530,6 +530,14 @@ const char *store_batches_errmsg(const struct store_batches *sb);
 int store_batches_recover(struct store_batches *sb, uint64_t *resent)
     __attribute__((warn_unused_result));
 
+/* Clean stop, after the sink abandoned its uploads: hands this node's
+ * `uploading` blocks back at once.  On PostgreSQL they go back to `sealed`
+ * with resends+1, so another node sends them now instead of after the
+ * lease; on SQLite nothing is done (no other node waits for them; the next
+ * start's recovery sends them).  *released gets how many.  0 / -1. */
+int store_batches_release(struct store_batches *sb, uint64_t *released)
+    __attribute__((warn_unused_result));
+
 /* One batcher step: appends rows not yet in a batch to the open batch,
  * sealing it whenever the next row would pass max_rows or max_bytes or has
  * another layout than the batch (a block has one header), and
@@ -907,6 +915,13 @@ int store_sms_counters(struct store_sms *ss, void (*cb)(void *ud, const char *na
                        void *ud) __attribute__((warn_unused_result));
 /* Pending texts, and how many of them are reminders. */
 int store_sms_pending(struct store_sms *ss, uint64_t *texts, uint64_t *reminders)
+    __attribute__((warn_unused_result));
+/* Clean stop: texts this node claimed and did not finish are free for any
+ * node at once (PostgreSQL; their repeatability id stays, so a text that
+ * did reach the provider is not delivered twice).  Nothing on SQLite.
+ * *released gets how many.  Only the SMS sink calls it: another process
+ * under the same node name would free the running daemon's claims. */
+int store_sms_release(struct store_sms *ss, uint64_t *released)
     __attribute__((warn_unused_result));
 /* ==== end of SMS schedule ================================================= */
 

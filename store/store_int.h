@@ -294,6 +294,7 @@ int store_pg_layout_register(const struct store_opts *o, const char *header,
 struct store_pg_sms;
 struct store_pg_sms *store_pg_sms_open(const struct store_opts *o, char *errbuf, size_t errcap);
 void store_pg_sms_close(struct store_pg_sms *p);
+int store_pg_sms_release(struct store_pg_sms *p, uint64_t *released);
 const char *store_pg_sms_errmsg(const struct store_pg_sms *p);
 int store_pg_sms_begin(struct store_pg_sms *p);
 int store_pg_sms_commit(struct store_pg_sms *p);

@@ -27,6 +27,10 @@ claimed it, that node is killed with SIGKILL, and the survivor sends the
 held text again after its lease — with the same repeatability id and
 first-sent date, so the emulator does not deliver it twice — and sends the
 reminders that fell due while the node was dead, once.
+
+Clean stop (CleanStopHandsOver, CleanStopHandsOverText): a node stopped
+with SIGTERM while the connector (or ACS) holds its upload (text) hands it
+back at once; the other node sends it although the lease is ten minutes.
 """
 
 import os
@@ -545,3 +549,68 @@ class TwoNodesTextOnce(SMSBase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class CleanStopHandsOver(PgDeliveryBase):
+    """A node stopped cleanly (SIGTERM: maintenance, a rolling upgrade)
+    hands what it had in flight to the cluster at once.  The lease is ten
+    minutes here, so the survivor can only have sent the work within the
+    hang guard because the stopping node released it."""
+
+    def test_stopped_nodes_block_sent_by_the_other_node_without_waiting_for_the_lease(self):
+        db = SERVER.create_db("hbhandover")
+        port = harness.free_port()
+        audit = self.purview(port, batch={"max_rows": 40, "max_bytes": "64MiB", "max_age_s": 1},
+                             max_parallel_uploads=1, lease_s=600, timeout_s=120)
+        a = PgAuditDaemon(self, audit, db, "node-a")
+        emu = self.emulator(a.header_line(), port=port)
+        self.addCleanup(emu.release.set)
+        emu.upload_faults = ["hang"]               # A's first upload is never answered
+        b = PgAuditDaemon(self, audit, db, "node-b")
+        a.start()
+        b.start()
+        self.assertEqual(send_all(a.port, messages(40), conns=2), 40)
+        self.assertTrue(emu.hanging.wait(30), "no upload reached the emulator\n" + a.log()[-2000:])
+        held = q("SELECT id, owner FROM batches WHERE state = 'uploading'", db)
+        self.assertEqual(len(held), 1, held)
+        nodes = {"node-a": a, "node-b": b}
+        holder = nodes.pop(held[0][1])            # either node may have claimed it
+        (other_name, other), = nodes.items()
+        self.assertEqual(holder.stop(), 0, holder.log()[-3000:])
+        self.assertIn("event=audit_blocks_released blocks=1", holder.log())
+        wait_for(lambda: q(f"SELECT state, owner, resends FROM batches WHERE id = {held[0][0]}",
+                           db) == [["done", other_name, "1"]],
+                 60, "the stopped node's block sent by the other node", db, other)
+        self.assertEqual(emu.accepted_count(), 40)
+        self.assertEqual(emu.violations, [])
+        other.assert_stops_cleanly()
+
+
+class CleanStopHandsOverText(SMSBase):
+    def test_stopped_nodes_text_sent_by_the_other_node_without_waiting_for_the_lease(self):
+        db = SERVER.create_db("hbsmsstop")
+        emu = self.emulator()
+        lines = self.acs_lines(emu.port, ["lease_s: 600"])
+        a = PgSMSDaemon(self, lines, db, "node-a")
+        b = PgSMSDaemon(self, lines, db, "node-b")
+        emu.fail_next("hold", 0)                   # delivered, the answer held
+        a.start()
+        self.send(a, siu("S12", "T1", time.time() + 2 * 86400))
+        self.assertTrue(emu.holding.wait(30), "no text reached the emulator\n" + a.log()[-2000:])
+        rid = emu.held[0]
+        self.assertEqual(q("SELECT owner, state FROM sms_outbox WHERE request_id = "
+                           f"'{rid}'", db), [["node-a", "pending"]])
+        b.start()
+        self.assertEqual(a.stop(), 0, a.log()[-3000:])
+        self.assertIn("event=sms_texts_released texts=1", a.log())
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and q(
+                f"SELECT state FROM sms_outbox WHERE request_id = '{rid}'", db) != [["sent"]]:
+            time.sleep(0.1)
+        self.assertEqual(q(f"SELECT owner, state, attempts FROM sms_outbox WHERE request_id ="
+                           f" '{rid}'", db), [["node-b", "sent", "2"]], b.log()[-3000:])
+        # the same repeatability id twice, delivered once
+        self.assertEqual([r for _, r in emu.requests].count(rid), 2)
+        self.assertEqual([g["request_id"] for g in emu.delivered()].count(rid), 1)
+        self.assertNoProtocolErrors(emu)
+        b.assert_stops_cleanly()
