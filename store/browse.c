@@ -347,13 +347,19 @@ static int control_id_ids(struct store_browser *b, const char *cid, struct buf *
     int ret = -1;
     /* The next sender after (a, f): the next facility of a, else the first
      * of the next application — two seeks on the key (a row-value range
-     * seeks on the application only and scans its facilities). */
+     * seeks on the application only and scans its facilities).  Every
+     * statement says "control_id IS NOT NULL": the key index is partial on
+     * it, and without the condition SQLite may not use it (a whole-table
+     * scan and sort per sender); a message without one has no control id
+     * to find anyway. */
     if (sqlite3_prepare_v2(b->db, "SELECT send_app, send_fac FROM messages"
+                                  " WHERE control_id IS NOT NULL"
                                   " ORDER BY send_app, send_fac LIMIT 1", -1, &first, NULL) ||
         sqlite3_prepare_v2(b->db, "SELECT send_app, send_fac FROM messages WHERE send_app = ?1"
-                                  " AND send_fac > ?2 ORDER BY send_fac LIMIT 1", -1, &next_fac,
-                           NULL) ||
+                                  " AND send_fac > ?2 AND control_id IS NOT NULL"
+                                  " ORDER BY send_fac LIMIT 1", -1, &next_fac, NULL) ||
         sqlite3_prepare_v2(b->db, "SELECT send_app, send_fac FROM messages WHERE send_app > ?1"
+                                  " AND control_id IS NOT NULL"
                                   " ORDER BY send_app, send_fac LIMIT 1", -1, &next_app, NULL) ||
         sqlite3_prepare_v2(b->db, "SELECT id FROM messages WHERE send_app = ?1"
                                   " AND send_fac = ?2 AND control_id = ?3", -1, &look, NULL))
