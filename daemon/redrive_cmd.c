@@ -4,13 +4,15 @@
  * - audit blocks (`audit:N`, or plain N as before): blocks of the audit
  *   sink the connector refused, in the store's `batches`.  Redrive puts
  *   them back in the upload queue (failed → sealed); the running daemon's
- *   sink sends them at its next turn (or the next start).
+ *   sink sends them at its next turn (or the next start).  On PostgreSQL
+ *   the same, on the blocks every node shares (any node then claims it).
  * - upload blocks (`upload:N`): blocks of files sent by `hl7bridge upload`
  *   or inputs.files that failed for good, kept with their content in the
  *   store (store/upload.c).  No daemon sends those, so redrive sends them
  *   itself, now, through the same client as `upload` (daemon/upload.c),
  *   and records each delivered block in the file's checkpoint, so neither
  *   a later rerun of the upload nor another redrive sends it again.
+ *   SQLite only (uploads do not run on PostgreSQL).
  *
  * Output is one line per block, starting with its id as the command takes
  * it, so a script can list, pick and redrive; exit status 0 when every
@@ -116,6 +118,9 @@ static void list_kept(void *ud, const struct store_upload_kept *k)
 /* What the command works with, opened as needed. */
 struct redrive {
     const struct config *cfg;
+    struct store_opts where;   /* the store (path, or url on PostgreSQL) */
+    const char *shown;         /* how messages name it */
+    int on_pg;                 /* PostgreSQL: audit blocks only (no kept upload blocks there) */
     struct store_upload *su;   /* listing kept blocks */
     struct mapping *mp;        /* for the upload client's options */
     struct upload *up;         /* sending kept blocks */
@@ -156,19 +161,18 @@ static int do_list(struct redrive *r)
 {
     char err[512];
     uint64_t na = 0, nu = 0;
-    if (store_batches_list_failed(r->cfg->store.path, list_batch, NULL, &na, err, sizeof err) !=
-        0) {
+    if (store_batches_list_failed(&r->where, list_batch, NULL, &na, err, sizeof err) != 0) {
         fprintf(stderr, "hl7bridge redrive: %s\n", err);
         return 1;
     }
-    if (open_kept(r) < 0)
+    if (!r->on_pg && open_kept(r) < 0)
         return 1;
-    if (store_upload_kept_list(r->su, 0, list_kept, NULL, &nu) < 0) {
+    if (!r->on_pg && store_upload_kept_list(r->su, 0, list_kept, NULL, &nu) < 0) {
         fprintf(stderr, "hl7bridge redrive: store: %s\n", store_upload_errmsg(r->su));
         return 1;
     }
     if (na + nu == 0)
-        printf("no failed block in %s\n", r->cfg->store.path);
+        printf("no failed block in %s\n", r->shown);
     return 0;
 }
 
@@ -176,16 +180,15 @@ static int do_list(struct redrive *r)
 static int requeue_audit(struct redrive *r, int64_t id, uint64_t *n)
 {
     char err[512];
-    const char *path = r->cfg->store.path;
-    if (store_batches_redrive(path, id, requeue_batch, NULL, n, err, sizeof err) != 0) {
+    const char *path = r->shown;
+    if (store_batches_redrive(&r->where, id, requeue_batch, NULL, n, err, sizeof err) != 0) {
         fprintf(stderr, "hl7bridge redrive: %s\n", err);
         return -1;
     }
     if (*n || !id)
         return 0;
     /* Say why: unknown id, or a block that is not failed. */
-    const struct store_opts so = {.path = path};
-    struct store_batches *sb = store_batches_open(&so, err, sizeof err);
+    struct store_batches *sb = store_batches_open(&r->where, err, sizeof err);
     struct store_batch b;
     int found = sb ? store_batches_get(sb, id, &b) : -1;
     if (found == 1)
@@ -203,6 +206,11 @@ static int requeue_audit(struct redrive *r, int64_t id, uint64_t *n)
 static int send_kept(struct redrive *r, int64_t id, struct upload_redrive_counts *c)
 {
     memset(c, 0, sizeof *c);
+    if (r->on_pg) {
+        fprintf(stderr, "hl7bridge redrive: upload blocks are not kept on PostgreSQL "
+                        "(`hl7bridge upload` runs on SQLite only)\n");
+        return -1;
+    }
     if (open_upload(r) < 0)
         return -1;
     if (upload_redrive(r->up, id, c) < 0)
@@ -221,13 +229,14 @@ static int do_all(struct redrive *r)
     char err[512];
     uint64_t na = 0, nu = 0, requeued = 0;
     int rc = 0;
-    if (store_batches_list_failed(r->cfg->store.path, NULL, NULL, &na, err, sizeof err) != 0) {
+    if (store_batches_list_failed(&r->where, NULL, NULL, &na, err, sizeof err) != 0) {
         fprintf(stderr, "hl7bridge redrive: %s\n", err);
         return 1;
     }
     if (na && requeue_audit(r, 0, &requeued) < 0)
         rc = 1;
-    if (open_kept(r) < 0 || store_upload_kept_list(r->su, 0, NULL, NULL, &nu) < 0) {
+    if (!r->on_pg &&
+        (open_kept(r) < 0 || store_upload_kept_list(r->su, 0, NULL, NULL, &nu) < 0)) {
         if (r->su)
             fprintf(stderr, "hl7bridge redrive: store: %s\n", store_upload_errmsg(r->su));
         return 1;
@@ -237,7 +246,7 @@ static int do_all(struct redrive *r)
         rc = 1;
     if (!requeued && !c.found) {
         if (rc == 0)
-            printf("no failed block in %s\n", r->cfg->store.path);
+            printf("no failed block in %s\n", r->shown);
         return rc;
     }
     if (requeued)
@@ -326,19 +335,19 @@ int cmd_redrive(int argc, char **argv)
     struct config *cfg = load_config_or_report(path, explicit_path, &path);
     if (!cfg)
         goto out_ids;
-    if (cli_sqlite_only(cfg, "redrive")) {
-        config_free(cfg);
-        goto out_ids;
-    }
     /* Progress goes to stdout; the log says only what goes wrong. */
     if (cfg->log.level < LOG_WARN)
         log_set_level(LOG_WARN);
-    if (access(cfg->store.path, F_OK) != 0) {
+    struct redrive r = { .cfg = cfg, .shown = cfg->store.path,
+                         .on_pg = cfg->store.type == CONFIG_STORE_POSTGRESQL };
+    run_store_where(cfg, &r.where);
+    if (r.on_pg) {
+        r.shown = "the PostgreSQL store";
+    } else if (access(cfg->store.path, F_OK) != 0) {
         fprintf(stderr, "hl7bridge redrive: no store at %s\n", cfg->store.path);
         config_free(cfg);
         goto out_ids;
     }
-    struct redrive r = { .cfg = cfg };
     rc = list ? do_list(&r) : all ? do_all(&r) : do_ids(&r, ids, nids);
     redrive_release(&r);
     config_free(cfg);

@@ -934,10 +934,29 @@ static sqlite3 *open_path(const char *path, int flags, char *errbuf, size_t errc
     return db;
 }
 
-int store_batches_redrive(const char *path, int64_t id,
+/* The PostgreSQL side of redrive and its list. */
+static int pg_failed(const struct store_opts *o, int64_t id, int requeue,
+                     void (*cb)(void *ud, const struct store_batch *b), void *ud, uint64_t *n,
+                     char *errbuf, size_t errcap)
+{
+    *n = 0;
+    struct store_pg_batches *pb = store_pg_batches_open(o, errbuf, errcap);
+    if (!pb)
+        return -1;
+    int rc = store_pg_batches_failed(pb, id, requeue, cb, ud, n);
+    if (rc < 0)
+        snprintf(errbuf, errcap, "store: %s", store_pg_batches_errmsg(pb));
+    store_pg_batches_close(pb);
+    return rc;
+}
+
+int store_batches_redrive(const struct store_opts *o, int64_t id,
                           void (*cb)(void *ud, const struct store_batch *b), void *ud,
                           uint64_t *n, char *errbuf, size_t errcap)
 {
+    if (o->type == STORE_POSTGRESQL)
+        return pg_failed(o, id, 1, cb, ud, n, errbuf, errcap);
+    const char *path = o->path;
     *n = 0;
     sqlite3_stmt *st = NULL;
     int ret = -1;
@@ -993,10 +1012,13 @@ out:
     return ret;
 }
 
-int store_batches_list_failed(const char *path,
+int store_batches_list_failed(const struct store_opts *o,
                               void (*cb)(void *ud, const struct store_batch *b), void *ud,
                               uint64_t *n, char *errbuf, size_t errcap)
 {
+    if (o->type == STORE_POSTGRESQL)
+        return pg_failed(o, 0, 0, cb, ud, n, errbuf, errcap);
+    const char *path = o->path;
     *n = 0;
     sqlite3_stmt *st = NULL;
     int ret = -1;

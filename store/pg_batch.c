@@ -496,6 +496,54 @@ int store_pg_batches_get(struct store_pg_batches *pb, int64_t id, struct store_b
     return found;
 }
 
+int store_pg_batches_failed(struct store_pg_batches *pb, int64_t id, int requeue,
+                            void (*cb)(void *ud, const struct store_batch *b), void *ud,
+                            uint64_t *n)
+{
+    *n = 0;
+    char a[24];
+    snprintf(a, sizeof a, "%" PRId64, id);
+    const char *v[1] = { a };
+    if (requeue && store_pg_side_begin(&pb->c) < 0)
+        return -1;
+    /* FOR UPDATE: what is listed is what is re-queued, whichever node
+     * looks at the same moment. */
+    PGresult *r = run(pb,
+                      requeue ? "SELECT " PGB_COLUMNS " FROM batches WHERE state = 'failed'"
+                                " AND ($1::int8 = 0 OR id = $1::int8) ORDER BY id FOR UPDATE"
+                              : "SELECT " PGB_COLUMNS " FROM batches WHERE state = 'failed'"
+                                " AND ($1::int8 = 0 OR id = $1::int8) ORDER BY id",
+                      1, v, PGRES_TUPLES_OK, 0);
+    if (!r)
+        goto fail;
+    for (int i = 0; i < PQntuples(r); i++) {
+        struct store_batch b;
+        read_batch(r, i, &b);
+        if (cb)
+            cb(ud, &b);
+    }
+    *n = (uint64_t)PQntuples(r);
+    PQclear(r);
+    if (!requeue)
+        return 0;
+    r = run(pb,
+            "UPDATE batches SET state = 'sealed', next_ms = 0, redrives = redrives + 1,"
+            " owner = NULL, lease_until = NULL WHERE state = 'failed'"
+            " AND ($1::int8 = 0 OR id = $1::int8)",
+            1, v, PGRES_COMMAND_OK, 0);
+    if (!r)
+        goto fail;
+    *n = (uint64_t)strtoull(PQcmdTuples(r), NULL, 10);
+    PQclear(r);
+    if (store_pg_side_commit(&pb->c) < 0)
+        goto fail;
+    return 0;
+fail:
+    rollback(pb);
+    *n = 0;
+    return -1;
+}
+
 int store_pg_batches_counts(struct store_pg_batches *pb, int with_done,
                             struct store_batch_counts *out)
 {

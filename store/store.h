@@ -609,8 +609,9 @@ int store_batches_get(struct store_batches *sb, int64_t id, struct store_batch *
 /* `hl7bridge redrive`: failed → sealed (next_ms 0, redrives+1) for batch
  * `id`, or for every failed batch when id is 0.  Calls `cb` (may be NULL)
  * with each batch before the change.  *n gets how many were re-queued.
- * Returns 0, or -1 with a message in errbuf. */
-int store_batches_redrive(const char *path, int64_t id,
+ * `o` names the store (its path, or its url on PostgreSQL).  Returns 0, or
+ * -1 with a message in errbuf. */
+int store_batches_redrive(const struct store_opts *o, int64_t id,
                           void (*cb)(void *ud, const struct store_batch *b), void *ud,
                           uint64_t *n, char *errbuf, size_t errcap)
     __attribute__((warn_unused_result));
@@ -618,7 +619,7 @@ int store_batches_redrive(const char *path, int64_t id,
 /* `hl7bridge redrive --list`: every failed batch, in id order, through a
  * read-only connection (none when the store never made a batch).  *n gets
  * how many.  0, or -1 with a message in errbuf. */
-int store_batches_list_failed(const char *path,
+int store_batches_list_failed(const struct store_opts *o,
                               void (*cb)(void *ud, const struct store_batch *b), void *ud,
                               uint64_t *n, char *errbuf, size_t errcap)
     __attribute__((warn_unused_result));

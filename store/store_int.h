@@ -284,6 +284,11 @@ int store_pg_batches_set(struct store_pg_batches *pb, int64_t id, const char *st
 int store_pg_batches_counts(struct store_pg_batches *pb, int with_done,
                             struct store_batch_counts *out);
 int store_pg_batches_get(struct store_pg_batches *pb, int64_t id, struct store_batch *out);
+/* Failed blocks (id, or all for 0) to cb; with requeue, failed → sealed
+ * as store_batches_redrive, *n how many. */
+int store_pg_batches_failed(struct store_pg_batches *pb, int64_t id, int requeue,
+                            void (*cb)(void *ud, const struct store_batch *b), void *ud,
+                            uint64_t *n);
 int store_pg_batches_layout(struct store_pg_batches *pb, int64_t id, struct buf *out, char *ext,
                             size_t extcap);
 int store_pg_layout_register(const struct store_opts *o, const char *header,

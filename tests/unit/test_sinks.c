@@ -300,14 +300,14 @@ static void test_states_persist_across_reopen(void **state)
 
     char err[256];
     uint64_t nre = 0;
-    assert_int_equal(store_batches_redrive(fx->path, 0, NULL, NULL, &nre, err, sizeof err), 0);
+    assert_int_equal(store_batches_redrive(&(struct store_opts){ .path = fx->path }, 0, NULL, NULL, &nre, err, sizeof err), 0);
     assert_int_equal(nre, 1);
     assert_int_equal(store_batches_claim(sb, 9000, &b2), 1);
     assert_int_equal(b2.redrives, 1);
     assert_int_equal(store_batches_done(sb, b2.id, 201, NULL, NULL, 9500, &marked), 0);
     assert_int_equal(marked, 2);
     assert_int_equal(q_int(fx, "SELECT COUNT(*) FROM message_delivery WHERE delivered_ms IS NULL"), 0);
-    assert_int_equal(store_batches_redrive(fx->path, b2.id, NULL, NULL, &nre, err, sizeof err), 0);
+    assert_int_equal(store_batches_redrive(&(struct store_opts){ .path = fx->path }, b2.id, NULL, NULL, &nre, err, sizeof err), 0);
     assert_int_equal(nre, 0);
     store_batches_close(sb);
 }
