@@ -6,7 +6,11 @@
 # The long connector outage (test_sink_outage: minutes of a daemon waiting
 # on its retry backoff, a few hundred messages every ten seconds) runs in a
 # second process beside the rest: it keeps its full length without adding
-# it to the suite's time.  Every test picks its own free ports.
+# it to the suite's time.  The two cluster modules (test_postgresql,
+# test_pg_delivery: two minutes, mostly waiting on leases, heartbeats and
+# server restarts) join it there, so the two processes take about as long
+# as each other; each process starts its own throwaway PostgreSQL server
+# (pgserver.shared()).  Every test picks its own free ports.
 set -u
 cd "$(dirname "$0")/.."
 build=${1:-build}
@@ -14,7 +18,7 @@ export HL7BRIDGE_BIN=$PWD/$build/hl7bridge LOADGEN_BIN=$PWD/$build/bench/loadgen
 export PYTHONPATH=$PWD/tests/integration${PYTHONPATH:+:$PYTHONPATH}
 mkdir -p build/results
 log=build/results/integration.log
-slow=(test_sink_outage)
+slow=(test_sink_outage test_postgresql test_pg_delivery)
 rest=()
 for f in tests/integration/test_*.py tests/integration/*/test_*.py; do
     m=${f#tests/integration/}; m=${m%.py}; m=${m//\//.}
