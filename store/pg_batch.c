@@ -175,15 +175,11 @@ int store_pg_batches_recover(struct store_pg_batches *pb, uint64_t *resent)
     const char *v[1] = { pb->c.node };
     /* Only this node's name: what other nodes hold is theirs until their
      * lease runs out, and they may well be alive. */
-    PGresult *r = run(pb,
-                      "UPDATE batches SET state = 'sealed', resends = resends + 1, next_ms = 0,"
-                      " lease_until = NULL WHERE state = 'uploading' AND owner = $1",
-                      1, v, PGRES_COMMAND_OK, 0);
-    if (!r)
-        return -1;
-    *resent = (uint64_t)strtoull(PQcmdTuples(r), NULL, 10);
-    PQclear(r);
-    return 0;
+    return store_pg_side_exec(&pb->c,
+                              "UPDATE batches SET state = 'sealed', resends = resends + 1,"
+                              " next_ms = 0, lease_until = NULL"
+                              " WHERE state = 'uploading' AND owner = $1",
+                              1, v, resent);
 }
 
 /* ---- the batcher step ------------------------------------------------------ */
@@ -526,15 +522,12 @@ int store_pg_batches_failed(struct store_pg_batches *pb, int64_t id, int requeue
     PQclear(r);
     if (!requeue)
         return 0;
-    r = run(pb,
-            "UPDATE batches SET state = 'sealed', next_ms = 0, redrives = redrives + 1,"
-            " owner = NULL, lease_until = NULL WHERE state = 'failed'"
-            " AND ($1::int8 = 0 OR id = $1::int8)",
-            1, v, PGRES_COMMAND_OK, 0);
-    if (!r)
+    if (store_pg_side_exec(&pb->c,
+                           "UPDATE batches SET state = 'sealed', next_ms = 0,"
+                           " redrives = redrives + 1, owner = NULL, lease_until = NULL"
+                           " WHERE state = 'failed' AND ($1::int8 = 0 OR id = $1::int8)",
+                           1, v, n) < 0)
         goto fail;
-    *n = (uint64_t)strtoull(PQcmdTuples(r), NULL, 10);
-    PQclear(r);
     if (store_pg_side_commit(&pb->c) < 0)
         goto fail;
     return 0;
@@ -608,16 +601,14 @@ int store_pg_batches_done(struct store_pg_batches *pb, int64_t id, int status,
         goto fail;
     /* Messages of this block whose rows are now all in done blocks. */
     const char *v2[2] = { a_now, a_id };
-    r = run(pb,
-            "UPDATE messages m SET delivered_ms = $1 WHERE m.delivered_ms IS NULL"
-            " AND m.id IN (SELECT msg_id FROM rows WHERE batch_id = $2)"
-            " AND NOT EXISTS (SELECT 1 FROM rows r LEFT JOIN batches b ON b.id = r.batch_id"
-            "  WHERE r.msg_id = m.id AND b.state IS DISTINCT FROM 'done')",
-            2, v2, PGRES_COMMAND_OK, 0);
-    if (!r)
+    if (store_pg_side_exec(&pb->c,
+                           "UPDATE messages m SET delivered_ms = $1 WHERE m.delivered_ms IS NULL"
+                           " AND m.id IN (SELECT msg_id FROM rows WHERE batch_id = $2)"
+                           " AND NOT EXISTS (SELECT 1 FROM rows r LEFT JOIN batches b"
+                           "  ON b.id = r.batch_id"
+                           "  WHERE r.msg_id = m.id AND b.state IS DISTINCT FROM 'done')",
+                           2, v2, marked) < 0)
         goto fail;
-    *marked = (uint64_t)strtoull(PQcmdTuples(r), NULL, 10);
-    PQclear(r);
     if (store_pg_side_commit(&pb->c) < 0)
         goto fail;
     return 0;

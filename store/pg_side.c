@@ -84,6 +84,16 @@ PGresult *store_pg_side_run(struct store_pg_side *c, const char *sql, int n,
     return r;
 }
 
+int store_pg_side_exec(struct store_pg_side *c, const char *sql, int n, const char *const *v,
+                       uint64_t *changed)
+{
+    PGresult *r = store_pg_side_run(c, sql, n, v, PGRES_COMMAND_OK, 0);
+    if (changed)
+        *changed = r ? (uint64_t)strtoull(PQcmdTuples(r), NULL, 10) : 0;
+    PQclear(r);
+    return r ? 0 : -1;
+}
+
 int store_pg_side_begin(struct store_pg_side *c)
 {
     PGresult *r = store_pg_side_run(c, "BEGIN", 0, NULL, PGRES_COMMAND_OK, 0);

@@ -59,9 +59,7 @@ static PGresult *run(struct store_pg_sms *p, const char *sql, int n, const char 
 
 static int exec_cmd(struct store_pg_sms *p, const char *sql, int n, const char *const *v)
 {
-    PGresult *r = run(p, sql, n, v, PGRES_COMMAND_OK);
-    PQclear(r);
-    return r ? 0 : -1;
+    return store_pg_side_exec(&p->c, sql, n, v, NULL);
 }
 
 static int64_t num(const PGresult *r, int row, int col)
@@ -109,16 +107,10 @@ static int try_lock(struct store_pg_sms *p)
  * a clean stop); another node's stay theirs until their lease ends. */
 int store_pg_sms_release(struct store_pg_sms *p, uint64_t *released)
 {
-    *released = 0;
     const char *v[1] = { p->c.node };
-    PGresult *r = run(p, "UPDATE sms_outbox SET lease_until = NULL WHERE owner = $1"
-                         " AND state = 'pending' AND lease_until IS NOT NULL", 1, v,
-                      PGRES_COMMAND_OK);
-    if (!r)
-        return -1;
-    *released = (uint64_t)strtoull(PQcmdTuples(r), NULL, 10);
-    PQclear(r);
-    return 0;
+    return store_pg_side_exec(&p->c, "UPDATE sms_outbox SET lease_until = NULL WHERE owner = $1"
+                                     " AND state = 'pending' AND lease_until IS NOT NULL",
+                              1, v, released);
 }
 
 struct store_pg_sms *store_pg_sms_open(const struct store_opts *o, char *errbuf, size_t errcap)

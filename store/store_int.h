@@ -255,6 +255,10 @@ void store_pg_side_error(struct store_pg_side *c, const char *libpq_message);
  * status is `want` (an ExecStatusType), else NULL with err kept. */
 struct pg_result *store_pg_side_run(struct store_pg_side *c, const char *sql, int n,
                                     const char *const *v, int want, int binary);
+/* One command (UPDATE, DELETE …): 0 with the rows it changed in *changed
+ * (may be NULL), or -1 with err kept (*changed 0). */
+int store_pg_side_exec(struct store_pg_side *c, const char *sql, int n, const char *const *v,
+                       uint64_t *changed);
 int store_pg_side_begin(struct store_pg_side *c);
 /* -1 when the COMMIT failed or the transaction had (it is rolled back). */
 int store_pg_side_commit(struct store_pg_side *c);
