@@ -5,6 +5,7 @@
 #                   unit tests again under ASan and UBSan
 #   make bench      load benchmark: hl7bridge vs the null MLLP responder
 #   make bench-pg   the same on a throwaway local PostgreSQL (store.type postgresql)
+#   make bench-floor  the durable commit alone on this disk (SQLite store, append-only log)
 #   make soak       5M messages with retention purging, sampled every 10 s (SOAK_* variables)
 #   make fuzz       libFuzzer targets (FUZZ_SECONDS each)
 #   make lint       banned functions, cppcheck
@@ -66,7 +67,7 @@ BENCH_SRCS := $(wildcard tests/bench/*.c)
 BENCH_BINS := $(BENCH_SRCS:tests/bench/%.c=$(BUILD)/bench/%)
 FUZZ_TARGETS := $(notdir $(wildcard tests/fuzz/*))
 
-.PHONY: all deps test-deps run test unit unit-asan unit-ubsan integration bench bench-pg soak fuzz fuzz-short \
+.PHONY: all deps test-deps run test unit unit-asan unit-ubsan integration bench bench-pg bench-floor soak fuzz fuzz-short \
         lint install deb clean
 all: $(BUILD)/hl7bridge
 
@@ -161,6 +162,12 @@ bench: deps all $(BENCH_BINS)
 
 bench-pg: test-deps all $(BUILD)/bench/loadgen $(BUILD)/bench/null_responder
 	@/usr/bin/python3 tests/bench/pg_bench.py $(BUILD)
+
+# What a durable commit costs on this disk without network or HL7: the
+# store's own database and an append-only log, groups of 8/32/128 messages.
+bench-floor: deps $(BUILD)/bench/commit_floor
+	@mkdir -p var
+	@$(BUILD)/bench/commit_floor --dir var/commit_floor
 
 soak: deps all $(BUILD)/bench/loadgen
 	@scripts/soak.sh $(BUILD)
