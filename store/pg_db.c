@@ -2,15 +2,16 @@
  * reconnection, schema migrations, and the group write.
  *
  * Design: several nodes write into one database.  A group is one
- * transaction sent as one pipeline (BEGIN, one multi-row statement holding
- * every message of the group with its rows and appointment facts as array
- * parameters, COMMIT, Sync): one round trip and one commit however many
- * messages it holds; results are published only after the COMMIT's answer
- * came back (AA after COMMIT).  Duplicates across nodes rest on a unique
- * index over (send_app, send_fac, control_id, digest): the insert skips a
- * stored message with ON CONFLICT DO NOTHING, which waits for another
- * node's uncommitted insert of the same message; once the group committed,
- * the skipped ones read their originals' ids and ACK codes, so a re-send
+ * transaction sent as one pipeline (one multi-row statement holding every
+ * message of the group with its rows and appointment facts as array
+ * parameters, Sync; the Sync commits it): one round trip and one commit
+ * however many messages it holds; results are published only after the
+ * Sync's answer came back, which the server sends after the COMMIT (AA
+ * after COMMIT).  Duplicates across nodes rest on a unique index over
+ * (send_app, send_fac, control_id, digest): the insert skips a stored
+ * message with ON CONFLICT DO NOTHING, which waits for another node's
+ * uncommitted insert of the same message; once the group committed, the
+ * skipped ones read their originals' ids and ACK codes, so a re-send
  * answered by any node gets the original's ACK code.  The same key with
  * other content is stored as new (key_reused), as on SQLite.
  *
@@ -18,8 +19,9 @@
  * answered AE; the connection is dropped and tried again with a doubling
  * back-off (STORE_PG_BACKOFF_*), also while no message comes (tick), so the
  * node reports itself unavailable (/readyz 503) and accepts again by
- * itself.  A group whose BEGIN never reached a live server is retried once
- * on a fresh connection: nothing of it can have been committed.
+ * itself.  A group whose first statement never reached a live server is
+ * retried once on a fresh connection: nothing of it can have been
+ * committed.
  *
  * Threads: open/close and store_check_postgresql on the main thread (or
  * any, for check); everything else on the writer thread. */
@@ -501,7 +503,10 @@ fail:
  * message whether it was inserted, and whether its key was stored before
  * with other content.  A message without rows, not quarantined, is stored
  * delivered: nothing of it waits for the audit sink (retention ages it
- * from there). */
+ * from there).  Nothing is sorted: the result carries each message's
+ * ordinal, and the order of a group's inserts only decides which of two
+ * identical messages in it is the original (sorting the group, bodies and
+ * all, was a measurable part of the statement). */
 enum { G_NODE, G_RECEIVED, G_LISTENER, G_PEER, G_APP, G_FAC, G_CTL, G_TYPE, G_TRIGGER,
        G_VERSION, G_ACK, G_RAW, G_QUARANTINED, G_REASON, G_ROW_COUNT, G_FILTERED, G_DIGEST,
        G_LAYOUT, G_R_ORD, G_R_SEQ, G_R_DATA, G_A_ORD, G_A_TEXT,
@@ -522,7 +527,6 @@ enum { G_NODE, G_RECEIVED, G_LISTENER, G_PEER, G_APP, G_FAC, G_CTL, G_TYPE, G_TR
     " SELECT id, $1, received_ms, listener, peer, send_app, send_fac, control_id, msg_type, trig," \
     "  version, ack_code, raw, quarantined, reason, row_count, filtered, digest," \
     "  CASE WHEN quarantined = 0 AND row_count = 0 THEN received_ms END FROM input" \
-    "  ORDER BY ord" \
     " ON CONFLICT (send_app, send_fac, control_id, digest)" \
     "  WHERE control_id IS NOT NULL AND made_by IS NULL DO NOTHING" \
     " RETURNING id)"
@@ -548,7 +552,7 @@ enum { G_NODE, G_RECEIVED, G_LISTENER, G_PEER, G_APP, G_FAC, G_CTL, G_TYPE, G_TR
     "  i.control_id IS NOT NULL AND EXISTS (SELECT 1 FROM messages m WHERE" \
     "   m.send_app = i.send_app AND m.send_fac = i.send_fac AND m.control_id = i.control_id" \
     "   AND m.digest <> i.digest AND m.made_by IS NULL)" \
-    " FROM input i ORDER BY i.ord"
+    " FROM input i"
 static const char sql_group[] = SQL_GROUP_MESSAGES "," SQL_GROUP_FACTS SQL_GROUP_RESULT;
 /* The same for a group without rows and appointment facts (only the
  * first G_R_ORD parameters): a plan a third smaller to set up, which
@@ -1103,7 +1107,7 @@ enum pg_outcome {
     PG_OK = 0,
     PG_DATA,         /* the server refused a message's data: retry one by one */
     PG_RETRY,        /* deadlock / serialization: retry the same group */
-    PG_DEAD_EARLY,   /* the connection was dead before BEGIN ran: nothing done */
+    PG_DEAD_EARLY,   /* dead before the first statement ran: nothing done */
     PG_DEAD,         /* the connection broke: outcome of the group unknown */
     PG_FAILED,       /* the server refused the group (e.g. disk full) */
 };
@@ -1127,6 +1131,18 @@ static int col_bool(const PGresult *r, int row, int col)
            PQgetvalue(r, row, col)[0] != 0;
 }
 
+/* What a refused statement means for its pipeline. */
+static enum pg_outcome refusal(const PGresult *r, char *why, size_t whycap)
+{
+    pg_msg(PQresultErrorMessage(r), why, whycap);
+    const char *code = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+    if (sqlstate_is(r, "40P01") || sqlstate_is(r, "40001"))
+        return PG_RETRY;
+    if (code && code[0] == '2' && (code[1] == '2' || code[1] == '3'))
+        return PG_DATA; /* data and constraint errors belong to a message */
+    return PG_FAILED;
+}
+
 /* Reads the results of `nq` statements (the first one BEGIN when `tx`) and
  * the Sync.  cb sees each statement's successful result (q from 0).  On a
  * failed explicit transaction, rolls it back. */
@@ -1148,14 +1164,7 @@ static enum pg_outcome read_pipeline(struct store *s, size_t nq, int tx, pg_resu
             if (q == 0 && (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK))
                 first_ok = 1;
             if (st == PGRES_FATAL_ERROR && out == PG_OK) {
-                pg_msg(PQresultErrorMessage(r), why, whycap);
-                const char *code = PQresultErrorField(r, PG_DIAG_SQLSTATE);
-                if (sqlstate_is(r, "40P01") || sqlstate_is(r, "40001"))
-                    out = PG_RETRY;
-                else if (code && code[0] == '2' && (code[1] == '2' || code[1] == '3'))
-                    out = PG_DATA; /* data and constraint errors belong to a message */
-                else
-                    out = PG_FAILED;
+                out = refusal(r, why, whycap);
             } else if (out == PG_OK && (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)) {
                 if (st == PGRES_COMMAND_OK && strcmp(PQcmdStatus(r), "ROLLBACK") == 0 &&
                     q == nq - 1 && tx) {
@@ -1174,12 +1183,25 @@ static enum pg_outcome read_pipeline(struct store *s, size_t nq, int tx, pg_resu
             dead = 1;
         }
     }
-    if (!dead) {
+    /* The Sync's answer.  An error before it belongs to the implicit
+     * transaction's COMMIT (a deferred constraint, say): nothing of the
+     * pipeline was committed.  Without the answer, the outcome is unknown. */
+    int synced = 0;
+    for (int k = 0; k < 4 && !dead && !synced; k++) {
         PGresult *r = next_result(c, deadline, &dead);
-        if (r && PQresultStatus(r) != PGRES_PIPELINE_SYNC)
-            dead = 1;
+        if (!r)
+            continue;
+        ExecStatusType st = PQresultStatus(r);
+        if (st == PGRES_PIPELINE_SYNC)
+            synced = 1;
+        else if (st == PGRES_FATAL_ERROR && out == PG_OK)
+            out = refusal(r, why, whycap);
+        else if (st != PGRES_FATAL_ERROR)
+            dead = 1; /* out of step */
         PQclear(r);
     }
+    if (!synced)
+        dead = 1;
     if (dead || PQstatus(c) != CONNECTION_OK) {
         if (!why[0])
             pg_msg(PQerrorMessage(c), why, whycap);
@@ -1215,14 +1237,11 @@ struct group_read {
     int has_group;
 };
 
-/* Statement q of the group pipeline: 0 BEGIN, then hb_group (when any),
- * then one hb_reject per rejected message, then COMMIT. */
+/* Statement q of the group pipeline: hb_group (when any), then one
+ * hb_reject per rejected message. */
 static int group_result(struct store *s, size_t q, const PGresult *r, void *ud)
 {
     const struct group_read *g = ud;
-    if (q == 0)
-        return 0;
-    q--;
     if (g->has_group) {
         if (q == 0) {
             if ((size_t)PQntuples(r) != g->nord || PQnfields(r) != 4)
@@ -1260,9 +1279,15 @@ static int group_result(struct store *s, size_t q, const PGresult *r, void *ud)
     return 0;
 }
 
-/* One transaction over grp[idx[0..n)]: BEGIN, hb_group, rejected messages,
- * COMMIT, Sync — one round trip.  Results are filled only when the COMMIT
- * returned; duplicates are marked for resolve_dups. */
+/* One transaction over grp[idx[0..n)]: hb_group, rejected messages, Sync —
+ * one round trip.  The statements before a Sync are one implicit
+ * transaction, committed when the server reaches the Sync; its answer
+ * (ReadyForQuery) comes only after that COMMIT, WAL flush included, and an
+ * error of the COMMIT itself (a deferred constraint) comes before it.  So
+ * results are filled only once the Sync's answer came back without error;
+ * duplicates are marked for resolve_dups.  No BEGIN/COMMIT statements: two
+ * fewer statements for the server to run per group, which counts when
+ * groups are small. */
 static enum pg_outcome write_set(struct store *s, const size_t *idx, size_t n, char *why,
                                  size_t whycap)
 {
@@ -1276,13 +1301,12 @@ static enum pg_outcome write_set(struct store *s, const size_t *idx, size_t n, c
         snprintf(why, whycap, "out of memory");
         return PG_FAILED;
     }
-    int ok = PQsendQueryParams(c, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) == 1;
-    if (ok && nord)
+    int ok = 1;
+    if (nord)
         ok = send_group(s, nord) == 0;
     for (size_t j = 0; ok && j < nrej; j++)
         ok = send_reject(s, s->grp[pg->rej[j]]) == 0;
-    ok = ok && PQsendQueryParams(c, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) == 1 &&
-         PQpipelineSync(c) == 1;
+    ok = ok && PQpipelineSync(c) == 1;
     if (!ok) {
         pg_msg(PQerrorMessage(c), why, whycap);
         /* A parameter that could not be built, or a dead connection: the
@@ -1290,7 +1314,7 @@ static enum pg_outcome write_set(struct store *s, const size_t *idx, size_t n, c
         return PQstatus(c) == CONNECTION_OK ? PG_DEAD : PG_DEAD_EARLY;
     }
     struct group_read g = { pg->ord, nord, pg->rej, nrej, nord > 0 };
-    return read_pipeline(s, 2 + (nord > 0) + nrej, 1, group_result, &g, why, whycap);
+    return read_pipeline(s, (nord > 0) + nrej, 0, group_result, &g, why, whycap);
 }
 
 struct dups_read {
