@@ -71,16 +71,6 @@ static void rollback(struct store_pg_batches *pb)
     store_pg_side_rollback(&pb->c);
 }
 
-static int64_t num(const PGresult *r, int row, int col)
-{
-    return strtoll(PQgetvalue(r, row, col), NULL, 10);
-}
-
-static void text(const PGresult *r, int row, int col, char *out, size_t cap)
-{
-    snprintf(out, cap, "%s", PQgetvalue(r, row, col));
-}
-
 static const char *const state_names[STORE_BATCH_NSTATES] = {
     "open", "sealed", "uploading", "done", "failed",
 };
@@ -97,23 +87,23 @@ static enum store_batch_state state_of(const char *t)
 static void read_batch(const PGresult *r, int row, struct store_batch *b)
 {
     memset(b, 0, sizeof *b);
-    b->id = num(r, row, 0);
+    b->id = store_pg_num(r, row, 0);
     b->state = state_of(PQgetvalue(r, row, 1));
-    b->created_ms = num(r, row, 2);
-    b->sealed_ms = num(r, row, 3);
-    b->done_ms = num(r, row, 4);
-    b->next_ms = num(r, row, 5);
-    b->first_row_id = num(r, row, 6);
-    b->last_row_id = num(r, row, 7);
-    b->row_count = (uint64_t)num(r, row, 8);
-    b->bytes = (uint64_t)num(r, row, 9);
-    b->attempts = (unsigned)num(r, row, 10);
-    b->resends = (unsigned)num(r, row, 11);
-    b->redrives = (unsigned)num(r, row, 12);
-    b->last_status = (int)num(r, row, 13);
-    text(r, row, 14, b->last_error, sizeof b->last_error);
-    text(r, row, 15, b->file_name, sizeof b->file_name);
-    b->layout = num(r, row, 16);
+    b->created_ms = store_pg_num(r, row, 2);
+    b->sealed_ms = store_pg_num(r, row, 3);
+    b->done_ms = store_pg_num(r, row, 4);
+    b->next_ms = store_pg_num(r, row, 5);
+    b->first_row_id = store_pg_num(r, row, 6);
+    b->last_row_id = store_pg_num(r, row, 7);
+    b->row_count = (uint64_t)store_pg_num(r, row, 8);
+    b->bytes = (uint64_t)store_pg_num(r, row, 9);
+    b->attempts = (unsigned)store_pg_num(r, row, 10);
+    b->resends = (unsigned)store_pg_num(r, row, 11);
+    b->redrives = (unsigned)store_pg_num(r, row, 12);
+    b->last_status = (int)store_pg_num(r, row, 13);
+    store_pg_text(r, row, 14, b->last_error, sizeof b->last_error);
+    store_pg_text(r, row, 15, b->file_name, sizeof b->file_name);
+    b->layout = store_pg_num(r, row, 16);
 }
 
 /* ---- open / close -------------------------------------------------------- */
@@ -204,7 +194,7 @@ static int write_block(struct store_pg_batches *pb, const int64_t *ids, size_t n
                       7, v, PGRES_TUPLES_OK, 0);
     if (!r)
         return -1;
-    text(r, 0, 0, a[5], sizeof a[5]);
+    store_pg_text(r, 0, 0, a[5], sizeof a[5]);
     PQclear(r);
     buf_reset(&pb->arr);
     if (buf_append(&pb->arr, "{", 1) < 0)
@@ -277,10 +267,10 @@ int store_pg_batches_scan(struct store_pg_batches *pb, const struct store_batch_
     uint64_t rows = 0, bytes = 0, sealed = 0;
     int64_t oldest = 0, layout = 0;
     for (size_t i = 0; i < n; i++) {
-        pb->ids[i] = num(r, (int)i, 0);
-        uint64_t len = (uint64_t)num(r, (int)i, 1) + 1; /* + its '\n' */
-        int64_t rcv = num(r, (int)i, 2);
-        int64_t lay = num(r, (int)i, 3);
+        pb->ids[i] = store_pg_num(r, (int)i, 0);
+        uint64_t len = (uint64_t)store_pg_num(r, (int)i, 1) + 1; /* + its '\n' */
+        int64_t rcv = store_pg_num(r, (int)i, 2);
+        int64_t lay = store_pg_num(r, (int)i, 3);
         /* A block has one header: rows of another layout (a schema or
          * format change) start the next one.  A message's rows share one
          * layout, so this never splits a message. */
@@ -549,8 +539,8 @@ int store_pg_batches_counts(struct store_pg_batches *pb, int with_done,
         return -1;
     for (int i = 0; i < PQntuples(r); i++) {
         enum store_batch_state s = state_of(PQgetvalue(r, i, 0));
-        out->batches[s] = (uint64_t)num(r, i, 1);
-        out->rows_in_batches += (uint64_t)num(r, i, 2);
+        out->batches[s] = (uint64_t)store_pg_num(r, i, 1);
+        out->rows_in_batches += (uint64_t)store_pg_num(r, i, 2);
     }
     PQclear(r);
     r = run(pb,
@@ -560,9 +550,9 @@ int store_pg_batches_counts(struct store_pg_batches *pb, int with_done,
             0, NULL, PGRES_TUPLES_OK, 0);
     if (!r)
         return -1;
-    out->rows_unbatched = (uint64_t)num(r, 0, 0);
+    out->rows_unbatched = (uint64_t)store_pg_num(r, 0, 0);
     if (with_done)
-        out->batches[STORE_BATCH_DONE] = (uint64_t)num(r, 0, 1);
+        out->batches[STORE_BATCH_DONE] = (uint64_t)store_pg_num(r, 0, 1);
     PQclear(r);
     return 0;
 }

@@ -85,29 +85,19 @@ void store_pg_browser_close(struct store_pg_browser *b)
     free(b);
 }
 
-static int64_t col_num(const PGresult *r, int row, int col)
-{
-    return strtoll(PQgetvalue(r, row, col), NULL, 10);
-}
-
-static void col_text(const PGresult *r, int row, int col, char *out, size_t cap)
-{
-    snprintf(out, cap, "%s", PQgetvalue(r, row, col));
-}
-
 /* Columns 1..10, the same in both column lists. */
 static void read_common(const PGresult *r, int row, struct store_browse_entry *e)
 {
-    e->received_ms = col_num(r, row, 1);
-    col_text(r, row, 2, e->listener, sizeof e->listener);
-    col_text(r, row, 3, e->peer, sizeof e->peer);
-    col_text(r, row, 4, e->send_app, sizeof e->send_app);
-    col_text(r, row, 5, e->send_fac, sizeof e->send_fac);
-    col_text(r, row, 6, e->control_id, sizeof e->control_id);
-    col_text(r, row, 7, e->msg_type, sizeof e->msg_type);
-    col_text(r, row, 8, e->trigger, sizeof e->trigger);
-    col_text(r, row, 9, e->version, sizeof e->version);
-    col_text(r, row, 10, e->ack, sizeof e->ack);
+    e->received_ms = store_pg_num(r, row, 1);
+    store_pg_text(r, row, 2, e->listener, sizeof e->listener);
+    store_pg_text(r, row, 3, e->peer, sizeof e->peer);
+    store_pg_text(r, row, 4, e->send_app, sizeof e->send_app);
+    store_pg_text(r, row, 5, e->send_fac, sizeof e->send_fac);
+    store_pg_text(r, row, 6, e->control_id, sizeof e->control_id);
+    store_pg_text(r, row, 7, e->msg_type, sizeof e->msg_type);
+    store_pg_text(r, row, 8, e->trigger, sizeof e->trigger);
+    store_pg_text(r, row, 9, e->version, sizeof e->version);
+    store_pg_text(r, row, 10, e->ack, sizeof e->ack);
 }
 
 void store_pg_browse_read(const PGresult *r, int row, int rejected, struct store_browse_entry *e)
@@ -116,23 +106,23 @@ void store_pg_browse_read(const PGresult *r, int row, int rejected, struct store
     snprintf(e->id, sizeof e->id, "%s%s", rejected ? "R" : "", PQgetvalue(r, row, 0));
     read_common(r, row, e);
     if (rejected) {
-        col_text(r, row, 11, e->reason, sizeof e->reason);
-        e->err_code = (int)col_num(r, row, 12);
-        col_text(r, row, 13, e->err_where, sizeof e->err_where);
-        e->has_raw = (int)col_num(r, row, 14);
+        store_pg_text(r, row, 11, e->reason, sizeof e->reason);
+        e->err_code = (int)store_pg_num(r, row, 12);
+        store_pg_text(r, row, 13, e->err_where, sizeof e->err_where);
+        e->has_raw = (int)store_pg_num(r, row, 14);
         e->rows = 0;
         e->status = "rejected";
         return;
     }
-    int quarantined = (int)col_num(r, row, 11), filtered = (int)col_num(r, row, 12);
-    col_text(r, row, 13, e->reason, sizeof e->reason);
-    e->rows = col_num(r, row, 14);
-    e->delivered_ms = col_num(r, row, 15);
-    e->dup_count = (uint64_t)col_num(r, row, 16);
-    e->last_dup_ms = col_num(r, row, 17);
-    col_text(r, row, 18, e->made_by, sizeof e->made_by);
-    col_text(r, row, 19, e->origin, sizeof e->origin);
-    e->has_raw = (int)col_num(r, row, 20);
+    int quarantined = (int)store_pg_num(r, row, 11), filtered = (int)store_pg_num(r, row, 12);
+    store_pg_text(r, row, 13, e->reason, sizeof e->reason);
+    e->rows = store_pg_num(r, row, 14);
+    e->delivered_ms = store_pg_num(r, row, 15);
+    e->dup_count = (uint64_t)store_pg_num(r, row, 16);
+    e->last_dup_ms = store_pg_num(r, row, 17);
+    store_pg_text(r, row, 18, e->made_by, sizeof e->made_by);
+    store_pg_text(r, row, 19, e->origin, sizeof e->origin);
+    e->has_raw = (int)store_pg_num(r, row, 20);
     e->status = quarantined ? "quarantined"
                 : filtered  ? "filtered"
                 : !e->delivered_ms ? "undelivered" : "accepted";

@@ -124,3 +124,13 @@ void store_pg_side_rollback(struct store_pg_side *c)
         PQclear(PQexec(c->conn, "ROLLBACK"));
     c->in_tx = 0;
 }
+
+int64_t store_pg_num(const PGresult *r, int row, int col)
+{
+    return strtoll(PQgetvalue(r, row, col), NULL, 10);
+}
+
+void store_pg_text(const PGresult *r, int row, int col, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s", PQgetvalue(r, row, col));
+}

@@ -62,19 +62,9 @@ static int exec_cmd(struct store_pg_sms *p, const char *sql, int n, const char *
     return store_pg_side_exec(&p->c, sql, n, v, NULL);
 }
 
-static int64_t num(const PGresult *r, int row, int col)
-{
-    return strtoll(PQgetvalue(r, row, col), NULL, 10);
-}
-
 static int64_t num_or(const PGresult *r, int row, int col, int64_t none)
 {
-    return PQgetisnull(r, row, col) ? none : num(r, row, col);
-}
-
-static void text(const PGresult *r, int row, int col, char *out, size_t cap)
-{
-    snprintf(out, cap, "%s", PQgetvalue(r, row, col));
+    return PQgetisnull(r, row, col) ? none : store_pg_num(r, row, col);
 }
 
 /* NULL for an empty string: purged / absent personal fields are NULL. */
@@ -212,22 +202,22 @@ int store_pg_sms_scan(struct store_pg_sms *p, unsigned max, store_sms_fact_cb cb
     unsigned got = 0;
     for (int i = 0; ret == 0 && i < PQntuples(r); i++) {
         memset(f, 0, sizeof *f);
-        f->id = num(r, i, 0);
-        f->msg_id = num(r, i, 1);
-        f->received_ms = num(r, i, 2);
-        text(r, i, 3, f->facility, sizeof f->facility);
-        text(r, i, 4, f->appt_id, sizeof f->appt_id);
-        text(r, i, 5, f->event, sizeof f->event);
+        f->id = store_pg_num(r, i, 0);
+        f->msg_id = store_pg_num(r, i, 1);
+        f->received_ms = store_pg_num(r, i, 2);
+        store_pg_text(r, i, 3, f->facility, sizeof f->facility);
+        store_pg_text(r, i, 4, f->appt_id, sizeof f->appt_id);
+        store_pg_text(r, i, 5, f->event, sizeof f->event);
         f->event_time = num_or(r, i, 6, -1);
         f->start_s = num_or(r, i, 7, -1);
         f->duration_min = num_or(r, i, 8, -1);
-        text(r, i, 9, f->location, sizeof f->location);
-        text(r, i, 10, f->provider, sizeof f->provider);
-        text(r, i, 11, f->first_name, sizeof f->first_name);
-        text(r, i, 12, f->phone, sizeof f->phone);
-        text(r, i, 13, f->consent, sizeof f->consent);
-        text(r, i, 14, f->language, sizeof f->language);
-        text(r, i, 15, f->link, sizeof f->link);
+        store_pg_text(r, i, 9, f->location, sizeof f->location);
+        store_pg_text(r, i, 10, f->provider, sizeof f->provider);
+        store_pg_text(r, i, 11, f->first_name, sizeof f->first_name);
+        store_pg_text(r, i, 12, f->phone, sizeof f->phone);
+        store_pg_text(r, i, 13, f->consent, sizeof f->consent);
+        store_pg_text(r, i, 14, f->language, sizeof f->language);
+        store_pg_text(r, i, 15, f->link, sizeof f->link);
         ret = cb(ud, f);
         if (ret != 0)
             break;
@@ -279,20 +269,20 @@ int store_pg_sms_appt_get(struct store_pg_sms *p, const char *facility, const ch
         for (int i = 0; i < 3; i++)
             if (strcmp(s, appt_state_names[i]) == 0)
                 out->state = (enum store_sms_appt_state)i;
-        out->event_time = num(r, 0, 1);
-        out->last_msg_id = num(r, 0, 2);
-        text(r, 0, 3, out->fingerprint, sizeof out->fingerprint);
-        out->start_s = num(r, 0, 4);
-        out->duration_min = num(r, 0, 5);
-        text(r, 0, 6, out->location, sizeof out->location);
-        text(r, 0, 7, out->provider, sizeof out->provider);
-        text(r, 0, 8, out->first_name, sizeof out->first_name);
-        text(r, 0, 9, out->phone, sizeof out->phone);
-        out->consent = (int)num(r, 0, 10);
-        out->purge_after_s = num(r, 0, 11);
-        out->purged = (int)num(r, 0, 12);
-        text(r, 0, 13, out->language, sizeof out->language);
-        text(r, 0, 14, out->link, sizeof out->link);
+        out->event_time = store_pg_num(r, 0, 1);
+        out->last_msg_id = store_pg_num(r, 0, 2);
+        store_pg_text(r, 0, 3, out->fingerprint, sizeof out->fingerprint);
+        out->start_s = store_pg_num(r, 0, 4);
+        out->duration_min = store_pg_num(r, 0, 5);
+        store_pg_text(r, 0, 6, out->location, sizeof out->location);
+        store_pg_text(r, 0, 7, out->provider, sizeof out->provider);
+        store_pg_text(r, 0, 8, out->first_name, sizeof out->first_name);
+        store_pg_text(r, 0, 9, out->phone, sizeof out->phone);
+        out->consent = (int)store_pg_num(r, 0, 10);
+        out->purge_after_s = store_pg_num(r, 0, 11);
+        out->purged = (int)store_pg_num(r, 0, 12);
+        store_pg_text(r, 0, 13, out->language, sizeof out->language);
+        store_pg_text(r, 0, 14, out->link, sizeof out->link);
     }
     PQclear(r);
     return found;
@@ -414,21 +404,21 @@ int store_pg_sms_claim(struct store_pg_sms *p, int64_t now_ms, const char *first
         return 0;
     }
     memset(out, 0, sizeof *out);
-    out->id = num(r, 0, 0);
-    text(r, 0, 1, out->facility, sizeof out->facility);
-    text(r, 0, 2, out->appt_id, sizeof out->appt_id);
-    text(r, 0, 3, out->kind, sizeof out->kind);
-    text(r, 0, 4, out->event_key, sizeof out->event_key);
-    out->due_s = num(r, 0, 5);
-    out->start_s = num(r, 0, 6);
-    text(r, 0, 7, out->text, sizeof out->text);
-    text(r, 0, 8, out->to, sizeof out->to);
-    text(r, 0, 9, out->request_id, sizeof out->request_id);
-    text(r, 0, 10, out->first_sent, sizeof out->first_sent);
-    out->segments = (unsigned)num(r, 0, 11);
-    text(r, 0, 12, out->encoding, sizeof out->encoding);
-    out->attempts = (unsigned)num(r, 0, 13);
-    out->next_ms = num(r, 0, 14);
+    out->id = store_pg_num(r, 0, 0);
+    store_pg_text(r, 0, 1, out->facility, sizeof out->facility);
+    store_pg_text(r, 0, 2, out->appt_id, sizeof out->appt_id);
+    store_pg_text(r, 0, 3, out->kind, sizeof out->kind);
+    store_pg_text(r, 0, 4, out->event_key, sizeof out->event_key);
+    out->due_s = store_pg_num(r, 0, 5);
+    out->start_s = store_pg_num(r, 0, 6);
+    store_pg_text(r, 0, 7, out->text, sizeof out->text);
+    store_pg_text(r, 0, 8, out->to, sizeof out->to);
+    store_pg_text(r, 0, 9, out->request_id, sizeof out->request_id);
+    store_pg_text(r, 0, 10, out->first_sent, sizeof out->first_sent);
+    out->segments = (unsigned)store_pg_num(r, 0, 11);
+    store_pg_text(r, 0, 12, out->encoding, sizeof out->encoding);
+    out->attempts = (unsigned)store_pg_num(r, 0, 13);
+    out->next_ms = store_pg_num(r, 0, 14);
     out->state = STORE_SMS_PENDING;
     if (PQgetvalue(r, 0, 16)[0] == 't') {
         char q[200];
@@ -556,7 +546,7 @@ int store_pg_sms_counters(struct store_pg_sms *p,
     if (!r)
         return -1;
     for (int i = 0; i < PQntuples(r); i++)
-        cb(ud, PQgetvalue(r, i, 0), (uint64_t)num(r, i, 1));
+        cb(ud, PQgetvalue(r, i, 0), (uint64_t)store_pg_num(r, i, 1));
     PQclear(r);
     return 0;
 }
@@ -569,8 +559,8 @@ int store_pg_sms_pending(struct store_pg_sms *p, uint64_t *texts, uint64_t *remi
                       0, NULL, PGRES_TUPLES_OK);
     if (!r)
         return -1;
-    *texts = (uint64_t)num(r, 0, 0);
-    *reminders = (uint64_t)num(r, 0, 1);
+    *texts = (uint64_t)store_pg_num(r, 0, 0);
+    *reminders = (uint64_t)store_pg_num(r, 0, 1);
     PQclear(r);
     return 0;
 }

@@ -263,6 +263,10 @@ int store_pg_side_begin(struct store_pg_side *c);
 /* -1 when the COMMIT failed or the transaction had (it is rolled back). */
 int store_pg_side_commit(struct store_pg_side *c);
 void store_pg_side_rollback(struct store_pg_side *c);
+/* A column of a text-format result row: as a number (0 when it is none),
+ * or as text cut to `cap`. */
+int64_t store_pg_num(const struct pg_result *r, int row, int col);
+void store_pg_text(const struct pg_result *r, int row, int col, char *out, size_t cap);
 
 /* store/pg_batch.c — the audit batches on PostgreSQL, behind the
  * store_batches_* calls of store/batch.c (same meaning, see store.h). */
