@@ -1143,8 +1143,8 @@ static enum pg_outcome refusal(const PGresult *r, char *why, size_t whycap)
     return PG_FAILED;
 }
 
-/* Reads the results of `nq` statements (the first one BEGIN when `tx`) and
- * the Sync.  cb sees each statement's successful result (q from 0).  On a
+/* Reads the results of `nq` statements (the first one BEGIN when `tx`, an
+ * explicit transaction; else the Sync commits them) and the Sync.  cb sees each statement's successful result (q from 0).  On a
  * failed explicit transaction, rolls it back. */
 typedef int (*pg_result_cb)(struct store *s, size_t q, const PGresult *r, void *ud);
 static enum pg_outcome read_pipeline(struct store *s, size_t nq, int tx, pg_result_cb cb,
@@ -1185,7 +1185,9 @@ static enum pg_outcome read_pipeline(struct store *s, size_t nq, int tx, pg_resu
     }
     /* The Sync's answer.  An error before it belongs to the implicit
      * transaction's COMMIT (a deferred constraint, say): nothing of the
-     * pipeline was committed.  Without the answer, the outcome is unknown. */
+     * pipeline was committed.  Without the answer, the outcome is unknown.
+     * At most that error, the NULL ending it and the Sync come: a few reads
+     * more mean the stream is out of step. */
     int synced = 0;
     for (int k = 0; k < 4 && !dead && !synced; k++) {
         PGresult *r = next_result(c, deadline, &dead);
